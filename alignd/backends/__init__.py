@@ -1,0 +1,13 @@
+"""Policy implementations: the language model behind the strategies (DESIGN.md section 2, 5)."""
+
+from alignd.backends.base import (
+    Capability,
+    ChatPrompt,
+    Completion,
+    FinishReason,
+    Policy,
+    SampleBatch,
+    SamplingParams,
+)
+
+__all__ = ["Capability", "ChatPrompt", "Completion", "FinishReason", "Policy", "SampleBatch", "SamplingParams"]

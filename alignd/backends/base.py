@@ -1,0 +1,106 @@
+"""The Policy interface: what a decoding strategy may ask of a language model.
+
+Strategies import only this module, never a concrete backend. A strategy lists the capabilities
+it needs; a policy that lacks one is refused with FAILED_PRECONDITION before any work starts.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+class Capability(str, enum.Enum):
+    """Optional things a backend can do beyond `sample`."""
+
+    SAMPLE = "sample"  # full responses with per-token reference log-probs (every backend)
+    EXTEND = "extend"  # continue partial responses by blocks, reusing the prefix
+    TOKENWISE = "tokenwise"  # next-token logits for a batch of partial states
+    HIDDEN_STATES = "hidden_states"  # hidden states of generated tokens at no extra forward
+
+
+class FinishReason(str, enum.Enum):
+    STOP = "stop"  # end-of-sequence token or a stop sequence
+    LENGTH = "length"  # max_tokens reached
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Settings of the reference sampling distribution pi_ref.
+
+    Log-probabilities reported with completions are under this distribution (after temperature,
+    top-k and top-p), since that is the policy best-of-n and friends are measured against.
+    """
+
+    temperature: float = 0.7  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables top-k
+    max_tokens: int = 128
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """A user instruction, rendered with the model's chat template unless ``raw``."""
+
+    user: str
+    system: str | None = None
+    raw: bool = False
+
+
+@dataclass
+class Completion:
+    """One sampled response."""
+
+    text: str
+    token_ids: list[int]
+    # log pi_ref(token | prompt, previous tokens) for each generated token, under the sampling
+    # distribution (0.0 per token when greedy: the distribution is a point mass).
+    token_logprobs: list[float]
+    finish_reason: FinishReason
+
+    @property
+    def logprob(self) -> float:
+        return float(sum(self.token_logprobs))
+
+
+@dataclass
+class SampleBatch:
+    """Completions for each prompt (``completions[i]`` holds the n responses to prompt i)."""
+
+    completions: list[list[Completion]]
+    prompt_tokens: list[int]  # tokens of each rendered prompt
+    forward_tokens: int  # tokens pushed through the model (prompts once + every decode step)
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+class Policy(ABC):
+    """A language model that strategies decode with."""
+
+    #: short name of the model, for responses and metrics
+    model_name: str
+    #: "cpu", "cuda", "cuda:1", ...
+    device: str
+    capabilities: frozenset[Capability]
+
+    @abstractmethod
+    def render(self, prompt: ChatPrompt) -> str:
+        """The exact text the model is conditioned on (chat template applied)."""
+
+    @abstractmethod
+    def count_tokens(self, text: str) -> int:
+        """Tokens in ``text`` under this model's tokenizer."""
+
+    @abstractmethod
+    def sample(self, prompts: Sequence[ChatPrompt], n: int, sampling: SamplingParams) -> SampleBatch:
+        """Draw ``n`` responses for each prompt in one batch, each prompt encoded once."""
+
+    def close(self) -> None:
+        """Release engine resources (processes, device memory)."""

@@ -1,0 +1,36 @@
+"""Errors that carry a gRPC status meaning, raised anywhere below the server.
+
+The server maps them to status codes; everything else that escapes a handler is a bug and is
+reported as INTERNAL. Messages always start with the offending field so clients can act on them.
+"""
+
+from __future__ import annotations
+
+
+class AligndError(Exception):
+    """Base class: an error with a user-facing message."""
+
+    code_name = "INTERNAL"
+
+
+class InvalidArgument(AligndError, ValueError):
+    """A request field is malformed or out of the configured limits (gRPC INVALID_ARGUMENT)."""
+
+    code_name = "INVALID_ARGUMENT"
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+class FailedPrecondition(AligndError):
+    """The request is well-formed but this server cannot serve it (gRPC FAILED_PRECONDITION)."""
+
+    code_name = "FAILED_PRECONDITION"
+
+
+class ModelNotFound(AligndError):
+    """A model name or path that the registry cannot resolve."""
+
+    code_name = "NOT_FOUND"

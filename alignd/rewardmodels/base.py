@@ -1,0 +1,57 @@
+"""The Scorer interface: named objectives scored in batches (DESIGN.md section 2).
+
+Every objective is oriented so that higher is better and documents its range.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ObjectiveInfo:
+    name: str
+    description: str
+    min_value: float
+    max_value: float
+    higher_is_better: bool = True
+
+
+class Objective(ABC):
+    """One reward r_g(x, y): a batch of (prompt, response) pairs -> float[N]."""
+
+    info: ObjectiveInfo
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @abstractmethod
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        """Rewards for the pairs, one batched call, shape [N], float64."""
+
+
+class Scorer(ABC):
+    """Several objectives scored together: ``score(...) -> float[N, G]``."""
+
+    @property
+    @abstractmethod
+    def objectives(self) -> tuple[ObjectiveInfo, ...]:
+        """The G objectives, in column order."""
+
+    @property
+    def objective_names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.objectives)
+
+    @abstractmethod
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        """Rewards of complete responses, shape [N, G]."""
+
+    def score_prefix(self, prompts: Sequence[str], prefixes: Sequence[str]) -> np.ndarray:
+        """Estimated final rewards of partial responses, [N, G]. Without value heads: the
+        objectives applied to the partial text."""
+        return self.score(prompts, prefixes)

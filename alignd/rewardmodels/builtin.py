@@ -1,0 +1,47 @@
+"""The built-in objectives that run offline (DESIGN.md section 4), by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from alignd.rewardmodels.base import Objective
+from alignd.rewardmodels.objective_scorer import ObjectiveScorer
+
+
+def _relevance(device: str) -> Objective:
+    from alignd.rewardmodels.relevance import RelevanceObjective
+
+    return RelevanceObjective(device=device)
+
+
+def _positivity(device: str) -> Objective:
+    from alignd.rewardmodels.positivity import PositivityObjective
+
+    return PositivityObjective()
+
+
+def _harmlessness(device: str) -> Objective:
+    from alignd.rewardmodels.harmlessness import HarmlessnessObjective
+
+    return HarmlessnessObjective()
+
+
+def _conciseness(device: str) -> Objective:
+    from alignd.rewardmodels.conciseness import ConcisenessObjective
+
+    return ConcisenessObjective()
+
+
+BUILTIN_OBJECTIVES: dict[str, Callable[[str], Objective]] = {
+    "relevance": _relevance,
+    "positivity": _positivity,
+    "harmlessness": _harmlessness,
+    "conciseness": _conciseness,
+}
+
+
+def build_scorer(names: Sequence[str] = tuple(BUILTIN_OBJECTIVES), device: str = "cpu") -> ObjectiveScorer:
+    unknown = [n for n in names if n not in BUILTIN_OBJECTIVES]
+    if unknown:
+        raise ValueError(f"unknown objectives {unknown}; built-in: {sorted(BUILTIN_OBJECTIVES)}")
+    return ObjectiveScorer([BUILTIN_OBJECTIVES[n](device) for n in names])

@@ -1,0 +1,30 @@
+"""A Scorer over a list of Objectives: one batched call per objective, stacked as columns."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from alignd.rewardmodels.base import Objective, ObjectiveInfo, Scorer
+
+
+class ObjectiveScorer(Scorer):
+    def __init__(self, objectives: Sequence[Objective]) -> None:
+        names = [o.name for o in objectives]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate objective names: {names}")
+        if not objectives:
+            raise ValueError("a scorer needs at least one objective")
+        self._objectives = list(objectives)
+
+    @property
+    def objectives(self) -> tuple[ObjectiveInfo, ...]:
+        return tuple(o.info for o in self._objectives)
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
+        if not responses:
+            return np.zeros((0, len(self._objectives)), dtype=np.float64)
+        return np.stack([o.score(prompts, responses) for o in self._objectives], axis=1)

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for alignd.v1 (`make proto` regenerates them from proto/)."""

@@ -1,0 +1,334 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SamplingParams(_message.Message):
+    __slots__ = ("temperature", "top_p", "top_k", "max_tokens", "stop", "seed")
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    temperature: float
+    top_p: float
+    top_k: int
+    max_tokens: int
+    stop: _containers.RepeatedScalarFieldContainer[str]
+    seed: int
+    def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class SampleParams(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class BestOfNParams(_message.Message):
+    __slots__ = ("n",)
+    N_FIELD_NUMBER: _ClassVar[int]
+    n: int
+    def __init__(self, n: _Optional[int] = ...) -> None: ...
+
+class GenerateRequest(_message.Message):
+    __slots__ = ("prompt", "system_prompt", "raw_prompt", "strategy", "weights", "sampling", "return_candidates", "request_id", "sample", "best_of_n")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    RAW_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    RETURN_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    BEST_OF_N_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    system_prompt: str
+    raw_prompt: bool
+    strategy: str
+    weights: _containers.ScalarMap[str, float]
+    sampling: SamplingParams
+    return_candidates: bool
+    request_id: str
+    sample: SampleParams
+    best_of_n: BestOfNParams
+    def __init__(self, prompt: _Optional[str] = ..., system_prompt: _Optional[str] = ..., raw_prompt: _Optional[bool] = ..., strategy: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., return_candidates: _Optional[bool] = ..., request_id: _Optional[str] = ..., sample: _Optional[_Union[SampleParams, _Mapping]] = ..., best_of_n: _Optional[_Union[BestOfNParams, _Mapping]] = ...) -> None: ...
+
+class KLEstimate(_message.Message):
+    __slots__ = ("name", "kind", "nats", "description")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[KLEstimate.Kind]
+        ESTIMATE: _ClassVar[KLEstimate.Kind]
+        UPPER_BOUND: _ClassVar[KLEstimate.Kind]
+        EXACT: _ClassVar[KLEstimate.Kind]
+    KIND_UNSPECIFIED: KLEstimate.Kind
+    ESTIMATE: KLEstimate.Kind
+    UPPER_BOUND: KLEstimate.Kind
+    EXACT: KLEstimate.Kind
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NATS_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: KLEstimate.Kind
+    nats: float
+    description: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[KLEstimate.Kind, str]] = ..., nats: _Optional[float] = ..., description: _Optional[str] = ...) -> None: ...
+
+class Candidate(_message.Message):
+    __slots__ = ("text", "token_ids", "finish_reason", "rewards", "weighted_score", "logprob", "selected")
+    class RewardsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    REWARDS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTED_SCORE_FIELD_NUMBER: _ClassVar[int]
+    LOGPROB_FIELD_NUMBER: _ClassVar[int]
+    SELECTED_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    finish_reason: str
+    rewards: _containers.ScalarMap[str, float]
+    weighted_score: float
+    logprob: float
+    selected: bool
+    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., rewards: _Optional[_Mapping[str, float]] = ..., weighted_score: _Optional[float] = ..., logprob: _Optional[float] = ..., selected: _Optional[bool] = ...) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("prompt_tokens", "generated_tokens", "lm_forward_tokens", "scorer_calls", "scored_texts", "wall_seconds", "phase_seconds")
+    class PhaseSecondsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LM_FORWARD_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SCORER_CALLS_FIELD_NUMBER: _ClassVar[int]
+    SCORED_TEXTS_FIELD_NUMBER: _ClassVar[int]
+    WALL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PHASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    prompt_tokens: int
+    generated_tokens: int
+    lm_forward_tokens: int
+    scorer_calls: int
+    scored_texts: int
+    wall_seconds: float
+    phase_seconds: _containers.ScalarMap[str, float]
+    def __init__(self, prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., lm_forward_tokens: _Optional[int] = ..., scorer_calls: _Optional[int] = ..., scored_texts: _Optional[int] = ..., wall_seconds: _Optional[float] = ..., phase_seconds: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class GenerateResponse(_message.Message):
+    __slots__ = ("request_id", "strategy", "text", "token_ids", "finish_reason", "rewards", "weighted_score", "weights", "kl", "candidates", "usage", "model")
+    class RewardsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    REWARDS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTED_SCORE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    KL_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    strategy: str
+    text: str
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    finish_reason: str
+    rewards: _containers.ScalarMap[str, float]
+    weighted_score: float
+    weights: _containers.ScalarMap[str, float]
+    kl: _containers.RepeatedCompositeFieldContainer[KLEstimate]
+    candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
+    usage: Usage
+    model: str
+    def __init__(self, request_id: _Optional[str] = ..., strategy: _Optional[str] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., rewards: _Optional[_Mapping[str, float]] = ..., weighted_score: _Optional[float] = ..., weights: _Optional[_Mapping[str, float]] = ..., kl: _Optional[_Iterable[_Union[KLEstimate, _Mapping]]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
+
+class Progress(_message.Message):
+    __slots__ = ("phase", "step", "message", "elapsed_seconds", "candidates")
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    phase: str
+    step: int
+    message: str
+    elapsed_seconds: float
+    candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
+    def __init__(self, phase: _Optional[str] = ..., step: _Optional[int] = ..., message: _Optional[str] = ..., elapsed_seconds: _Optional[float] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ...) -> None: ...
+
+class GenerateEvent(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: Progress
+    result: GenerateResponse
+    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[GenerateResponse, _Mapping]] = ...) -> None: ...
+
+class ScoreRequest(_message.Message):
+    __slots__ = ("prompt", "responses", "weights")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    responses: _containers.RepeatedScalarFieldContainer[str]
+    weights: _containers.ScalarMap[str, float]
+    def __init__(self, prompt: _Optional[str] = ..., responses: _Optional[_Iterable[str]] = ..., weights: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class ScoredText(_message.Message):
+    __slots__ = ("rewards", "weighted_score")
+    class RewardsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    REWARDS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTED_SCORE_FIELD_NUMBER: _ClassVar[int]
+    rewards: _containers.ScalarMap[str, float]
+    weighted_score: float
+    def __init__(self, rewards: _Optional[_Mapping[str, float]] = ..., weighted_score: _Optional[float] = ...) -> None: ...
+
+class ScoreResponse(_message.Message):
+    __slots__ = ("scores", "weights")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    scores: _containers.RepeatedCompositeFieldContainer[ScoredText]
+    weights: _containers.ScalarMap[str, float]
+    def __init__(self, scores: _Optional[_Iterable[_Union[ScoredText, _Mapping]]] = ..., weights: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class GetServerInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ObjectiveInfo(_message.Message):
+    __slots__ = ("name", "description", "min_value", "max_value", "higher_is_better", "default_weight")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    MIN_VALUE_FIELD_NUMBER: _ClassVar[int]
+    MAX_VALUE_FIELD_NUMBER: _ClassVar[int]
+    HIGHER_IS_BETTER_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    min_value: float
+    max_value: float
+    higher_is_better: bool
+    default_weight: float
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., min_value: _Optional[float] = ..., max_value: _Optional[float] = ..., higher_is_better: _Optional[bool] = ..., default_weight: _Optional[float] = ...) -> None: ...
+
+class ParameterInfo(_message.Message):
+    __slots__ = ("name", "type", "default_value", "description", "min_value", "max_value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_VALUE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    MIN_VALUE_FIELD_NUMBER: _ClassVar[int]
+    MAX_VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    default_value: str
+    description: str
+    min_value: float
+    max_value: float
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., default_value: _Optional[str] = ..., description: _Optional[str] = ..., min_value: _Optional[float] = ..., max_value: _Optional[float] = ...) -> None: ...
+
+class StrategyInfo(_message.Message):
+    __slots__ = ("name", "description", "parameters", "requires")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    REQUIRES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    parameters: _containers.RepeatedCompositeFieldContainer[ParameterInfo]
+    requires: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[ParameterInfo, _Mapping]]] = ..., requires: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Limits(_message.Message):
+    __slots__ = ("max_prompt_chars", "max_tokens", "max_candidates", "max_stop_sequences", "max_stop_chars", "max_score_responses")
+    MAX_PROMPT_CHARS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    MAX_STOP_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    MAX_STOP_CHARS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SCORE_RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    max_prompt_chars: int
+    max_tokens: int
+    max_candidates: int
+    max_stop_sequences: int
+    max_stop_chars: int
+    max_score_responses: int
+    def __init__(self, max_prompt_chars: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_candidates: _Optional[int] = ..., max_stop_sequences: _Optional[int] = ..., max_stop_chars: _Optional[int] = ..., max_score_responses: _Optional[int] = ...) -> None: ...
+
+class ServerInfo(_message.Message):
+    __slots__ = ("version", "model", "backend", "device", "objectives", "strategies", "limits", "default_sampling", "capabilities")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVES_FIELD_NUMBER: _ClassVar[int]
+    STRATEGIES_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    model: str
+    backend: str
+    device: str
+    objectives: _containers.RepeatedCompositeFieldContainer[ObjectiveInfo]
+    strategies: _containers.RepeatedCompositeFieldContainer[StrategyInfo]
+    limits: Limits
+    default_sampling: SamplingParams
+    capabilities: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[str] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., objectives: _Optional[_Iterable[_Union[ObjectiveInfo, _Mapping]]] = ..., strategies: _Optional[_Iterable[_Union[StrategyInfo, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., default_sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., capabilities: _Optional[_Iterable[str]] = ...) -> None: ...
