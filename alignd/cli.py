@@ -1,0 +1,232 @@
+"""`alignd serve | generate | score | info | models`.
+
+Client commands (generate, score, info) import no torch; `serve` and `models prepare` load the
+heavy parts lazily. Errors a user can fix print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+DEFAULT_TARGET = "localhost:50051"
+
+
+def _parse_weights(pairs: Sequence[str]) -> dict[str, float]:
+    weights: dict[str, float] = {}
+    for item in pairs:
+        for pair in item.split(","):
+            name, sep, value = pair.partition("=")
+            if not sep:
+                raise SystemExit(f"alignd: error: --weights expects name=value, got {pair!r}")
+            try:
+                weights[name.strip()] = float(value)
+            except ValueError:
+                raise SystemExit(f"alignd: error: --weights {name}: {value!r} is not a number") from None
+    return weights
+
+
+def _fail(message: str) -> int:
+    print(f"alignd: error: {message}", file=sys.stderr)
+    return 2
+
+
+# -- serve ------------------------------------------------------------------------------------
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from alignd.config import ConfigError, load_config
+    from alignd.errors import AligndError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(
+            args.config, model=args.model, port=args.port, host=args.host, device=args.device, dtype=args.dtype,
+            backend=args.backend, objectives=args.objectives, workers=args.workers, metrics_port=args.metrics_port,
+        )
+        from alignd.server.app import serve
+
+        asyncio.run(serve(config))
+    except (ConfigError, AligndError) as error:
+        return _fail(str(error))
+    except RuntimeError as error:  # e.g. CUDA requested without a GPU
+        return _fail(str(error))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+# -- client commands --------------------------------------------------------------------------
+
+def _print_generation(out, as_json: bool) -> None:
+    from dataclasses import asdict
+
+    if as_json:
+        print(json.dumps(asdict(out), indent=2))
+        return
+    print(out.text)
+    print()
+    print(f"strategy {out.strategy}  model {out.model}  finish {out.finish_reason}  request {out.request_id}")
+    print("rewards:  " + "  ".join(f"{k}={v:+.4f}" for k, v in out.rewards.items()))
+    print(f"weighted: {out.weighted_score:+.4f}  (weights " + ", ".join(f"{k}={v:.2f}" for k, v in out.weights.items()) + ")")
+    for kl in out.kl:
+        print(f"KL {kl.kind:<11} {kl.name:<18} {kl.nats:.4f} nats  ({kl.description})")
+    u = out.usage
+    print(f"usage: {u.generated_tokens} generated tokens, {u.lm_forward_tokens} LM forward tokens, "
+          f"{u.scorer_calls} scorer calls, {u.wall_seconds:.2f} s")
+    for i, c in enumerate(out.candidates):
+        mark = "*" if c.selected else " "
+        print(f" {mark}[{i}] {c.weighted_score:+.4f} {c.text[:70]!r}")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from alignd.clients import AligndClient, AligndClientError, Generation
+
+    options = dict(
+        weights=_parse_weights(args.weights), system_prompt=args.system or "", raw_prompt=args.raw,
+        return_candidates=args.candidates, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+        max_tokens=args.max_tokens, stop=args.stop or None, seed=args.seed,
+    )
+    if args.n is not None:
+        options["n"] = args.n
+    try:
+        with AligndClient(args.target, timeout=args.timeout) as client:
+            if args.stream:
+                for event in client.generate_stream(args.prompt, strategy=args.strategy, **options):
+                    if isinstance(event, Generation):
+                        _print_generation(event, args.json)
+                    else:
+                        print(f"[{event.elapsed_seconds:6.2f}s] {event.phase}: {event.message}", file=sys.stderr)
+            else:
+                _print_generation(client.generate(args.prompt, strategy=args.strategy, **options), args.json)
+    except AligndClientError as error:
+        return _fail(str(error))
+    except TypeError as error:
+        return _fail(str(error))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from alignd.clients import AligndClient, AligndClientError
+
+    try:
+        with AligndClient(args.target, timeout=args.timeout) as client:
+            scored = client.score(args.prompt, args.responses, _parse_weights(args.weights))
+    except AligndClientError as error:
+        return _fail(str(error))
+    for text, s in zip(args.responses, scored):
+        rewards = "  ".join(f"{k}={v:+.4f}" for k, v in s.rewards.items())
+        print(f"{s.weighted_score:+.4f}  {rewards}  {text[:60]!r}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+
+    from alignd.clients import AligndClient, AligndClientError
+
+    try:
+        with AligndClient(args.target, timeout=args.timeout) as client:
+            info = client.server_info()
+    except AligndClientError as error:
+        return _fail(str(error))
+    print(json.dumps(json_format.MessageToDict(info, preserving_proto_field_name=True), indent=2))
+    return 0
+
+
+# -- models -----------------------------------------------------------------------------------
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from alignd import models
+    from alignd.errors import AligndError
+
+    if args.action == "list":
+        for name, description, prepared in models.list_models():
+            state = "prepared" if prepared else "not prepared"
+            print(f"{name:<24} {state:<13} {description}")
+        print(f"cache: {models.cache_dir()}")
+        return 0
+    try:
+        path = models.prepare(args.name, force=args.force)
+    except AligndError as error:
+        return _fail(str(error))
+    print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from alignd import __version__
+
+    parser = argparse.ArgumentParser(prog="alignd", description="Inference-time alignment and decoding server.")
+    parser.add_argument("--version", action="version", version=f"alignd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="start the gRPC server")
+    serve.add_argument("--config", help="TOML config file (see README: Configuration)")
+    serve.add_argument("--model", help="registered model name or checkpoint folder")
+    serve.add_argument("--port", type=int, help="gRPC port (default 50051; 0 picks a free one)")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto: CUDA when present)")
+    serve.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    serve.add_argument("--backend", choices=["transformers"])
+    serve.add_argument("--objectives", nargs="+", help="objective names to serve")
+    serve.add_argument("--workers", type=int, help="decode worker threads")
+    serve.add_argument("--metrics-port", type=int, help="Prometheus metrics HTTP port (0: off)")
+    serve.set_defaults(func=cmd_serve)
+
+    def client_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--target", default=DEFAULT_TARGET, help=f"server address (default {DEFAULT_TARGET})")
+        p.add_argument("--timeout", type=float, default=None, help="seconds")
+        p.add_argument("--weights", action="append", default=[], metavar="NAME=W[,NAME=W]",
+                       help="preference weights per objective")
+
+    generate = commands.add_parser("generate", help="decode a response with a strategy")
+    generate.add_argument("prompt")
+    client_options(generate)
+    generate.add_argument("--strategy", default="sample")
+    generate.add_argument("--n", type=int, help="candidates (best_of_n)")
+    generate.add_argument("--system", help="system prompt")
+    generate.add_argument("--raw", action="store_true", help="no chat template")
+    generate.add_argument("--max-tokens", type=int)
+    generate.add_argument("--temperature", type=float)
+    generate.add_argument("--top-p", type=float)
+    generate.add_argument("--top-k", type=int)
+    generate.add_argument("--stop", action="append", help="stop sequence (repeatable)")
+    generate.add_argument("--seed", type=int)
+    generate.add_argument("--candidates", action="store_true", help="show all candidates")
+    generate.add_argument("--stream", action="store_true", help="print progress events")
+    generate.add_argument("--json", action="store_true", help="print the result as JSON")
+    generate.set_defaults(func=cmd_generate)
+
+    score = commands.add_parser("score", help="score responses to a prompt")
+    score.add_argument("prompt")
+    score.add_argument("responses", nargs="+")
+    client_options(score)
+    score.set_defaults(func=cmd_score)
+
+    info = commands.add_parser("info", help="show the server's model, objectives, strategies and limits")
+    info.add_argument("--target", default=DEFAULT_TARGET)
+    info.add_argument("--timeout", type=float, default=None)
+    info.set_defaults(func=cmd_info)
+
+    model_cmd = commands.add_parser("models", help="list or prepare registered models")
+    model_actions = model_cmd.add_subparsers(dest="action", required=True)
+    model_actions.add_parser("list", help="registered models and whether they are prepared")
+    prepare = model_actions.add_parser("prepare", help="convert a registered model once into the cache")
+    prepare.add_argument("name", nargs="?", default="smollm2-135m-instruct")
+    prepare.add_argument("--force", action="store_true", help="convert again")
+    model_cmd.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

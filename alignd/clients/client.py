@@ -1,0 +1,205 @@
+"""Python clients for alignd: `AligndClient` (blocking) and `AsyncAligndClient` (asyncio).
+
+Imports only grpc and the generated stubs, never torch::
+
+    from alignd.clients import AligndClient
+    with AligndClient("localhost:50051") as client:
+        out = client.generate("How do I bake bread?", strategy="best_of_n", n=8,
+                              weights={"relevance": 0.7, "harmlessness": 0.3})
+        print(out.text, out.rewards, out.kl)
+
+Strategy parameters are keyword arguments (``n=8``); sampling settings have their own keywords.
+Server errors raise `AligndClientError` with the gRPC status code and the server's message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any
+
+import grpc
+
+from alignd.clients.types import KL, CandidateResult, Generation, Progress, Scored, Usage
+from alignd.v1 import alignd_pb2 as pb
+from alignd.v1 import alignd_pb2_grpc as pb_grpc
+
+_KL_KIND = {pb.KLEstimate.ESTIMATE: "estimate", pb.KLEstimate.UPPER_BOUND: "upper_bound", pb.KLEstimate.EXACT: "exact"}
+_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "max_tokens", "stop", "seed")
+
+
+class AligndClientError(Exception):
+    """A request the server refused or failed: `code` is the grpc.StatusCode."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self.code = code
+        self.details = details
+        super().__init__(f"{code.name}: {details}")
+
+
+def build_request(
+    prompt: str, *, strategy: str = "", weights: Mapping[str, float] | None = None, system_prompt: str = "",
+    raw_prompt: bool = False, return_candidates: bool = False, request_id: str = "", **options: Any,
+) -> pb.GenerateRequest:
+    """A GenerateRequest from keyword arguments: sampling keywords go to `sampling`, the rest are
+    the strategy's parameters (its message in the `params` oneof)."""
+    sampling = {k: options.pop(k) for k in _SAMPLING_FIELDS if options.get(k) is not None}
+    for k in _SAMPLING_FIELDS:
+        options.pop(k, None)
+    request = pb.GenerateRequest(
+        prompt=prompt, strategy=strategy, weights=dict(weights or {}), system_prompt=system_prompt,
+        raw_prompt=raw_prompt, return_candidates=return_candidates, request_id=request_id,
+        sampling=pb.SamplingParams(**sampling),
+    )
+    params = {k: v for k, v in options.items() if v is not None}
+    oneof_fields = {f.name for f in pb.GenerateRequest.DESCRIPTOR.oneofs_by_name["params"].fields}
+    if strategy in oneof_fields:
+        getattr(request, strategy).SetInParent()
+        for key, value in params.items():
+            try:
+                setattr(getattr(request, strategy), key, value)
+            except AttributeError:
+                raise TypeError(f"strategy {strategy!r} has no parameter {key!r}") from None
+    elif params:
+        raise TypeError(f"parameters {sorted(params)} given, but strategy {strategy!r} has no parameter message")
+    return request
+
+
+def _candidate(c: pb.Candidate) -> CandidateResult:
+    return CandidateResult(c.text, dict(c.rewards), c.weighted_score, c.logprob, c.finish_reason, c.selected)
+
+
+def generation_from(message: pb.GenerateResponse) -> Generation:
+    u = message.usage
+    return Generation(
+        request_id=message.request_id, strategy=message.strategy, model=message.model, text=message.text,
+        finish_reason=message.finish_reason, rewards=dict(message.rewards), weighted_score=message.weighted_score,
+        weights=dict(message.weights),
+        kl=[KL(k.name, _KL_KIND.get(k.kind, "unspecified"), k.nats, k.description) for k in message.kl],
+        usage=Usage(u.prompt_tokens, u.generated_tokens, u.lm_forward_tokens, u.scorer_calls, u.wall_seconds,
+                    dict(u.phase_seconds)),
+        token_ids=list(message.token_ids),
+        candidates=[_candidate(c) for c in message.candidates],
+    )
+
+
+def progress_from(message: pb.Progress) -> Progress:
+    return Progress(message.phase, message.step, message.message, message.elapsed_seconds,
+                    [_candidate(c) for c in message.candidates])
+
+
+def _scored(response: pb.ScoreResponse) -> list[Scored]:
+    return [Scored(dict(s.rewards), s.weighted_score) for s in response.scores]
+
+
+def _error(error: grpc.RpcError) -> AligndClientError:
+    return AligndClientError(error.code(), error.details() or "")
+
+
+class AligndClient:
+    """Blocking client. `timeout` (seconds) applies to every call unless overridden."""
+
+    def __init__(self, target: str = "localhost:50051", *, timeout: float | None = None,
+                 channel: grpc.Channel | None = None) -> None:
+        self._channel = channel or grpc.insecure_channel(target)
+        self._stub = pb_grpc.AligndStub(self._channel)
+        self.timeout = timeout
+
+    def __enter__(self) -> AligndClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def generate(self, prompt: str, *, strategy: str = "sample", timeout: float | None = None, **options: Any) -> Generation:
+        try:
+            response = self._stub.Generate(build_request(prompt, strategy=strategy, **options),
+                                           timeout=timeout or self.timeout)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+        return generation_from(response)
+
+    def generate_stream(self, prompt: str, *, strategy: str = "sample", timeout: float | None = None,
+                        **options: Any) -> Iterator[Progress | Generation]:
+        """Progress events as they happen, then the final Generation."""
+        try:
+            for event in self._stub.GenerateStream(build_request(prompt, strategy=strategy, **options),
+                                                   timeout=timeout or self.timeout):
+                if event.HasField("progress"):
+                    yield progress_from(event.progress)
+                else:
+                    yield generation_from(event.result)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+
+    def score(self, prompt: str, responses: Sequence[str], weights: Mapping[str, float] | None = None,
+              *, timeout: float | None = None) -> list[Scored]:
+        try:
+            response = self._stub.Score(pb.ScoreRequest(prompt=prompt, responses=list(responses), weights=dict(weights or {})),
+                                        timeout=timeout or self.timeout)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+        return _scored(response)
+
+    def server_info(self, *, timeout: float | None = None) -> pb.ServerInfo:
+        try:
+            return self._stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=timeout or self.timeout)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+
+
+class AsyncAligndClient:
+    """asyncio client with the same methods as AligndClient, awaited."""
+
+    def __init__(self, target: str = "localhost:50051", *, timeout: float | None = None) -> None:
+        self._channel = grpc.aio.insecure_channel(target)
+        self._stub = pb_grpc.AligndStub(self._channel)
+        self.timeout = timeout
+
+    async def __aenter__(self) -> AsyncAligndClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def generate(self, prompt: str, *, strategy: str = "sample", timeout: float | None = None,
+                       **options: Any) -> Generation:
+        try:
+            response = await self._stub.Generate(build_request(prompt, strategy=strategy, **options),
+                                                 timeout=timeout or self.timeout)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+        return generation_from(response)
+
+    async def generate_stream(self, prompt: str, *, strategy: str = "sample", timeout: float | None = None,
+                              **options: Any) -> AsyncIterator[Progress | Generation]:
+        try:
+            async for event in self._stub.GenerateStream(build_request(prompt, strategy=strategy, **options),
+                                                         timeout=timeout or self.timeout):
+                if event.HasField("progress"):
+                    yield progress_from(event.progress)
+                else:
+                    yield generation_from(event.result)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+
+    async def score(self, prompt: str, responses: Sequence[str], weights: Mapping[str, float] | None = None,
+                    *, timeout: float | None = None) -> list[Scored]:
+        try:
+            response = await self._stub.Score(
+                pb.ScoreRequest(prompt=prompt, responses=list(responses), weights=dict(weights or {})),
+                timeout=timeout or self.timeout)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+        return _scored(response)
+
+    async def server_info(self, *, timeout: float | None = None) -> pb.ServerInfo:
+        try:
+            return await self._stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=timeout or self.timeout)
+        except grpc.RpcError as error:
+            raise _error(error) from None

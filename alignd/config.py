@@ -1,0 +1,92 @@
+"""Server configuration: a TOML file (``alignd serve --config alignd.toml``) and CLI overrides.
+
+Every field has a default, so an empty file (or none) serves the embedded model on port 50051.
+Example::
+
+    model = "smollm2-135m-instruct"
+    port = 50051
+    objectives = ["relevance", "positivity", "harmlessness", "conciseness"]
+
+    [default_weights]
+    relevance = 0.7
+    harmlessness = 0.3
+
+    [default_sampling]
+    temperature = 0.7
+    max_tokens = 128
+
+    [limits]
+    max_candidates = 64
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignd.backends.base import SamplingParams
+from alignd.decoding.params import Limits
+from alignd.models import DEFAULT_MODEL
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported as one line at start-up."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model: str = DEFAULT_MODEL
+    backend: str = "transformers"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "float32"  # float32 is fastest on CPUs without AVX-512 (DESIGN.md section 5)
+    host: str = "127.0.0.1"
+    port: int = 50051
+    objectives: tuple[str, ...] = ("relevance", "positivity", "harmlessness", "conciseness")
+    default_weights: dict[str, float] = field(default_factory=dict)  # empty: uniform
+    default_sampling: SamplingParams = SamplingParams()
+    limits: Limits = Limits()
+    # Decodes run in worker threads; the model itself runs one forward pass at a time.
+    workers: int = 2
+    # Requests admitted at once (running + waiting); more get RESOURCE_EXHAUSTED.
+    max_pending: int = 64
+    metrics_port: int = 0  # Prometheus /metrics over HTTP; 0 disables
+    grace_seconds: float = 10.0  # drain time on SIGTERM
+
+
+_NESTED = {"default_sampling": SamplingParams, "limits": Limits}
+
+
+def _build(cls: type, values: dict[str, Any], where: str):
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{where}{key}: unknown setting; known: {sorted(known)}")
+        if key in _NESTED:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}{key}: must be a table")
+            value = _build(_NESTED[key], value, f"{where}{key}.")
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfig:
+    """Read a TOML file (optional) and apply non-None overrides (from the command line)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(path)!r} not found") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"config file {str(path)!r}: {error}") from None
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return _build(ServerConfig, values, "")
+    except TypeError as error:
+        raise ConfigError(str(error)) from None

@@ -1,0 +1,101 @@
+"""Typed, validated strategy parameters with documented defaults.
+
+Each strategy declares a frozen dataclass whose fields are made with `param(...)`: a default, a
+help text, bounds, and optionally the name of a server limit (`Limits`) that caps it. The server
+validates a request's parameters with `validate_params` and describes them in GetServerInfo with
+`describe_params`, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from alignd.errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request limits from the server's configuration."""
+
+    max_prompt_chars: int = 16_000
+    max_tokens: int = 1024
+    max_candidates: int = 64
+    max_stop_sequences: int = 8
+    max_stop_chars: int = 64
+    max_score_responses: int = 256
+
+
+def param(default: Any, help: str, *, min: float | None = None, max: float | None = None, limit: str | None = None):
+    """A strategy parameter: `limit` names a `Limits` field that caps the value at request time."""
+    return dataclasses.field(default=default, metadata={"help": help, "min": min, "max": max, "limit": limit})
+
+
+@dataclass(frozen=True)
+class ParamDescription:
+    name: str
+    type: str
+    default: Any
+    help: str
+    min: float | None
+    max: float | None
+
+
+def _upper_bound(field: dataclasses.Field, limits: Limits) -> float | None:
+    bound = field.metadata.get("max")
+    limit = field.metadata.get("limit")
+    if limit is not None:
+        cap = getattr(limits, limit)
+        bound = cap if bound is None else min(bound, cap)
+    return bound
+
+
+def describe_params(params_cls: type, limits: Limits) -> list[ParamDescription]:
+    return [
+        ParamDescription(
+            name=f.name,
+            type=f.type if isinstance(f.type, str) else f.type.__name__,
+            default=f.default,
+            help=f.metadata.get("help", ""),
+            min=f.metadata.get("min"),
+            max=_upper_bound(f, limits),
+        )
+        for f in dataclasses.fields(params_cls)
+    ]
+
+
+def validate_params(strategy: str, params_cls: type, values: dict[str, Any], limits: Limits):
+    """Build `params_cls` from the set values, checking types and bounds.
+
+    Raises InvalidArgument naming the field as `<strategy>.<param>`.
+    """
+    fields = {f.name: f for f in dataclasses.fields(params_cls)}
+    for name in values:
+        if name not in fields:
+            raise InvalidArgument(f"{strategy}.{name}", f"unknown parameter; known: {sorted(fields)}")
+    for name, value in values.items():
+        field = fields[name]
+        label = f"{strategy}.{name}"
+        kind = field.type if isinstance(field.type, str) else field.type.__name__
+        if kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                if isinstance(value, float) and value.is_integer():
+                    values[name] = value = int(value)
+                else:
+                    raise InvalidArgument(label, f"must be an integer, got {value!r}")
+        elif kind == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InvalidArgument(label, f"must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise InvalidArgument(label, f"must be finite, got {value!r}")
+            values[name] = value = float(value)
+        elif kind == "bool" and not isinstance(value, bool):
+            raise InvalidArgument(label, f"must be true or false, got {value!r}")
+        low, high = field.metadata.get("min"), _upper_bound(field, limits)
+        if low is not None and value < low:
+            raise InvalidArgument(label, f"must be >= {low:g}, got {value}")
+        if high is not None and value > high:
+            raise InvalidArgument(label, f"must be <= {high:g} (server limit), got {value}")
+    return params_cls(**values)

@@ -1,0 +1,143 @@
+"""Between the wire (alignd.v1 messages) and the domain types, with request validation.
+
+Every problem raises InvalidArgument naming the request field, e.g. ``sampling.stop[1]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from alignd.backends.base import ChatPrompt, SamplingParams
+from alignd.decoding.base import DecodeResult, ProgressEvent, ScoredCandidate, Strategy, get_strategy
+from alignd.decoding.params import Limits, ParamDescription, validate_params
+from alignd.decoding.weights import PreferenceWeights, parse_weights
+from alignd.errors import InvalidArgument
+from alignd.v1 import alignd_pb2 as pb
+
+DEFAULT_STRATEGY = "sample"
+_KL_KINDS = {"estimate": pb.KLEstimate.ESTIMATE, "upper_bound": pb.KLEstimate.UPPER_BOUND, "exact": pb.KLEstimate.EXACT}
+
+
+@dataclass(frozen=True)
+class ParsedGenerate:
+    strategy: Strategy
+    params: Any
+    prompt: ChatPrompt
+    sampling: SamplingParams
+    weights: PreferenceWeights
+    return_candidates: bool
+
+
+def check_text(field: str, text: str, limit: int, *, required: bool) -> None:
+    if required and not text.strip():
+        raise InvalidArgument(field, "must not be empty")
+    if len(text) > limit:
+        raise InvalidArgument(field, f"{len(text)} characters, over the limit of {limit}")
+
+
+def parse_sampling(message: pb.SamplingParams, defaults: SamplingParams, limits: Limits) -> SamplingParams:
+    values = {f.name: v for f, v in message.ListFields() if f.name != "stop"}
+    temperature = values.get("temperature", defaults.temperature)
+    if not math.isfinite(temperature) or temperature < 0:
+        raise InvalidArgument("sampling.temperature", f"must be finite and >= 0, got {temperature}")
+    top_p = values.get("top_p", defaults.top_p)
+    if not math.isfinite(top_p) or not 0 < top_p <= 1:
+        raise InvalidArgument("sampling.top_p", f"must be in (0, 1], got {top_p}")
+    top_k = values.get("top_k", defaults.top_k)
+    if top_k < 0:
+        raise InvalidArgument("sampling.top_k", f"must be >= 0 (0 disables it), got {top_k}")
+    max_tokens = values.get("max_tokens", defaults.max_tokens)
+    if not 1 <= max_tokens <= limits.max_tokens:
+        raise InvalidArgument("sampling.max_tokens", f"must be in [1, {limits.max_tokens}], got {max_tokens}")
+    stop = tuple(message.stop) if message.stop else defaults.stop
+    if len(stop) > limits.max_stop_sequences:
+        raise InvalidArgument("sampling.stop", f"{len(stop)} stop sequences, over the limit of {limits.max_stop_sequences}")
+    for i, sequence in enumerate(stop):
+        if not sequence:
+            raise InvalidArgument(f"sampling.stop[{i}]", "must not be empty")
+        if len(sequence) > limits.max_stop_chars:
+            raise InvalidArgument(f"sampling.stop[{i}]", f"{len(sequence)} characters, over the limit of {limits.max_stop_chars}")
+    seed = values.get("seed", defaults.seed)
+    return SamplingParams(float(temperature), float(top_p), int(top_k), int(max_tokens), stop, seed)
+
+
+def parse_generate(
+    request: pb.GenerateRequest, objective_names: tuple[str, ...], default_weights: Mapping[str, float],
+    default_sampling: SamplingParams, limits: Limits,
+) -> ParsedGenerate:
+    check_text("prompt", request.prompt, limits.max_prompt_chars, required=True)
+    check_text("system_prompt", request.system_prompt, limits.max_prompt_chars, required=False)
+
+    chosen = request.WhichOneof("params")
+    name = request.strategy or chosen or DEFAULT_STRATEGY
+    if chosen is not None and request.strategy and chosen != request.strategy:
+        raise InvalidArgument("params", f"parameters for {chosen!r} given with strategy {request.strategy!r}")
+    strategy = get_strategy(name)
+    given = {f.name: v for f, v in getattr(request, chosen).ListFields()} if chosen else {}
+    params = validate_params(name, strategy.Params, given, limits)
+
+    return ParsedGenerate(
+        strategy=strategy,
+        params=params,
+        prompt=ChatPrompt(request.prompt, request.system_prompt or None, request.raw_prompt),
+        sampling=parse_sampling(request.sampling, default_sampling, limits),
+        weights=parse_weights(dict(request.weights), objective_names, default_weights),
+        return_candidates=request.return_candidates,
+    )
+
+
+def candidate_message(names: tuple[str, ...], candidate: ScoredCandidate) -> pb.Candidate:
+    c = candidate.completion
+    return pb.Candidate(
+        text=c.text, token_ids=c.token_ids, finish_reason=c.finish_reason.value,
+        rewards={n: float(v) for n, v in zip(names, candidate.rewards)},
+        weighted_score=candidate.weighted_score, logprob=c.logprob, selected=candidate.selected,
+    )
+
+
+def result_message(
+    result: DecodeResult, request_id: str, strategy: str, model: str, weights: PreferenceWeights
+) -> pb.GenerateResponse:
+    u = result.usage
+    return pb.GenerateResponse(
+        request_id=request_id,
+        strategy=strategy,
+        text=result.text,
+        token_ids=result.token_ids,
+        finish_reason=result.finish_reason,
+        rewards=result.rewards,
+        weighted_score=result.weighted_score,
+        weights=weights.as_dict(),
+        kl=[pb.KLEstimate(name=k.name, kind=_KL_KINDS[k.kind], nats=k.nats, description=k.description) for k in result.kl],
+        candidates=[candidate_message(weights.names, c) for c in result.candidates],
+        usage=pb.Usage(
+            prompt_tokens=u.prompt_tokens, generated_tokens=u.generated_tokens, lm_forward_tokens=u.lm_forward_tokens,
+            scorer_calls=u.scorer_calls, scored_texts=u.scored_texts, wall_seconds=u.wall_seconds,
+            phase_seconds=u.phase_seconds,
+        ),
+        model=model,
+    )
+
+
+def progress_message(names: tuple[str, ...], event: ProgressEvent) -> pb.GenerateEvent:
+    return pb.GenerateEvent(
+        progress=pb.Progress(
+            phase=event.phase, step=event.step, message=event.message, elapsed_seconds=event.elapsed_seconds,
+            candidates=[candidate_message(names, c) for c in event.candidates],
+        )
+    )
+
+
+def parameter_message(description: ParamDescription) -> pb.ParameterInfo:
+    message = pb.ParameterInfo(
+        name=description.name, type=description.type, default_value=str(description.default),
+        description=description.help,
+    )
+    if description.min is not None:
+        message.min_value = float(description.min)
+    if description.max is not None:
+        message.max_value = float(description.max)
+    return message

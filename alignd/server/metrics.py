@@ -1,0 +1,27 @@
+"""Prometheus metrics of one server (own registry: no process-global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "alignd_requests", "Requests by method, strategy and status code", ["method", "strategy", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "alignd_request_seconds", "Request latency by method and strategy", ["method", "strategy"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry,
+        )
+        self.generated_tokens = Counter(
+            "alignd_generated_tokens", "Tokens sampled from the policy, all candidates", ["strategy"],
+            registry=self.registry,
+        )
+        self.pending = Gauge("alignd_pending_requests", "Requests admitted and not finished (queue depth)",
+                             registry=self.registry)
+
+    def serve_http(self, port: int, host: str = "127.0.0.1") -> None:
+        start_http_server(port, addr=host, registry=self.registry)

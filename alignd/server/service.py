@@ -1,0 +1,187 @@
+"""The alignd.v1.Alignd gRPC service (grpc.aio).
+
+Handlers validate on the event loop and run decoding in worker threads, so health checks and
+GetServerInfo stay responsive while a decode is running. Errors: alignd.errors map to their
+status code; anything else is logged and reported as INTERNAL without killing the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+import grpc
+
+from alignd import __version__
+from alignd.backends.base import Policy
+from alignd.config import ServerConfig
+from alignd.decoding.base import STRATEGIES, DecodeRequest, DecodeResult, ProgressEvent
+from alignd.decoding.params import describe_params
+from alignd.decoding.weights import parse_weights
+from alignd.errors import AligndError, InvalidArgument
+from alignd.rewardmodels.base import Scorer
+from alignd.server import convert
+from alignd.server.metrics import Metrics
+from alignd.v1 import alignd_pb2 as pb
+from alignd.v1 import alignd_pb2_grpc as pb_grpc
+
+log = logging.getLogger("alignd.server")
+
+
+class AligndService(pb_grpc.AligndServicer):
+    def __init__(self, policy: Policy, scorer: Scorer, config: ServerConfig, metrics: Metrics | None = None) -> None:
+        self.policy = policy
+        self.scorer = scorer
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.objective_names = scorer.objective_names
+        # Default weights are checked once at start-up: a bad config fails there, not per request.
+        self.default_weights = parse_weights(config.default_weights, self.objective_names).as_dict()
+        self._executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="alignd-decode")
+        self._pending = 0
+        self._info = self._server_info()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _handle(self, context: grpc.aio.ServicerContext, method: str, strategy: str = ""):
+        """Admission control, metrics, and the mapping of errors to status codes."""
+        if self._pending >= self.config.max_pending:
+            self.metrics.requests.labels(method, strategy, "RESOURCE_EXHAUSTED").inc()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"server busy: {self._pending} requests pending (max_pending)")
+        self._pending += 1
+        self.metrics.pending.set(self._pending)
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            yield
+        except AligndError as error:
+            code = error.code_name
+            await context.abort(grpc.StatusCode[code], str(error))
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except grpc.aio.AbortError:
+            code = context.code().name if context.code() else "UNKNOWN"
+            raise
+        except Exception:
+            code = "INTERNAL"
+            log.exception("%s failed", method)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method} (logged on the server)")
+        finally:
+            self._pending -= 1
+            self.metrics.pending.set(self._pending)
+            self.metrics.requests.labels(method, strategy, code).inc()
+            self.metrics.latency.labels(method, strategy).observe(time.perf_counter() - started)
+
+    def _parse(self, request: pb.GenerateRequest) -> convert.ParsedGenerate:
+        return convert.parse_generate(
+            request, self.objective_names, self.default_weights, self.config.default_sampling, self.config.limits
+        )
+
+    def _decode(self, parsed: convert.ParsedGenerate, on_progress: Callable[[ProgressEvent], None] | None) -> DecodeResult:
+        parsed.strategy.check_policy(self.policy)
+        request = DecodeRequest(parsed.prompt, parsed.sampling, parsed.weights, parsed.return_candidates, on_progress)
+        result = parsed.strategy.decode(request, parsed.params, self.policy, self.scorer)
+        self.metrics.generated_tokens.labels(parsed.strategy.name).inc(result.usage.generated_tokens)
+        return result
+
+    def _response(self, parsed: convert.ParsedGenerate, result: DecodeResult, request_id: str) -> pb.GenerateResponse:
+        return convert.result_message(result, request_id, parsed.strategy.name, self.policy.model_name, parsed.weights)
+
+    @staticmethod
+    def _strategy_label(request: pb.GenerateRequest) -> str:
+        name = request.strategy or request.WhichOneof("params") or convert.DEFAULT_STRATEGY
+        return name if name in STRATEGIES else "unknown"
+
+    # -- RPCs -------------------------------------------------------------------------------
+
+    async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
+        async with self._handle(context, "Generate", self._strategy_label(request)):
+            parsed = self._parse(request)
+            request_id = request.request_id or uuid.uuid4().hex
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self._executor, self._decode, parsed, None)
+            return self._response(parsed, result, request_id)
+
+    async def GenerateStream(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateEvent]:
+        async with self._handle(context, "GenerateStream", self._strategy_label(request)):
+            parsed = self._parse(request)
+            request_id = request.request_id or uuid.uuid4().hex
+            loop = asyncio.get_running_loop()
+            events: asyncio.Queue[ProgressEvent | None] = asyncio.Queue()
+
+            def on_progress(event: ProgressEvent) -> None:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+
+            work = loop.run_in_executor(self._executor, self._decode, parsed, on_progress)
+            work.add_done_callback(lambda _: events.put_nowait(None))
+            while (event := await events.get()) is not None:
+                yield convert.progress_message(parsed.weights.names, event)
+            yield pb.GenerateEvent(result=self._response(parsed, await work, request_id))
+
+    async def Score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
+        async with self._handle(context, "Score"):
+            limits = self.config.limits
+            convert.check_text("prompt", request.prompt, limits.max_prompt_chars, required=True)
+            if not request.responses:
+                raise InvalidArgument("responses", "at least one response is required")
+            if len(request.responses) > limits.max_score_responses:
+                raise InvalidArgument("responses", f"{len(request.responses)} responses, over the limit of {limits.max_score_responses}")
+            for i, text in enumerate(request.responses):
+                convert.check_text(f"responses[{i}]", text, limits.max_prompt_chars, required=False)
+            weights = parse_weights(dict(request.weights), self.objective_names, self.default_weights)
+            prompts = [request.prompt] * len(request.responses)
+            loop = asyncio.get_running_loop()
+            rewards = await loop.run_in_executor(self._executor, self.scorer.score, prompts, list(request.responses))
+            weighted = weights.weighted(rewards)
+            return pb.ScoreResponse(
+                scores=[
+                    pb.ScoredText(rewards={n: float(v) for n, v in zip(weights.names, row)}, weighted_score=float(w))
+                    for row, w in zip(rewards, weighted)
+                ],
+                weights=weights.as_dict(),
+            )
+
+    async def GetServerInfo(self, request: pb.GetServerInfoRequest, context) -> pb.ServerInfo:
+        return self._info
+
+    def _server_info(self) -> pb.ServerInfo:
+        c, s, limits = self.config, self.config.default_sampling, self.config.limits
+        sampling = pb.SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                                     max_tokens=s.max_tokens, stop=list(s.stop))
+        return pb.ServerInfo(
+            version=__version__,
+            model=self.policy.model_name,
+            backend=c.backend,
+            device=self.policy.device,
+            objectives=[
+                pb.ObjectiveInfo(name=o.name, description=o.description, min_value=o.min_value, max_value=o.max_value,
+                                 higher_is_better=o.higher_is_better, default_weight=self.default_weights[o.name])
+                for o in self.scorer.objectives
+            ],
+            strategies=[
+                pb.StrategyInfo(
+                    name=strategy.name, description=strategy.description,
+                    parameters=[convert.parameter_message(d) for d in describe_params(strategy.Params, limits)],
+                    requires=sorted(r.value for r in strategy.requires),
+                )
+                for strategy in sorted(STRATEGIES.values(), key=lambda st: st.name)
+            ],
+            limits=pb.Limits(
+                max_prompt_chars=limits.max_prompt_chars, max_tokens=limits.max_tokens,
+                max_candidates=limits.max_candidates, max_stop_sequences=limits.max_stop_sequences,
+                max_stop_chars=limits.max_stop_chars, max_score_responses=limits.max_score_responses,
+            ),
+            default_sampling=sampling,
+            capabilities=sorted(cap.value for cap in self.policy.capabilities),
+        )
