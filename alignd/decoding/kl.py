@@ -60,14 +60,12 @@ def best_of_n_distribution(probs: Sequence[float], rewards: Sequence[float], n: 
     reward r gets F(r)^n - F^-(r)^n, shared in proportion to their reference mass.
     """
     p = np.asarray(probs, dtype=np.float64)
-    r = np.asarray(rewards, dtype=np.float64)
-    result = np.zeros_like(p)
-    for value in np.unique(r):
-        group = r == value
-        below = p[r < value].sum()
-        at_or_below = below + p[group].sum()
-        result[group] = (at_or_below**n - below**n) * p[group] / p[group].sum()
-    return result
+    values, group = np.unique(np.asarray(rewards, dtype=np.float64), return_inverse=True)
+    group_mass = np.bincount(group, weights=p, minlength=len(values))
+    at_or_below = np.cumsum(group_mass)
+    below = at_or_below - group_mass
+    group_share = at_or_below**n - below**n
+    return group_share[group] * p / group_mass[group]
 
 
 def exact_best_of_n_kl(probs: Sequence[float], rewards: Sequence[float], n: int) -> float:

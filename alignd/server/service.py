@@ -19,7 +19,7 @@ import grpc
 
 from alignd import __version__
 from alignd.backends.base import Policy
-from alignd.config import ServerConfig
+from alignd.config import ConfigError, ServerConfig
 from alignd.decoding.base import STRATEGIES, DecodeRequest, DecodeResult, ProgressEvent
 from alignd.decoding.params import describe_params
 from alignd.decoding.weights import parse_weights
@@ -40,8 +40,12 @@ class AligndService(pb_grpc.AligndServicer):
         self.config = config
         self.metrics = metrics or Metrics()
         self.objective_names = scorer.objective_names
-        # Default weights are checked once at start-up: a bad config fails there, not per request.
-        self.default_weights = parse_weights(config.default_weights, self.objective_names).as_dict()
+        # Defaults are checked once at start-up: a bad config fails there, not in every request.
+        try:
+            self.default_weights = parse_weights(config.default_weights, self.objective_names).as_dict()
+            convert.parse_sampling(pb.SamplingParams(), config.default_sampling, config.limits)
+        except InvalidArgument as error:
+            raise ConfigError(f"default_{error}") from None
         self._executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="alignd-decode")
         self._pending = 0
         self._info = self._server_info()

@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from alignd.backends.base import ChatPrompt, FinishReason, SamplingParams
+from alignd.backends.sampling import reference_logprobs
+
+PROMPT = ChatPrompt("how do I bake bread at home?")
+
+
+def test_same_seed_gives_same_output_and_different_seeds_differ(tiny_policy):
+    sampling = SamplingParams(temperature=1.0, max_tokens=24, seed=7)
+    first = tiny_policy.sample([PROMPT], 4, sampling).completions[0]
+    again = tiny_policy.sample([PROMPT], 4, sampling).completions[0]
+    other = tiny_policy.sample([PROMPT], 4, SamplingParams(temperature=1.0, max_tokens=24, seed=8)).completions[0]
+    assert [c.token_ids for c in first] == [c.token_ids for c in again]
+    assert [c.token_ids for c in first] != [c.token_ids for c in other]
+
+
+def test_prompt_is_encoded_once_for_all_n_rows(tiny_policy):
+    batch = tiny_policy.sample([PROMPT], 6, SamplingParams(temperature=1.0, max_tokens=16, seed=3))
+    generated = batch.completions[0]
+    # The prompt once, then one token per live row per step; a row's last token is never fed.
+    assert batch.forward_tokens == batch.prompt_tokens[0] + sum(len(c.token_ids) - 1 for c in generated)
+
+
+def test_token_logprobs_match_a_full_recomputation_under_the_sampling_distribution(tiny_policy):
+    sampling = SamplingParams(temperature=0.8, top_k=20, top_p=0.9, max_tokens=12, seed=11)
+    batch = tiny_policy.sample([PROMPT], 3, sampling)
+    prompt_ids = tiny_policy.tokenizer(tiny_policy.render(PROMPT), add_special_tokens=False)["input_ids"]
+    for completion in batch.completions[0]:
+        ids = torch.tensor([prompt_ids + completion.token_ids])
+        with torch.no_grad():
+            logits = tiny_policy.model(ids).logits[0, len(prompt_ids) - 1 : -1]
+        expected = reference_logprobs(logits, sampling).gather(-1, torch.tensor(completion.token_ids)[:, None])
+        assert torch.allclose(torch.tensor(completion.token_logprobs), expected.squeeze(-1), atol=1e-4)
+
+
+def test_left_padded_batch_decodes_each_prompt_as_if_alone(tiny_policy):
+    prompts = [ChatPrompt("hi"), ChatPrompt("how do I bake bread at home with flour, water, yeast and salt?")]
+    greedy = SamplingParams(temperature=0.0, max_tokens=10)
+    together = tiny_policy.sample(prompts, 2, greedy).completions
+    for prompt, rows in zip(prompts, together):
+        alone = tiny_policy.sample([prompt], 1, greedy).completions[0][0]
+        assert [c.token_ids for c in rows] == [alone.token_ids, alone.token_ids]
+
+
+def test_max_tokens_bounds_length_and_sets_finish_reason(tiny_policy):
+    batch = tiny_policy.sample([PROMPT], 8, SamplingParams(temperature=1.0, max_tokens=5, seed=0))
+    for c in batch.completions[0]:
+        assert 1 <= len(c.token_ids) <= 5
+        assert len(c.token_logprobs) == len(c.token_ids)
+        if c.finish_reason is FinishReason.LENGTH:
+            assert len(c.token_ids) == 5
+        else:
+            assert c.token_ids[-1] in tiny_policy.eos_token_ids.tolist()
+
+
+def test_stop_sequence_cuts_the_text_before_it(tiny_policy):
+    # One row with a fixed seed draws the same tokens up to the stop point.
+    sampling = SamplingParams(temperature=1.0, max_tokens=40, seed=4)
+    free = tiny_policy.sample([PROMPT], 1, sampling).completions[0][0]
+    words = free.text.split()
+    assert len(words) > 3, free.text
+    stop = words[2]
+    cut = tiny_policy.sample([PROMPT], 1, SamplingParams(**{**sampling.__dict__, "stop": (stop,)})).completions[0][0]
+    assert cut.finish_reason is FinishReason.STOP
+    assert stop not in cut.text
+    assert free.text.startswith(cut.text)
+    assert len(cut.token_ids) < len(free.token_ids)
+
+
+def test_chat_template_wraps_the_user_message(tiny_policy):
+    rendered = tiny_policy.render(ChatPrompt("hello", system="be kind"))
+    assert "<|im_start|>system\nbe kind" in rendered and rendered.endswith("<|im_start|>assistant\n")
+    assert tiny_policy.render(ChatPrompt("hello", raw=True)) == "hello"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sampling_on_cuda_matches_shapes_and_seeds():
+    from alignd.backends.transformers_policy import TransformersPolicy
+    from tests.tiny import tiny_model, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    policy = TransformersPolicy(model=tiny_model(len(tokenizer)), tokenizer=tokenizer, device="cuda")
+    sampling = SamplingParams(temperature=1.0, max_tokens=8, seed=5)
+    a = policy.sample([PROMPT], 4, sampling).completions[0]
+    b = policy.sample([PROMPT], 4, sampling).completions[0]
+    assert policy.device.startswith("cuda")
+    assert [c.token_ids for c in a] == [c.token_ids for c in b]

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from alignd.backends.transformers_policy import TransformersPolicy
+from alignd.rewardmodels.base import Objective, ObjectiveInfo
+from alignd.rewardmodels.objective_scorer import ObjectiveScorer
+from tests.tiny import tiny_model, tiny_tokenizer
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_policy() -> TransformersPolicy:
+    tokenizer = tiny_tokenizer()
+    return TransformersPolicy(model=tiny_model(len(tokenizer)), tokenizer=tokenizer, model_name="tiny", device="cpu")
+
+
+class CountingObjective(Objective):
+    """Deterministic toy reward: how often `letter` occurs in the response. Counts its calls."""
+
+    def __init__(self, name: str, letter: str) -> None:
+        self.info = ObjectiveInfo(name, f"count of {letter!r}", 0.0, float("inf"))
+        self.letter = letter
+        self.calls: list[int] = []
+
+    def score(self, prompts, responses) -> np.ndarray:
+        self.calls.append(len(responses))
+        return np.array([r.count(self.letter) for r in responses], dtype=np.float64)
+
+
+@pytest.fixture
+def letter_scorer() -> ObjectiveScorer:
+    return ObjectiveScorer([CountingObjective("e_count", "e"), CountingObjective("o_count", "o")])
