@@ -1,0 +1,73 @@
+"""The real server, started as `alignd serve` on the shipped SmolLM2 model, shared by the module."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from alignd import models
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen
+    port: int
+    log: Path
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def rss_bytes(self) -> int:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024
+
+
+def start_serve(tmp_path: Path, *args: str, timeout: float = 180) -> ServerProcess:
+    models.resolve(models.DEFAULT_MODEL)  # converts the GGUF once if `make test` did not
+    log = tmp_path / "serve.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "alignd.cli", "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE, stderr=log.open("w"), text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 1.0)
+        if ready:
+            line = process.stdout.readline()
+            found = re.search(r"alignd serving .* on [\d.]+:(\d+)", line)
+            if found:
+                return ServerProcess(process, int(found.group(1)), log)
+        if process.poll() is not None:
+            break
+    process.kill()
+    raise RuntimeError(f"alignd serve did not start: {log.read_text()[-2000:]}")
+
+
+def stop(server: ServerProcess) -> int:
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            return server.process.wait(30)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            return -9
+    return server.process.returncode
+
+
+@pytest.fixture(scope="module")
+def real_server(tmp_path_factory):
+    server = start_serve(tmp_path_factory.mktemp("serve"))
+    yield server
+    stop(server)

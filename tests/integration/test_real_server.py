@@ -1,0 +1,100 @@
+"""End to end on the shipped SmolLM2-135M model: `alignd serve` in a subprocess, the real client
+and CLI against it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from alignd.clients import AligndClient, AligndClientError, Generation
+from tests.integration.conftest import start_serve, stop
+
+pytestmark = pytest.mark.integration
+
+PROMPT = "Give me three tips for staying focused while studying."
+OBJECTIVES = {"relevance", "positivity", "harmlessness", "conciseness"}
+
+
+def test_cli_best_of_8_prints_an_answer_four_rewards_and_both_kl_figures(real_server):
+    done = subprocess.run(
+        [sys.executable, "-m", "alignd.cli", "generate", PROMPT, "--strategy", "best_of_n", "--n", "8",
+         "--max-tokens", "48", "--seed", "1", "--target", real_server.target],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    rewards = dict(re.findall(r"(\w+)=([+-]\d\.\d+)", out.split("rewards:", 1)[1].splitlines()[0]))
+    assert set(rewards) == OBJECTIVES
+    assert re.search(r"KL upper_bound\s+best_of_n_bound\s+1\.2044 nats", out)
+    assert re.search(r"KL estimate\s+beirami_estimator\s+\d+\.\d+ nats", out)
+    answer = out.split("\n\nstrategy best_of_n", 1)[0]
+    assert len(answer.split()) >= 10
+
+
+def test_best_of_n_answer_is_on_topic_and_beats_or_ties_every_candidate(real_server):
+    with AligndClient(real_server.target, timeout=300) as client:
+        out = client.generate(PROMPT, strategy="best_of_n", n=8, max_tokens=48, seed=2, return_candidates=True,
+                              weights={"relevance": 1.0})
+    assert set(out.rewards) == OBJECTIVES
+    assert out.rewards["relevance"] > 0.4, out.text  # coherent and on topic, not noise
+    assert out.rewards["relevance"] == max(c.rewards["relevance"] for c in out.candidates)
+    kl = {k.name: k for k in out.kl}
+    assert 0.0 <= kl["beirami_estimator"].nats <= kl["best_of_n_bound"].nats
+    assert out.usage.prompt_tokens > 0 and out.usage.lm_forward_tokens < 8 * out.usage.prompt_tokens + \
+        out.usage.generated_tokens
+
+
+def test_same_seed_same_output_on_the_real_model(real_server):
+    with AligndClient(real_server.target, timeout=300) as client:
+        a = client.generate("Name a fruit.", seed=123, max_tokens=16)
+        b = client.generate("Name a fruit.", seed=123, max_tokens=16)
+    assert a.text == b.text and a.text.strip()
+
+
+def test_stream_on_the_real_model(real_server):
+    with AligndClient(real_server.target, timeout=300) as client:
+        events = list(client.generate_stream("Say hello.", strategy="best_of_n", n=2, max_tokens=8))
+    assert isinstance(events[-1], Generation) and [e.phase for e in events[:-1]] == ["sampled", "scored"]
+
+
+def test_health_serving_and_reflection_lists_the_service(real_server):
+    with grpc.insecure_channel(real_server.target) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="alignd.v1.Alignd"),
+                                                          timeout=10).status
+        replies = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        names = {s.name for reply in replies for s in reply.list_services_response.service}
+    assert status == health_pb2.HealthCheckResponse.SERVING
+    assert "alignd.v1.Alignd" in names
+
+
+def test_bad_input_on_the_real_server_then_it_keeps_serving(real_server):
+    with AligndClient(real_server.target, timeout=300) as client:
+        for kwargs, field in [(dict(weights={"relevance": float("nan")}), "weights[relevance]"),
+                              (dict(strategy="best_of_n", n=100000), "best_of_n.n"),
+                              (dict(max_tokens=10**6), "sampling.max_tokens")]:
+            with pytest.raises(AligndClientError) as error:
+                client.generate("hi", **kwargs)
+            assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT and error.value.details.startswith(field)
+        info = client.server_info()
+        assert {o.name for o in info.objectives} == OBJECTIVES
+        assert client.generate("hi", max_tokens=4).usage.generated_tokens >= 1
+
+
+def test_server_memory_with_the_default_model_stays_under_2_gib(real_server):
+    with AligndClient(real_server.target, timeout=300) as client:
+        client.generate(PROMPT, strategy="best_of_n", n=8, max_tokens=32)
+    assert real_server.rss_bytes() < 2 * 1024**3
+
+
+def test_sigterm_drains_and_exits_cleanly(tmp_path):
+    server = start_serve(tmp_path)
+    with AligndClient(server.target, timeout=120) as client:
+        assert client.generate("hi", max_tokens=2).text is not None
+    assert stop(server) == 0

@@ -1,0 +1,61 @@
+"""The command line: one-line errors, no tracebacks; client commands without torch."""
+
+import subprocess
+import sys
+
+import pytest
+
+from alignd import models
+from alignd.cli import _parse_weights, main
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "alignd.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_serve_with_a_missing_model_path_exits_with_one_line():
+    done = run_cli("serve", "--model", "/nonexistent/model", "--port", "0")
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0, done.stderr
+    assert done.stderr.startswith("alignd: error: model '/nonexistent/model' not found")
+    assert "Traceback" not in done.stderr
+
+
+def test_serve_with_a_bad_config_file_exits_with_one_line(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("workerz = 3\n")
+    done = run_cli("serve", "--config", str(config))
+    assert done.returncode == 2 and done.stderr.strip() == "alignd: error: workerz: unknown setting; known: " + \
+        done.stderr.strip().split("known: ", 1)[1]
+
+
+def test_generate_against_no_server_is_a_one_line_unavailable_error():
+    done = run_cli("generate", "hello", "--target", "127.0.0.1:1", "--timeout", "5")
+    assert done.returncode == 2 and done.stderr.startswith("alignd: error: UNAVAILABLE")
+    assert "Traceback" not in done.stderr
+
+
+def test_weights_option_parses_pairs():
+    assert _parse_weights(["relevance=0.7,positivity=0.2", "harmlessness=0.1"]) == {
+        "relevance": 0.7, "positivity": 0.2, "harmlessness": 0.1}
+    with pytest.raises(SystemExit):
+        _parse_weights(["relevance"])
+
+
+def test_models_list_shows_the_embedded_default(capsys):
+    assert main(["models", "list"]) == 0
+    assert models.DEFAULT_MODEL in capsys.readouterr().out
+
+
+def test_registry_resolves_folders_and_explains_unknown_names(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    assert models.resolve(str(tmp_path)) == tmp_path
+    with pytest.raises(models.ModelNotFound, match="not a Hugging Face checkpoint folder"):
+        models.resolve(str(tmp_path.parent))
+    with pytest.raises(models.ModelNotFound, match="not a registered name"):
+        models.resolve("no-such-model")
+
+
+def test_client_imports_without_torch():
+    code = "import sys, alignd.clients, alignd.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0

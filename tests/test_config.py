@@ -1,0 +1,41 @@
+import pytest
+
+from alignd.config import ConfigError, load_config
+
+
+def test_toml_file_and_overrides(tmp_path):
+    path = tmp_path / "alignd.toml"
+    path.write_text(
+        'model = "/models/x"\nport = 6000\nobjectives = ["relevance", "positivity"]\n'
+        "[default_weights]\nrelevance = 0.7\n[default_sampling]\ntemperature = 0.3\nmax_tokens = 64\n"
+        "[limits]\nmax_candidates = 16\n"
+    )
+    config = load_config(path, port=7000, device=None)
+    assert config.model == "/models/x" and config.port == 7000
+    assert config.objectives == ("relevance", "positivity")
+    assert config.default_weights == {"relevance": 0.7}
+    assert config.default_sampling.temperature == 0.3 and config.default_sampling.max_tokens == 64
+    assert config.limits.max_candidates == 16 and config.limits.max_tokens == 1024
+
+
+def test_no_file_gives_the_embedded_defaults():
+    config = load_config()
+    assert config.model == "smollm2-135m-instruct" and config.port == 50051 and config.backend == "transformers"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("prot = 1\n", "prot: unknown setting"), ("[limits]\nmax_n = 3\n", "limits.max_n: unknown setting"),
+     ("limits = 3\n", "limits: must be a table"), ("port = \n", "alignd.toml")],
+)
+def test_config_errors_are_one_line_naming_the_setting(tmp_path, text, message):
+    path = tmp_path / "alignd.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as error:
+        load_config(path)
+    assert "\n" not in str(error.value)
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("/nonexistent/alignd.toml")
