@@ -1,0 +1,1 @@
+"""The gRPC server: service, start-up and drain, metrics."""
