@@ -30,6 +30,12 @@ class FailedPrecondition(AligndError):
     code_name = "FAILED_PRECONDITION"
 
 
+class Cancelled(AligndError):
+    """The client went away or its deadline passed; work stopped at the next step."""
+
+    code_name = "CANCELLED"
+
+
 class ModelNotFound(AligndError):
     """A model name or path that the registry cannot resolve."""
 

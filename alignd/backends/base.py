@@ -7,6 +7,7 @@ it needs; a policy that lacks one is refused with FAILED_PRECONDITION before any
 from __future__ import annotations
 
 import enum
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -99,8 +100,14 @@ class Policy(ABC):
         """Tokens in ``text`` under this model's tokenizer."""
 
     @abstractmethod
-    def sample(self, prompts: Sequence[ChatPrompt], n: int, sampling: SamplingParams) -> SampleBatch:
-        """Draw ``n`` responses for each prompt in one batch, each prompt encoded once."""
+    def sample(
+        self, prompts: Sequence[ChatPrompt], n: int, sampling: SamplingParams, cancel: threading.Event | None = None
+    ) -> SampleBatch:
+        """Draw ``n`` responses for each prompt in one batch, each prompt encoded once.
+
+        When ``cancel`` is set the backend stops at its next decoding step and raises
+        alignd.errors.Cancelled, so an abandoned request frees the model at once.
+        """
 
     def close(self) -> None:
         """Release engine resources (processes, device memory)."""

@@ -25,6 +25,7 @@ from alignd.backends.base import (
     SamplingParams,
 )
 from alignd.backends.sampling import draw, make_generator
+from alignd.errors import Cancelled
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -97,13 +98,17 @@ class TransformersPolicy(Policy):
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     @torch.inference_mode()
-    def sample(self, prompts: Sequence[ChatPrompt], n: int, sampling: SamplingParams) -> SampleBatch:
+    def sample(
+        self, prompts: Sequence[ChatPrompt], n: int, sampling: SamplingParams, cancel: threading.Event | None = None
+    ) -> SampleBatch:
         if n < 1 or not prompts:
             raise ValueError("sample needs at least one prompt and n >= 1")
         with self._lock:
-            return self._sample(prompts, n, sampling)
+            return self._sample(prompts, n, sampling, cancel)
 
-    def _sample(self, prompts: Sequence[ChatPrompt], n: int, sampling: SamplingParams) -> SampleBatch:
+    def _sample(
+        self, prompts: Sequence[ChatPrompt], n: int, sampling: SamplingParams, cancel: threading.Event | None
+    ) -> SampleBatch:
         device = self._device
         encoded = self.tokenizer(
             [self.render(p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False
@@ -135,6 +140,8 @@ class TransformersPolicy(Policy):
         stop_window = _stop_window(sampling.stop)
 
         for step in range(max_tokens):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("request cancelled; decoding stopped")
             chosen, chosen_logprobs = draw(logits, sampling, generator)
             tokens[live, step] = chosen
             logprobs[live, step] = chosen_logprobs

@@ -6,6 +6,7 @@ only the interfaces, never a concrete backend or the server.
 
 from __future__ import annotations
 
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -53,6 +54,7 @@ class DecodeRequest:
     weights: PreferenceWeights
     return_candidates: bool = False
     on_progress: Callable[[ProgressEvent], None] | None = None
+    cancel: threading.Event | None = None  # set by the server when the client goes away
 
 
 @dataclass

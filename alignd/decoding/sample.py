@@ -25,7 +25,7 @@ class SampleStrategy(Strategy):
         started = time.perf_counter()
         usage = Usage()
         with usage.phase("sample"):
-            batch = policy.sample([request.prompt], 1, request.sampling)
+            batch = policy.sample([request.prompt], 1, request.sampling, request.cancel)
         completions = batch.completions[0]
         usage.prompt_tokens = batch.prompt_tokens[0]
         usage.generated_tokens = sum(len(c.token_ids) for c in completions)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -92,9 +93,13 @@ class AligndService(pb_grpc.AligndServicer):
             request, self.objective_names, self.default_weights, self.config.default_sampling, self.config.limits
         )
 
-    def _decode(self, parsed: convert.ParsedGenerate, on_progress: Callable[[ProgressEvent], None] | None) -> DecodeResult:
+    def _decode(
+        self, parsed: convert.ParsedGenerate, on_progress: Callable[[ProgressEvent], None] | None,
+        cancel: threading.Event,
+    ) -> DecodeResult:
         parsed.strategy.check_policy(self.policy)
-        request = DecodeRequest(parsed.prompt, parsed.sampling, parsed.weights, parsed.return_candidates, on_progress)
+        request = DecodeRequest(parsed.prompt, parsed.sampling, parsed.weights, parsed.return_candidates, on_progress,
+                                cancel)
         result = parsed.strategy.decode(request, parsed.params, self.policy, self.scorer)
         self.metrics.generated_tokens.labels(parsed.strategy.name).inc(result.usage.generated_tokens)
         return result
@@ -113,8 +118,13 @@ class AligndService(pb_grpc.AligndServicer):
         async with self._handle(context, "Generate", self._strategy_label(request)):
             parsed = self._parse(request)
             request_id = request.request_id or uuid.uuid4().hex
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._executor, self._decode, parsed, None)
+            cancel = threading.Event()
+            work = asyncio.get_running_loop().run_in_executor(self._executor, self._decode, parsed, None, cancel)
+            try:
+                result = await work
+            except asyncio.CancelledError:
+                cancel.set()  # client gone or deadline passed: stop decoding at the next step
+                raise
             return self._response(parsed, result, request_id)
 
     async def GenerateStream(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateEvent]:
@@ -127,11 +137,17 @@ class AligndService(pb_grpc.AligndServicer):
             def on_progress(event: ProgressEvent) -> None:
                 loop.call_soon_threadsafe(events.put_nowait, event)
 
-            work = loop.run_in_executor(self._executor, self._decode, parsed, on_progress)
+            cancel = threading.Event()
+            work = loop.run_in_executor(self._executor, self._decode, parsed, on_progress, cancel)
             work.add_done_callback(lambda _: events.put_nowait(None))
-            while (event := await events.get()) is not None:
-                yield convert.progress_message(parsed.weights.names, event)
-            yield pb.GenerateEvent(result=self._response(parsed, await work, request_id))
+            try:
+                while (event := await events.get()) is not None:
+                    yield convert.progress_message(parsed.weights.names, event)
+                result = await work
+            except asyncio.CancelledError:
+                cancel.set()
+                raise
+            yield pb.GenerateEvent(result=self._response(parsed, result, request_id))
 
     async def Score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
         async with self._handle(context, "Score"):

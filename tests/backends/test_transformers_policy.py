@@ -88,3 +88,16 @@ def test_sampling_on_cuda_matches_shapes_and_seeds():
     b = policy.sample([PROMPT], 4, sampling).completions[0]
     assert policy.device.startswith("cuda")
     assert [c.token_ids for c in a] == [c.token_ids for c in b]
+
+
+def test_a_set_cancel_event_stops_sampling(tiny_policy):
+    import threading
+
+    from alignd.errors import Cancelled
+
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        tiny_policy.sample([PROMPT], 2, SamplingParams(max_tokens=50), cancel)
+    # The lock is released: the next request runs.
+    assert tiny_policy.sample([PROMPT], 1, SamplingParams(max_tokens=2)).completions[0][0].token_ids

@@ -204,3 +204,30 @@ def test_defaults_outside_the_limits_fail_at_start_up(tiny_policy, module_letter
                       ServerConfig(limits=Limits(max_tokens=8), default_sampling=SamplingParams(max_tokens=16)))
     with pytest.raises(ConfigError, match=r"^default_weights\[nope\]:"):
         AligndService(tiny_policy, module_letter_scorer, ServerConfig(default_weights={"nope": 1.0}))
+
+
+def test_a_request_past_its_deadline_stops_decoding_on_the_server(tiny_policy, module_letter_scorer):
+    import time
+
+    from alignd.backends.base import SamplingParams
+    from alignd.clients import AligndClient
+    from alignd.decoding.params import Limits
+
+    steps = []
+    hook = tiny_policy.model.register_forward_hook(lambda *args: steps.append(1))
+    config = ServerConfig(port=0, limits=Limits(max_tokens=3000), default_sampling=SamplingParams(max_tokens=16))
+    try:
+        with running_server(tiny_policy, module_letter_scorer, config) as running:
+            with AligndClient(f"127.0.0.1:{running.port}") as client:
+                with pytest.raises(AligndClientError) as error:
+                    # Greedy on the tiny model never emits EOS: 3000 steps unless cancelled.
+                    client.generate("hi", temperature=0.0, max_tokens=3000, timeout=0.3)
+                assert error.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+                deadline = time.monotonic() + 30
+                while running.service._pending and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert running.service._pending == 0
+                assert client.generate("hi", max_tokens=2, timeout=30).text is not None
+    finally:
+        hook.remove()
+    assert len(steps) < 1500
