@@ -71,8 +71,10 @@ def _print_generation(out, as_json: bool) -> None:
     print(out.text)
     print()
     print(f"strategy {out.strategy}  model {out.model}  finish {out.finish_reason}  request {out.request_id}")
-    print("rewards:  " + "  ".join(f"{k}={v:+.4f}" for k, v in out.rewards.items()))
-    print(f"weighted: {out.weighted_score:+.4f}  (weights " + ", ".join(f"{k}={v:.2f}" for k, v in out.weights.items()) + ")")
+    # Proto maps carry no order: print objectives sorted so output is stable.
+    print("rewards:  " + "  ".join(f"{k}={v:+.4f}" for k, v in sorted(out.rewards.items())))
+    print(f"weighted: {out.weighted_score:+.4f}  (weights "
+          + ", ".join(f"{k}={v:.2f}" for k, v in sorted(out.weights.items())) + ")")
     for kl in out.kl:
         print(f"KL {kl.kind:<11} {kl.name:<18} {kl.nats:.4f} nats  ({kl.description})")
     u = out.usage
@@ -119,7 +121,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     except AligndClientError as error:
         return _fail(str(error))
     for text, s in zip(args.responses, scored):
-        rewards = "  ".join(f"{k}={v:+.4f}" for k, v in s.rewards.items())
+        rewards = "  ".join(f"{k}={v:+.4f}" for k, v in sorted(s.rewards.items()))
         print(f"{s.weighted_score:+.4f}  {rewards}  {text[:60]!r}")
     return 0
 

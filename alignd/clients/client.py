@@ -87,6 +87,10 @@ def progress_from(message: pb.Progress) -> Progress:
                     [_candidate(c) for c in message.candidates])
 
 
+def _score_request(prompt: str, responses: Sequence[str], weights: Mapping[str, float] | None) -> pb.ScoreRequest:
+    return pb.ScoreRequest(prompt=prompt, responses=list(responses), weights=dict(weights or {}))
+
+
 def _scored(response: pb.ScoreResponse) -> list[Scored]:
     return [Scored(dict(s.rewards), s.weighted_score) for s in response.scores]
 
@@ -137,8 +141,7 @@ class AligndClient:
     def score(self, prompt: str, responses: Sequence[str], weights: Mapping[str, float] | None = None,
               *, timeout: float | None = None) -> list[Scored]:
         try:
-            response = self._stub.Score(pb.ScoreRequest(prompt=prompt, responses=list(responses), weights=dict(weights or {})),
-                                        timeout=timeout or self.timeout)
+            response = self._stub.Score(_score_request(prompt, responses, weights), timeout=timeout or self.timeout)
         except grpc.RpcError as error:
             raise _error(error) from None
         return _scored(response)
@@ -191,9 +194,7 @@ class AsyncAligndClient:
     async def score(self, prompt: str, responses: Sequence[str], weights: Mapping[str, float] | None = None,
                     *, timeout: float | None = None) -> list[Scored]:
         try:
-            response = await self._stub.Score(
-                pb.ScoreRequest(prompt=prompt, responses=list(responses), weights=dict(weights or {})),
-                timeout=timeout or self.timeout)
+            response = await self._stub.Score(_score_request(prompt, responses, weights), timeout=timeout or self.timeout)
         except grpc.RpcError as error:
             raise _error(error) from None
         return _scored(response)

@@ -129,6 +129,18 @@ def get_strategy(name: str) -> Strategy:
         raise InvalidArgument("strategy", f"unknown strategy {name!r}; available: {sorted(STRATEGIES)}") from None
 
 
+def draw_candidates(request: DecodeRequest, policy: Policy, n: int, usage: Usage, started: float) -> list[Completion]:
+    """n responses from pi_ref in one batch (the prompt encoded once), counted into `usage`."""
+    with usage.phase("sample"):
+        batch = policy.sample([request.prompt], n, request.sampling, request.cancel)
+    completions = batch.completions[0]
+    usage.prompt_tokens = batch.prompt_tokens[0]
+    usage.generated_tokens += sum(len(c.token_ids) for c in completions)
+    usage.lm_forward_tokens += batch.forward_tokens
+    report(request, "sampled", 0, f"sampled {n} response(s), {usage.generated_tokens} tokens", started)
+    return completions
+
+
 def score_candidates(
     request: DecodeRequest, scorer: Scorer, completions: Sequence[Completion], usage: Usage
 ) -> list[ScoredCandidate]:

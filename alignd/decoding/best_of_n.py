@@ -15,7 +15,8 @@ import numpy as np
 
 from alignd.backends.base import Policy
 from alignd.decoding.base import (
-    DecodeRequest, DecodeResult, KLEstimate, Strategy, Usage, finish, register, report, score_candidates,
+    DecodeRequest, DecodeResult, KLEstimate, Strategy, Usage, draw_candidates, finish, register, report,
+    score_candidates,
 )
 from alignd.decoding.kl import best_of_n_kl_bound, best_of_n_kl_estimate
 from alignd.decoding.params import param
@@ -34,15 +35,7 @@ class BestOfNStrategy(Strategy):
     def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
         started = time.perf_counter()
         usage = Usage()
-        with usage.phase("sample"):
-            batch = policy.sample([request.prompt], params.n, request.sampling, request.cancel)
-        completions = batch.completions[0]
-        usage.prompt_tokens = batch.prompt_tokens[0]
-        usage.generated_tokens = sum(len(c.token_ids) for c in completions)
-        usage.lm_forward_tokens = batch.forward_tokens
-        report(request, "sampled", 0, f"sampled {params.n} candidates, {usage.generated_tokens} tokens", started)
-
-        scored = score_candidates(request, scorer, completions, usage)
+        scored = score_candidates(request, scorer, draw_candidates(request, policy, params.n, usage, started), usage)
         best = scored[int(np.argmax([c.weighted_score for c in scored]))]
         report(request, "scored", 1, f"best weighted score {best.weighted_score:.4f}", started, scored)
 
