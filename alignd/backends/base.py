@@ -11,6 +11,9 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+from alignd.errors import FailedPrecondition
 
 
 class Capability(str, enum.Enum):
@@ -82,6 +85,35 @@ class SampleBatch:
     extras: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class PartialResponses:
+    """R partial responses to one prompt, kept by the backend between strategy steps.
+
+    The backend subclasses it to hold what makes continuing cheap (the KV cache of live rows);
+    strategies only read the fields below and pass the object back.
+    """
+
+    prompt: ChatPrompt
+    sampling: SamplingParams
+    prompt_tokens: int
+    token_ids: list[list[int]]
+    # log pi_ref of each token under the sampling distribution, as in Completion
+    token_logprobs: list[list[float]]
+    finish: list[FinishReason | None]  # None while the row can still grow
+    # Final-layer hidden state at each row's last token (the prompt's last token for an empty
+    # response), a torch.Tensor [R, H]; None when the backend cannot give it for free.
+    hidden: Any | None
+    forward_tokens: int = 0  # tokens pushed through the model for this request so far
+
+    @property
+    def rows(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def done(self) -> bool:
+        return all(f is not None for f in self.finish)
+
+
 class Policy(ABC):
     """A language model that strategies decode with."""
 
@@ -108,6 +140,47 @@ class Policy(ABC):
         When ``cancel`` is set the backend stops at its next decoding step and raises
         alignd.errors.Cancelled, so an abandoned request frees the model at once.
         """
+
+    # -- incremental decoding (Capability.EXTEND / TOKENWISE / HIDDEN_STATES) ------------------
+
+    def _missing(self, capability: Capability) -> FailedPrecondition:
+        return FailedPrecondition(f"backend {type(self).__name__} lacks the capability {capability.value!r}")
+
+    def begin(self, prompt: ChatPrompt, sampling: SamplingParams, cancel: threading.Event | None = None) -> PartialResponses:
+        """One empty response with the prompt encoded, ready to extend."""
+        raise self._missing(Capability.EXTEND)
+
+    def extend(
+        self, partial: PartialResponses, k: int, block_tokens: int, cancel: threading.Event | None = None
+    ) -> PartialResponses:
+        """k sampled continuations of up to `block_tokens` tokens for every row; child j of row r is
+        row r*k + j. Finished rows are copied unchanged. The prefix is never re-encoded."""
+        raise self._missing(Capability.EXTEND)
+
+    def select(self, partial: PartialResponses, rows: Sequence[int]) -> PartialResponses:
+        """Keep these rows (repeats allowed), in this order."""
+        raise self._missing(Capability.EXTEND)
+
+    def next_token_logprobs(self, partial: PartialResponses) -> Any:
+        """log pi_ref of the next token for every live row, a torch.Tensor [R, V] (-inf outside the
+        sampling support; rows that finished are all -inf)."""
+        raise self._missing(Capability.TOKENWISE)
+
+    def branch(
+        self, partial: PartialResponses, tokens: Sequence[Sequence[int]], cancel: threading.Event | None = None
+    ) -> PartialResponses:
+        """Append given tokens: row r gets one child per token in tokens[r], in order."""
+        raise self._missing(Capability.TOKENWISE)
+
+    def completion(self, partial: PartialResponses, row: int) -> Completion:
+        """Row `row` as a Completion (text decoded, cut before a stop sequence)."""
+        raise self._missing(Capability.EXTEND)
+
+    def prefix_hidden_states(self, prompt: ChatPrompt, responses: Sequence[Sequence[int]]) -> list[Any]:
+        """Teacher-forced hidden states for training value heads: for each response of length T a
+        tensor [T + 1, H], row t the state after t response tokens (the same states `extend`
+        reports during decoding)."""
+        raise self._missing(Capability.HIDDEN_STATES)
 
     def close(self) -> None:
         """Release engine resources (processes, device memory)."""

@@ -1,14 +1,18 @@
 """Policy on a plain transformers causal LM (the CPU default; CUDA when asked or present).
 
-Sampling prefills each distinct prompt once, then copies its KV cache to the n rows that share it
-(`DynamicCache.batch_repeat_interleave`), so best-of-n pays for the prompt once. Rows that finish
-are dropped from the cache so later steps only run the live ones.
+All decoding goes through one mechanism, `_Partial` plus `_run`:
+- `begin` prefills each distinct prompt once;
+- `select` gathers KV-cache rows (with repeats), so n candidates or K blocks share one prefill
+  and a block never re-encodes its prefix;
+- `_run` draws tokens for the live rows, drops rows that finish from the cache, and records each
+  row's final-layer hidden state at its last token, which value heads read at no extra forward.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,11 +24,12 @@ from alignd.backends.base import (
     ChatPrompt,
     Completion,
     FinishReason,
+    PartialResponses,
     Policy,
     SampleBatch,
     SamplingParams,
 )
-from alignd.backends.sampling import draw, make_generator
+from alignd.backends.sampling import draw, make_generator, reference_logprobs
 from alignd.errors import Cancelled
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -40,8 +45,20 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
+@dataclass
+class _Partial(PartialResponses):
+    """Backend state: tensors for the live rows only, aligned with the KV cache rows."""
+
+    live: list[int] = None  # row index of each cache row
+    cache: DynamicCache | None = None
+    attention: torch.Tensor | None = None  # [live, T]
+    next_position: torch.Tensor | None = None  # [live]
+    logits: torch.Tensor | None = None  # [live, V], next-token logits
+    generator: torch.Generator | None = None
+
+
 class TransformersPolicy(Policy):
-    capabilities = frozenset({Capability.SAMPLE})
+    capabilities = frozenset({Capability.SAMPLE, Capability.EXTEND, Capability.TOKENWISE, Capability.HIDDEN_STATES})
 
     def __init__(
         self,
@@ -69,10 +86,11 @@ class TransformersPolicy(Policy):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model_name = model_name or (Path(checkpoint).name if checkpoint else type(model).__name__)
         self.device = str(self._device)
+        self.hidden_size = int(self.model.config.hidden_size)
         self.eos_token_ids = self._eos_ids()
         # One forward pass at a time: the server calls from worker threads, and interleaving two
         # requests' steps on 2 cores only slows both.
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def _eos_ids(self) -> torch.Tensor:
         ids: set[int] = set()
@@ -84,6 +102,8 @@ class TransformersPolicy(Policy):
         if self.tokenizer.eos_token_id is not None:
             ids.add(self.tokenizer.eos_token_id)
         return torch.tensor(sorted(ids), dtype=torch.long, device=self._device)
+
+    # -- text ---------------------------------------------------------------------------------
 
     def render(self, prompt: ChatPrompt) -> str:
         if prompt.raw or not getattr(self.tokenizer, "chat_template", None):
@@ -97,6 +117,111 @@ class TransformersPolicy(Policy):
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def _text(self, ids: list[int], stops: Sequence[str]) -> str:
+        eos = set(self.eos_token_ids.tolist())
+        text_ids = ids[:-1] if ids and ids[-1] in eos else ids
+        return _cut_at_stop(self.tokenizer.decode(text_ids, skip_special_tokens=True), stops)
+
+    # -- the decoding mechanism ------------------------------------------------------------------
+
+    def _forward(self, partial: _Partial, input_ids: torch.Tensor, positions: torch.Tensor) -> None:
+        out = self.model(
+            input_ids=input_ids, attention_mask=partial.attention, position_ids=positions,
+            past_key_values=partial.cache, use_cache=True, output_hidden_states=True, logits_to_keep=1,
+        )
+        partial.logits = out.logits[:, -1, :]
+        partial.hidden[torch.tensor(partial.live, device=self._device)] = out.hidden_states[-1][:, -1, :].float()
+        partial.forward_tokens += int(partial.attention[:, -input_ids.shape[1]:].sum())
+
+    def _begin(self, prompts: Sequence[ChatPrompt], sampling: SamplingParams) -> _Partial:
+        encoded = self.tokenizer(
+            [self.render(p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(self._device)
+        attention = encoded["attention_mask"]
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        rows = len(prompts)
+        partial = _Partial(
+            prompt=prompts[0], sampling=sampling, prompt_tokens=int(attention[0].sum()),
+            token_ids=[[] for _ in range(rows)], token_logprobs=[[] for _ in range(rows)], finish=[None] * rows,
+            hidden=torch.zeros((rows, self.hidden_size), device=self._device),
+            live=list(range(rows)), cache=DynamicCache(), attention=attention, next_position=positions[:, -1] + 1,
+            generator=make_generator(sampling.seed, self._device),
+        )
+        self._forward(partial, encoded["input_ids"], positions)
+        return partial
+
+    def _select(self, partial: _Partial, rows: Sequence[int], *, share: bool = False) -> _Partial:
+        """The given rows as a new partial. Its cache is a copy unless `share` (the caller drops
+        `partial` and the selection keeps every live row in order)."""
+        cache_index = {row: i for i, row in enumerate(partial.live)}
+        kept = [i for i, row in enumerate(rows) if row in cache_index]
+        gather = torch.tensor([cache_index[rows[i]] for i in kept], dtype=torch.long, device=self._device)
+        selected = _Partial(
+            prompt=partial.prompt, sampling=partial.sampling, prompt_tokens=partial.prompt_tokens,
+            token_ids=[list(partial.token_ids[r]) for r in rows],
+            token_logprobs=[list(partial.token_logprobs[r]) for r in rows],
+            finish=[partial.finish[r] for r in rows],
+            hidden=partial.hidden[torch.tensor(list(rows), dtype=torch.long, device=self._device)],
+            forward_tokens=partial.forward_tokens, live=kept, generator=partial.generator,
+        )
+        if kept:
+            # Copying cache rows is a memory gather: the prefix is not run through the model again.
+            identity = gather.numel() == len(partial.live) and bool(
+                torch.equal(gather, torch.arange(len(partial.live), device=self._device)))
+            selected.cache = partial.cache if share and identity else _copy_cache(partial.cache, gather)
+            selected.attention = partial.attention[gather]
+            selected.next_position = partial.next_position[gather]
+            selected.logits = partial.logits[gather]
+        return selected
+
+    def _feed(self, partial: _Partial, chosen: torch.Tensor, done: torch.Tensor) -> None:
+        """Drop finished rows from the cache, then run the chosen tokens of the others."""
+        if done.any():
+            keep = (~done).nonzero().squeeze(-1)
+            partial.live = [partial.live[i] for i in keep.tolist()]
+            if not partial.live:
+                return
+            partial.cache.batch_select_indices(keep)
+            chosen, partial.attention = chosen[keep], partial.attention[keep]
+            partial.next_position = partial.next_position[keep]
+        partial.attention = torch.cat([partial.attention, partial.attention.new_ones((len(partial.live), 1))], dim=-1)
+        self._forward(partial, chosen.unsqueeze(-1), partial.next_position.unsqueeze(-1))
+        partial.next_position = partial.next_position + 1
+
+    def _record(self, partial: _Partial, chosen: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+        """Append one token per live row; mark and return the rows that finished."""
+        sampling = partial.sampling
+        for row, token, logprob in zip(partial.live, chosen.tolist(), logprobs.tolist()):
+            partial.token_ids[row].append(token)
+            partial.token_logprobs[row].append(logprob)
+        stopped = torch.isin(chosen, self.eos_token_ids)
+        if sampling.stop:
+            window = _stop_window(sampling.stop)
+            tails = [partial.token_ids[row][-window:] for row in partial.live]
+            texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
+            stopped |= torch.tensor([any(s in t for s in sampling.stop) for t in texts], device=self._device)
+        done = []
+        for row, hit_stop in zip(partial.live, stopped.tolist()):
+            if hit_stop:
+                partial.finish[row] = FinishReason.STOP
+            elif len(partial.token_ids[row]) >= sampling.max_tokens:
+                partial.finish[row] = FinishReason.LENGTH
+            done.append(partial.finish[row] is not None)
+        return torch.tensor(done, dtype=torch.bool, device=self._device)
+
+    def _run(self, partial: _Partial, steps: int, cancel: threading.Event | None) -> None:
+        """Up to `steps` sampled tokens for every live row, capped by sampling.max_tokens."""
+        sampling = partial.sampling
+        for _ in range(steps):
+            if not partial.live:
+                return
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("request cancelled; decoding stopped")
+            chosen, logprobs = draw(partial.logits, sampling, partial.generator)
+            self._feed(partial, chosen, self._record(partial, chosen, logprobs))
+
+    # -- Policy interface -------------------------------------------------------------------------
+
     @torch.inference_mode()
     def sample(
         self, prompts: Sequence[ChatPrompt], n: int, sampling: SamplingParams, cancel: threading.Event | None = None
@@ -104,98 +229,96 @@ class TransformersPolicy(Policy):
         if n < 1 or not prompts:
             raise ValueError("sample needs at least one prompt and n >= 1")
         with self._lock:
-            return self._sample(prompts, n, sampling, cancel)
-
-    def _sample(
-        self, prompts: Sequence[ChatPrompt], n: int, sampling: SamplingParams, cancel: threading.Event | None
-    ) -> SampleBatch:
-        device = self._device
-        encoded = self.tokenizer(
-            [self.render(p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False
-        ).to(device)
-        attention = encoded["attention_mask"]
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        prompt_tokens = attention.sum(-1).tolist()
-
-        # Prefill every distinct prompt once, then give each of its n rows a copy of the cache.
-        cache = DynamicCache()
-        out = self.model(
-            input_ids=encoded["input_ids"], attention_mask=attention, position_ids=positions,
-            past_key_values=cache, use_cache=True,
+            partial = self._begin(prompts, sampling)
+            prompt_tokens = partial.attention.sum(-1).tolist()
+            partial = self._select(partial, [p for p in range(len(prompts)) for _ in range(n)], share=True)
+            self._run(partial, sampling.max_tokens, cancel)
+        completions = [self.completion(partial, row) for row in range(partial.rows)]
+        return SampleBatch(
+            completions=[completions[i * n : (i + 1) * n] for i in range(len(prompts))],
+            prompt_tokens=prompt_tokens, forward_tokens=partial.forward_tokens,
         )
-        forward_tokens = int(sum(prompt_tokens))
-        logits = out.logits[:, -1, :].repeat_interleave(n, dim=0)
-        cache.batch_repeat_interleave(n)
-        attention = attention.repeat_interleave(n, dim=0)
-        next_position = positions[:, -1].repeat_interleave(n, dim=0) + 1
 
-        rows = len(prompts) * n
-        max_tokens = sampling.max_tokens
-        tokens = torch.full((rows, max_tokens), self.tokenizer.pad_token_id, dtype=torch.long, device=device)
-        logprobs = torch.zeros((rows, max_tokens), dtype=torch.float32, device=device)
-        lengths = torch.zeros(rows, dtype=torch.long, device=device)
-        finish = [FinishReason.LENGTH] * rows
-        live = torch.arange(rows, device=device)  # output row of each cache row
-        generator = make_generator(sampling.seed, device)
-        stop_window = _stop_window(sampling.stop)
+    @torch.inference_mode()
+    def begin(self, prompt: ChatPrompt, sampling: SamplingParams, cancel: threading.Event | None = None) -> _Partial:
+        with self._lock:
+            return self._begin([prompt], sampling)
 
-        for step in range(max_tokens):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("request cancelled; decoding stopped")
-            chosen, chosen_logprobs = draw(logits, sampling, generator)
-            tokens[live, step] = chosen
-            logprobs[live, step] = chosen_logprobs
-            lengths[live] = step + 1
-            done = torch.isin(chosen, self.eos_token_ids)
-            if stop_window:
-                done |= self._hit_stop(tokens[live, max(0, step + 1 - stop_window) : step + 1], sampling.stop)
-            if step == max_tokens - 1:
-                for row in live[done].tolist():
-                    finish[row] = FinishReason.STOP
-                break
-            if done.any():
-                for row in live[done].tolist():
-                    finish[row] = FinishReason.STOP
-                keep = (~done).nonzero().squeeze(-1)
-                if keep.numel() == 0:
-                    break
-                cache.batch_select_indices(keep)
-                live, chosen = live[keep], chosen[keep]
-                attention, next_position = attention[keep], next_position[keep]
-            attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=-1)
-            out = self.model(
-                input_ids=chosen.unsqueeze(-1), attention_mask=attention, position_ids=next_position.unsqueeze(-1),
-                past_key_values=cache, use_cache=True,
-            )
-            forward_tokens += int(chosen.shape[0])
-            logits = out.logits[:, -1, :]
-            next_position = next_position + 1
+    @torch.inference_mode()
+    def extend(self, partial: _Partial, k: int, block_tokens: int, cancel: threading.Event | None = None) -> _Partial:
+        if k < 1 or block_tokens < 1:
+            raise ValueError("extend needs k >= 1 and block_tokens >= 1")
+        with self._lock:
+            children = self._select(partial, [r for r in range(partial.rows) for _ in range(k)])
+            self._run(children, block_tokens, cancel)
+            return children
 
-        completions = self._completions(tokens, logprobs, lengths, finish, sampling.stop)
-        grouped = [completions[i * n : (i + 1) * n] for i in range(len(prompts))]
-        return SampleBatch(completions=grouped, prompt_tokens=prompt_tokens, forward_tokens=forward_tokens)
+    @torch.inference_mode()
+    def select(self, partial: _Partial, rows: Sequence[int]) -> _Partial:
+        with self._lock:
+            return self._select(partial, rows)
 
-    def _hit_stop(self, tails: torch.Tensor, stops: Sequence[str]) -> torch.Tensor:
-        texts = self.tokenizer.batch_decode(tails.tolist(), skip_special_tokens=True)
-        return torch.tensor([any(s in t for s in stops) for t in texts], dtype=torch.bool, device=tails.device)
+    @torch.inference_mode()
+    def next_token_logprobs(self, partial: _Partial) -> torch.Tensor:
+        vocab = partial.logits.shape[-1] if partial.live else int(self.model.config.vocab_size)
+        result = torch.full((partial.rows, vocab), float("-inf"), device=self._device)
+        if partial.live:
+            sampling = partial.sampling
+            live_logprobs = (torch.log_softmax(partial.logits.float(), dim=-1) if sampling.greedy
+                             else reference_logprobs(partial.logits, sampling))
+            result[torch.tensor(partial.live, device=self._device)] = live_logprobs
+        return result
 
-    def _completions(self, tokens, logprobs, lengths, finish, stops) -> list[Completion]:
-        eos = set(self.eos_token_ids.tolist())
-        token_rows, logprob_rows, length_list = tokens.tolist(), logprobs.tolist(), lengths.tolist()
-        completions = []
-        for row, length in enumerate(length_list):
-            ids = token_rows[row][:length]
-            text_ids = ids[:-1] if ids and ids[-1] in eos else ids
-            text = self.tokenizer.decode(text_ids, skip_special_tokens=True)
-            text = _cut_at_stop(text, stops)
-            completions.append(Completion(text, ids, logprob_rows[row][:length], finish[row]))
-        return completions
+    @torch.inference_mode()
+    def branch(self, partial: _Partial, tokens: Sequence[Sequence[int]], cancel: threading.Event | None = None) -> _Partial:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("request cancelled; decoding stopped")
+        with self._lock:
+            parents = [r for r, row_tokens in enumerate(tokens) for _ in row_tokens]
+            flat = [t for row_tokens in tokens for t in row_tokens]
+            logprobs = self.next_token_logprobs(partial)
+            children = self._select(partial, parents)
+            if not children.live:
+                return children
+            chosen = torch.tensor([flat[row] for row in children.live], device=self._device)
+            chosen_logprobs = logprobs[torch.tensor([parents[row] for row in children.live]), chosen]
+            self._feed(children, chosen, self._record(children, chosen, chosen_logprobs))
+            return children
+
+    def completion(self, partial: PartialResponses, row: int) -> Completion:
+        ids = partial.token_ids[row]
+        finish = partial.finish[row] or FinishReason.LENGTH
+        return Completion(self._text(ids, partial.sampling.stop), list(ids), list(partial.token_logprobs[row]), finish)
+
+    @torch.inference_mode()
+    def prefix_hidden_states(self, prompt: ChatPrompt, responses: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        prompt_ids = self.tokenizer(self.render(prompt), add_special_tokens=False)["input_ids"]
+        sequences = [prompt_ids + list(r) for r in responses]
+        width = max(len(s) for s in sequences)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences], device=self._device)
+        attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=self._device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        with self._lock:
+            out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                             output_hidden_states=True, logits_to_keep=1)
+        hidden = out.hidden_states[-1].float()
+        # Row t of each result: the state after t response tokens, i.e. at prompt position -1 + t.
+        return [hidden[i, width - len(r) - 1 :, :].clone() for i, r in enumerate(responses)]
+
+
+def _copy_cache(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
+    """A new cache holding `rows` of `cache` (repeats allowed); the source stays usable."""
+    copied = DynamicCache()
+    for index, layer in enumerate(cache.layers):
+        copied.update(layer.keys[rows], layer.values[rows], index)
+    return copied
 
 
 def _stop_window(stops: Sequence[str]) -> int:
     """Tokens to decode at each step to see a stop sequence that the newest token completed."""
     # A token covers at least one character, plus slack for tokens that decode to nothing alone.
-    return max((len(s) for s in stops), default=0) + 2 if stops else 0
+    return max((len(s) for s in stops), default=0) + 2
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
