@@ -132,6 +132,10 @@ class Policy(ABC):
         """Tokens in ``text`` under this model's tokenizer."""
 
     @abstractmethod
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        """Text of token ids, special tokens dropped."""
+
+    @abstractmethod
     def sample(
         self, prompts: Sequence[ChatPrompt], n: int, sampling: SamplingParams, cancel: threading.Event | None = None
     ) -> SampleBatch:

@@ -117,6 +117,9 @@ class TransformersPolicy(Policy):
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
     def _text(self, ids: list[int], stops: Sequence[str]) -> str:
         eos = set(self.eos_token_ids.tolist())
         text_ids = ids[:-1] if ids and ids[-1] in eos else ids

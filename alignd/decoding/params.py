@@ -28,9 +28,14 @@ class Limits:
     max_score_responses: int = 256
 
 
-def param(default: Any, help: str, *, min: float | None = None, max: float | None = None, limit: str | None = None):
-    """A strategy parameter: `limit` names a `Limits` field that caps the value at request time."""
-    return dataclasses.field(default=default, metadata={"help": help, "min": min, "max": max, "limit": limit})
+def param(
+    default: Any, help: str, *, min: float | None = None, max: float | None = None, limit: str | None = None,
+    above: float | None = None, choices: tuple[str, ...] | None = None,
+):
+    """A strategy parameter: `limit` names a `Limits` field that caps the value at request time;
+    `above` is an exclusive lower bound; `choices` lists the allowed strings."""
+    return dataclasses.field(default=default, metadata={
+        "help": help, "min": min, "max": max, "limit": limit, "above": above, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class ParamDescription:
     help: str
     min: float | None
     max: float | None
+    choices: tuple[str, ...] | None = None
 
 
 def _upper_bound(field: dataclasses.Field, limits: Limits) -> float | None:
@@ -59,8 +65,9 @@ def describe_params(params_cls: type, limits: Limits) -> list[ParamDescription]:
             type=f.type if isinstance(f.type, str) else f.type.__name__,
             default=f.default,
             help=f.metadata.get("help", ""),
-            min=f.metadata.get("min"),
+            min=f.metadata.get("min") if f.metadata.get("above") is None else f.metadata["above"],
             max=_upper_bound(f, limits),
+            choices=f.metadata.get("choices"),
         )
         for f in dataclasses.fields(params_cls)
     ]
@@ -93,6 +100,14 @@ def validate_params(strategy: str, params_cls: type, values: dict[str, Any], lim
             values[name] = value = float(value)
         elif kind == "bool" and not isinstance(value, bool):
             raise InvalidArgument(label, f"must be true or false, got {value!r}")
+        elif kind == "str":
+            choices = field.metadata.get("choices")
+            if not isinstance(value, str) or (choices and value not in choices):
+                raise InvalidArgument(label, f"must be one of {list(choices or [])}, got {value!r}")
+            continue
+        above = field.metadata.get("above")
+        if above is not None and not value > above:
+            raise InvalidArgument(label, f"must be > {above:g}, got {value}")
         low, high = field.metadata.get("min"), _upper_bound(field, limits)
         if low is not None and value < low:
             raise InvalidArgument(label, f"must be >= {low:g}, got {value}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,23 @@ class Scorer(ABC):
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
         """Rewards of complete responses, shape [N, G]."""
 
-    def score_prefix(self, prompts: Sequence[str], prefixes: Sequence[str]) -> np.ndarray:
-        """Estimated final rewards of partial responses, [N, G]. Without value heads: the
-        objectives applied to the partial text."""
+    def score_objectives(self, prompts: Sequence[str], responses: Sequence[str], names: Sequence[str]) -> np.ndarray:
+        """Rewards for the named objectives only, [N, len(names)]."""
+        return self.score(prompts, responses)[:, [self.objective_names.index(n) for n in names]]
+
+    @property
+    def value_objectives(self) -> frozenset[str]:
+        """Objectives whose prefix values come from trained value heads."""
+        return frozenset()
+
+    def standardise(self, values: np.ndarray) -> np.ndarray:
+        """Values on a common scale for weighting (identity without normalisation statistics)."""
+        return values
+
+    def score_prefix(self, prompts: Sequence[str], prefixes: Sequence[str], hidden: Any | None = None) -> np.ndarray:
+        """Estimated final rewards V_g of partial responses, [N, G], on each objective's scale.
+
+        `hidden` holds the policy's final-layer hidden states at each prefix's last token
+        ([N, H]); value heads read them. Objectives without a head are applied to the partial
+        text."""
         return self.score(prompts, prefixes)

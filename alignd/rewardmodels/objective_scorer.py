@@ -23,8 +23,12 @@ class ObjectiveScorer(Scorer):
         return tuple(o.info for o in self._objectives)
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        return self.score_objectives(prompts, responses, self.objective_names)
+
+    def score_objectives(self, prompts: Sequence[str], responses: Sequence[str], names: Sequence[str]) -> np.ndarray:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
         if not responses:
-            return np.zeros((0, len(self._objectives)), dtype=np.float64)
-        return np.stack([o.score(prompts, responses) for o in self._objectives], axis=1)
+            return np.zeros((0, len(names)), dtype=np.float64)
+        by_name = {o.name: o for o in self._objectives}
+        return np.stack([by_name[n].score(prompts, responses) for n in names], axis=1)

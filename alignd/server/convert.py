@@ -134,7 +134,7 @@ def progress_message(names: tuple[str, ...], event: ProgressEvent) -> pb.Generat
 def parameter_message(description: ParamDescription) -> pb.ParameterInfo:
     message = pb.ParameterInfo(
         name=description.name, type=description.type, default_value=str(description.default),
-        description=description.help,
+        description=description.help, choices=list(description.choices or ()),
     )
     if description.min is not None:
         message.min_value = float(description.min)

@@ -33,8 +33,22 @@ class BestOfNParams(_message.Message):
     n: int
     def __init__(self, n: _Optional[int] = ...) -> None: ...
 
+class ControlledParams(_message.Message):
+    __slots__ = ("mode", "num_candidates", "block_tokens", "strength", "top_k")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    NUM_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    num_candidates: int
+    block_tokens: int
+    strength: float
+    top_k: int
+    def __init__(self, mode: _Optional[str] = ..., num_candidates: _Optional[int] = ..., block_tokens: _Optional[int] = ..., strength: _Optional[float] = ..., top_k: _Optional[int] = ...) -> None: ...
+
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "system_prompt", "raw_prompt", "strategy", "weights", "sampling", "return_candidates", "request_id", "sample", "best_of_n")
+    __slots__ = ("prompt", "system_prompt", "raw_prompt", "strategy", "weights", "sampling", "return_candidates", "request_id", "sample", "best_of_n", "controlled")
     class WeightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +66,7 @@ class GenerateRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_FIELD_NUMBER: _ClassVar[int]
     BEST_OF_N_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLED_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     system_prompt: str
     raw_prompt: bool
@@ -62,7 +77,8 @@ class GenerateRequest(_message.Message):
     request_id: str
     sample: SampleParams
     best_of_n: BestOfNParams
-    def __init__(self, prompt: _Optional[str] = ..., system_prompt: _Optional[str] = ..., raw_prompt: _Optional[bool] = ..., strategy: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., return_candidates: _Optional[bool] = ..., request_id: _Optional[str] = ..., sample: _Optional[_Union[SampleParams, _Mapping]] = ..., best_of_n: _Optional[_Union[BestOfNParams, _Mapping]] = ...) -> None: ...
+    controlled: ControlledParams
+    def __init__(self, prompt: _Optional[str] = ..., system_prompt: _Optional[str] = ..., raw_prompt: _Optional[bool] = ..., strategy: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., return_candidates: _Optional[bool] = ..., request_id: _Optional[str] = ..., sample: _Optional[_Union[SampleParams, _Mapping]] = ..., best_of_n: _Optional[_Union[BestOfNParams, _Mapping]] = ..., controlled: _Optional[_Union[ControlledParams, _Mapping]] = ...) -> None: ...
 
 class KLEstimate(_message.Message):
     __slots__ = ("name", "kind", "nats", "description")
@@ -268,20 +284,22 @@ class ObjectiveInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., min_value: _Optional[float] = ..., max_value: _Optional[float] = ..., higher_is_better: _Optional[bool] = ..., default_weight: _Optional[float] = ...) -> None: ...
 
 class ParameterInfo(_message.Message):
-    __slots__ = ("name", "type", "default_value", "description", "min_value", "max_value")
+    __slots__ = ("name", "type", "default_value", "description", "min_value", "max_value", "choices")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_VALUE_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     MIN_VALUE_FIELD_NUMBER: _ClassVar[int]
     MAX_VALUE_FIELD_NUMBER: _ClassVar[int]
+    CHOICES_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     default_value: str
     description: str
     min_value: float
     max_value: float
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., default_value: _Optional[str] = ..., description: _Optional[str] = ..., min_value: _Optional[float] = ..., max_value: _Optional[float] = ...) -> None: ...
+    choices: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., default_value: _Optional[str] = ..., description: _Optional[str] = ..., min_value: _Optional[float] = ..., max_value: _Optional[float] = ..., choices: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StrategyInfo(_message.Message):
     __slots__ = ("name", "description", "parameters", "requires")
@@ -311,8 +329,31 @@ class Limits(_message.Message):
     max_score_responses: int
     def __init__(self, max_prompt_chars: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_candidates: _Optional[int] = ..., max_stop_sequences: _Optional[int] = ..., max_stop_chars: _Optional[int] = ..., max_score_responses: _Optional[int] = ...) -> None: ...
 
+class HeadInfo(_message.Message):
+    __slots__ = ("kind", "path", "base_model", "objectives", "data_hash", "metrics")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVES_FIELD_NUMBER: _ClassVar[int]
+    DATA_HASH_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    path: str
+    base_model: str
+    objectives: _containers.RepeatedScalarFieldContainer[str]
+    data_hash: str
+    metrics: _containers.ScalarMap[str, float]
+    def __init__(self, kind: _Optional[str] = ..., path: _Optional[str] = ..., base_model: _Optional[str] = ..., objectives: _Optional[_Iterable[str]] = ..., data_hash: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
 class ServerInfo(_message.Message):
-    __slots__ = ("version", "model", "backend", "device", "objectives", "strategies", "limits", "default_sampling", "capabilities")
+    __slots__ = ("version", "model", "backend", "device", "objectives", "strategies", "limits", "default_sampling", "capabilities", "heads")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -322,6 +363,7 @@ class ServerInfo(_message.Message):
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_SAMPLING_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
     version: str
     model: str
     backend: str
@@ -331,4 +373,5 @@ class ServerInfo(_message.Message):
     limits: Limits
     default_sampling: SamplingParams
     capabilities: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[str] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., objectives: _Optional[_Iterable[_Union[ObjectiveInfo, _Mapping]]] = ..., strategies: _Optional[_Iterable[_Union[StrategyInfo, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., default_sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., capabilities: _Optional[_Iterable[str]] = ...) -> None: ...
+    heads: _containers.RepeatedCompositeFieldContainer[HeadInfo]
+    def __init__(self, version: _Optional[str] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., objectives: _Optional[_Iterable[_Union[ObjectiveInfo, _Mapping]]] = ..., strategies: _Optional[_Iterable[_Union[StrategyInfo, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., default_sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., capabilities: _Optional[_Iterable[str]] = ..., heads: _Optional[_Iterable[_Union[HeadInfo, _Mapping]]] = ...) -> None: ...
