@@ -28,6 +28,22 @@ def _parse_weights(pairs: Sequence[str]) -> dict[str, float]:
     return weights
 
 
+def _parse_params(pairs: Sequence[str]) -> dict[str, int | float | str]:
+    """Strategy parameters from NAME=VALUE: integers, then numbers, else strings."""
+    params: dict[str, int | float | str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"alignd: error: --param expects NAME=VALUE, got {pair!r}")
+        for cast in (int, float, str):
+            try:
+                params[name.strip()] = cast(value)
+                break
+            except ValueError:
+                continue
+    return params
+
+
 def _fail(message: str) -> int:
     print(f"alignd: error: {message}", file=sys.stderr)
     return 2
@@ -93,6 +109,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return_candidates=args.candidates, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         max_tokens=args.max_tokens, stop=args.stop or None, seed=args.seed,
     )
+    options.update(_parse_params(args.param))
     if args.n is not None:
         options["n"] = args.n
     try:
@@ -191,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     client_options(generate)
     generate.add_argument("--strategy", default="sample")
     generate.add_argument("--n", type=int, help="candidates (best_of_n)")
+    generate.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                          help="strategy parameter, e.g. --param num_candidates=8 --param mode=tokenwise")
     generate.add_argument("--system", help="system prompt")
     generate.add_argument("--raw", action="store_true", help="no chat template")
     generate.add_argument("--max-tokens", type=int)
@@ -214,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--target", default=DEFAULT_TARGET)
     info.add_argument("--timeout", type=float, default=None)
     info.set_defaults(func=cmd_info)
+
+    from alignd.training.cli import add_train_command
+
+    add_train_command(commands)
 
     model_cmd = commands.add_parser("models", help="list or prepare registered models")
     model_actions = model_cmd.add_subparsers(dest="action", required=True)

@@ -45,6 +45,11 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     objectives: tuple[str, ...] = ("relevance", "positivity", "harmlessness", "conciseness")
+    # Value heads for controlled decoding: "auto" loads the heads shipped for the model (if any),
+    # "" none, else a .safetensors path (with its .json beside it).
+    value_heads: str = "auto"
+    # Bradley-Terry reward heads served as extra objectives (paths).
+    reward_heads: tuple[str, ...] = ()
     default_weights: dict[str, float] = field(default_factory=dict)  # empty: uniform
     default_sampling: SamplingParams = SamplingParams()
     limits: Limits = Limits()

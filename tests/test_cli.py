@@ -59,3 +59,10 @@ def test_registry_resolves_folders_and_explains_unknown_names(tmp_path):
 def test_client_imports_without_torch():
     code = "import sys, alignd.clients, alignd.cli; assert 'torch' not in sys.modules, 'torch imported'"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
+
+
+def test_param_option_parses_typed_values():
+    from alignd.cli import _parse_params
+
+    assert _parse_params(["num_candidates=8", "strength=0.5", "mode=tokenwise"]) == {
+        "num_candidates": 8, "strength": 0.5, "mode": "tokenwise"}

@@ -100,8 +100,9 @@ class PartialResponses:
     # log pi_ref of each token under the sampling distribution, as in Completion
     token_logprobs: list[list[float]]
     finish: list[FinishReason | None]  # None while the row can still grow
-    # Final-layer hidden state at each row's last token (the prompt's last token for an empty
-    # response), a torch.Tensor [R, H]; None when the backend cannot give it for free.
+    # Final-layer hidden state after the last token fed to the model, a torch.Tensor [R, H]: the
+    # prompt's last token for an empty response; a finished row's final token (EOS, or the one
+    # that hit max_tokens) is never fed. None when the backend cannot give it for free.
     hidden: Any | None
     forward_tokens: int = 0  # tokens pushed through the model for this request so far
 
@@ -128,8 +129,11 @@ class Policy(ABC):
         """The exact text the model is conditioned on (chat template applied)."""
 
     @abstractmethod
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` (no special tokens added)."""
+
     def count_tokens(self, text: str) -> int:
-        """Tokens in ``text`` under this model's tokenizer."""
+        return len(self.tokenize(text))
 
     @abstractmethod
     def detokenize(self, token_ids: Sequence[int]) -> str:

@@ -32,7 +32,7 @@ def _conciseness(device: str) -> Objective:
     return ConcisenessObjective()
 
 
-BUILTIN_OBJECTIVES: dict[str, Callable[[str], Objective]] = {
+BUILTIN_FACTORIES: dict[str, Callable[[str], Objective]] = {
     "relevance": _relevance,
     "positivity": _positivity,
     "harmlessness": _harmlessness,
@@ -40,8 +40,15 @@ BUILTIN_OBJECTIVES: dict[str, Callable[[str], Objective]] = {
 }
 
 
-def build_scorer(names: Sequence[str] = tuple(BUILTIN_OBJECTIVES), device: str = "cpu") -> ObjectiveScorer:
-    unknown = [n for n in names if n not in BUILTIN_OBJECTIVES]
+BUILTIN_OBJECTIVES = tuple(BUILTIN_FACTORIES)
+
+
+def build_objectives(names: Sequence[str], device: str = "cpu") -> list[Objective]:
+    unknown = [n for n in names if n not in BUILTIN_FACTORIES]
     if unknown:
-        raise ValueError(f"unknown objectives {unknown}; built-in: {sorted(BUILTIN_OBJECTIVES)}")
-    return ObjectiveScorer([BUILTIN_OBJECTIVES[n](device) for n in names])
+        raise ValueError(f"unknown objectives {unknown}; built-in: {sorted(BUILTIN_FACTORIES)}")
+    return [BUILTIN_FACTORIES[n](device) for n in names]
+
+
+def build_scorer(names: Sequence[str] = BUILTIN_OBJECTIVES, device: str = "cpu") -> ObjectiveScorer:
+    return ObjectiveScorer(build_objectives(names, device))

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -14,7 +15,9 @@ from grpc_reflection.v1alpha import reflection
 
 from alignd.backends.base import Policy
 from alignd.config import ConfigError, ServerConfig
+from alignd.backends.loading import load_policy
 from alignd.rewardmodels.base import Scorer
+from alignd.rewardmodels.heads import Head, HeadError
 from alignd.server.metrics import Metrics
 from alignd.server.service import AligndService
 from alignd.v1 import alignd_pb2, alignd_pb2_grpc
@@ -22,28 +25,55 @@ from alignd.v1 import alignd_pb2, alignd_pb2_grpc
 log = logging.getLogger("alignd.server")
 
 SERVICE_NAME = alignd_pb2.DESCRIPTOR.services_by_name["Alignd"].full_name
+SHIPPED_HEADS = Path(__file__).resolve().parent.parent / "data" / "heads"
 
 
-def load_policy(config: ServerConfig) -> Policy:
-    """The concrete backend named in config (the server is the only place that picks one)."""
-    from alignd import models
-
-    checkpoint = models.resolve(config.model)
-    if config.backend == "transformers":
-        from alignd.backends.transformers_policy import TransformersPolicy
-
-        name = config.model if config.model in models.REGISTRY else checkpoint.name
-        return TransformersPolicy(checkpoint, model_name=name, device=config.device, dtype=config.dtype)
-    raise ConfigError(f"backend: unknown backend {config.backend!r}; available: ['transformers']")
+def shipped_value_heads(model_name: str) -> Path | None:
+    path = SHIPPED_HEADS / model_name / "value_heads.safetensors"
+    return path if path.is_file() else None
 
 
-def load_scorer(config: ServerConfig, device: str) -> Scorer:
-    from alignd.rewardmodels.builtin import BUILTIN_OBJECTIVES, build_scorer
+def load_scorer(config: ServerConfig, policy: Policy) -> tuple[Scorer, list[tuple[str, Head]]]:
+    """The built-in objectives, reward heads as extra objectives, and value heads on top.
 
-    unknown = [n for n in config.objectives if n not in BUILTIN_OBJECTIVES]
-    if unknown:
-        raise ConfigError(f"objectives: unknown {unknown}; built-in: {sorted(BUILTIN_OBJECTIVES)}")
-    return build_scorer(config.objectives, device=device)
+    Returns the scorer and the loaded heads with their paths (for GetServerInfo)."""
+    from alignd.backends.features import response_features
+    from alignd.rewardmodels.builtin import build_objectives
+    from alignd.rewardmodels.guided_scorer import ValueGuidedScorer
+    from alignd.rewardmodels.objective_scorer import ObjectiveScorer
+    from alignd.rewardmodels.reward_head import RewardHeadObjective
+
+    try:
+        objectives = build_objectives(config.objectives, policy.device)
+    except ValueError as error:
+        raise ConfigError(f"objectives: {error}") from None
+    heads: list[tuple[str, Head]] = []
+    hidden_size = getattr(policy, "hidden_size", None)
+
+    def load_head(path: str, field: str) -> Head:
+        try:
+            head = Head.load(path, device=policy.device)
+            if hidden_size is not None:
+                head.check_compatible(policy.model_name, hidden_size)
+        except HeadError as error:
+            raise ConfigError(f"{field}: {error}") from None
+        heads.append((str(path), head))
+        return head
+
+    for i, path in enumerate(config.reward_heads):
+        head = load_head(path, f"reward_heads[{i}]")
+        objectives.append(RewardHeadObjective(head, lambda p, r: response_features(policy, p, r)))
+    try:
+        scorer: Scorer = ObjectiveScorer(objectives)
+    except ValueError as error:
+        raise ConfigError(f"reward_heads: {error}") from None
+    value_path = shipped_value_heads(policy.model_name) if config.value_heads == "auto" else config.value_heads
+    if value_path:
+        try:
+            scorer = ValueGuidedScorer(scorer, load_head(str(value_path), "value_heads"))
+        except HeadError as error:
+            raise ConfigError(f"value_heads: {error}") from None
+    return scorer, heads
 
 
 @dataclass
@@ -60,10 +90,11 @@ class RunningServer:
         self.service.close()
 
 
-async def start_server(policy: Policy, scorer: Scorer, config: ServerConfig) -> RunningServer:
+async def start_server(policy: Policy, scorer: Scorer, config: ServerConfig,
+                       heads: list[tuple[str, Head]] | None = None) -> RunningServer:
     """Bind and start; `config.port` 0 picks a free port (see RunningServer.port)."""
     metrics = Metrics()
-    service = AligndService(policy, scorer, config, metrics)
+    service = AligndService(policy, scorer, config, metrics, heads or [])
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
     alignd_pb2_grpc.add_AligndServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
@@ -84,9 +115,12 @@ async def start_server(policy: Policy, scorer: Scorer, config: ServerConfig) -> 
 
 async def serve(config: ServerConfig) -> None:
     """Load everything, serve until SIGTERM or SIGINT, then drain."""
-    policy = load_policy(config)
-    scorer = load_scorer(config, policy.device)
-    running = await start_server(policy, scorer, config)
+    try:
+        policy = load_policy(config.model, backend=config.backend, device=config.device, dtype=config.dtype)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    scorer, heads = load_scorer(config, policy)
+    running = await start_server(policy, scorer, config, heads)
     # Tests and scripts read this line to learn the port when config.port is 0.
     print(f"alignd serving {policy.model_name} on {config.host}:{running.port} (device {policy.device})", flush=True)
     stopping = asyncio.Event()

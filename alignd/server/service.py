@@ -26,6 +26,7 @@ from alignd.decoding.params import describe_params
 from alignd.decoding.weights import parse_weights
 from alignd.errors import AligndError, InvalidArgument
 from alignd.rewardmodels.base import Scorer
+from alignd.rewardmodels.heads import Head
 from alignd.server import convert
 from alignd.server.metrics import Metrics
 from alignd.v1 import alignd_pb2 as pb
@@ -35,8 +36,10 @@ log = logging.getLogger("alignd.server")
 
 
 class AligndService(pb_grpc.AligndServicer):
-    def __init__(self, policy: Policy, scorer: Scorer, config: ServerConfig, metrics: Metrics | None = None) -> None:
+    def __init__(self, policy: Policy, scorer: Scorer, config: ServerConfig, metrics: Metrics | None = None,
+                 heads: list[tuple[str, Head]] | None = None) -> None:
         self.policy = policy
+        self.heads = heads or []
         self.scorer = scorer
         self.config = config
         self.metrics = metrics or Metrics()
@@ -204,4 +207,10 @@ class AligndService(pb_grpc.AligndServicer):
             ),
             default_sampling=sampling,
             capabilities=sorted(cap.value for cap in self.policy.capabilities),
+            heads=[
+                pb.HeadInfo(kind=h.metadata.kind, path=path, base_model=h.metadata.base_model,
+                            objectives=h.objectives, data_hash=h.metadata.data_hash,
+                            metrics={k: float(v) for k, v in h.metadata.metrics.items()})
+                for path, h in self.heads
+            ],
         )

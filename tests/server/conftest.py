@@ -15,12 +15,12 @@ from alignd.server.app import RunningServer, start_server
 
 
 @contextmanager
-def running_server(policy, scorer, config: ServerConfig) -> Iterator[RunningServer]:
+def running_server(policy, scorer, config: ServerConfig, heads=None) -> Iterator[RunningServer]:
     """An in-process server on a free port, its event loop in a background thread."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    running = asyncio.run_coroutine_threadsafe(start_server(policy, scorer, config), loop).result(30)
+    running = asyncio.run_coroutine_threadsafe(start_server(policy, scorer, config, heads), loop).result(30)
     try:
         yield running
     finally:

@@ -1,0 +1,92 @@
+"""`alignd train rollouts | value | reward | pairs`: options generated from the config dataclasses."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+import numpy as np
+
+from alignd.training.options import add_options, config_from
+from alignd.training.reward_trainer import PairsConfig, RewardConfig, pairs_from_rollouts, train_reward_head
+from alignd.training.rollouts import RolloutsConfig, generate_rollouts
+from alignd.training.value_trainer import ValueConfig, train_value_heads
+
+
+def run_rollouts(config: RolloutsConfig) -> None:
+    from alignd.backends.loading import load_policy
+    from alignd.rewardmodels.builtin import build_scorer
+    from alignd.training.data import load_prompts, write_jsonl
+
+    prompts = load_prompts(config.prompts)
+    prompts = prompts[: config.limit] if config.limit else prompts
+    policy = load_policy(config.model, device=config.device)
+    scorer = build_scorer(config.objectives, device=policy.device)
+    rows: list[dict] = []
+    count = write_jsonl(config.output, (rows.append(r) or r for r in generate_rollouts(policy, scorer, prompts, config)))
+    means = {o: np.mean([r["rewards"][o] for r in rows]) for o in config.objectives}
+    print(f"wrote {count} rollouts for {len(prompts)} prompts to {config.output}")
+    print("mean rewards: " + "  ".join(f"{o}={m:+.4f}" for o, m in means.items()))
+
+
+def run_value(config: ValueConfig) -> None:
+    from alignd.backends.loading import load_policy
+
+    policy = load_policy(config.model, device=config.device)
+    head, report = train_value_heads(policy, config)
+    path = head.save(config.output)
+    print(report.table())
+    print(f"wrote {path} and {path.with_suffix('.json')}")
+
+
+def run_reward(config: RewardConfig) -> None:
+    from alignd.backends.loading import load_policy
+
+    policy = load_policy(config.model, device=config.device)
+    head, metrics = train_reward_head(policy, config)
+    path = head.save(config.output)
+    print(f"pairwise accuracy: train {metrics['train_accuracy']:.3f}, held-out {metrics['eval_accuracy']:.3f} "
+          f"({metrics['eval_pairs']} pairs)")
+    print(f"wrote {path} and {path.with_suffix('.json')}")
+
+
+def run_pairs(config: PairsConfig) -> None:
+    from alignd.training.data import write_jsonl
+
+    count = write_jsonl(config.output, pairs_from_rollouts(config))
+    print(f"wrote {count} pairs ranked by {config.objective} to {config.output}")
+
+
+COMMANDS: list[tuple[str, type, Callable, str]] = [
+    ("rollouts", RolloutsConfig, run_rollouts, "sample and score responses for a prompt set (JSONL)"),
+    ("value", ValueConfig, run_value, "train multi-objective value heads on rollouts (CD-FUDGE)"),
+    ("reward", RewardConfig, run_reward, "train a Bradley-Terry reward head on preference pairs"),
+    ("pairs", PairsConfig, run_pairs, "make preference pairs from rollouts, ranked by one objective"),
+]
+
+
+def add_train_command(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser("train", help="train value heads, reward heads, make rollouts and pairs")
+    actions = train.add_subparsers(dest="action", required=True)
+    for name, config_cls, runner, help_text in COMMANDS:
+        parser = actions.add_parser(name, help=help_text, description=help_text,
+                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        add_options(parser, config_cls)
+        parser.set_defaults(func=_runner(config_cls, runner))
+
+
+def _runner(config_cls: type, runner: Callable) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from alignd.errors import AligndError
+        from alignd.rewardmodels.heads import HeadError
+        from alignd.training.data import DataError
+
+        try:
+            runner(config_from(args, config_cls))
+        except (DataError, HeadError, AligndError, ValueError) as error:
+            print(f"alignd: error: {error}", file=sys.stderr)
+            return 2
+        return 0
+
+    return run
