@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 STAMP := $(VENV)/.installed
 
-.PHONY: venv serve test test-unit proto bench models clean
+.PHONY: venv serve test test-unit proto bench heads clean
 
 venv: $(STAMP)
 
@@ -41,6 +41,17 @@ proto: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/best_of_n_speed.py
+	$(PY) benchmarks/controlled_speed.py
+	$(PY) benchmarks/controlled_quality.py
+
+# Rebuild the value heads shipped for the embedded model (about 20 minutes on 2 CPU cores):
+# rollouts on the shipped train and eval prompts, then CD-FUDGE value heads, report printed.
+HEADS_DIR := alignd/data/heads/$(MODEL)
+heads: $(STAMP)
+	mkdir -p build/heads
+	$(VENV)/bin/alignd train rollouts --model $(MODEL) --prompts train --prompts-per-batch 8 --output build/heads/train_rollouts.jsonl
+	$(VENV)/bin/alignd train rollouts --model $(MODEL) --prompts eval --prompts-per-batch 8 --seed 1000 --output build/heads/eval_rollouts.jsonl
+	$(VENV)/bin/alignd train value --model $(MODEL) --rollouts build/heads/train_rollouts.jsonl --eval-rollouts build/heads/eval_rollouts.jsonl --output $(HEADS_DIR)/value_heads.safetensors
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

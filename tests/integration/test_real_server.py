@@ -98,3 +98,25 @@ def test_sigterm_drains_and_exits_cleanly(tmp_path):
     with AligndClient(server.target, timeout=120) as client:
         assert client.generate("hi", max_tokens=2).text is not None
     assert stop(server) == 0
+
+
+def test_shipped_value_heads_load_and_controlled_decoding_runs(real_server):
+    with AligndClient(real_server.target, timeout=300) as client:
+        info = client.server_info()
+        (value,) = [h for h in info.heads if h.kind == "value"]
+        assert set(value.objectives) == OBJECTIVES and value.base_model == "smollm2-135m-instruct"
+        events = list(client.generate_stream(PROMPT, strategy="controlled", weights={"positivity": 1.0},
+                                             num_candidates=4, block_tokens=8, max_tokens=24, seed=3))
+        out = events[-1]
+        assert isinstance(out, Generation) and set(out.rewards) == OBJECTIVES
+        blocks = [e for e in events[:-1] if e.phase == "block"]
+        assert 1 <= len(blocks) <= 3 and all(len(e.candidates) == 4 for e in blocks)
+        assert {k.name for k in out.kl} == {"blockwise_bound", "blockwise_estimate"}
+        assert out.usage.lm_forward_tokens <= out.usage.prompt_tokens + out.usage.generated_tokens
+        tokenwise = client.generate(PROMPT, strategy="controlled", mode="tokenwise", top_k=4, strength=1.0,
+                                    weights={"relevance": 1.0}, max_tokens=6, seed=3)
+        assert tokenwise.kl[0].name == "tokenwise_estimate" and len(tokenwise.token_ids) <= 6
+        with pytest.raises(AligndClientError) as error:
+            client.generate(PROMPT, strategy="controlled", mode="tokenwise", top_k=1)
+        assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT and error.value.details.startswith(
+            "controlled.top_k")
