@@ -48,7 +48,8 @@ class ControlledStrategy(Strategy):
                                     limit="max_candidates")
         block_tokens: int = param(8, "B: tokens per block (blockwise)", min=1, limit="max_tokens")
         strength: float = param(1.0, "lambda: tilt exp(lambda w^T V) of pi_ref (tokenwise)", above=0.0, max=1e4)
-        top_k: int = param(10, "candidate tokens from pi_ref's top-k (tokenwise)", min=2, limit="max_candidates")
+        token_candidates: int = param(10, "k: candidate tokens from pi_ref's top-k (tokenwise)", min=2,
+                                      limit="max_candidates")
 
     def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
         self._check_heads(request, scorer)
@@ -122,7 +123,7 @@ class ControlledStrategy(Strategy):
         while not partial.done:
             logprobs = policy.next_token_logprobs(partial)[0].float().cpu()
             support = int(torch.isfinite(logprobs).sum())
-            top = torch.topk(logprobs, min(params.top_k, support))
+            top = torch.topk(logprobs, min(params.token_candidates, support))
             with usage.phase("extend"):
                 children = policy.branch(partial, [top.indices.tolist()], request.cancel)
             usage.generated_tokens += children.rows

@@ -34,18 +34,18 @@ class BestOfNParams(_message.Message):
     def __init__(self, n: _Optional[int] = ...) -> None: ...
 
 class ControlledParams(_message.Message):
-    __slots__ = ("mode", "num_candidates", "block_tokens", "strength", "top_k")
+    __slots__ = ("mode", "num_candidates", "block_tokens", "strength", "token_candidates")
     MODE_FIELD_NUMBER: _ClassVar[int]
     NUM_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     BLOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
     STRENGTH_FIELD_NUMBER: _ClassVar[int]
-    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     mode: str
     num_candidates: int
     block_tokens: int
     strength: float
-    top_k: int
-    def __init__(self, mode: _Optional[str] = ..., num_candidates: _Optional[int] = ..., block_tokens: _Optional[int] = ..., strength: _Optional[float] = ..., top_k: _Optional[int] = ...) -> None: ...
+    token_candidates: int
+    def __init__(self, mode: _Optional[str] = ..., num_candidates: _Optional[int] = ..., block_tokens: _Optional[int] = ..., strength: _Optional[float] = ..., token_candidates: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("prompt", "system_prompt", "raw_prompt", "strategy", "weights", "sampling", "return_candidates", "request_id", "sample", "best_of_n", "controlled")

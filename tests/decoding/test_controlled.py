@@ -76,7 +76,7 @@ def test_blockwise_reuses_the_prefix_cache(tiny_policy, guided):
 def test_tokenwise_with_large_strength_follows_the_value_argmax(tiny_policy, guided):
     strategy = get_strategy("controlled")
     events = []
-    params = strategy.Params(mode="tokenwise", strength=1e4, top_k=5)
+    params = strategy.Params(mode="tokenwise", strength=1e4, token_candidates=5)
     result = run(tiny_policy, guided, {"e_count": 1.0}, params, SamplingParams(temperature=1.0, max_tokens=6, seed=1),
                  events)
     steps = [e for e in events if e.phase == "token"]
@@ -90,11 +90,11 @@ def test_tokenwise_with_large_strength_follows_the_value_argmax(tiny_policy, gui
 def test_tokenwise_with_tiny_strength_stays_close_to_pi_ref(tiny_policy, guided):
     # top_k above the vocabulary size keeps pi_ref's whole support: with lambda ~ 0 the tilted
     # distribution is pi_ref itself and the KL estimate vanishes.
-    params = get_strategy("controlled").Params(mode="tokenwise", strength=1e-6, top_k=1000)
+    params = get_strategy("controlled").Params(mode="tokenwise", strength=1e-6, token_candidates=1000)
     result = run(tiny_policy, guided, {"e_count": 1.0}, params, SamplingParams(temperature=1.0, max_tokens=4, seed=1))
     assert result.kl[0].nats < 1e-4
     truncated = run(tiny_policy, guided, {"e_count": 1.0}, get_strategy("controlled").Params(
-        mode="tokenwise", strength=1e-6, top_k=5), SamplingParams(temperature=1.0, max_tokens=4, seed=1))
+        mode="tokenwise", strength=1e-6, token_candidates=5), SamplingParams(temperature=1.0, max_tokens=4, seed=1))
     assert truncated.kl[0].nats > result.kl[0].nats
 
 
@@ -112,7 +112,7 @@ def test_missing_value_heads_for_a_weighted_objective_is_failed_precondition(tin
     "values, field",
     [({"num_candidates": 1}, "controlled.num_candidates"), ({"block_tokens": 0}, "controlled.block_tokens"),
      ({"strength": 0.0}, "controlled.strength"), ({"strength": -1.0}, "controlled.strength"),
-     ({"strength": math.inf}, "controlled.strength"), ({"top_k": 1}, "controlled.top_k"),
+     ({"strength": math.inf}, "controlled.strength"), ({"token_candidates": 1}, "controlled.token_candidates"),
      ({"mode": "beam"}, "controlled.mode"), ({"num_candidates": 65}, "controlled.num_candidates")],
 )
 def test_bad_controlled_params_are_invalid_argument(values, field):

@@ -61,3 +61,16 @@ def test_described_params_show_the_limit_as_maximum():
 def test_unknown_strategy_names_the_field():
     with pytest.raises(InvalidArgument, match=r"^strategy: unknown strategy 'beam'"):
         get_strategy("beam")
+
+
+def test_no_strategy_parameter_shares_a_name_with_a_sampling_setting():
+    # The client routes keyword arguments named like sampling settings to `sampling`, so a
+    # strategy parameter with such a name could never be set.
+    import dataclasses
+
+    from alignd.clients.client import _SAMPLING_FIELDS
+    from alignd.decoding.base import STRATEGIES
+
+    for strategy in STRATEGIES.values():
+        clash = {f.name for f in dataclasses.fields(strategy.Params)} & set(_SAMPLING_FIELDS)
+        assert not clash, f"{strategy.name} parameters {clash} clash with sampling settings"

@@ -113,10 +113,10 @@ def test_shipped_value_heads_load_and_controlled_decoding_runs(real_server):
         assert 1 <= len(blocks) <= 3 and all(len(e.candidates) == 4 for e in blocks)
         assert {k.name for k in out.kl} == {"blockwise_bound", "blockwise_estimate"}
         assert out.usage.lm_forward_tokens <= out.usage.prompt_tokens + out.usage.generated_tokens
-        tokenwise = client.generate(PROMPT, strategy="controlled", mode="tokenwise", top_k=4, strength=1.0,
+        tokenwise = client.generate(PROMPT, strategy="controlled", mode="tokenwise", token_candidates=4, strength=1.0,
                                     weights={"relevance": 1.0}, max_tokens=6, seed=3)
         assert tokenwise.kl[0].name == "tokenwise_estimate" and len(tokenwise.token_ids) <= 6
         with pytest.raises(AligndClientError) as error:
-            client.generate(PROMPT, strategy="controlled", mode="tokenwise", top_k=1)
+            client.generate(PROMPT, strategy="controlled", mode="tokenwise", token_candidates=1)
         assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT and error.value.details.startswith(
-            "controlled.top_k")
+            "controlled.token_candidates")
