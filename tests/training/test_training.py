@@ -60,6 +60,25 @@ def test_value_training_writes_loadable_heads_and_a_report(rollouts, tiny_checkp
     assert meta["base_model"] == tiny_checkpoint.name and meta["data_hash"]
     assert "positivity@50%_mse" in meta["metrics"] and meta["metrics"]["eval_rollouts"] == 8
 
+    # The trained file loads in the server and shows in GetServerInfo.
+    from alignd.backends.loading import load_policy
+    from alignd.clients import AligndClient
+    from alignd.config import ServerConfig
+    from alignd.server.app import load_scorer
+    from tests.server.conftest import running_server
+
+    policy = load_policy(str(tiny_checkpoint), device="cpu")
+    config = ServerConfig(port=0, objectives=("positivity", "conciseness"), value_heads=str(out))
+    scorer, heads = load_scorer(config, policy)
+    assert scorer.value_objectives == {"positivity", "conciseness"}
+    with running_server(policy, scorer, config, heads) as running:
+        with AligndClient(f"127.0.0.1:{running.port}", timeout=60) as client:
+            (info,) = client.server_info().heads
+            assert info.kind == "value" and info.path == str(out) and "positivity@50%_mse" in info.metrics
+            steered = client.generate("hi", strategy="controlled", weights={"conciseness": 1.0}, max_tokens=8,
+                                      num_candidates=2, block_tokens=4)
+            assert set(steered.rewards) == {"positivity", "conciseness"}
+
 
 def test_pairs_and_reward_training(rollouts, tiny_checkpoint, tmp_path, capsys):
     pairs = tmp_path / "pairs.jsonl"
