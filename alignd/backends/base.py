@@ -123,6 +123,8 @@ class Policy(ABC):
     #: "cpu", "cuda", "cuda:1", ...
     device: str
     capabilities: frozenset[Capability]
+    #: longest prompt + response the model handles, in tokens (None: unknown)
+    context_length: int | None = None
 
     @abstractmethod
     def render(self, prompt: ChatPrompt) -> str:

@@ -12,6 +12,9 @@ from tqdm import tqdm
 from alignd.backends.base import ChatPrompt, Policy
 
 
+CHUNK_ROWS = 16
+
+
 def prefix_features(policy: Policy, rows: Sequence[dict], progress: bool = True) -> list[torch.Tensor]:
     """For each rollout row, the hidden states after 0..T response tokens, [T + 1, H], on CPU.
 
@@ -22,9 +25,12 @@ def prefix_features(policy: Policy, rows: Sequence[dict], progress: bool = True)
         groups[row["prompt"]].append(index)
     features: list[torch.Tensor | None] = [None] * len(rows)
     for prompt, indices in tqdm(groups.items(), desc="features", unit="prompt", disable=not progress):
-        states = policy.prefix_hidden_states(ChatPrompt(prompt), [rows[i]["token_ids"] for i in indices])
-        for i, state in zip(indices, states):
-            features[i] = state.cpu()
+        # Chunks bound the padded batch (a Score call may carry hundreds of long responses).
+        for start in range(0, len(indices), CHUNK_ROWS):
+            chunk = indices[start : start + CHUNK_ROWS]
+            states = policy.prefix_hidden_states(ChatPrompt(prompt), [rows[i]["token_ids"] for i in chunk])
+            for i, state in zip(chunk, states):
+                features[i] = state.cpu()
     return features
 
 

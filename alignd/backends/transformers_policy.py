@@ -87,6 +87,7 @@ class TransformersPolicy(Policy):
         self.model_name = model_name or (Path(checkpoint).name if checkpoint else type(model).__name__)
         self.device = str(self._device)
         self.hidden_size = int(self.model.config.hidden_size)
+        self.context_length = getattr(self.model.config, "max_position_embeddings", None)
         self.eos_token_ids = self._eos_ids()
         # One forward pass at a time: the server calls from worker threads, and interleaving two
         # requests' steps on 2 cores only slows both.
@@ -115,15 +116,19 @@ class TransformersPolicy(Policy):
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def tokenize(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        # Under the lock: `_begin` switches the fast tokenizer's padding, and a concurrent
+        # encode would fail with "Already borrowed".
+        with self._lock:
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+        with self._lock:  # see tokenize
+            return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
     def _text(self, ids: list[int], stops: Sequence[str]) -> str:
         eos = set(self.eos_token_ids.tolist())
         text_ids = ids[:-1] if ids and ids[-1] in eos else ids
-        return _cut_at_stop(self.tokenizer.decode(text_ids, skip_special_tokens=True), stops)
+        return _cut_at_stop(self.detokenize(text_ids), stops)
 
     # -- the decoding mechanism ------------------------------------------------------------------
 
@@ -178,18 +183,20 @@ class TransformersPolicy(Policy):
         return selected
 
     def _feed(self, partial: _Partial, chosen: torch.Tensor, done: torch.Tensor) -> None:
-        """Drop finished rows from the cache, then run the chosen tokens of the others."""
-        if done.any():
-            keep = (~done).nonzero().squeeze(-1)
-            partial.live = [partial.live[i] for i in keep.tolist()]
-            if not partial.live:
-                return
-            partial.cache.batch_select_indices(keep)
-            chosen, partial.attention = chosen[keep], partial.attention[keep]
-            partial.next_position = partial.next_position[keep]
+        """Run the chosen tokens, then drop the rows that finished from the cache.
+
+        Finished rows are fed too, so their hidden state is the one after their final token
+        (EOS or the max_tokens one): value and reward heads see the whole response."""
         partial.attention = torch.cat([partial.attention, partial.attention.new_ones((len(partial.live), 1))], dim=-1)
         self._forward(partial, chosen.unsqueeze(-1), partial.next_position.unsqueeze(-1))
         partial.next_position = partial.next_position + 1
+        if done.any():
+            keep = (~done).nonzero().squeeze(-1)
+            partial.live = [partial.live[i] for i in keep.tolist()]
+            if partial.live:
+                partial.cache.batch_select_indices(keep)
+                partial.attention, partial.logits = partial.attention[keep], partial.logits[keep]
+                partial.next_position = partial.next_position[keep]
 
     def _record(self, partial: _Partial, chosen: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
         """Append one token per live row; mark and return the rows that finished."""
@@ -218,8 +225,7 @@ class TransformersPolicy(Policy):
         for _ in range(steps):
             if not partial.live:
                 return
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("request cancelled; decoding stopped")
+            _check(cancel)
             chosen, logprobs = draw(partial.logits, sampling, partial.generator)
             self._feed(partial, chosen, self._record(partial, chosen, logprobs))
 
@@ -232,6 +238,7 @@ class TransformersPolicy(Policy):
         if n < 1 or not prompts:
             raise ValueError("sample needs at least one prompt and n >= 1")
         with self._lock:
+            _check(cancel)
             partial = self._begin(prompts, sampling)
             prompt_tokens = partial.attention.sum(-1).tolist()
             partial = self._select(partial, [p for p in range(len(prompts)) for _ in range(n)], share=True)
@@ -245,6 +252,7 @@ class TransformersPolicy(Policy):
     @torch.inference_mode()
     def begin(self, prompt: ChatPrompt, sampling: SamplingParams, cancel: threading.Event | None = None) -> _Partial:
         with self._lock:
+            _check(cancel)
             return self._begin([prompt], sampling)
 
     @torch.inference_mode()
@@ -252,6 +260,7 @@ class TransformersPolicy(Policy):
         if k < 1 or block_tokens < 1:
             raise ValueError("extend needs k >= 1 and block_tokens >= 1")
         with self._lock:
+            _check(cancel)
             children = self._select(partial, [r for r in range(partial.rows) for _ in range(k)])
             self._run(children, block_tokens, cancel)
             return children
@@ -274,9 +283,8 @@ class TransformersPolicy(Policy):
 
     @torch.inference_mode()
     def branch(self, partial: _Partial, tokens: Sequence[Sequence[int]], cancel: threading.Event | None = None) -> _Partial:
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("request cancelled; decoding stopped")
         with self._lock:
+            _check(cancel)
             parents = [r for r, row_tokens in enumerate(tokens) for _ in row_tokens]
             flat = [t for row_tokens in tokens for t in row_tokens]
             logprobs = self.next_token_logprobs(partial)
@@ -295,7 +303,7 @@ class TransformersPolicy(Policy):
 
     @torch.inference_mode()
     def prefix_hidden_states(self, prompt: ChatPrompt, responses: Sequence[Sequence[int]]) -> list[torch.Tensor]:
-        prompt_ids = self.tokenizer(self.render(prompt), add_special_tokens=False)["input_ids"]
+        prompt_ids = self.tokenize(self.render(prompt))
         sequences = [prompt_ids + list(r) for r in responses]
         width = max(len(s) for s in sequences)
         pad = self.tokenizer.pad_token_id
@@ -308,6 +316,11 @@ class TransformersPolicy(Policy):
         hidden = out.hidden_states[-1].float()
         # Row t of each result: the state after t response tokens, i.e. at prompt position -1 + t.
         return [hidden[i, width - len(r) - 1 :, :].clone() for i, r in enumerate(responses)]
+
+
+def _check(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("request cancelled; decoding stopped")
 
 
 def _copy_cache(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:

@@ -9,6 +9,7 @@ and padded per chunk so short responses do not pay for the longest one.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,10 +36,17 @@ class RelevanceObjective(Objective):
         self.device = torch.device(device)
         self.chunk_size = chunk_size
         self.max_length = max_length
+        # Worker threads score concurrently; a fast tokenizer switching padding while another
+        # thread encodes fails with "Already borrowed".
+        self._lock = threading.Lock()
 
     @torch.inference_mode()
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """Unit-norm embeddings [N, D], in input order."""
+        with self._lock:
+            return self._embed(texts)
+
+    def _embed(self, texts: Sequence[str]) -> torch.Tensor:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = torch.empty((len(texts), self.model.config.hidden_size), device=self.device)
         for start in range(0, len(order), self.chunk_size):

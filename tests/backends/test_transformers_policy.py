@@ -19,8 +19,8 @@ def test_same_seed_gives_same_output_and_different_seeds_differ(tiny_policy):
 def test_prompt_is_encoded_once_for_all_n_rows(tiny_policy):
     batch = tiny_policy.sample([PROMPT], 6, SamplingParams(temperature=1.0, max_tokens=16, seed=3))
     generated = batch.completions[0]
-    # The prompt once, then one token per live row per step; a row's last token is never fed.
-    assert batch.forward_tokens == batch.prompt_tokens[0] + sum(len(c.token_ids) - 1 for c in generated)
+    # The prompt once, then every drawn token exactly once.
+    assert batch.forward_tokens == batch.prompt_tokens[0] + sum(len(c.token_ids) for c in generated)
 
 
 def test_token_logprobs_match_a_full_recomputation_under_the_sampling_distribution(tiny_policy):
