@@ -102,6 +102,10 @@ class Strategy(ABC):
     def decode(self, request: DecodeRequest, params: Any, policy: Policy, scorer: Scorer) -> DecodeResult:
         """Run the algorithm; raise alignd.errors for requests it cannot serve."""
 
+    def rows(self, params: Any) -> int:
+        """Sequences this strategy keeps in the KV cache at once (for the memory budget)."""
+        return 1
+
     def check_policy(self, policy: Policy) -> None:
         missing = sorted(c.value for c in self.requires - policy.capabilities)
         if missing:

@@ -32,6 +32,9 @@ class BestOfNStrategy(Strategy):
     class Params:
         n: int = param(8, "number of candidate responses drawn from pi_ref", min=1, limit="max_candidates")
 
+    def rows(self, params: Params) -> int:
+        return params.n
+
     def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
         started = time.perf_counter()
         usage = Usage()

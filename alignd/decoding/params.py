@@ -26,6 +26,9 @@ class Limits:
     max_stop_sequences: int = 8
     max_stop_chars: int = 64
     max_score_responses: int = 256
+    # Rows decoded at once x (prompt + max_tokens) tokens: bounds KV-cache memory per request
+    # (SmolLM2-135M float32 needs about 46 KB per token per row).
+    max_batch_tokens: int = 65_536
 
 
 def param(

@@ -18,6 +18,8 @@ from alignd.errors import InvalidArgument
 from alignd.v1 import alignd_pb2 as pb
 
 DEFAULT_STRATEGY = "sample"
+# Below this, logits / T overflow to inf in float32; above, sampling is noise.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 100.0
 _KL_KINDS = {"estimate": pb.KLEstimate.ESTIMATE, "upper_bound": pb.KLEstimate.UPPER_BOUND, "exact": pb.KLEstimate.EXACT}
 
 
@@ -41,8 +43,9 @@ def check_text(field: str, text: str, limit: int, *, required: bool) -> None:
 def parse_sampling(message: pb.SamplingParams, defaults: SamplingParams, limits: Limits) -> SamplingParams:
     values = {f.name: v for f, v in message.ListFields() if f.name != "stop"}
     temperature = values.get("temperature", defaults.temperature)
-    if not math.isfinite(temperature) or temperature < 0:
-        raise InvalidArgument("sampling.temperature", f"must be finite and >= 0, got {temperature}")
+    if not (temperature == 0 or MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
+        raise InvalidArgument("sampling.temperature",
+                              f"must be 0 (greedy) or in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], got {temperature}")
     top_p = values.get("top_p", defaults.top_p)
     if not math.isfinite(top_p) or not 0 < top_p <= 1:
         raise InvalidArgument("sampling.top_p", f"must be in (0, 1], got {top_p}")
@@ -93,7 +96,8 @@ def candidate_message(names: tuple[str, ...], candidate: ScoredCandidate) -> pb.
     c = candidate.completion
     return pb.Candidate(
         text=c.text, token_ids=c.token_ids, finish_reason=c.finish_reason.value,
-        rewards={n: float(v) for n, v in zip(names, candidate.rewards)},
+        # NaN marks an objective that was not estimated (zero weight): leave it out.
+        rewards={n: float(v) for n, v in zip(names, candidate.rewards) if not math.isnan(v)},
         weighted_score=candidate.weighted_score, logprob=c.logprob, selected=candidate.selected,
     )
 

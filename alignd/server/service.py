@@ -101,11 +101,27 @@ class AligndService(pb_grpc.AligndServicer):
         cancel: threading.Event,
     ) -> DecodeResult:
         parsed.strategy.check_policy(self.policy)
+        self._check_budget(parsed)
         request = DecodeRequest(parsed.prompt, parsed.sampling, parsed.weights, parsed.return_candidates, on_progress,
                                 cancel)
         result = parsed.strategy.decode(request, parsed.params, self.policy, self.scorer)
         self.metrics.generated_tokens.labels(parsed.strategy.name).inc(result.usage.generated_tokens)
         return result
+
+    def _check_budget(self, parsed: convert.ParsedGenerate) -> None:
+        """Refuse requests whose sequences would not fit the model or the memory budget."""
+        prompt_tokens = self.policy.count_tokens(self.policy.render(parsed.prompt))
+        length = prompt_tokens + parsed.sampling.max_tokens
+        context = self.policy.context_length
+        if context is not None and length > context:
+            raise InvalidArgument("sampling.max_tokens", f"prompt ({prompt_tokens} tokens) + max_tokens "
+                                  f"({parsed.sampling.max_tokens}) exceeds the model's context of {context}")
+        rows = parsed.strategy.rows(parsed.params)
+        budget = self.config.limits.max_batch_tokens
+        if rows * length > budget:
+            raise InvalidArgument("sampling.max_tokens", f"{rows} sequences x ({prompt_tokens} prompt + "
+                                  f"{parsed.sampling.max_tokens} new) tokens = {rows * length} exceeds the server's "
+                                  f"max_batch_tokens {budget}; use fewer candidates or tokens")
 
     def _response(self, parsed: convert.ParsedGenerate, result: DecodeResult, request_id: str) -> pb.GenerateResponse:
         return convert.result_message(result, request_id, parsed.strategy.name, self.policy.model_name, parsed.weights)
@@ -125,9 +141,11 @@ class AligndService(pb_grpc.AligndServicer):
             work = asyncio.get_running_loop().run_in_executor(self._executor, self._decode, parsed, None, cancel)
             try:
                 result = await work
-            except asyncio.CancelledError:
-                cancel.set()  # client gone or deadline passed: stop decoding at the next step
-                raise
+            finally:
+                # Client gone or deadline passed: stop decoding at the next step. (Awaiting a
+                # cancelled task cancels `work` itself, so test nothing: setting it after a
+                # finished decode is harmless.)
+                cancel.set()
             return self._response(parsed, result, request_id)
 
     async def GenerateStream(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateEvent]:
@@ -147,10 +165,11 @@ class AligndService(pb_grpc.AligndServicer):
                 while (event := await events.get()) is not None:
                     yield convert.progress_message(parsed.weights.names, event)
                 result = await work
-            except asyncio.CancelledError:
+                yield pb.GenerateEvent(result=self._response(parsed, result, request_id))
+            finally:
+                # Cancellation can arrive as CancelledError here or as GeneratorExit when grpc
+                # stops consuming the stream: either way the decode must stop too.
                 cancel.set()
-                raise
-            yield pb.GenerateEvent(result=self._response(parsed, result, request_id))
 
     async def Score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
         async with self._handle(context, "Score"):
@@ -204,6 +223,7 @@ class AligndService(pb_grpc.AligndServicer):
                 max_prompt_chars=limits.max_prompt_chars, max_tokens=limits.max_tokens,
                 max_candidates=limits.max_candidates, max_stop_sequences=limits.max_stop_sequences,
                 max_stop_chars=limits.max_stop_chars, max_score_responses=limits.max_score_responses,
+                max_batch_tokens=limits.max_batch_tokens,
             ),
             default_sampling=sampling,
             capabilities=sorted(cap.value for cap in self.policy.capabilities),

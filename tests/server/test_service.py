@@ -100,6 +100,7 @@ BAD_REQUESTS = [
     ("too many stop sequences", dict(stop=["a", "b", "c"]), "sampling.stop"),
     ("negative temperature", dict(temperature=-0.5), "sampling.temperature"),
     ("nan temperature", dict(temperature=math.nan), "sampling.temperature"),
+    ("vanishing temperature", dict(temperature=1e-300), "sampling.temperature"),
     ("top_p zero", dict(top_p=0.0), "sampling.top_p"),
     ("negative top_k", dict(top_k=-1), "sampling.top_k"),
 ]
@@ -231,3 +232,50 @@ def test_a_request_past_its_deadline_stops_decoding_on_the_server(tiny_policy, m
     finally:
         hook.remove()
     assert len(steps) < 1500
+
+
+def test_a_stream_abandoned_after_its_first_event_stops_decoding(tiny_policy, module_letter_scorer):
+    import time
+
+    from alignd.backends.base import SamplingParams
+    from alignd.clients import AligndClient
+    from alignd.decoding.params import Limits
+
+    steps = []
+    hook = tiny_policy.model.register_forward_hook(lambda *args: steps.append(1))
+    config = ServerConfig(port=0, limits=Limits(max_tokens=3000), default_sampling=SamplingParams(max_tokens=16))
+    try:
+        with running_server(tiny_policy, module_letter_scorer, config) as running:
+            channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+            stub = pb_grpc.AligndStub(channel)
+            call = stub.GenerateStream(pb.GenerateRequest(
+                prompt="hi", sampling=pb.SamplingParams(temperature=0.0, max_tokens=3000)), timeout=60)
+            time.sleep(0.3)
+            call.cancel()
+            deadline = time.monotonic() + 30
+            while running.service._pending and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert running.service._pending == 0
+            channel.close()
+    finally:
+        hook.remove()
+    assert len(steps) < 1500
+
+
+def test_requests_over_the_memory_budget_or_the_context_are_invalid(tiny_policy, module_letter_scorer):
+    from alignd.backends.base import SamplingParams
+    from alignd.clients import AligndClient
+    from alignd.decoding.params import Limits
+
+    limits = Limits(max_tokens=6000, max_batch_tokens=2000)
+    config = ServerConfig(port=0, limits=limits, default_sampling=SamplingParams(max_tokens=16))
+    with running_server(tiny_policy, module_letter_scorer, config) as running:
+        with AligndClient(f"127.0.0.1:{running.port}", timeout=30) as client:
+            with pytest.raises(AligndClientError) as error:
+                client.generate("hi", strategy="best_of_n", n=8, max_tokens=300)
+            assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert "exceeds the server's max_batch_tokens 2000" in error.value.details
+            with pytest.raises(AligndClientError) as error:
+                client.generate("hi", max_tokens=5000)  # the tiny model's context is 4096
+            assert error.value.details.startswith("sampling.max_tokens:") and "context of 4096" in error.value.details
+            assert client.generate("hi", strategy="best_of_n", n=2, max_tokens=8).text is not None
