@@ -30,7 +30,7 @@ from alignd.decoding.base import (
 )
 from alignd.decoding.kl import best_of_n_kl_bound, best_of_n_kl_estimate
 from alignd.decoding.params import param
-from alignd.errors import FailedPrecondition
+from alignd.errors import FailedPrecondition, InvalidArgument
 from alignd.rewardmodels.base import Scorer
 
 
@@ -51,7 +51,14 @@ class ControlledStrategy(Strategy):
         token_candidates: int = param(10, "k: candidate tokens from pi_ref's top-k (tokenwise)", min=2,
                                       limit="max_candidates")
 
+    def rows(self, params: Params) -> int:
+        # The chosen prefix plus its K (or k) candidate continuations.
+        return 1 + (params.num_candidates if params.mode == "blockwise" else params.token_candidates)
+
     def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
+        if request.sampling.greedy:
+            # K greedy blocks are K copies of one block, and the tilt needs a sampling pi_ref.
+            raise InvalidArgument("sampling.temperature", "controlled decoding samples from pi_ref: use a temperature > 0")
         self._check_heads(request, scorer)
         if params.mode == "tokenwise" and Capability.TOKENWISE not in policy.capabilities:
             raise FailedPrecondition(f"tokenwise controlled decoding needs the backend capability 'tokenwise', "
@@ -76,16 +83,20 @@ class ControlledStrategy(Strategy):
             loaded = sorted(scorer.value_objectives) or "none"
             raise FailedPrecondition(f"controlled decoding needs value heads for {missing}; loaded value heads: {loaded}")
 
-    def _values(self, request: DecodeRequest, policy: Policy, scorer: Scorer, partial: PartialResponses,
-                usage: Usage) -> tuple[np.ndarray, np.ndarray, list[Completion]]:
-        """(values on each objective's scale [R, G], weighted standardised scores [R], texts)."""
-        completions = [policy.completion(partial, row) for row in range(partial.rows)]
+    def _values(self, request: DecodeRequest, scorer: Scorer, partial: PartialResponses,
+                usage: Usage) -> tuple[np.ndarray, np.ndarray]:
+        """(value estimates on each objective's scale [R, G], weighted standardised scores [R]).
+
+        Only objectives with positive weight are estimated (the rest are NaN); `_check_heads`
+        made sure value heads cover them, so no prefix text is decoded or re-encoded."""
+        weights = request.weights.as_dict()
+        needed = [name for name, w in weights.items() if w > 0]
         with usage.phase("value"):
-            values = scorer.score_prefix([request.prompt.user] * partial.rows, [c.text for c in completions],
-                                         partial.hidden)
+            values = scorer.score_prefix([request.prompt.user] * partial.rows, None, partial.hidden, needed)
         usage.scorer_calls += 1
         usage.scored_texts += partial.rows
-        return values, request.weights.weighted(scorer.standardise(values)), completions
+        standardised = np.nan_to_num(scorer.standardise(values), nan=0.0)  # NaN only where w = 0
+        return values, request.weights.weighted(standardised)
 
     def _blockwise(self, request, params, policy, scorer, partial, usage, started):
         k = params.num_candidates
@@ -95,7 +106,7 @@ class ControlledStrategy(Strategy):
             with usage.phase("extend"):
                 blocks = policy.extend(partial, k, params.block_tokens, request.cancel)
             usage.generated_tokens += sum(len(ids) - before for ids in blocks.token_ids)
-            values, scores, completions = self._values(request, policy, scorer, blocks, usage)
+            values, scores = self._values(request, scorer, blocks, usage)
             pick = int(np.argmax(scores))
             partial = policy.select(blocks, [pick])
             blocks_taken += 1
@@ -127,7 +138,7 @@ class ControlledStrategy(Strategy):
             with usage.phase("extend"):
                 children = policy.branch(partial, [top.indices.tolist()], request.cancel)
             usage.generated_tokens += children.rows
-            values, scores, completions = self._values(request, policy, scorer, children, usage)
+            values, scores = self._values(request, scorer, children, usage)
             tilted = torch.log_softmax(top.values.double() + params.strength * torch.from_numpy(scores), dim=0)
             if request.sampling.greedy:
                 pick = int(torch.argmax(tilted))

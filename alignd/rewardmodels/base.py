@@ -65,10 +65,19 @@ class Scorer(ABC):
         """Values on a common scale for weighting (identity without normalisation statistics)."""
         return values
 
-    def score_prefix(self, prompts: Sequence[str], prefixes: Sequence[str], hidden: Any | None = None) -> np.ndarray:
+    def score_prefix(
+        self, prompts: Sequence[str], prefixes: Sequence[str] | None, hidden: Any | None = None,
+        objectives: Sequence[str] | None = None,
+    ) -> np.ndarray:
         """Estimated final rewards V_g of partial responses, [N, G], on each objective's scale.
 
-        `hidden` holds the policy's final-layer hidden states at each prefix's last token
-        ([N, H]); value heads read them. Objectives without a head are applied to the partial
-        text."""
-        return self.score(prompts, prefixes)
+        `hidden` holds the policy's final-layer hidden states after each prefix ([N, H]); value
+        heads read them. Objectives without a head are applied to the partial text, so
+        `prefixes` may be None only when heads cover everything asked for. `objectives` limits
+        the work to those names; the other columns are NaN."""
+        names = list(objectives) if objectives is not None else list(self.objective_names)
+        if prefixes is None:
+            raise ValueError(f"objectives {names} need the prefix text (no value heads)")
+        values = np.full((len(prompts), len(self.objective_names)), np.nan)
+        values[:, [self.objective_names.index(n) for n in names]] = self.score_objectives(prompts, prefixes, names)
+        return values

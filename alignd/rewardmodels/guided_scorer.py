@@ -40,14 +40,21 @@ class ValueGuidedScorer(Scorer):
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
         return self.base.score(prompts, responses)
 
-    def score_prefix(self, prompts: Sequence[str], prefixes: Sequence[str], hidden: Any | None = None) -> np.ndarray:
+    def score_prefix(
+        self, prompts: Sequence[str], prefixes: Sequence[str] | None, hidden: Any | None = None,
+        objectives: Sequence[str] | None = None,
+    ) -> np.ndarray:
         if hidden is None:
             raise HeadError("value heads need the policy's hidden states for the prefixes")
-        values = np.zeros((len(prefixes), len(self.objectives)), dtype=np.float64)
-        uncovered = [n for n in self.objective_names if n not in self.value_objectives]
+        wanted = list(objectives) if objectives is not None else list(self.objective_names)
+        uncovered = [n for n in wanted if n not in self.value_objectives]
+        values = np.full((len(prompts), len(self.objectives)), np.nan)
         if uncovered:
+            if prefixes is None:
+                raise HeadError(f"objectives {uncovered} have no value head and need the prefix text")
             columns = [self.objective_names.index(n) for n in uncovered]
             values[:, columns] = self.base.score_objectives(prompts, prefixes, uncovered)
+        # The heads run for every objective they cover: one small matmul, cheaper than slicing.
         predicted = self.value_heads.predict(torch.as_tensor(hidden).to(self.value_heads.mean.device))
         values[:, self._columns] = predicted.double().cpu().numpy()
         return values

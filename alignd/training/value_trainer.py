@@ -88,6 +88,14 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def prefix_examples(states: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """CD-FUDGE examples: every prefix state (t = 0..T) of rollout i, paired with rollout i's
+    final (standardised) reward vector."""
+    x = torch.cat(states)
+    y = torch.cat([targets[i].expand(len(s), -1) for i, s in enumerate(states)])
+    return x, y
+
+
 def train_value_heads(policy: Policy, config: ValueConfig, progress: bool = True) -> tuple[Head, ValueReport]:
     torch.manual_seed(config.seed)
     train_rows, eval_rows = _split(_load(config.rollouts), config)
@@ -100,10 +108,7 @@ def train_value_heads(policy: Policy, config: ValueConfig, progress: bool = True
 
     train_states = prefix_features(policy, train_rows, progress)
     eval_states = prefix_features(policy, eval_rows, progress)
-    # Every prefix (t = 0..T) of a rollout gets that rollout's final, standardised reward.
-    x = torch.cat(train_states)
-    z = torch.from_numpy((y_train - mean) / std).float()
-    y = torch.cat([z[i].expand(len(s), -1) for i, s in enumerate(train_states)])
+    x, y = prefix_examples(train_states, torch.from_numpy((y_train - mean) / std).float())
 
     metadata = HeadMetadata(
         kind="value", base_model=policy.model_name, hidden_size=x.shape[1], objectives=objectives,

@@ -42,15 +42,12 @@ def test_blockwise_keeps_the_block_with_the_highest_weighted_value(tiny_policy, 
     result = run(tiny_policy, guided, {"e_count": 1.0}, params, events=events)
     blocks = [e for e in events if e.phase == "block"]
     assert 1 <= len(blocks) <= 4
-    chosen_text = ""
     for event in blocks:
         assert len(event.candidates) == 4 and sum(c.selected for c in event.candidates) == 1
         best = max(event.candidates, key=lambda c: c.weighted_score)
         assert best.selected
         # The value estimates are the heads' predictions on the objective's scale.
         assert np.all(np.isfinite(best.rewards))
-        chosen_text += best.completion.text
-    assert result.text.replace(" ", "") in chosen_text.replace(" ", "") or chosen_text.startswith(result.text[:5])
     assert result.token_ids == [t for e in blocks for c in e.candidates if c.selected for t in c.completion.token_ids]
 
 
@@ -84,7 +81,8 @@ def test_tokenwise_with_large_strength_follows_the_value_argmax(tiny_policy, gui
     for event in steps:
         assert max(event.candidates, key=lambda c: c.weighted_score).selected
     (kl,) = result.kl
-    assert kl.kind == "estimate" and kl.nats >= 0
+    # A strong tilt moves far from pi_ref: the estimate is clearly positive.
+    assert kl.kind == "estimate" and kl.nats > 0.1
 
 
 def test_tokenwise_with_tiny_strength_stays_close_to_pi_ref(tiny_policy, guided):
@@ -104,8 +102,17 @@ def test_missing_value_heads_for_a_weighted_objective_is_failed_precondition(tin
         run(tiny_policy, partial_heads, {"o_count": 1.0})
     with pytest.raises(FailedPrecondition, match="loaded value heads: none"):
         run(tiny_policy, letter_scorer, {"e_count": 1.0})
-    # Objectives with zero weight need no head.
+    # Objectives with zero weight need no head, and are not scored on prefix text either: the
+    # only call into the o_count objective is the final scoring of the finished response.
+    o_count = letter_scorer._objectives[1]
+    o_count.calls.clear()
     assert run(tiny_policy, partial_heads, {"e_count": 1.0, "o_count": 0.0}).text is not None
+    assert o_count.calls == [1]
+
+
+def test_greedy_controlled_decoding_is_refused(tiny_policy, guided):
+    with pytest.raises(InvalidArgument, match=r"^sampling\.temperature:"):
+        run(tiny_policy, guided, {"e_count": 1.0}, sampling=SamplingParams(temperature=0.0, max_tokens=4))
 
 
 @pytest.mark.parametrize(

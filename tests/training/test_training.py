@@ -80,21 +80,47 @@ def test_value_training_writes_loadable_heads_and_a_report(rollouts, tiny_checkp
             assert set(steered.rewards) == {"positivity", "conciseness"}
 
 
-def test_pairs_and_reward_training(rollouts, tiny_checkpoint, tmp_path, capsys):
+def test_pairs_from_rollouts_rank_by_the_objective(rollouts, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
-    assert main(["train", "pairs", "--rollouts", str(rollouts), "--objective", "positivity", "--output", str(pairs)]) == 0
-    rows = list(read_jsonl(pairs, {"prompt": str, "chosen": str, "rejected": str}))
-    assert 1 <= len(rows) <= 6
-    # Enough pairs to split: repeat them (the point here is the pipeline, not the accuracy).
-    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows * 4))
+    assert main(["train", "pairs", "--rollouts", str(rollouts), "--objective", "conciseness", "--output", str(pairs)]) == 0
+    by_prompt = {}
+    for row in read_jsonl(rollouts, {"prompt": str, "response": str, "rewards": dict}):
+        by_prompt.setdefault(row["prompt"], {})[row["response"]] = row["rewards"]["conciseness"]
+    for pair in read_jsonl(pairs, {"prompt": str, "chosen": str, "rejected": str}):
+        scores = by_prompt[pair["prompt"]]
+        assert scores[pair["chosen"]] == max(scores.values()) > scores[pair["rejected"]] == min(scores.values())
+
+
+def test_reward_head_learns_a_held_out_preference(tiny_checkpoint, tmp_path, capsys):
+    # Distinct pairs whose preferred answer always ends in the same polite words: a linear head
+    # on the final hidden state can pick that up and must generalise to unseen pairs.
+    pairs = tmp_path / "pairs.jsonl"
+    topics = ["bread", "dogs", "rain", "music", "tea", "maps", "boats", "snow", "chess", "bees",
+              "glass", "kites", "salt", "clocks", "ferns", "owls", "soap", "rope", "jam", "ink"]
+    rows = [{"prompt": f"tell me about {t}", "chosen": f"{t} is nice. thank you, that is wonderful",
+             "rejected": f"{t} is nice. stop here"} for t in topics]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "rm.safetensors"
     code = main(["train", "reward", "--pairs", str(pairs), "--model", str(tiny_checkpoint), "--device", "cpu",
-                 "--epochs", "20", "--name", "rm_positivity", "--output", str(out)])
+                 "--epochs", "60", "--eval-fraction", "0.25", "--name", "rm_polite", "--output", str(out)])
     assert code == 0
     assert "pairwise accuracy: train" in capsys.readouterr().out
     head = Head.load(out)
-    assert head.metadata.kind == "reward" and head.objectives == ["rm_positivity"]
-    assert 0.0 <= head.metadata.metrics["eval_accuracy"] <= 1.0
+    assert head.metadata.kind == "reward" and head.objectives == ["rm_polite"]
+    assert head.metadata.metrics["eval_pairs"] == 5
+    assert head.metadata.metrics["eval_accuracy"] >= 0.8
+
+
+def test_every_prefix_regresses_to_its_rollouts_final_reward():
+    import torch
+
+    from alignd.training.value_trainer import prefix_examples
+
+    states = [torch.zeros(3, 4), torch.ones(2, 4)]  # rollouts of 2 and 1 tokens (+ the empty prefix)
+    targets = torch.tensor([[1.0, -1.0], [0.5, 2.0]])
+    x, y = prefix_examples(states, targets)
+    assert x.shape == (5, 4)
+    assert y.tolist() == [[1.0, -1.0]] * 3 + [[0.5, 2.0]] * 2
 
 
 def test_malformed_jsonl_reports_the_line_number(tmp_path, tiny_checkpoint, capsys):
