@@ -113,13 +113,14 @@ class ControlledStrategy(Strategy):
             # Per-block estimate: block b is a best-of-K draw from pi_ref(. | prefix), so the chain
             # rule sums Beirami et al.'s estimate at eps_b = pi_ref(block_b | prefix).
             block_logprob = float(sum(blocks.token_logprobs[pick][before:]))
-            estimate += best_of_n_kl_estimate(k, 0.0 if request.sampling.greedy else min(block_logprob, 0.0))
-            candidates = [
-                ScoredCandidate(_block(policy, blocks, row, before), values[row], float(scores[row]), row == pick)
-                for row in range(k)
-            ]
-            report(request, "block", blocks_taken, f"block {blocks_taken}: chose {pick + 1}/{k}, "
-                   f"w.V {scores[pick]:+.3f}: {candidates[pick].completion.text!r}", started, candidates)
+            estimate += best_of_n_kl_estimate(k, min(block_logprob, 0.0))
+            if request.on_progress is not None:
+                candidates = [
+                    ScoredCandidate(_block(policy, blocks, row, before), values[row], float(scores[row]), row == pick)
+                    for row in range(k)
+                ]
+                report(request, "block", blocks_taken, f"block {blocks_taken}: chose {pick + 1}/{k}, "
+                       f"w.V {scores[pick]:+.3f}: {candidates[pick].completion.text!r}", started, candidates)
         kl = [
             KLEstimate("blockwise_bound", "upper_bound", blocks_taken * best_of_n_kl_bound(k),
                        f"{blocks_taken} blocks x (log K - (K-1)/K), K={k}: an upper bound"),
@@ -140,10 +141,7 @@ class ControlledStrategy(Strategy):
             usage.generated_tokens += children.rows
             values, scores = self._values(request, scorer, children, usage)
             tilted = torch.log_softmax(top.values.double() + params.strength * torch.from_numpy(scores), dim=0)
-            if request.sampling.greedy:
-                pick = int(torch.argmax(tilted))
-            else:
-                pick = int(torch.multinomial(tilted.exp().float(), 1, generator=generator))
+            pick = int(torch.multinomial(tilted.exp().float(), 1, generator=generator))
             # KL(q_t || pi_ref,t) with q_t on the top-k; summed along the path it is an unbiased
             # one-sample estimate of the sequence-level KL (chain rule).
             kl_sum += float((tilted.exp() * (tilted - top.values.double())).sum())
