@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+from contextlib import contextmanager
 
 import grpc
 import pytest
@@ -207,58 +208,51 @@ def test_defaults_outside_the_limits_fail_at_start_up(tiny_policy, module_letter
         AligndService(tiny_policy, module_letter_scorer, ServerConfig(default_weights={"nope": 1.0}))
 
 
-def test_a_request_past_its_deadline_stops_decoding_on_the_server(tiny_policy, module_letter_scorer):
+@contextmanager
+def long_greedy_server(policy, scorer):
+    """A server allowing 3000-token requests, and a count of the model's forward passes.
+    Greedy decoding on the tiny model never emits EOS: such a request runs 3000 steps unless
+    cancelled."""
     import time
 
     from alignd.backends.base import SamplingParams
-    from alignd.clients import AligndClient
     from alignd.decoding.params import Limits
 
-    steps = []
-    hook = tiny_policy.model.register_forward_hook(lambda *args: steps.append(1))
+    steps: list[int] = []
+    hook = policy.model.register_forward_hook(lambda *args: steps.append(1))
     config = ServerConfig(port=0, limits=Limits(max_tokens=3000), default_sampling=SamplingParams(max_tokens=16))
     try:
-        with running_server(tiny_policy, module_letter_scorer, config) as running:
-            with AligndClient(f"127.0.0.1:{running.port}") as client:
-                with pytest.raises(AligndClientError) as error:
-                    # Greedy on the tiny model never emits EOS: 3000 steps unless cancelled.
-                    client.generate("hi", temperature=0.0, max_tokens=3000, timeout=0.3)
-                assert error.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
-                deadline = time.monotonic() + 30
-                while running.service._pending and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                assert running.service._pending == 0
-                assert client.generate("hi", max_tokens=2, timeout=30).text is not None
+        with running_server(policy, scorer, config) as running:
+            yield running, steps
+            deadline = time.monotonic() + 30
+            while running.service._pending and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert running.service._pending == 0
     finally:
         hook.remove()
+
+
+def test_a_request_past_its_deadline_stops_decoding_on_the_server(tiny_policy, module_letter_scorer):
+    from alignd.clients import AligndClient
+
+    with long_greedy_server(tiny_policy, module_letter_scorer) as (running, steps):
+        with AligndClient(f"127.0.0.1:{running.port}") as client:
+            with pytest.raises(AligndClientError) as error:
+                client.generate("hi", temperature=0.0, max_tokens=3000, timeout=0.3)
+            assert error.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert client.generate("hi", max_tokens=2, timeout=30).text is not None
     assert len(steps) < 1500
 
 
 def test_a_stream_abandoned_after_its_first_event_stops_decoding(tiny_policy, module_letter_scorer):
     import time
 
-    from alignd.backends.base import SamplingParams
-    from alignd.clients import AligndClient
-    from alignd.decoding.params import Limits
-
-    steps = []
-    hook = tiny_policy.model.register_forward_hook(lambda *args: steps.append(1))
-    config = ServerConfig(port=0, limits=Limits(max_tokens=3000), default_sampling=SamplingParams(max_tokens=16))
-    try:
-        with running_server(tiny_policy, module_letter_scorer, config) as running:
-            channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
-            stub = pb_grpc.AligndStub(channel)
-            call = stub.GenerateStream(pb.GenerateRequest(
+    with long_greedy_server(tiny_policy, module_letter_scorer) as (running, steps):
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            call = pb_grpc.AligndStub(channel).GenerateStream(pb.GenerateRequest(
                 prompt="hi", sampling=pb.SamplingParams(temperature=0.0, max_tokens=3000)), timeout=60)
             time.sleep(0.3)
             call.cancel()
-            deadline = time.monotonic() + 30
-            while running.service._pending and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert running.service._pending == 0
-            channel.close()
-    finally:
-        hook.remove()
     assert len(steps) < 1500
 
 
