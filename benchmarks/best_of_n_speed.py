@@ -45,7 +45,8 @@ def naive_best_of_n(policy, scorer, prompt: ChatPrompt, n: int, sampling: Sampli
         tokens += len(completion.token_ids)
         rewards = scorer.score([prompt.user], [completion.text])
         scores.append(float(weights.weighted(rewards)[0]))
-    int(np.argmax(scores))
+    best = int(np.argmax(scores))  # the selection a client would make; its cost is nil
+    assert 0 <= best < n
     return tokens
 
 

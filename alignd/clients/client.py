@@ -87,6 +87,11 @@ def progress_from(message: pb.Progress) -> Progress:
                     [_candidate(c) for c in message.candidates])
 
 
+def event_from(event: pb.GenerateEvent) -> Progress | Generation:
+    """A stream event: progress while decoding, the Generation last."""
+    return progress_from(event.progress) if event.HasField("progress") else generation_from(event.result)
+
+
 def _score_request(prompt: str, responses: Sequence[str], weights: Mapping[str, float] | None) -> pb.ScoreRequest:
     return pb.ScoreRequest(prompt=prompt, responses=list(responses), weights=dict(weights or {}))
 
@@ -131,10 +136,7 @@ class AligndClient:
         try:
             for event in self._stub.GenerateStream(build_request(prompt, strategy=strategy, **options),
                                                    timeout=timeout or self.timeout):
-                if event.HasField("progress"):
-                    yield progress_from(event.progress)
-                else:
-                    yield generation_from(event.result)
+                yield event_from(event)
         except grpc.RpcError as error:
             raise _error(error) from None
 
@@ -184,10 +186,7 @@ class AsyncAligndClient:
         try:
             async for event in self._stub.GenerateStream(build_request(prompt, strategy=strategy, **options),
                                                          timeout=timeout or self.timeout):
-                if event.HasField("progress"):
-                    yield progress_from(event.progress)
-                else:
-                    yield generation_from(event.result)
+                yield event_from(event)
         except grpc.RpcError as error:
             raise _error(error) from None
 
