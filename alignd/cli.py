@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 DEFAULT_TARGET = "localhost:50051"
 
@@ -28,13 +29,19 @@ def _parse_weights(pairs: Sequence[str]) -> dict[str, float]:
     return weights
 
 
-def _parse_params(pairs: Sequence[str]) -> dict[str, int | float | str]:
-    """Strategy parameters from NAME=VALUE: integers, then numbers, else strings."""
-    params: dict[str, int | float | str] = {}
+def _parse_params(pairs: Sequence[str]) -> dict[str, Any]:
+    """Strategy parameters from NAME=VALUE: JSON lists and objects, integers, numbers, else strings."""
+    params: dict[str, Any] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep:
             raise SystemExit(f"alignd: error: --param expects NAME=VALUE, got {pair!r}")
+        if value.lstrip().startswith(("[", "{")):
+            try:
+                params[name.strip()] = json.loads(value)
+            except json.JSONDecodeError as error:
+                raise SystemExit(f"alignd: error: --param {name}: not valid JSON ({error})") from None
+            continue
         for cast in (int, float, str):
             try:
                 params[name.strip()] = cast(value)
@@ -93,6 +100,8 @@ def _print_generation(out, as_json: bool) -> None:
           + ", ".join(f"{k}={v:.2f}" for k, v in sorted(out.weights.items())) + ")")
     for kl in out.kl:
         print(f"KL {kl.kind:<11} {kl.name:<18} {kl.nats:.4f} nats  ({kl.description})")
+    if out.details:
+        print("details:  " + "  ".join(f"{k}={v:g}" for k, v in sorted(out.details.items())))
     u = out.usage
     print(f"usage: {u.generated_tokens} generated tokens, {u.lm_forward_tokens} LM forward tokens, "
           f"{u.scorer_calls} scorer calls, {u.wall_seconds:.2f} s")
@@ -119,7 +128,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
                     if isinstance(event, Generation):
                         _print_generation(event, args.json)
                     else:
-                        print(f"[{event.elapsed_seconds:6.2f}s] {event.phase}: {event.message}", file=sys.stderr)
+                        weights = " ".join(f"{k}={v:.2f}" for k, v in sorted(event.weights.items()))
+                        print(f"[{event.elapsed_seconds:6.2f}s] {event.phase}: {event.message}"
+                              + (f"  [w {weights}; worst {event.worst_objective} {event.worst_value:+.2f}]"
+                                 if event.weights else ""), file=sys.stderr)
             else:
                 _print_generation(client.generate(args.prompt, strategy=args.strategy, **options), args.json)
     except AligndClientError as error:

@@ -53,12 +53,12 @@ def build_request(
     params = {k: v for k, v in options.items() if v is not None}
     oneof_fields = {f.name for f in pb.GenerateRequest.DESCRIPTOR.oneofs_by_name["params"].fields}
     if strategy in oneof_fields:
-        getattr(request, strategy).SetInParent()
-        for key, value in params.items():
-            try:
-                setattr(getattr(request, strategy), key, value)
-            except AttributeError:
-                raise TypeError(f"strategy {strategy!r} has no parameter {key!r}") from None
+        message = getattr(request, strategy)
+        try:
+            # The constructor fills repeated and map fields too (lists and dicts).
+            message.CopyFrom(type(message)(**params))
+        except ValueError as error:
+            raise TypeError(f"strategy {strategy!r}: {error}") from None
     elif params:
         raise TypeError(f"parameters {sorted(params)} given, but strategy {strategy!r} has no parameter message")
     return request
@@ -79,12 +79,14 @@ def generation_from(message: pb.GenerateResponse) -> Generation:
                     dict(u.phase_seconds)),
         token_ids=list(message.token_ids),
         candidates=[_candidate(c) for c in message.candidates],
+        details=dict(message.details),
     )
 
 
 def progress_from(message: pb.Progress) -> Progress:
     return Progress(message.phase, message.step, message.message, message.elapsed_seconds,
-                    [_candidate(c) for c in message.candidates])
+                    [_candidate(c) for c in message.candidates], dict(message.weights), message.worst_objective,
+                    message.worst_value)
 
 
 def event_from(event: pb.GenerateEvent) -> Progress | Generation:

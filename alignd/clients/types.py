@@ -47,6 +47,7 @@ class Generation:
     usage: Usage
     token_ids: list[int] = field(default_factory=list)
     candidates: list[CandidateResult] = field(default_factory=list)
+    details: dict[str, float] = field(default_factory=dict)  # strategy-specific figures
 
     def kl_by_name(self, name: str) -> KL:
         return next(k for k in self.kl if k.name == name)
@@ -59,6 +60,9 @@ class Progress:
     message: str
     elapsed_seconds: float
     candidates: list[CandidateResult] = field(default_factory=list)
+    weights: dict[str, float] = field(default_factory=dict)  # blockwise: weights applied (robust: w*)
+    worst_objective: str = ""
+    worst_value: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,9 @@ class ProgressEvent:
     message: str
     elapsed_seconds: float
     candidates: list[ScoredCandidate] = field(default_factory=list)
+    weights: dict[str, float] = field(default_factory=dict)  # applied at this step (robust: w*)
+    worst_objective: str = ""  # blockwise: the chosen block's lowest objective on the common scale
+    worst_value: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class DecodeResult:
     kl: list[KLEstimate]
     usage: Usage
     candidates: list[ScoredCandidate] = field(default_factory=list)
+    details: dict[str, float] = field(default_factory=dict)  # strategy-specific figures
 
 
 class Strategy(ABC):
@@ -162,7 +166,7 @@ def score_candidates(
 
 def finish(
     request: DecodeRequest, chosen: ScoredCandidate, candidates: list[ScoredCandidate], kl: list[KLEstimate],
-    usage: Usage, started: float,
+    usage: Usage, started: float, details: dict[str, float] | None = None,
 ) -> DecodeResult:
     """Assemble the result for the chosen candidate."""
     chosen.selected = True
@@ -176,6 +180,7 @@ def finish(
         kl=kl,
         usage=usage,
         candidates=candidates if request.return_candidates else [],
+        details=details or {},
     )
 
 

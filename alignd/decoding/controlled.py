@@ -22,13 +22,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from alignd.backends.base import Capability, Completion, FinishReason, PartialResponses, Policy
+from alignd.backends.base import Capability, Policy
 from alignd.backends.sampling import make_generator
 from alignd.decoding.base import (
     DecodeRequest, DecodeResult, KLEstimate, ScoredCandidate, Strategy, Usage, finish, register, report,
     score_candidates,
 )
-from alignd.decoding.kl import best_of_n_kl_bound, best_of_n_kl_estimate
+from alignd.decoding.blockwise import (
+    block_completion, decode_blockwise, estimate_values, require_value_heads, weighted_argmax,
+)
 from alignd.decoding.params import param
 from alignd.errors import FailedPrecondition, InvalidArgument
 from alignd.rewardmodels.base import Scorer
@@ -59,8 +61,12 @@ class ControlledStrategy(Strategy):
         if request.sampling.greedy:
             # K greedy blocks are K copies of one block, and the tilt needs a sampling pi_ref.
             raise InvalidArgument("sampling.temperature", "controlled decoding samples from pi_ref: use a temperature > 0")
-        self._check_heads(request, scorer)
-        if params.mode == "tokenwise" and Capability.TOKENWISE not in policy.capabilities:
+        objectives = self._objectives(request, scorer)  # fails before any work when heads are missing
+        if params.mode == "blockwise":
+            return decode_blockwise(request, policy, scorer, strategy="controlled decoding",
+                                    num_candidates=params.num_candidates, block_tokens=params.block_tokens,
+                                    objectives=objectives, choose=weighted_argmax(request.weights.vector))
+        if Capability.TOKENWISE not in policy.capabilities:
             raise FailedPrecondition(f"tokenwise controlled decoding needs the backend capability 'tokenwise', "
                                      f"which {type(policy).__name__} lacks")
         started = time.perf_counter()
@@ -68,68 +74,18 @@ class ControlledStrategy(Strategy):
         with usage.phase("prefill"):
             partial = policy.begin(request.prompt, request.sampling, request.cancel)
         usage.prompt_tokens = partial.prompt_tokens
-        if params.mode == "blockwise":
-            partial, kl = self._blockwise(request, params, policy, scorer, partial, usage, started)
-        else:
-            partial, kl = self._tokenwise(request, params, policy, scorer, partial, usage, started)
+        partial, kl = self._tokenwise(request, params, policy, scorer, partial, usage, started, objectives)
         usage.lm_forward_tokens = partial.forward_tokens
         scored = score_candidates(request, scorer, [policy.completion(partial, 0)], usage)
         return finish(request, scored[0], scored, kl, usage, started)
 
-    def _check_heads(self, request: DecodeRequest, scorer: Scorer) -> None:
+    def _objectives(self, request: DecodeRequest, scorer: Scorer) -> list[str]:
+        """The objectives with positive weight: only those are estimated, and they need heads."""
         wanted = [n for n, w in request.weights.as_dict().items() if w > 0]
-        missing = [n for n in wanted if n not in scorer.value_objectives]
-        if missing:
-            loaded = sorted(scorer.value_objectives) or "none"
-            raise FailedPrecondition(f"controlled decoding needs value heads for {missing}; loaded value heads: {loaded}")
+        require_value_heads("controlled decoding", scorer, wanted)
+        return wanted
 
-    def _values(self, request: DecodeRequest, scorer: Scorer, partial: PartialResponses,
-                usage: Usage) -> tuple[np.ndarray, np.ndarray]:
-        """(value estimates on each objective's scale [R, G], weighted standardised scores [R]).
-
-        Only objectives with positive weight are estimated (the rest are NaN); `_check_heads`
-        made sure value heads cover them, so no prefix text is decoded or re-encoded."""
-        weights = request.weights.as_dict()
-        needed = [name for name, w in weights.items() if w > 0]
-        with usage.phase("value"):
-            values = scorer.score_prefix([request.prompt.user] * partial.rows, None, partial.hidden, needed)
-        usage.scorer_calls += 1
-        usage.scored_texts += partial.rows
-        standardised = np.nan_to_num(scorer.standardise(values), nan=0.0)  # NaN only where w = 0
-        return values, request.weights.weighted(standardised)
-
-    def _blockwise(self, request, params, policy, scorer, partial, usage, started):
-        k = params.num_candidates
-        blocks_taken, estimate = 0, 0.0
-        while not partial.done:
-            before = len(partial.token_ids[0])
-            with usage.phase("extend"):
-                blocks = policy.extend(partial, k, params.block_tokens, request.cancel)
-            usage.generated_tokens += sum(len(ids) - before for ids in blocks.token_ids)
-            values, scores = self._values(request, scorer, blocks, usage)
-            pick = int(np.argmax(scores))
-            partial = policy.select(blocks, [pick])
-            blocks_taken += 1
-            # Per-block estimate: block b is a best-of-K draw from pi_ref(. | prefix), so the chain
-            # rule sums Beirami et al.'s estimate at eps_b = pi_ref(block_b | prefix).
-            block_logprob = float(sum(blocks.token_logprobs[pick][before:]))
-            estimate += best_of_n_kl_estimate(k, min(block_logprob, 0.0))
-            if request.on_progress is not None:
-                candidates = [
-                    ScoredCandidate(_block(policy, blocks, row, before), values[row], float(scores[row]), row == pick)
-                    for row in range(k)
-                ]
-                report(request, "block", blocks_taken, f"block {blocks_taken}: chose {pick + 1}/{k}, "
-                       f"w.V {scores[pick]:+.3f}: {candidates[pick].completion.text!r}", started, candidates)
-        kl = [
-            KLEstimate("blockwise_bound", "upper_bound", blocks_taken * best_of_n_kl_bound(k),
-                       f"{blocks_taken} blocks x (log K - (K-1)/K), K={k}: an upper bound"),
-            KLEstimate("blockwise_estimate", "estimate", estimate,
-                       "sum over blocks of Beirami et al.'s best-of-K estimate at each chosen block's pi_ref"),
-        ]
-        return partial, kl
-
-    def _tokenwise(self, request, params, policy, scorer, partial, usage, started):
+    def _tokenwise(self, request, params, policy, scorer, partial, usage, started, objectives):
         generator = make_generator(request.sampling.seed, "cpu")
         kl_sum, step = 0.0, 0
         while not partial.done:
@@ -139,7 +95,8 @@ class ControlledStrategy(Strategy):
             with usage.phase("extend"):
                 children = policy.branch(partial, [top.indices.tolist()], request.cancel)
             usage.generated_tokens += children.rows
-            values, scores = self._values(request, scorer, children, usage)
+            values, standardised = estimate_values(request, scorer, children, objectives, usage)
+            scores = request.weights.weighted(np.nan_to_num(standardised, nan=0.0))  # NaN only where w = 0
             tilted = torch.log_softmax(top.values.double() + params.strength * torch.from_numpy(scores), dim=0)
             pick = int(torch.multinomial(tilted.exp().float(), 1, generator=generator))
             # KL(q_t || pi_ref,t) with q_t on the top-k; summed along the path it is an unbiased
@@ -148,7 +105,7 @@ class ControlledStrategy(Strategy):
             partial = policy.select(children, [pick])
             step += 1
             if request.on_progress is not None:
-                candidates = [ScoredCandidate(_block(policy, children, row, len(children.token_ids[row]) - 1),
+                candidates = [ScoredCandidate(block_completion(policy, children, row, len(children.token_ids[row]) - 1),
                                               values[row], float(scores[row]), row == pick)
                               for row in range(children.rows)]
                 report(request, "token", step, f"token {step}: {candidates[pick].completion.text!r}", started,
@@ -157,9 +114,3 @@ class ControlledStrategy(Strategy):
                          "sum over steps of KL(tilted top-k || pi_ref) along the decoded path")]
         return partial, kl
 
-
-def _block(policy: Policy, partial: PartialResponses, row: int, start: int) -> Completion:
-    """The tokens of `row` from position `start` on, as a Completion (for progress events)."""
-    ids = partial.token_ids[row][start:]
-    return Completion(policy.detokenize(ids), ids, partial.token_logprobs[row][start:],
-                      partial.finish[row] or FinishReason.LENGTH)

@@ -36,9 +36,26 @@ def param(
     above: float | None = None, choices: tuple[str, ...] | None = None,
 ):
     """A strategy parameter: `limit` names a `Limits` field that caps the value at request time;
-    `above` is an exclusive lower bound; `choices` lists the allowed strings."""
-    return dataclasses.field(default=default, metadata={
-        "help": help, "min": min, "max": max, "limit": limit, "above": above, "choices": choices})
+    `above` is an exclusive lower bound; `choices` lists the allowed strings. Lists are tuples of
+    strings and maps are dicts of numbers (`min`/`max` bound their entries)."""
+    metadata = {"help": help, "min": min, "max": max, "limit": limit, "above": above, "choices": choices}
+    if isinstance(default, dict):
+        return dataclasses.field(default_factory=lambda: dict(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+# Annotation of a parameter -> the type name clients see in GetServerInfo.
+_TYPE_NAMES = {"int": "int", "float": "float", "bool": "bool", "str": "str", "tuple[str, ...]": "list[str]",
+               "dict[str, float]": "map[str,float]"}
+
+
+def type_name(field: dataclasses.Field) -> str:
+    annotation = field.type if isinstance(field.type, str) else field.type.__name__
+    return _TYPE_NAMES[annotation]
+
+
+def _default(field: dataclasses.Field) -> Any:
+    return field.default_factory() if field.default is dataclasses.MISSING else field.default
 
 
 @dataclass(frozen=True)
@@ -65,8 +82,8 @@ def describe_params(params_cls: type, limits: Limits) -> list[ParamDescription]:
     return [
         ParamDescription(
             name=f.name,
-            type=f.type if isinstance(f.type, str) else f.type.__name__,
-            default=f.default,
+            type=type_name(f),
+            default=_default(f),
             help=f.metadata.get("help", ""),
             min=f.metadata.get("min") if f.metadata.get("above") is None else f.metadata["above"],
             max=_upper_bound(f, limits),
@@ -88,7 +105,13 @@ def validate_params(strategy: str, params_cls: type, values: dict[str, Any], lim
     for name, value in values.items():
         field = fields[name]
         label = f"{strategy}.{name}"
-        kind = field.type if isinstance(field.type, str) else field.type.__name__
+        kind = type_name(field)
+        if kind == "list[str]":
+            values[name] = _string_list(label, value)
+            continue
+        if kind == "map[str,float]":
+            values[name] = _number_map(label, value, field.metadata.get("min"), field.metadata.get("max"))
+            continue
         if kind == "int":
             if isinstance(value, bool) or not isinstance(value, int):
                 if isinstance(value, float) and value.is_integer():
@@ -117,3 +140,29 @@ def validate_params(strategy: str, params_cls: type, values: dict[str, Any], lim
         if high is not None and value > high:
             raise InvalidArgument(label, f"must be <= {high:g} (server limit), got {value}")
     return params_cls(**values)
+
+
+def _string_list(label: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise InvalidArgument(label, f"must be a list of names, got {value!r}")
+    items = tuple(value)
+    for i, item in enumerate(items):
+        if not isinstance(item, str) or not item:
+            raise InvalidArgument(f"{label}[{i}]", f"must be a non-empty name, got {item!r}")
+        if item in items[:i]:
+            raise InvalidArgument(f"{label}[{i}]", f"{item!r} is listed twice")
+    return items
+
+
+def _number_map(label: str, value: Any, low: float | None, high: float | None) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise InvalidArgument(label, f"must be a map of names to numbers, got {value!r}")
+    checked = {}
+    for key, number in value.items():
+        entry = f"{label}[{key}]"
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+            raise InvalidArgument(entry, f"must be a finite number, got {number!r}")
+        if low is not None and number < low or high is not None and number > high:
+            raise InvalidArgument(entry, f"must be in [{low:g}, {high:g}], got {number}")
+        checked[key] = float(number)
+    return checked

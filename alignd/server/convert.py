@@ -79,7 +79,7 @@ def parse_generate(
     if chosen is not None and request.strategy and chosen != request.strategy:
         raise InvalidArgument("params", f"parameters for {chosen!r} given with strategy {request.strategy!r}")
     strategy = get_strategy(name)
-    given = {f.name: v for f, v in getattr(request, chosen).ListFields()} if chosen else {}
+    given = {f.name: _plain(v) for f, v in getattr(request, chosen).ListFields()} if chosen else {}
     params = validate_params(name, strategy.Params, given, limits)
 
     return ParsedGenerate(
@@ -90,6 +90,15 @@ def parse_generate(
         weights=parse_weights(dict(request.weights), objective_names, default_weights),
         return_candidates=request.return_candidates,
     )
+
+
+def _plain(value: Any) -> Any:
+    """Repeated and map fields as a list and a dict; scalars unchanged."""
+    if hasattr(value, "items"):
+        return dict(value.items())
+    if hasattr(value, "__len__") and not isinstance(value, (str, bytes)):
+        return list(value)
+    return value
 
 
 def candidate_message(names: tuple[str, ...], candidate: ScoredCandidate) -> pb.Candidate:
@@ -123,6 +132,7 @@ def result_message(
             phase_seconds=u.phase_seconds,
         ),
         model=model,
+        details=result.details,
     )
 
 
@@ -131,13 +141,14 @@ def progress_message(names: tuple[str, ...], event: ProgressEvent) -> pb.Generat
         progress=pb.Progress(
             phase=event.phase, step=event.step, message=event.message, elapsed_seconds=event.elapsed_seconds,
             candidates=[candidate_message(names, c) for c in event.candidates],
+            weights=event.weights, worst_objective=event.worst_objective, worst_value=event.worst_value,
         )
     )
 
 
 def parameter_message(description: ParamDescription) -> pb.ParameterInfo:
     message = pb.ParameterInfo(
-        name=description.name, type=description.type, default_value=str(description.default),
+        name=description.name, type=description.type, default_value=_default_text(description.default),
         description=description.help, choices=list(description.choices or ()),
     )
     if description.min is not None:
@@ -145,3 +156,11 @@ def parameter_message(description: ParamDescription) -> pb.ParameterInfo:
     if description.max is not None:
         message.max_value = float(description.max)
     return message
+
+
+def _default_text(default: Any) -> str:
+    if isinstance(default, (tuple, list)):
+        return ",".join(default)
+    if isinstance(default, dict):
+        return ",".join(f"{k}:{v:g}" for k, v in default.items())
+    return str(default)

@@ -47,8 +47,39 @@ class ControlledParams(_message.Message):
     token_candidates: int
     def __init__(self, mode: _Optional[str] = ..., num_candidates: _Optional[int] = ..., block_tokens: _Optional[int] = ..., strength: _Optional[float] = ..., token_candidates: _Optional[int] = ...) -> None: ...
 
+class MultiObjectiveParams(_message.Message):
+    __slots__ = ("num_candidates", "block_tokens")
+    NUM_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    num_candidates: int
+    block_tokens: int
+    def __init__(self, num_candidates: _Optional[int] = ..., block_tokens: _Optional[int] = ...) -> None: ...
+
+class RobustParams(_message.Message):
+    __slots__ = ("num_candidates", "block_tokens", "strength", "solver", "objectives", "min_weights")
+    class MinWeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    NUM_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    SOLVER_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVES_FIELD_NUMBER: _ClassVar[int]
+    MIN_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    num_candidates: int
+    block_tokens: int
+    strength: float
+    solver: str
+    objectives: _containers.RepeatedScalarFieldContainer[str]
+    min_weights: _containers.ScalarMap[str, float]
+    def __init__(self, num_candidates: _Optional[int] = ..., block_tokens: _Optional[int] = ..., strength: _Optional[float] = ..., solver: _Optional[str] = ..., objectives: _Optional[_Iterable[str]] = ..., min_weights: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "system_prompt", "raw_prompt", "strategy", "weights", "sampling", "return_candidates", "request_id", "sample", "best_of_n", "controlled")
+    __slots__ = ("prompt", "system_prompt", "raw_prompt", "strategy", "weights", "sampling", "return_candidates", "request_id", "sample", "best_of_n", "controlled", "multi_objective", "robust")
     class WeightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +98,8 @@ class GenerateRequest(_message.Message):
     SAMPLE_FIELD_NUMBER: _ClassVar[int]
     BEST_OF_N_FIELD_NUMBER: _ClassVar[int]
     CONTROLLED_FIELD_NUMBER: _ClassVar[int]
+    MULTI_OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
+    ROBUST_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     system_prompt: str
     raw_prompt: bool
@@ -78,7 +111,9 @@ class GenerateRequest(_message.Message):
     sample: SampleParams
     best_of_n: BestOfNParams
     controlled: ControlledParams
-    def __init__(self, prompt: _Optional[str] = ..., system_prompt: _Optional[str] = ..., raw_prompt: _Optional[bool] = ..., strategy: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., return_candidates: _Optional[bool] = ..., request_id: _Optional[str] = ..., sample: _Optional[_Union[SampleParams, _Mapping]] = ..., best_of_n: _Optional[_Union[BestOfNParams, _Mapping]] = ..., controlled: _Optional[_Union[ControlledParams, _Mapping]] = ...) -> None: ...
+    multi_objective: MultiObjectiveParams
+    robust: RobustParams
+    def __init__(self, prompt: _Optional[str] = ..., system_prompt: _Optional[str] = ..., raw_prompt: _Optional[bool] = ..., strategy: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., return_candidates: _Optional[bool] = ..., request_id: _Optional[str] = ..., sample: _Optional[_Union[SampleParams, _Mapping]] = ..., best_of_n: _Optional[_Union[BestOfNParams, _Mapping]] = ..., controlled: _Optional[_Union[ControlledParams, _Mapping]] = ..., multi_objective: _Optional[_Union[MultiObjectiveParams, _Mapping]] = ..., robust: _Optional[_Union[RobustParams, _Mapping]] = ...) -> None: ...
 
 class KLEstimate(_message.Message):
     __slots__ = ("name", "kind", "nats", "description")
@@ -153,7 +188,7 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., lm_forward_tokens: _Optional[int] = ..., scorer_calls: _Optional[int] = ..., scored_texts: _Optional[int] = ..., wall_seconds: _Optional[float] = ..., phase_seconds: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("request_id", "strategy", "text", "token_ids", "finish_reason", "rewards", "weighted_score", "weights", "kl", "candidates", "usage", "model")
+    __slots__ = ("request_id", "strategy", "text", "token_ids", "finish_reason", "rewards", "weighted_score", "weights", "kl", "candidates", "usage", "model", "details")
     class RewardsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +197,13 @@ class GenerateResponse(_message.Message):
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class DetailsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +222,7 @@ class GenerateResponse(_message.Message):
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     strategy: str
     text: str
@@ -192,21 +235,35 @@ class GenerateResponse(_message.Message):
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
     usage: Usage
     model: str
-    def __init__(self, request_id: _Optional[str] = ..., strategy: _Optional[str] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., rewards: _Optional[_Mapping[str, float]] = ..., weighted_score: _Optional[float] = ..., weights: _Optional[_Mapping[str, float]] = ..., kl: _Optional[_Iterable[_Union[KLEstimate, _Mapping]]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
+    details: _containers.ScalarMap[str, float]
+    def __init__(self, request_id: _Optional[str] = ..., strategy: _Optional[str] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., rewards: _Optional[_Mapping[str, float]] = ..., weighted_score: _Optional[float] = ..., weights: _Optional[_Mapping[str, float]] = ..., kl: _Optional[_Iterable[_Union[KLEstimate, _Mapping]]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., model: _Optional[str] = ..., details: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("phase", "step", "message", "elapsed_seconds", "candidates")
+    __slots__ = ("phase", "step", "message", "elapsed_seconds", "candidates", "weights", "worst_objective", "worst_value")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     PHASE_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    WORST_OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
+    WORST_VALUE_FIELD_NUMBER: _ClassVar[int]
     phase: str
     step: int
     message: str
     elapsed_seconds: float
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
-    def __init__(self, phase: _Optional[str] = ..., step: _Optional[int] = ..., message: _Optional[str] = ..., elapsed_seconds: _Optional[float] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ...) -> None: ...
+    weights: _containers.ScalarMap[str, float]
+    worst_objective: str
+    worst_value: float
+    def __init__(self, phase: _Optional[str] = ..., step: _Optional[int] = ..., message: _Optional[str] = ..., elapsed_seconds: _Optional[float] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., weights: _Optional[_Mapping[str, float]] = ..., worst_objective: _Optional[str] = ..., worst_value: _Optional[float] = ...) -> None: ...
 
 class GenerateEvent(_message.Message):
     __slots__ = ("progress", "result")

@@ -1,0 +1,145 @@
+"""The blockwise value-guided loop shared by `controlled`, `multi_objective` and `robust`.
+
+From the current prefix draw K blocks of B tokens from pi_ref (the prefix's KV cache is copied to
+the K rows, never re-encoded), estimate each block's value vector with the value heads (read from
+the hidden states the extension already computed), let the strategy choose a block, keep it, and
+repeat until EOS or max_tokens. The strategies differ only in how they choose.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from alignd.backends.base import Completion, FinishReason, PartialResponses, Policy
+from alignd.decoding.base import (
+    DecodeRequest, DecodeResult, KLEstimate, ProgressEvent, ScoredCandidate, Usage, finish, score_candidates,
+)
+from alignd.decoding.kl import best_of_n_kl_bound, best_of_n_kl_estimate
+from alignd.errors import FailedPrecondition, InvalidArgument
+from alignd.rewardmodels.base import Scorer
+
+
+@dataclass
+class BlockChoice:
+    pick: int
+    scores: np.ndarray  # [K]: what the blocks were ranked by (w^T V on the common scale)
+    weights: np.ndarray  # [G]: the weights that ranked them (robust: this block's w*)
+
+
+# (values on the common scale [K, G], NaN where not estimated) -> the block to keep.
+Chooser = Callable[[np.ndarray], BlockChoice]
+
+
+@dataclass
+class BlockwiseRun:
+    partial: PartialResponses
+    kl: list[KLEstimate]
+    blocks: int
+    weights: list[np.ndarray] = field(default_factory=list)  # per block
+
+
+def require_value_heads(strategy: str, scorer: Scorer, names: Sequence[str]) -> None:
+    missing = [n for n in names if n not in scorer.value_objectives]
+    if missing:
+        loaded = sorted(scorer.value_objectives) or "none"
+        raise FailedPrecondition(f"{strategy} needs value heads for {missing}; loaded value heads: {loaded}")
+
+
+def estimate_values(request: DecodeRequest, scorer: Scorer, partial: PartialResponses, objectives: Sequence[str],
+                    usage: Usage) -> tuple[np.ndarray, np.ndarray]:
+    """(value estimates on each objective's scale [R, G], the same on the common scale), NaN for
+    objectives not asked for. Heads cover `objectives`, so no prefix text is decoded."""
+    with usage.phase("value"):
+        values = scorer.score_prefix([request.prompt.user] * partial.rows, None, partial.hidden, list(objectives))
+    usage.scorer_calls += 1
+    usage.scored_texts += partial.rows
+    return values, scorer.standardise(values)
+
+
+def weighted_argmax(weights: np.ndarray) -> Chooser:
+    """The fixed-weights rule of controlled decoding and MOD: keep argmax_k w^T V_k."""
+    def choose(standardised: np.ndarray) -> BlockChoice:
+        scores = np.nan_to_num(standardised, nan=0.0) @ weights  # NaN only where w = 0
+        return BlockChoice(int(np.argmax(scores)), scores, weights)
+    return choose
+
+
+def decode_blockwise(request: DecodeRequest, policy: Policy, scorer: Scorer, *, strategy: str, num_candidates: int,
+                     block_tokens: int, objectives: Sequence[str], choose: Chooser,
+                     details: Callable[[BlockwiseRun, np.ndarray], dict[str, float]] | None = None) -> DecodeResult:
+    """A whole blockwise decode: prefill, the block loop, the final text scored by the objectives.
+    `details(run, final_rewards)` adds strategy-specific figures to the result."""
+    if request.sampling.greedy:
+        # K greedy blocks are K copies of one block: there would be nothing to choose from.
+        raise InvalidArgument("sampling.temperature", f"{strategy} samples blocks from pi_ref: use a temperature > 0")
+    started = time.perf_counter()
+    usage = Usage()
+    with usage.phase("prefill"):
+        partial = policy.begin(request.prompt, request.sampling, request.cancel)
+    usage.prompt_tokens = partial.prompt_tokens
+    run = decode_blocks(request, policy, scorer, partial, usage, started, num_candidates=num_candidates,
+                        block_tokens=block_tokens, objectives=objectives, choose=choose)
+    usage.lm_forward_tokens = run.partial.forward_tokens
+    scored = score_candidates(request, scorer, [policy.completion(run.partial, 0)], usage)
+    extra = details(run, scored[0].rewards) if details is not None else {}
+    return finish(request, scored[0], scored, run.kl, usage, started, {"blocks": float(run.blocks), **extra})
+
+
+def decode_blocks(request: DecodeRequest, policy: Policy, scorer: Scorer, partial: PartialResponses, usage: Usage,
+                  started: float, *, num_candidates: int, block_tokens: int, objectives: Sequence[str],
+                  choose: Chooser) -> BlockwiseRun:
+    """Run the loop from `partial` (one row). `objectives` are estimated for every block; the
+    stream reports the chosen block's worst among them on the common scale."""
+    names = request.weights.names
+    k = num_candidates
+    run = BlockwiseRun(partial, [], 0)
+    estimate = 0.0
+    while not run.partial.done:
+        before = len(run.partial.token_ids[0])
+        with usage.phase("extend"):
+            blocks = policy.extend(run.partial, k, block_tokens, request.cancel)
+        usage.generated_tokens += sum(len(ids) - before for ids in blocks.token_ids)
+        values, standardised = estimate_values(request, scorer, blocks, objectives, usage)
+        with usage.phase("choose"):
+            choice = choose(standardised)
+        run.partial = policy.select(blocks, [choice.pick])
+        run.blocks += 1
+        run.weights.append(choice.weights)
+        # Per-block estimate: block b is a best-of-K draw from pi_ref(. | prefix), so the chain
+        # rule sums Beirami et al.'s estimate at eps_b = pi_ref(block_b | prefix).
+        block_logprob = float(sum(blocks.token_logprobs[choice.pick][before:]))
+        estimate += best_of_n_kl_estimate(k, min(block_logprob, 0.0))
+        if request.on_progress is not None:
+            candidates = [
+                ScoredCandidate(block_completion(policy, blocks, row, before), values[row], float(choice.scores[row]),
+                                row == choice.pick)
+                for row in range(k)
+            ]
+            chosen = standardised[choice.pick]
+            worst = min((names.index(n) for n in objectives), key=lambda g: chosen[g])
+            request.on_progress(ProgressEvent(
+                "block", run.blocks,
+                f"block {run.blocks}: chose {choice.pick + 1}/{k}, w.V {choice.scores[choice.pick]:+.3f}: "
+                f"{candidates[choice.pick].completion.text!r}",
+                time.perf_counter() - started, candidates,
+                weights={n: float(w) for n, w in zip(names, choice.weights)},
+                worst_objective=names[worst], worst_value=float(chosen[worst]),
+            ))
+    run.kl = [
+        KLEstimate("blockwise_bound", "upper_bound", run.blocks * best_of_n_kl_bound(k),
+                   f"{run.blocks} blocks x (log K - (K-1)/K), K={k}: an upper bound"),
+        KLEstimate("blockwise_estimate", "estimate", estimate,
+                   "sum over blocks of Beirami et al.'s best-of-K estimate at each chosen block's pi_ref"),
+    ]
+    return run
+
+
+def block_completion(policy: Policy, partial: PartialResponses, row: int, start: int) -> Completion:
+    """The tokens of `row` from position `start` on, as a Completion (for progress events)."""
+    ids = partial.token_ids[row][start:]
+    return Completion(policy.detokenize(ids), ids, partial.token_logprobs[row][start:],
+                      partial.finish[row] or FinishReason.LENGTH)
