@@ -66,3 +66,8 @@ def test_param_option_parses_typed_values():
 
     assert _parse_params(["num_candidates=8", "strength=0.5", "mode=tokenwise"]) == {
         "num_candidates": 8, "strength": 0.5, "mode": "tokenwise"}
+    # Lists and maps (robust.objectives, robust.min_weights) are JSON.
+    assert _parse_params(['objectives=["relevance", "harmlessness"]', 'min_weights={"harmlessness": 0.2}']) == {
+        "objectives": ["relevance", "harmlessness"], "min_weights": {"harmlessness": 0.2}}
+    with pytest.raises(SystemExit, match="min_weights: not valid JSON"):
+        _parse_params(["min_weights={harmlessness: 0.2}"])

@@ -42,6 +42,12 @@ class BlockwiseRun:
     weights: list[np.ndarray] = field(default_factory=list)  # per block
 
 
+def refuse_greedy(request: DecodeRequest, strategy: str) -> None:
+    if request.sampling.greedy:
+        # K greedy blocks are K copies of one block: there would be nothing to choose from.
+        raise InvalidArgument("sampling.temperature", f"{strategy} samples from pi_ref: use a temperature > 0")
+
+
 def require_value_heads(strategy: str, scorer: Scorer, names: Sequence[str]) -> None:
     missing = [n for n in names if n not in scorer.value_objectives]
     if missing:
@@ -73,9 +79,7 @@ def decode_blockwise(request: DecodeRequest, policy: Policy, scorer: Scorer, *, 
                      details: Callable[[BlockwiseRun, np.ndarray], dict[str, float]] | None = None) -> DecodeResult:
     """A whole blockwise decode: prefill, the block loop, the final text scored by the objectives.
     `details(run, final_rewards)` adds strategy-specific figures to the result."""
-    if request.sampling.greedy:
-        # K greedy blocks are K copies of one block: there would be nothing to choose from.
-        raise InvalidArgument("sampling.temperature", f"{strategy} samples blocks from pi_ref: use a temperature > 0")
+    refuse_greedy(request, strategy)
     started = time.perf_counter()
     usage = Usage()
     with usage.phase("prefill"):

@@ -29,10 +29,10 @@ from alignd.decoding.base import (
     score_candidates,
 )
 from alignd.decoding.blockwise import (
-    block_completion, decode_blockwise, estimate_values, require_value_heads, weighted_argmax,
+    block_completion, decode_blockwise, estimate_values, refuse_greedy, require_value_heads, weighted_argmax,
 )
 from alignd.decoding.params import param
-from alignd.errors import FailedPrecondition, InvalidArgument
+from alignd.errors import FailedPrecondition
 from alignd.rewardmodels.base import Scorer
 
 
@@ -58,9 +58,8 @@ class ControlledStrategy(Strategy):
         return 1 + (params.num_candidates if params.mode == "blockwise" else params.token_candidates)
 
     def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
-        if request.sampling.greedy:
-            # K greedy blocks are K copies of one block, and the tilt needs a sampling pi_ref.
-            raise InvalidArgument("sampling.temperature", "controlled decoding samples from pi_ref: use a temperature > 0")
+        # K greedy blocks are K copies of one block, and the tokenwise tilt needs a sampling pi_ref.
+        refuse_greedy(request, "controlled decoding")
         objectives = self._objectives(request, scorer)  # fails before any work when heads are missing
         if params.mode == "blockwise":
             return decode_blockwise(request, policy, scorer, strategy="controlled decoding",

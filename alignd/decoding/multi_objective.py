@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from alignd.backends.base import Capability, Policy
 from alignd.decoding.base import DecodeRequest, DecodeResult, Strategy, register
-from alignd.decoding.blockwise import decode_blockwise, require_value_heads, weighted_argmax
+from alignd.decoding.blockwise import decode_blockwise, refuse_greedy, require_value_heads, weighted_argmax
 from alignd.decoding.params import param
 from alignd.rewardmodels.base import Scorer
 
@@ -34,6 +34,7 @@ class MultiObjectiveStrategy(Strategy):
         return 1 + params.num_candidates
 
     def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
+        refuse_greedy(request, self.name)
         weighted = [n for n, w in request.weights.as_dict().items() if w > 0]
         require_value_heads(self.name, scorer, weighted)
         return decode_blockwise(request, policy, scorer, strategy=self.name, num_candidates=params.num_candidates,

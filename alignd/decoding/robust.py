@@ -24,7 +24,7 @@ import numpy as np
 
 from alignd.backends.base import Capability, Policy
 from alignd.decoding.base import DecodeRequest, DecodeResult, Strategy, register
-from alignd.decoding.blockwise import BlockChoice, BlockwiseRun, decode_blockwise, require_value_heads
+from alignd.decoding.blockwise import BlockChoice, BlockwiseRun, decode_blockwise, refuse_greedy, require_value_heads
 from alignd.decoding.params import param
 from alignd.decoding.worst_case import WeightSet, solve
 from alignd.errors import InvalidArgument
@@ -54,6 +54,7 @@ class RobustStrategy(Strategy):
         return 1 + params.num_candidates
 
     def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
+        refuse_greedy(request, self.name)
         names = scorer.objective_names
         feasible = weight_set(params, names)
         adversary = [n for n, allowed in zip(names, feasible.allowed) if allowed]

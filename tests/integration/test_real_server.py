@@ -120,3 +120,25 @@ def test_shipped_value_heads_load_and_controlled_decoding_runs(real_server):
             client.generate(PROMPT, strategy="controlled", mode="tokenwise", token_candidates=1)
         assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT and error.value.details.startswith(
             "controlled.token_candidates")
+
+
+def test_multi_objective_and_robust_run_on_the_shipped_heads(real_server):
+    with AligndClient(real_server.target, timeout=300) as client:
+        mod = client.generate(PROMPT, strategy="multi_objective", num_candidates=4, block_tokens=8, max_tokens=16,
+                              seed=5)
+        assert set(mod.rewards) == OBJECTIVES and mod.details["blocks"] in (1, 2)
+        assert mod.weights == {name: 0.25 for name in OBJECTIVES}
+        events = list(client.generate_stream(PROMPT, strategy="robust", num_candidates=4, block_tokens=8,
+                                             max_tokens=16, seed=5, min_weights={"relevance": 0.2}))
+        robust = events[-1]
+        assert isinstance(robust, Generation) and set(robust.rewards) == OBJECTIVES
+        blocks = [e for e in events[:-1] if e.phase == "block"]
+        assert 1 <= len(blocks) == robust.details["blocks"] <= 2
+        for event in blocks:
+            assert set(event.weights) == OBJECTIVES and sum(event.weights.values()) == pytest.approx(1.0)
+            assert event.weights["relevance"] >= 0.2 - 1e-9 and event.worst_objective in OBJECTIVES
+        assert robust.details["solver_fallbacks"] == 0
+        with pytest.raises(AligndClientError) as error:
+            client.generate(PROMPT, strategy="robust", min_weights={"relevance": 0.8, "positivity": 0.3})
+        assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT and error.value.details.startswith(
+            "robust.min_weights:")
