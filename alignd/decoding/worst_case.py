@@ -10,8 +10,9 @@ units (a soft maximum of w^T V_k over the blocks), so values compare across lamb
 lambda -> 0 gives the mean over blocks (w* sits on the worst objective on average), lambda -> inf
 the hard maximum (the minimax weights of the matrix game).
 
-Two solvers: `solve_fast` (spectral projected gradient, stopped by the Frank-Wolfe duality gap,
-which bounds F(w) - F(w*) from above) runs on the hot path; `solve_cvxpy` states the program in
+Two solvers: `solve_fast` (projected Newton on the simplex's active face, falling back to a
+spectral projected-gradient step; stopped by the Frank-Wolfe gap, which bounds F(w) - F(w*) from
+above) runs on the hot path; `solve_cvxpy` states the program in
 cvxpy and hands it to a conic solver (Clarabel). Tests check that they agree.
 """
 
@@ -153,8 +154,8 @@ def _newton_direction(u: np.ndarray, grad: np.ndarray, hessian: np.ndarray, epsi
     if n < 2:
         return None
     system = np.zeros((n + 1, n + 1))
-    system[:n, :n] = hessian[np.ix_(index, index)]
-    system[:n, :n] += np.eye(n) * (1e-10 * max(float(np.trace(system[:n, :n])), 1e-12))
+    system[:n, :n] = hessian if n == u.size else hessian[np.ix_(index, index)]
+    system[np.arange(n), np.arange(n)] += 1e-10 * max(float(np.trace(system)), 1e-12)
     system[:n, n] = system[n, :n] = 1.0
     try:
         solution = np.linalg.solve(system, np.append(-grad[index], 0.0))
