@@ -160,6 +160,11 @@ class Policy(ABC):
         """One empty response with the prompt encoded, ready to extend."""
         raise self._missing(Capability.EXTEND)
 
+    def begin_many(self, prompts: Sequence[ChatPrompt], sampling: SamplingParams,
+                   cancel: threading.Event | None = None) -> PartialResponses:
+        """One empty response per prompt (row i continues prompts[i]), prefilled in one batch."""
+        raise self._missing(Capability.EXTEND)
+
     def extend(
         self, partial: PartialResponses, k: int, block_tokens: int, cancel: threading.Event | None = None
     ) -> PartialResponses:
@@ -176,10 +181,20 @@ class Policy(ABC):
         sampling support; rows that finished are all -inf)."""
         raise self._missing(Capability.TOKENWISE)
 
+    def next_token_logits(self, partial: PartialResponses) -> Any:
+        """Raw next-token logits for every row, a float32 torch.Tensor [R, V] (finished rows -inf)."""
+        raise self._missing(Capability.TOKENWISE)
+
     def branch(
         self, partial: PartialResponses, tokens: Sequence[Sequence[int]], cancel: threading.Event | None = None
     ) -> PartialResponses:
         """Append given tokens: row r gets one child per token in tokens[r], in order."""
+        raise self._missing(Capability.TOKENWISE)
+
+    def append(self, partial: PartialResponses, tokens: Sequence[int], logprobs: Sequence[float],
+               cancel: threading.Event | None = None) -> PartialResponses:
+        """Append tokens[r] to every unfinished row r in place (one forward for all rows), recording
+        logprobs[r] as its log pi_ref; returns `partial`."""
         raise self._missing(Capability.TOKENWISE)
 
     def completion(self, partial: PartialResponses, row: int) -> Completion:

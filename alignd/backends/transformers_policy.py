@@ -149,7 +149,7 @@ class TransformersPolicy(Policy):
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         rows = len(prompts)
         partial = _Partial(
-            prompt=prompts[0], sampling=sampling, prompt_tokens=int(attention[0].sum()),
+            prompt=prompts[0], sampling=sampling, prompt_tokens=int(attention.sum()),
             token_ids=[[] for _ in range(rows)], token_logprobs=[[] for _ in range(rows)], finish=[None] * rows,
             hidden=torch.zeros((rows, self.hidden_size), device=self._device),
             live=list(range(rows)), cache=DynamicCache(), attention=attention, next_position=positions[:, -1] + 1,
@@ -249,11 +249,17 @@ class TransformersPolicy(Policy):
             prompt_tokens=prompt_tokens, forward_tokens=partial.forward_tokens,
         )
 
-    @torch.inference_mode()
     def begin(self, prompt: ChatPrompt, sampling: SamplingParams, cancel: threading.Event | None = None) -> _Partial:
+        return self.begin_many([prompt], sampling, cancel)
+
+    @torch.inference_mode()
+    def begin_many(self, prompts: Sequence[ChatPrompt], sampling: SamplingParams,
+                   cancel: threading.Event | None = None) -> _Partial:
+        if not prompts:
+            raise ValueError("begin_many needs at least one prompt")
         with self._lock:
             _check(cancel)
-            return self._begin([prompt], sampling)
+            return self._begin(prompts, sampling)
 
     @torch.inference_mode()
     def extend(self, partial: _Partial, k: int, block_tokens: int, cancel: threading.Event | None = None) -> _Partial:
@@ -280,6 +286,25 @@ class TransformersPolicy(Policy):
                              else reference_logprobs(partial.logits, sampling))
             result[torch.tensor(partial.live, device=self._device)] = live_logprobs
         return result
+
+    @torch.inference_mode()
+    def next_token_logits(self, partial: _Partial) -> torch.Tensor:
+        vocab = partial.logits.shape[-1] if partial.live else int(self.model.config.vocab_size)
+        result = torch.full((partial.rows, vocab), float("-inf"), device=self._device)
+        if partial.live:
+            result[torch.tensor(partial.live, device=self._device)] = partial.logits.float()
+        return result
+
+    @torch.inference_mode()
+    def append(self, partial: _Partial, tokens: Sequence[int], logprobs: Sequence[float],
+               cancel: threading.Event | None = None) -> _Partial:
+        with self._lock:
+            _check(cancel)
+            if partial.live:
+                chosen = torch.tensor([tokens[row] for row in partial.live], device=self._device)
+                chosen_logprobs = torch.tensor([logprobs[row] for row in partial.live], device=self._device)
+                self._feed(partial, chosen, self._record(partial, chosen, chosen_logprobs))
+            return partial
 
     @torch.inference_mode()
     def branch(self, partial: _Partial, tokens: Sequence[Sequence[int]], cancel: threading.Event | None = None) -> _Partial:

@@ -6,6 +6,7 @@ only the interfaces, never a concrete backend or the server.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -101,6 +102,12 @@ class Strategy(ABC):
     description: ClassVar[str]
     Params: ClassVar[type]  # a frozen dataclass built from `params.param(...)` fields
     requires: ClassVar[frozenset[Capability]] = frozenset({Capability.SAMPLE})
+    # Sampling settings this strategy uses when the request leaves them unset (e.g. the authors'
+    # temperature), over the server's defaults.
+    sampling_defaults: ClassVar[dict[str, Any]] = {}
+
+    def default_sampling(self, server_defaults: SamplingParams) -> SamplingParams:
+        return dataclasses.replace(server_defaults, **self.sampling_defaults)
 
     @abstractmethod
     def decode(self, request: DecodeRequest, params: Any, policy: Policy, scorer: Scorer) -> DecodeResult:

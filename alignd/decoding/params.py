@@ -128,8 +128,16 @@ def validate_params(strategy: str, params_cls: type, values: dict[str, Any], lim
             raise InvalidArgument(label, f"must be true or false, got {value!r}")
         elif kind == "str":
             choices = field.metadata.get("choices")
-            if not isinstance(value, str) or (choices and value not in choices):
-                raise InvalidArgument(label, f"must be one of {list(choices or [])}, got {value!r}")
+            if choices and value not in choices:
+                raise InvalidArgument(label, f"must be one of {list(choices)}, got {value!r}")
+            if not isinstance(value, str):
+                raise InvalidArgument(label, f"must be a string, got {value!r}")
+            # For free text, min and max bound the length in characters.
+            low, high = field.metadata.get("min"), _upper_bound(field, limits)
+            if low is not None and len(value.strip()) < low:
+                raise InvalidArgument(label, "must not be empty" if low == 1 else f"needs at least {low:g} characters")
+            if high is not None and len(value) > high:
+                raise InvalidArgument(label, f"{len(value)} characters, over the limit of {high:g}")
             continue
         above = field.metadata.get("above")
         if above is not None and not value > above:

@@ -86,7 +86,7 @@ def parse_generate(
         strategy=strategy,
         params=params,
         prompt=ChatPrompt(request.prompt, request.system_prompt or None, request.raw_prompt),
-        sampling=parse_sampling(request.sampling, default_sampling, limits),
+        sampling=parse_sampling(request.sampling, strategy.default_sampling(default_sampling), limits),
         weights=parse_weights(dict(request.weights), objective_names, default_weights),
         return_candidates=request.return_candidates,
     )

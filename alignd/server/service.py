@@ -216,6 +216,7 @@ class AligndService(pb_grpc.AligndServicer):
                     name=strategy.name, description=strategy.description,
                     parameters=[convert.parameter_message(d) for d in describe_params(strategy.Params, limits)],
                     requires=sorted(r.value for r in strategy.requires),
+                    sampling_defaults=pb.SamplingParams(**strategy.sampling_defaults),
                 )
                 for strategy in sorted(STRATEGIES.values(), key=lambda st: st.name)
             ],

@@ -1,0 +1,112 @@
+"""linear_alignment: Linear Alignment (Gao et al. 2024, "Linear Alignment: A Closed-form
+Solution for Aligning Human Preferences without Tuning and Feedback").
+
+Two contexts decode in lock-step, one batched forward per token: the prompt with a preference
+principle in the system prompt (next-token logits z_p) and without it (z_0). The next token is
+drawn from softmax(z_hat / T) with z_hat = z_p + alpha (z_p - z_0), restricted to the top-p
+support of softmax(z_p / T), and appended to both contexts. alpha = 0 is decoding under the
+principle alone; larger alpha moves further along the direction the principle shifts the logits.
+No reward model steers it; the final text is still scored by the objectives.
+
+T and p are the request's sampling temperature and top_p, which default to the authors' 0.5 and
+0.8 for this strategy; temperature 0 picks argmax z_hat within the top-p support at T = 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import torch
+
+from alignd.backends.base import Capability, ChatPrompt, Policy
+from alignd.backends.sampling import make_generator, reference_logprobs
+from alignd.decoding.base import (
+    DecodeRequest, DecodeResult, KLEstimate, Strategy, Usage, finish, register, report, score_candidates,
+)
+from alignd.decoding.params import param
+from alignd.errors import InvalidArgument
+from alignd.rewardmodels.base import Scorer
+
+DEFAULT_PRINCIPLE = ("You are a helpful, honest and harmless assistant. Answer the question directly and "
+                     "accurately, in a kind and respectful tone, and do not help with anything dangerous.")
+PROGRESS_EVERY = 16  # tokens between stream events
+
+
+@register
+class LinearAlignmentStrategy(Strategy):
+    name = "linear_alignment"
+    description = ("Linear alignment: decode with and without a preference principle in lock-step and sample "
+                   "from z_p + alpha (z_p - z_0) within the top-p support of the principled distribution.")
+    requires = frozenset({Capability.SAMPLE, Capability.EXTEND, Capability.TOKENWISE})
+    sampling_defaults = {"temperature": 0.5, "top_p": 0.8}
+
+    @dataclass(frozen=True)
+    class Params:
+        principle: str = param(DEFAULT_PRINCIPLE, "the preference principle, put in the system prompt", min=1,
+                               max=2000)
+        alpha: float = param(3.0, "alpha: z_hat = z_p + alpha (z_p - z_0); 0 decodes under the principle alone",
+                             min=0.0, max=100.0)
+
+    def rows(self, params: Params) -> int:
+        return 2
+
+    def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
+        principled = with_principle(request.prompt, params.principle)
+        length = policy.count_tokens(policy.render(principled)) + request.sampling.max_tokens
+        if policy.context_length is not None and length > policy.context_length:
+            raise InvalidArgument("linear_alignment.principle", f"prompt with the principle + max_tokens is {length} "
+                                  f"tokens, over the model's context of {policy.context_length}")
+        started = time.perf_counter()
+        usage = Usage()
+        sampling = request.sampling
+        with usage.phase("prefill"):
+            partial = policy.begin_many([principled, request.prompt], sampling, request.cancel)
+        usage.prompt_tokens = partial.prompt_tokens
+        # Greedy: the support is the top-p set at T = 1 (at T = 0 it would be z_p's argmax alone).
+        temperature = sampling.temperature if not sampling.greedy else 1.0
+        support_sampling = dataclasses.replace(sampling, temperature=temperature)
+        generator = None
+        kl = 0.0
+        with usage.phase("decode"):
+            while not partial.done:
+                logits = policy.next_token_logits(partial)
+                z_p, z_0 = logits[0:1], logits[1:2]
+                if generator is None:
+                    generator = make_generator(sampling.seed, logits.device)
+                support = torch.isfinite(reference_logprobs(z_p, support_sampling))
+                fused = (z_p + params.alpha * (z_p - z_0)) / temperature
+                aligned = torch.log_softmax(fused.masked_fill(~support, float("-inf")), dim=-1)
+                if sampling.greedy:
+                    token = int(torch.argmax(aligned, dim=-1))
+                else:
+                    token = int(torch.multinomial(aligned.exp(), 1, generator=generator).squeeze(-1))
+                # KL of the aligned step against the model without the principle at the same T.
+                plain = torch.log_softmax(z_0.double() / temperature, dim=-1)[0]
+                q = aligned[0].double()
+                if sampling.greedy:
+                    kl -= float(plain[token])
+                else:
+                    mass = q > float("-inf")
+                    kl += float((q[mass].exp() * (q[mass] - plain[mass])).sum())
+                logprob = float(plain[token])
+                partial = policy.append(partial, [token, token], [logprob, logprob], request.cancel)
+                usage.generated_tokens += 1
+                if usage.generated_tokens % PROGRESS_EVERY == 0:
+                    report(request, "tokens", usage.generated_tokens, f"{usage.generated_tokens} tokens: "
+                           f"{policy.completion(partial, 0).text!r}", started)
+        usage.lm_forward_tokens = partial.forward_tokens
+        scored = score_candidates(request, scorer, [policy.completion(partial, 0)], usage)
+        estimate = KLEstimate("linear_alignment_estimate", "estimate", max(kl, 0.0),
+                              "sum over steps of KL(aligned next-token distribution || the model without the "
+                              "principle at the same temperature) along the decoded path")
+        return finish(request, scored[0], scored, [estimate], usage, started, {"alpha": params.alpha})
+
+
+def with_principle(prompt: ChatPrompt, principle: str) -> ChatPrompt:
+    """The prompt with the principle in its system prompt (before the raw text for raw prompts)."""
+    if prompt.raw:
+        return ChatPrompt(f"{principle}\n\n{prompt.user}", None, True)
+    system = principle if not prompt.system else f"{prompt.system}\n\n{principle}"
+    return ChatPrompt(prompt.user, system, False)
