@@ -86,7 +86,7 @@ def generation_from(message: pb.GenerateResponse) -> Generation:
 def progress_from(message: pb.Progress) -> Progress:
     return Progress(message.phase, message.step, message.message, message.elapsed_seconds,
                     [_candidate(c) for c in message.candidates], dict(message.weights), message.worst_objective,
-                    message.worst_value)
+                    message.worst_value, list(message.instructions))
 
 
 def event_from(event: pb.GenerateEvent) -> Progress | Generation:

@@ -63,6 +63,7 @@ class Progress:
     weights: dict[str, float] = field(default_factory=dict)  # blockwise: weights applied (robust: w*)
     worst_objective: str = ""
     worst_value: float = 0.0
+    instructions: list[str] = field(default_factory=list)  # evolutionary: each candidate's instruction
 
 
 @dataclass(frozen=True)

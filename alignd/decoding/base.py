@@ -49,6 +49,7 @@ class ProgressEvent:
     weights: dict[str, float] = field(default_factory=dict)  # applied at this step (robust: w*)
     worst_objective: str = ""  # blockwise: the chosen block's lowest objective on the common scale
     worst_value: float = 0.0
+    instructions: list[str] = field(default_factory=list)  # evolutionary: each candidate's instruction
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,7 @@ def progress_message(names: tuple[str, ...], event: ProgressEvent) -> pb.Generat
             phase=event.phase, step=event.step, message=event.message, elapsed_seconds=event.elapsed_seconds,
             candidates=[candidate_message(names, c) for c in event.candidates],
             weights=event.weights, worst_objective=event.worst_objective, worst_value=event.worst_value,
+            instructions=event.instructions,
         )
     )
 

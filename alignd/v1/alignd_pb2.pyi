@@ -78,8 +78,30 @@ class RobustParams(_message.Message):
     min_weights: _containers.ScalarMap[str, float]
     def __init__(self, num_candidates: _Optional[int] = ..., block_tokens: _Optional[int] = ..., strength: _Optional[float] = ..., solver: _Optional[str] = ..., objectives: _Optional[_Iterable[str]] = ..., min_weights: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
+class LinearAlignmentParams(_message.Message):
+    __slots__ = ("principle", "alpha")
+    PRINCIPLE_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    principle: str
+    alpha: float
+    def __init__(self, principle: _Optional[str] = ..., alpha: _Optional[float] = ...) -> None: ...
+
+class EvolutionaryParams(_message.Message):
+    __slots__ = ("beams", "replace_every", "keep_top", "cycles", "mutation_tokens")
+    BEAMS_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_EVERY_FIELD_NUMBER: _ClassVar[int]
+    KEEP_TOP_FIELD_NUMBER: _ClassVar[int]
+    CYCLES_FIELD_NUMBER: _ClassVar[int]
+    MUTATION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    beams: int
+    replace_every: int
+    keep_top: int
+    cycles: int
+    mutation_tokens: int
+    def __init__(self, beams: _Optional[int] = ..., replace_every: _Optional[int] = ..., keep_top: _Optional[int] = ..., cycles: _Optional[int] = ..., mutation_tokens: _Optional[int] = ...) -> None: ...
+
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "system_prompt", "raw_prompt", "strategy", "weights", "sampling", "return_candidates", "request_id", "sample", "best_of_n", "controlled", "multi_objective", "robust")
+    __slots__ = ("prompt", "system_prompt", "raw_prompt", "strategy", "weights", "sampling", "return_candidates", "request_id", "sample", "best_of_n", "controlled", "multi_objective", "robust", "linear_alignment", "evolutionary")
     class WeightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +122,8 @@ class GenerateRequest(_message.Message):
     CONTROLLED_FIELD_NUMBER: _ClassVar[int]
     MULTI_OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
     ROBUST_FIELD_NUMBER: _ClassVar[int]
+    LINEAR_ALIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    EVOLUTIONARY_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     system_prompt: str
     raw_prompt: bool
@@ -113,7 +137,9 @@ class GenerateRequest(_message.Message):
     controlled: ControlledParams
     multi_objective: MultiObjectiveParams
     robust: RobustParams
-    def __init__(self, prompt: _Optional[str] = ..., system_prompt: _Optional[str] = ..., raw_prompt: _Optional[bool] = ..., strategy: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., return_candidates: _Optional[bool] = ..., request_id: _Optional[str] = ..., sample: _Optional[_Union[SampleParams, _Mapping]] = ..., best_of_n: _Optional[_Union[BestOfNParams, _Mapping]] = ..., controlled: _Optional[_Union[ControlledParams, _Mapping]] = ..., multi_objective: _Optional[_Union[MultiObjectiveParams, _Mapping]] = ..., robust: _Optional[_Union[RobustParams, _Mapping]] = ...) -> None: ...
+    linear_alignment: LinearAlignmentParams
+    evolutionary: EvolutionaryParams
+    def __init__(self, prompt: _Optional[str] = ..., system_prompt: _Optional[str] = ..., raw_prompt: _Optional[bool] = ..., strategy: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., return_candidates: _Optional[bool] = ..., request_id: _Optional[str] = ..., sample: _Optional[_Union[SampleParams, _Mapping]] = ..., best_of_n: _Optional[_Union[BestOfNParams, _Mapping]] = ..., controlled: _Optional[_Union[ControlledParams, _Mapping]] = ..., multi_objective: _Optional[_Union[MultiObjectiveParams, _Mapping]] = ..., robust: _Optional[_Union[RobustParams, _Mapping]] = ..., linear_alignment: _Optional[_Union[LinearAlignmentParams, _Mapping]] = ..., evolutionary: _Optional[_Union[EvolutionaryParams, _Mapping]] = ...) -> None: ...
 
 class KLEstimate(_message.Message):
     __slots__ = ("name", "kind", "nats", "description")
@@ -239,7 +265,7 @@ class GenerateResponse(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., strategy: _Optional[str] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., rewards: _Optional[_Mapping[str, float]] = ..., weighted_score: _Optional[float] = ..., weights: _Optional[_Mapping[str, float]] = ..., kl: _Optional[_Iterable[_Union[KLEstimate, _Mapping]]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., model: _Optional[str] = ..., details: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("phase", "step", "message", "elapsed_seconds", "candidates", "weights", "worst_objective", "worst_value")
+    __slots__ = ("phase", "step", "message", "elapsed_seconds", "candidates", "weights", "worst_objective", "worst_value", "instructions")
     class WeightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -255,6 +281,7 @@ class Progress(_message.Message):
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     WORST_OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
     WORST_VALUE_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
     phase: str
     step: int
     message: str
@@ -263,7 +290,8 @@ class Progress(_message.Message):
     weights: _containers.ScalarMap[str, float]
     worst_objective: str
     worst_value: float
-    def __init__(self, phase: _Optional[str] = ..., step: _Optional[int] = ..., message: _Optional[str] = ..., elapsed_seconds: _Optional[float] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., weights: _Optional[_Mapping[str, float]] = ..., worst_objective: _Optional[str] = ..., worst_value: _Optional[float] = ...) -> None: ...
+    instructions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, phase: _Optional[str] = ..., step: _Optional[int] = ..., message: _Optional[str] = ..., elapsed_seconds: _Optional[float] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., weights: _Optional[_Mapping[str, float]] = ..., worst_objective: _Optional[str] = ..., worst_value: _Optional[float] = ..., instructions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GenerateEvent(_message.Message):
     __slots__ = ("progress", "result")
