@@ -1,0 +1,91 @@
+"""Does linear alignment move the text toward its principle, and what does it cost per token?
+
+On the shipped eval prompts, with the principle "Answer kindly and positively." and the
+strategy's sampling defaults (T = 0.5, top-p 0.8) for every arm, same seed per prompt:
+`sample` (no principle), `linear_alignment` with alpha = 0 (the principle in the system prompt
+only) and with the chosen alpha. Prints mean reward per objective +- 95% t-interval, the paired
+difference in positivity against `sample`, and the cost per generated token of each arm relative
+to `sample`, measured side by side (the arms alternate order per prompt). Writes JSON.
+
+    .venv/bin/python benchmarks/linear_alignment_quality.py [--limit 50] [--alpha 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import mean_ci, served_policy_and_scorer  # noqa: E402
+
+from alignd.backends.base import ChatPrompt, SamplingParams  # noqa: E402
+from alignd.decoding.base import DecodeRequest, get_strategy  # noqa: E402
+from alignd.decoding.weights import parse_weights  # noqa: E402
+from alignd.training.data import load_prompts  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--limit", type=int, default=0, help="first N eval prompts (0: all)")
+    parser.add_argument("--principle", default="Answer kindly and positively.")
+    parser.add_argument("--alpha", type=float, default=3.0)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--out", default="benchmarks/results/linear_alignment_quality.json")
+    args = parser.parse_args()
+    prompts = load_prompts("eval")
+    prompts = prompts[: args.limit] if args.limit else prompts
+    policy, scorer = served_policy_and_scorer()
+    names = scorer.objective_names
+    sample, linear = get_strategy("sample"), get_strategy("linear_alignment")
+    arms = {
+        "sample": (sample, sample.Params()),
+        "principle only (alpha=0)": (linear, linear.Params(principle=args.principle, alpha=0.0)),
+        f"linear_alignment alpha={args.alpha:g}": (linear, linear.Params(principle=args.principle, alpha=args.alpha)),
+    }
+    defaults = linear.default_sampling(SamplingParams())
+    weights = parse_weights({}, names)
+    rewards = {arm: [] for arm in arms}
+    per_token = {arm: [] for arm in arms}
+    for index, text in enumerate(prompts):
+        sampling = dataclasses.replace(defaults, max_tokens=args.tokens, seed=30_000 + index)
+        request = DecodeRequest(ChatPrompt(text), sampling, weights)
+        order = list(arms) if index % 2 == 0 else list(reversed(arms))
+        for arm in order:
+            strategy, params = arms[arm]
+            result = strategy.decode(request, params, policy, scorer)
+            rewards[arm].append(result.rewards)
+            per_token[arm].append(result.usage.wall_seconds / max(result.usage.generated_tokens, 1))
+        print(f"\r{index + 1}/{len(prompts)} prompts", end="", file=sys.stderr)
+    print(file=sys.stderr)
+
+    print(f"\n{len(prompts)} held-out prompts, {args.tokens} new tokens, T={defaults.temperature}, "
+          f"top-p={defaults.top_p}, principle {args.principle!r}")
+    print(f"{'arm':<28}" + "".join(f"{n[:12]:>18}" for n in names) + f"{'positivity vs sample':>24}"
+          f"{'s/token ratio':>15}")
+    table = {}
+    for arm in arms:
+        cells = {n: mean_ci([r[n] for r in rewards[arm]]) for n in names}
+        diff = mean_ci([a["positivity"] - b["positivity"] for a, b in zip(rewards[arm], rewards["sample"])])
+        ratio = statistics.median(a / b for a, b in zip(per_token[arm], per_token["sample"]))
+        table[arm] = {"objectives": {n: {"mean": m, "ci95": h} for n, (m, h) in cells.items()},
+                      "positivity_vs_sample": {"mean": diff[0], "ci95": diff[1]},
+                      "seconds_per_token_ratio_vs_sample": ratio, "rewards": rewards[arm]}
+        versus = "" if arm == "sample" else f"{diff[0]:+.4f} +- {diff[1]:.4f}"
+        print(f"{arm:<28}" + "".join(f"{m:>+9.3f} +-{h:.3f}" for m, h in cells.values()) + f"{versus:>24}"
+              f"{ratio:>15.3f}")
+    print("\ns/token ratio: median over prompts of (seconds per generated token) / (the same for sample), "
+          "side by side; target <= 1.6")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"prompts": len(prompts), "tokens": args.tokens, "principle": args.principle,
+                               "alpha": args.alpha, "arms": table}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
