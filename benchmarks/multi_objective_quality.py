@@ -53,6 +53,8 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=8, help="K for the blockwise methods, n for best_of_n")
     parser.add_argument("--block-tokens", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--only", nargs="+", default=None, metavar="STRATEGY",
+                        help="run only these strategies (multi_objective is always run: the reference)")
     parser.add_argument("--out", default="benchmarks/results/multi_objective_quality.json")
     args = parser.parse_args()
     prompts = load_prompts(args.split)
@@ -61,6 +63,8 @@ def main() -> None:
     names = scorer.objective_names
     weights = parse_weights({}, names)  # uniform
     chosen = methods(args.strength, args.candidates, args.block_tokens)
+    if args.only:
+        chosen = {m: v for m, v in chosen.items() if v[0].name in {*args.only, "multi_objective"}}
     rewards = {m: [] for m in chosen}
     seconds = {m: [] for m in chosen}
     tokens = {m: [] for m in chosen}

@@ -80,9 +80,10 @@ def solve(values: np.ndarray, strength: float, feasible: WeightSet, solver: str 
 
 
 def solve_fast(values: np.ndarray, strength: float, feasible: WeightSet, warm: np.ndarray | None = None) -> Solution:
-    """Projected Newton on the active face, with a spectral projected-gradient step whenever the
-    Newton step does not descend, over the free part of W written as w = lower + slack * u with u
-    on the standard simplex. Stops when the Frank-Wolfe gap certifies F(w) - F(w*) <= tolerance."""
+    """Newton steps on the active face (stopping where a weight reaches zero), with a spectral
+    projected-gradient step whenever Newton does not descend, over the free part of W written as
+    w = lower + slack * u with u on the standard simplex. Stops when the Frank-Wolfe gap certifies
+    F(w) - F(w*) <= tolerance."""
     values = np.asarray(values, dtype=np.float64)
     active = np.flatnonzero(feasible.allowed)
     slack = 1.0 - float(feasible.lower.sum())
@@ -116,7 +117,10 @@ def solve_fast(values: np.ndarray, strength: float, feasible: WeightSet, warm: n
         accepted = None
         newton = _newton_direction(u, grad, hessian, min(1e-3, gap))
         if newton is not None:
-            accepted = _search(evaluate, u, f, grad, newton, project=True, smallest=1e-3)
+            # A few halvings at most: a Newton step that needs more is better replaced by a gradient step.
+            start = _to_boundary(u, newton)
+            if start > 1e-12:
+                accepted = _search(evaluate, u, f, grad, newton, project=False, smallest=start / 8, start=start)
         if accepted is None:
             gradient_step = _project_simplex(u - step * grad) - u
             accepted = _search(evaluate, u, f, grad, gradient_step, project=False, smallest=1e-14)
@@ -132,12 +136,19 @@ def solve_fast(values: np.ndarray, strength: float, feasible: WeightSet, warm: n
     return Solution(w, f, "fast", iterations)
 
 
-def _search(evaluate, u, f, grad, direction, *, project, smallest):
-    """Armijo backtracking along u + t d (projected onto the simplex when `project`), t = 1, 1/2,
-    ...: the first point with sufficient decrease as (point, F, gradient, p), or None."""
-    t = 1.0
+def _to_boundary(u: np.ndarray, direction: np.ndarray) -> float:
+    """The longest step t <= 1 with u + t d >= 0: a Newton step stops where a weight reaches zero,
+    so that coordinate joins the active set exactly instead of being bent back by a projection."""
+    shrinking = direction < 0
+    return min(1.0, float((u[shrinking] / -direction[shrinking]).min())) if shrinking.any() else 1.0
+
+
+def _search(evaluate, u, f, grad, direction, *, project, smallest, start=1.0):
+    """Armijo backtracking along u + t d (projected onto the simplex when `project`), t = start,
+    start/2, ...: the first point with sufficient decrease as (point, F, gradient, p), or None."""
+    t = start
     while t >= smallest:
-        point = _project_simplex(u + t * direction) if project else u + t * direction
+        point = _project_simplex(u + t * direction) if project else np.maximum(u + t * direction, 0.0)
         f_new, grad_new, p_new = evaluate(point)
         if f_new <= f + 1e-4 * float(grad @ (point - u)) and f_new < f:
             return point, f_new, grad_new, p_new
