@@ -53,7 +53,7 @@ class LinearAlignmentStrategy(Strategy):
         return 2
 
     def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
-        principled = with_principle(request.prompt, params.principle)
+        principled = with_principle(request.prompt, params.principle, template_system(policy, request.prompt))
         length = policy.count_tokens(policy.render(principled)) + request.sampling.max_tokens
         if policy.context_length is not None and length > policy.context_length:
             raise InvalidArgument("linear_alignment.principle", f"prompt with the principle + max_tokens is {length} "
@@ -104,9 +104,24 @@ class LinearAlignmentStrategy(Strategy):
         return finish(request, scored[0], scored, [estimate], usage, started, {"alpha": params.alpha})
 
 
-def with_principle(prompt: ChatPrompt, principle: str) -> ChatPrompt:
-    """The prompt with the principle in its system prompt (before the raw text for raw prompts)."""
+def with_principle(prompt: ChatPrompt, principle: str, default_system: str | None = None) -> ChatPrompt:
+    """The prompt with the principle appended to its system prompt (before the raw text for raw
+    prompts). Without a system prompt of its own, the principle follows the chat template's
+    default one, so that the two contexts differ by the principle alone."""
     if prompt.raw:
         return ChatPrompt(f"{principle}\n\n{prompt.user}", None, True)
-    system = principle if not prompt.system else f"{prompt.system}\n\n{principle}"
-    return ChatPrompt(prompt.user, system, False)
+    system = prompt.system or default_system
+    return ChatPrompt(prompt.user, f"{system}\n\n{principle}" if system else principle, False)
+
+
+def template_system(policy: Policy, prompt: ChatPrompt) -> str | None:
+    """The system prompt the chat template inserts when a request has none (SmolLM2's names the
+    assistant), found by rendering once with a marker; None when it inserts none."""
+    if prompt.raw or prompt.system:
+        return None
+    marker = "\x1f"
+    plain = policy.render(prompt)
+    before, found, after = policy.render(ChatPrompt(prompt.user, marker)).partition(marker)
+    if found and plain.startswith(before) and plain.endswith(after) and len(plain) > len(before) + len(after):
+        return plain[len(before):len(plain) - len(after)]
+    return None

@@ -9,7 +9,7 @@ import torch
 from alignd.backends.base import Capability, ChatPrompt, SamplingParams
 from alignd.backends.sampling import reference_logprobs
 from alignd.decoding.base import DecodeRequest, get_strategy
-from alignd.decoding.linear_alignment import with_principle
+from alignd.decoding.linear_alignment import template_system, with_principle
 from alignd.decoding.params import Limits, validate_params
 from alignd.decoding.weights import parse_weights
 from alignd.errors import FailedPrecondition, InvalidArgument
@@ -110,6 +110,23 @@ def test_stream_reports_tokens(tiny_policy, letter_scorer):
 def test_raw_and_system_prompts_keep_the_principle():
     assert with_principle(ChatPrompt("x", "be brief"), "p") == ChatPrompt("x", "be brief\n\np")
     assert with_principle(ChatPrompt("x", raw=True), "p") == ChatPrompt("p\n\nx", None, True)
+    # A template's default system prompt stays in the principled context: the contexts differ by
+    # the principle alone.
+    assert with_principle(ChatPrompt("x"), "p", "You are SmolLM.") == ChatPrompt("x", "You are SmolLM.\n\np")
+
+
+def test_the_chat_templates_default_system_prompt_is_found(tiny_policy):
+    assert template_system(tiny_policy, PROMPT) is None  # the tiny template adds none
+    tokenizer = tiny_policy.tokenizer
+    original = tokenizer.chat_template
+    tokenizer.chat_template = (
+        "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are Tiny.<|im_end|>\n{% endif %}"
+        + original)
+    try:
+        assert template_system(tiny_policy, PROMPT) == "You are Tiny."
+        assert template_system(tiny_policy, ChatPrompt("x", "own")) is None
+    finally:
+        tokenizer.chat_template = original
 
 
 @pytest.mark.parametrize(
