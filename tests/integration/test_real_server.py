@@ -156,6 +156,5 @@ def test_linear_alignment_and_evolutionary_run_on_the_real_model(real_server):
         assert isinstance(out, Generation) and set(out.rewards) == OBJECTIVES
         (mutation,) = [e for e in events[:-1] if e.phase == "mutation"]
         assert mutation.instructions[0] == PROMPT and len(mutation.instructions) == 3
-        # SmolLM2 writes the numbered list it is asked for often enough to fill at least one slot
-        # at this seed; the fallback count says how many it missed.
-        assert out.details["mutation_fallbacks"] <= 1
+        # Slots SmolLM2's reply did not fill keep the original instruction, and are counted.
+        assert out.details["mutation_fallbacks"] == sum(i == PROMPT for i in mutation.instructions[1:])
