@@ -82,14 +82,15 @@ class LinearAlignmentStrategy(Strategy):
                     token = int(torch.argmax(aligned, dim=-1))
                 else:
                     token = int(torch.multinomial(aligned.exp(), 1, generator=generator).squeeze(-1))
-                # KL of the aligned step against the model without the principle at the same T.
-                plain = torch.log_softmax(z_0.double() / temperature, dim=-1)[0]
-                q = aligned[0].double()
+                # KL of the aligned step against the model without the principle at the same T,
+                # summed over the (small) support only.
+                plain = torch.log_softmax(z_0[0] / temperature, dim=-1)
                 if sampling.greedy:
                     kl -= float(plain[token])
                 else:
-                    mass = q > float("-inf")
-                    kl += float((q[mass].exp() * (q[mass] - plain[mass])).sum())
+                    index = support[0].nonzero().squeeze(-1)
+                    q = aligned[0, index]
+                    kl += float((q.exp() * (q - plain[index])).sum())
                 logprob = float(plain[token])
                 partial = policy.append(partial, [token, token], [logprob, logprob], request.cancel)
                 usage.generated_tokens += 1
