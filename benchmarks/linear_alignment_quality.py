@@ -7,7 +7,7 @@ only) and with the chosen alpha. Prints mean reward per objective +- 95% t-inter
 difference in positivity against `sample`, and the cost per generated token of each arm relative
 to `sample`, measured side by side (the arms alternate order per prompt). Writes JSON.
 
-    .venv/bin/python benchmarks/linear_alignment_quality.py [--limit 50] [--alpha 3]
+    .venv/bin/python benchmarks/linear_alignment_quality.py [--limit 50] [--alpha 3] [--split eval]
 """
 
 from __future__ import annotations
@@ -33,11 +33,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--limit", type=int, default=0, help="first N eval prompts (0: all)")
     parser.add_argument("--principle", default="Answer kindly and positively.")
-    parser.add_argument("--alpha", type=float, default=3.0)
+    parser.add_argument("--alpha", type=float, nargs="+", default=[3.0], help="one arm per alpha")
+    parser.add_argument("--split", default="eval", choices=("eval", "train"),
+                        help="train: investigate without touching the held-out prompts")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--out", default="benchmarks/results/linear_alignment_quality.json")
     args = parser.parse_args()
-    prompts = load_prompts("eval")
+    prompts = load_prompts(args.split)
     prompts = prompts[: args.limit] if args.limit else prompts
     policy, scorer = served_policy_and_scorer()
     names = scorer.objective_names
@@ -45,7 +47,8 @@ def main() -> None:
     arms = {
         "sample": (sample, sample.Params()),
         "principle only (alpha=0)": (linear, linear.Params(principle=args.principle, alpha=0.0)),
-        f"linear_alignment alpha={args.alpha:g}": (linear, linear.Params(principle=args.principle, alpha=args.alpha)),
+        **{f"linear_alignment alpha={a:g}": (linear, linear.Params(principle=args.principle, alpha=a))
+           for a in args.alpha if a != 0},
     }
     defaults = linear.default_sampling(SamplingParams())
     weights = parse_weights({}, names)
@@ -63,7 +66,7 @@ def main() -> None:
         print(f"\r{index + 1}/{len(prompts)} prompts", end="", file=sys.stderr)
     print(file=sys.stderr)
 
-    print(f"\n{len(prompts)} held-out prompts, {args.tokens} new tokens, T={defaults.temperature}, "
+    print(f"\n{len(prompts)} {args.split} prompts, {args.tokens} new tokens, T={defaults.temperature}, "
           f"top-p={defaults.top_p}, principle {args.principle!r}")
     print(f"{'arm':<28}" + "".join(f"{n[:12]:>18}" for n in names) + f"{'positivity vs sample':>24}"
           f"{'s/token ratio':>15}")
@@ -82,7 +85,8 @@ def main() -> None:
           "side by side; target <= 1.6")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"prompts": len(prompts), "tokens": args.tokens, "principle": args.principle,
+    out.write_text(json.dumps({"split": args.split, "prompts": len(prompts), "tokens": args.tokens,
+                               "principle": args.principle,
                                "alpha": args.alpha, "arms": table}, indent=2))
     print(f"wrote {out}")
 
