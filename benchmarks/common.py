@@ -30,6 +30,14 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float]:
     return statistics.mean(values), t95(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
 
 
+def prompt_set(split: str, limit: int = 0) -> list[str]:
+    """The shipped prompts of `split` ("eval" is held out), the first `limit` of them (0: all)."""
+    from alignd.training.data import load_prompts
+
+    prompts = load_prompts(split)
+    return prompts[:limit] if limit else prompts
+
+
 def served_policy_and_scorer(objectives: Sequence[str] | None = None):
     """The embedded model with the scorer `alignd serve` would build (shipped value heads)."""
     policy = load_policy(models.DEFAULT_MODEL)

@@ -21,12 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import mean_ci, served_policy_and_scorer  # noqa: E402
+from common import mean_ci, prompt_set, served_policy_and_scorer  # noqa: E402
 
 from alignd.backends.base import ChatPrompt, SamplingParams  # noqa: E402
 from alignd.decoding.base import DecodeRequest, get_strategy  # noqa: E402
 from alignd.decoding.weights import parse_weights  # noqa: E402
-from alignd.training.data import load_prompts  # noqa: E402
 
 
 def main() -> None:
@@ -39,8 +38,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--out", default="benchmarks/results/linear_alignment_quality.json")
     args = parser.parse_args()
-    prompts = load_prompts(args.split)
-    prompts = prompts[: args.limit] if args.limit else prompts
+    prompts = prompt_set(args.split, args.limit)
     policy, scorer = served_policy_and_scorer()
     names = scorer.objective_names
     sample, linear = get_strategy("sample"), get_strategy("linear_alignment")

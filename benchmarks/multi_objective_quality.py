@@ -25,12 +25,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import mean_ci, served_policy_and_scorer  # noqa: E402
+from common import mean_ci, prompt_set, served_policy_and_scorer  # noqa: E402
 
 from alignd.backends.base import ChatPrompt, SamplingParams  # noqa: E402
 from alignd.decoding.base import DecodeRequest, get_strategy  # noqa: E402
 from alignd.decoding.weights import parse_weights  # noqa: E402
-from alignd.training.data import load_prompts  # noqa: E402
 
 
 def methods(strength: float, k: int, b: int) -> dict:
@@ -57,8 +56,7 @@ def main() -> None:
                         help="run only these strategies (multi_objective is always run: the reference)")
     parser.add_argument("--out", default="benchmarks/results/multi_objective_quality.json")
     args = parser.parse_args()
-    prompts = load_prompts(args.split)
-    prompts = prompts[: args.limit] if args.limit else prompts
+    prompts = prompt_set(args.split, args.limit)
     policy, scorer = served_policy_and_scorer()
     names = scorer.objective_names
     weights = parse_weights({}, names)  # uniform

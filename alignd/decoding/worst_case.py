@@ -10,7 +10,7 @@ units (a soft maximum of w^T V_k over the blocks), so values compare across lamb
 lambda -> 0 gives the mean over blocks (w* sits on the worst objective on average), lambda -> inf
 the hard maximum (the minimax weights of the matrix game).
 
-Two solvers: `solve_fast` (projected Newton on the simplex's active face, falling back to a
+Two solvers: `solve_fast` (Newton steps on the simplex's active face, falling back to a
 spectral projected-gradient step; stopped by the Frank-Wolfe gap, which bounds F(w) - F(w*) from
 above) runs on the hot path; `solve_cvxpy` states the program in
 cvxpy and hands it to a conic solver (Clarabel). Tests check that they agree.
@@ -120,10 +120,10 @@ def solve_fast(values: np.ndarray, strength: float, feasible: WeightSet, warm: n
             # A few halvings at most: a Newton step that needs more is better replaced by a gradient step.
             start = _to_boundary(u, newton)
             if start > 1e-12:
-                accepted = _search(evaluate, u, f, grad, newton, project=False, smallest=start / 8, start=start)
+                accepted = _search(evaluate, u, f, grad, newton, smallest=start / 8, start=start)
         if accepted is None:
             gradient_step = _project_simplex(u - step * grad) - u
-            accepted = _search(evaluate, u, f, grad, gradient_step, project=False, smallest=1e-14)
+            accepted = _search(evaluate, u, f, grad, gradient_step, smallest=1e-14)
         if accepted is None:  # no descent left at this precision: u is optimal up to round-off
             break
         candidate, f_new, grad_new, p_new = accepted
@@ -143,12 +143,13 @@ def _to_boundary(u: np.ndarray, direction: np.ndarray) -> float:
     return min(1.0, float((u[shrinking] / -direction[shrinking]).min())) if shrinking.any() else 1.0
 
 
-def _search(evaluate, u, f, grad, direction, *, project, smallest, start=1.0):
-    """Armijo backtracking along u + t d (projected onto the simplex when `project`), t = start,
-    start/2, ...: the first point with sufficient decrease as (point, F, gradient, p), or None."""
+def _search(evaluate, u, f, grad, direction, *, smallest, start=1.0):
+    """Armijo backtracking along u + t d, t = start, start/2, ... (d keeps the sum; steps stay
+    within the simplex, clipped at zero for round-off): the first point with sufficient decrease
+    as (point, F, gradient, p), or None."""
     t = start
     while t >= smallest:
-        point = _project_simplex(u + t * direction) if project else np.maximum(u + t * direction, 0.0)
+        point = np.maximum(u + t * direction, 0.0)
         f_new, grad_new, p_new = evaluate(point)
         if f_new <= f + 1e-4 * float(grad @ (point - u)) and f_new < f:
             return point, f_new, grad_new, p_new
