@@ -17,11 +17,25 @@ Example::
 
     [limits]
     max_candidates = 64
+
+    # A/B experiments (README: A/B experiments): arms with a strategy, params, weights, split.
+    [[experiments]]
+    name = "bon-vs-sample"
+    [[experiments.arms]]
+    name = "control"
+    strategy = "sample"
+    split = 0.5
+    [[experiments.arms]]
+    name = "bon8"
+    strategy = "best_of_n"
+    params = { n = 8 }
+    split = 0.5
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +73,14 @@ class ServerConfig:
     max_pending: int = 64
     metrics_port: int = 0  # Prometheus /metrics over HTTP; 0 disables
     grace_seconds: float = 10.0  # drain time on SIGTERM
+    # A/B experiments: [[experiments]] tables (validated at start-up), the SQLite store that records
+    # their requests and feedback ("auto": <data dir>/experiments.sqlite, opened when experiments
+    # are configured, admin_rpcs is on or the file exists; "": no store), and whether the admin
+    # RPCs (CreateExperiment) are enabled. There is no auth yet: enable them on trusted networks only.
+    experiments: tuple[dict[str, Any], ...] = ()
+    experiment_store: str = "auto"
+    admin_rpcs: bool = False
+    store_queue_size: int = 1024  # writes waiting for the store before callers wait (metrics count it)
 
 
 _NESTED = {"default_sampling": SamplingParams, "limits": Limits}
@@ -95,3 +117,25 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfi
         return _build(ServerConfig, values, "")
     except TypeError as error:
         raise ConfigError(str(error)) from None
+
+
+def data_dir() -> Path:
+    """Where alignd keeps data it owns (the experiment store): $ALIGND_DATA, else the user's data folder."""
+    configured = os.environ.get("ALIGND_DATA")
+    if configured:
+        return Path(configured)
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("alignd"))
+
+
+def experiment_store_path(config: ServerConfig) -> Path | None:
+    """The store to open, or None (see ServerConfig.experiment_store)."""
+    if config.experiment_store == "":
+        if config.experiments:
+            raise ConfigError("experiment_store: experiments are configured but the store is disabled (\"\")")
+        return None
+    if config.experiment_store != "auto":
+        return Path(config.experiment_store)
+    path = data_dir() / "experiments.sqlite"
+    return path if config.experiments or config.admin_rpcs or path.exists() else None

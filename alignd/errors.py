@@ -40,3 +40,27 @@ class ModelNotFound(AligndError):
     """A model name or path that the registry cannot resolve."""
 
     code_name = "NOT_FOUND"
+
+
+class NotFound(AligndError):
+    """A named thing (experiment, recorded request) that does not exist (gRPC NOT_FOUND)."""
+
+    code_name = "NOT_FOUND"
+
+
+class AlreadyExists(AligndError):
+    """Creating something whose name or id is taken (gRPC ALREADY_EXISTS)."""
+
+    code_name = "ALREADY_EXISTS"
+
+
+class PermissionDenied(AligndError):
+    """An RPC this server's configuration does not allow (gRPC PERMISSION_DENIED)."""
+
+    code_name = "PERMISSION_DENIED"
+
+
+class Unavailable(AligndError):
+    """A dependency of the request (the experiment store) cannot take work now (gRPC UNAVAILABLE)."""
+
+    code_name = "UNAVAILABLE"

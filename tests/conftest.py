@@ -12,6 +12,20 @@ from tests.tiny import tiny_model, tiny_tokenizer
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_data_dir(tmp_path_factory):
+    """Servers started by tests never open the user's own experiment store."""
+    import os
+
+    previous = os.environ.get("ALIGND_DATA")
+    os.environ["ALIGND_DATA"] = str(tmp_path_factory.mktemp("alignd-data"))
+    yield
+    if previous is None:
+        os.environ.pop("ALIGND_DATA", None)
+    else:
+        os.environ["ALIGND_DATA"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_policy() -> TransformersPolicy:
     tokenizer = tiny_tokenizer()

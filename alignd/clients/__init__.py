@@ -1,9 +1,12 @@
 """The Python client for alignd (imports no torch)."""
 
 from alignd.clients.client import AligndClient, AligndClientError, AsyncAligndClient
-from alignd.clients.types import KL, CandidateResult, Generation, Progress, Scored, Usage
+from alignd.clients.types import (
+    KL, ArmReport, CandidateResult, Comparison, ExperimentReport, Generation, MeanEstimate, Progress, RateEstimate,
+    Scored, Usage,
+)
 
 __all__ = [
-    "AligndClient", "AligndClientError", "AsyncAligndClient", "CandidateResult", "Generation", "KL", "Progress",
-    "Scored", "Usage",
+    "AligndClient", "AligndClientError", "ArmReport", "AsyncAligndClient", "CandidateResult", "Comparison",
+    "ExperimentReport", "Generation", "KL", "MeanEstimate", "Progress", "RateEstimate", "Scored", "Usage",
 ]

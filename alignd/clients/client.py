@@ -10,6 +10,10 @@ Imports only grpc and the generated stubs, never torch::
 
 Strategy parameters are keyword arguments (``n=8``); sampling settings have their own keywords.
 Server errors raise `AligndClientError` with the gRPC status code and the server's message.
+
+A/B experiments: ``client.generate(prompt, experiment="bon-vs-sample", subject="user-42")`` is
+served by the subject's arm (``out.arm``); ``client.feedback(out.request_id, thumbs_up=True)``;
+``client.report("bon-vs-sample")`` returns an `ExperimentReport`.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from typing import Any
 
 import grpc
 
-from alignd.clients.types import KL, CandidateResult, Generation, Progress, Scored, Usage
+from alignd.clients.types import (
+    KL, ArmReport, CandidateResult, Comparison, ExperimentReport, Generation, MeanEstimate, Progress, RateEstimate,
+    Scored, Usage,
+)
 from alignd.v1 import alignd_pb2 as pb
 from alignd.v1 import alignd_pb2_grpc as pb_grpc
 
@@ -38,17 +45,19 @@ class AligndClientError(Exception):
 
 def build_request(
     prompt: str, *, strategy: str = "", weights: Mapping[str, float] | None = None, system_prompt: str = "",
-    raw_prompt: bool = False, return_candidates: bool = False, request_id: str = "", **options: Any,
+    raw_prompt: bool = False, return_candidates: bool = False, request_id: str = "", experiment: str = "",
+    subject: str = "", **options: Any,
 ) -> pb.GenerateRequest:
     """A GenerateRequest from keyword arguments: sampling keywords go to `sampling`, the rest are
-    the strategy's parameters (its message in the `params` oneof)."""
+    the strategy's parameters (its message in the `params` oneof). With `experiment`, leave the
+    strategy empty: the subject's arm chooses it."""
     sampling = {k: options.pop(k) for k in _SAMPLING_FIELDS if options.get(k) is not None}
     for k in _SAMPLING_FIELDS:
         options.pop(k, None)
     request = pb.GenerateRequest(
         prompt=prompt, strategy=strategy, weights=dict(weights or {}), system_prompt=system_prompt,
-        raw_prompt=raw_prompt, return_candidates=return_candidates, request_id=request_id,
-        sampling=pb.SamplingParams(**sampling),
+        raw_prompt=raw_prompt, return_candidates=return_candidates, request_id=request_id, experiment=experiment,
+        subject=subject, sampling=pb.SamplingParams(**sampling),
     )
     params = {k: v for k, v in options.items() if v is not None}
     oneof_fields = {f.name for f in pb.GenerateRequest.DESCRIPTOR.oneofs_by_name["params"].fields}
@@ -80,6 +89,8 @@ def generation_from(message: pb.GenerateResponse) -> Generation:
         token_ids=list(message.token_ids),
         candidates=[_candidate(c) for c in message.candidates],
         details=dict(message.details),
+        experiment=message.experiment,
+        arm=message.arm,
     )
 
 
@@ -100,6 +111,52 @@ def _score_request(prompt: str, responses: Sequence[str], weights: Mapping[str, 
 
 def _scored(response: pb.ScoreResponse) -> list[Scored]:
     return [Scored(dict(s.rewards), s.weighted_score) for s in response.scores]
+
+
+def feedback_request(request_id: str, *, thumbs_up: bool | None = None, rating: float | None = None,
+                     preferred_over: str | None = None, key: str = "") -> pb.FeedbackRequest:
+    """Exactly one of thumbs_up, rating, preferred_over (another request id of the experiment)."""
+    given = {k: v for k, v in (("thumbs_up", thumbs_up), ("rating", rating), ("preferred_over", preferred_over))
+             if v is not None}
+    if len(given) != 1:
+        raise TypeError(f"feedback takes exactly one of thumbs_up, rating, preferred_over; got {sorted(given)}")
+    return pb.FeedbackRequest(request_id=request_id, key=key, **given)
+
+
+def experiment_message(name: str, arms: Sequence[Mapping[str, Any]], description: str = "") -> pb.Experiment:
+    """An experiment from plain arms: each a dict with `name`, `split`, `strategy` and the same
+    keywords `generate` takes (strategy parameters, `weights`, sampling, `system_prompt`)."""
+    message = pb.Experiment(name=name, description=description)
+    for arm in arms:
+        options = dict(arm)
+        arm_name, split = options.pop("name", ""), options.pop("split", 0.0)
+        options["strategy"] = options.get("strategy") or ""
+        message.arms.append(pb.Arm(name=arm_name, split=split, request=build_request("", **options)))
+    return message
+
+
+def _mean(m: pb.MeanEstimate) -> MeanEstimate:
+    return MeanEstimate(m.mean, m.low, m.high, m.count)
+
+
+def _rate(r: pb.RateEstimate) -> RateEstimate:
+    return RateEstimate(r.successes, r.trials, r.rate, r.low, r.high)
+
+
+def report_from(message: pb.ExperimentReport) -> ExperimentReport:
+    return ExperimentReport(
+        name=message.experiment.name,
+        arms=[
+            ArmReport(a.name, a.strategy, a.split, a.requests, a.subjects,
+                      {k: _mean(v) for k, v in sorted(a.rewards.items())}, _mean(a.weighted_score),
+                      a.latency_p50_seconds, a.latency_p95_seconds, _mean(a.generated_tokens), _rate(a.thumbs_up),
+                      _mean(a.rating), _rate(a.preference_wins))
+            for a in message.arms
+        ],
+        comparisons=[Comparison(c.arm, c.baseline, c.metric, c.test, c.difference, c.low, c.high, c.p_value,
+                                c.significant) for c in message.comparisons],
+        requests=message.requests, feedback=message.feedback, generated_unix=message.generated_unix,
+    )
 
 
 def _error(error: grpc.RpcError) -> AligndClientError:
@@ -156,6 +213,34 @@ class AligndClient:
         except grpc.RpcError as error:
             raise _error(error) from None
 
+    def feedback(self, request_id: str, *, thumbs_up: bool | None = None, rating: float | None = None,
+                 preferred_over: str | None = None, key: str = "", timeout: float | None = None) -> bool:
+        """Feedback on an experiment request; True when it replaced earlier feedback (same key)."""
+        message = feedback_request(request_id, thumbs_up=thumbs_up, rating=rating, preferred_over=preferred_over,
+                                   key=key)
+        return self._call(self._stub.RecordFeedback, message, timeout).replaced
+
+    def report(self, name: str, *, timeout: float | None = None) -> ExperimentReport:
+        return report_from(self.report_message(name, timeout=timeout))
+
+    def report_message(self, name: str, *, timeout: float | None = None) -> pb.ExperimentReport:
+        """The report as the wire message (for JSON output)."""
+        return self._call(self._stub.GetExperimentReport, pb.ExperimentReportRequest(name=name), timeout)
+
+    def experiments(self, *, timeout: float | None = None) -> list[pb.Experiment]:
+        return list(self._call(self._stub.ListExperiments, pb.ListExperimentsRequest(), timeout).experiments)
+
+    def create_experiment(self, name: str, arms: Sequence[Mapping[str, Any]], *, description: str = "",
+                          timeout: float | None = None) -> pb.Experiment:
+        """Admin RPC (the server needs admin_rpcs = true). See `experiment_message` for `arms`."""
+        return self._call(self._stub.CreateExperiment, experiment_message(name, arms, description), timeout)
+
+    def _call(self, method, message, timeout: float | None):
+        try:
+            return method(message, timeout=timeout or self.timeout)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+
 
 class AsyncAligndClient:
     """asyncio client with the same methods as AligndClient, awaited."""
@@ -203,5 +288,33 @@ class AsyncAligndClient:
     async def server_info(self, *, timeout: float | None = None) -> pb.ServerInfo:
         try:
             return await self._stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=timeout or self.timeout)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+
+    async def feedback(self, request_id: str, *, thumbs_up: bool | None = None, rating: float | None = None,
+                       preferred_over: str | None = None, key: str = "", timeout: float | None = None) -> bool:
+        """Feedback on an experiment request; True when it replaced earlier feedback (same key)."""
+        message = feedback_request(request_id, thumbs_up=thumbs_up, rating=rating, preferred_over=preferred_over,
+                                   key=key)
+        return (await self._call(self._stub.RecordFeedback, message, timeout)).replaced
+
+    async def report(self, name: str, *, timeout: float | None = None) -> ExperimentReport:
+        return report_from(await self.report_message(name, timeout=timeout))
+
+    async def report_message(self, name: str, *, timeout: float | None = None) -> pb.ExperimentReport:
+        """The report as the wire message (for JSON output)."""
+        return await self._call(self._stub.GetExperimentReport, pb.ExperimentReportRequest(name=name), timeout)
+
+    async def experiments(self, *, timeout: float | None = None) -> list[pb.Experiment]:
+        return list((await self._call(self._stub.ListExperiments, pb.ListExperimentsRequest(), timeout)).experiments)
+
+    async def create_experiment(self, name: str, arms: Sequence[Mapping[str, Any]], *, description: str = "",
+                                timeout: float | None = None) -> pb.Experiment:
+        """Admin RPC (the server needs admin_rpcs = true). See `experiment_message` for `arms`."""
+        return await self._call(self._stub.CreateExperiment, experiment_message(name, arms, description), timeout)
+
+    async def _call(self, method, message, timeout: float | None):
+        try:
+            return await method(message, timeout=timeout or self.timeout)
         except grpc.RpcError as error:
             raise _error(error) from None

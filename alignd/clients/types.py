@@ -48,6 +48,8 @@ class Generation:
     token_ids: list[int] = field(default_factory=list)
     candidates: list[CandidateResult] = field(default_factory=list)
     details: dict[str, float] = field(default_factory=dict)  # strategy-specific figures
+    experiment: str = ""  # A/B: the experiment and the arm that served the request
+    arm: str = ""
 
     def kl_by_name(self, name: str) -> KL:
         return next(k for k in self.kl if k.name == name)
@@ -70,3 +72,69 @@ class Progress:
 class Scored:
     rewards: dict[str, float]
     weighted_score: float
+
+
+@dataclass(frozen=True)
+class MeanEstimate:
+    """A mean with its 95% t interval (NaN bounds below two values)."""
+
+    mean: float
+    low: float
+    high: float
+    count: int
+
+
+@dataclass(frozen=True)
+class RateEstimate:
+    """A rate with its 95% Wilson interval."""
+
+    successes: int
+    trials: int
+    rate: float
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class ArmReport:
+    name: str
+    strategy: str
+    split: float
+    requests: int
+    subjects: int
+    rewards: dict[str, MeanEstimate]
+    weighted_score: MeanEstimate
+    latency_p50_seconds: float
+    latency_p95_seconds: float
+    generated_tokens: MeanEstimate
+    thumbs_up: RateEstimate
+    rating: MeanEstimate
+    preference_wins: RateEstimate
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """`arm` minus `baseline` on `metric`, with a 95% interval and a two-sided p-value from `test`."""
+
+    arm: str
+    baseline: str
+    metric: str
+    test: str
+    difference: float
+    low: float
+    high: float
+    p_value: float
+    significant: bool
+
+
+@dataclass(frozen=True)
+class ExperimentReport:
+    name: str
+    arms: list[ArmReport]
+    comparisons: list[Comparison]
+    requests: int
+    feedback: int
+    generated_unix: float
+
+    def arm(self, name: str) -> ArmReport:
+        return next(a for a in self.arms if a.name == name)

@@ -87,7 +87,7 @@ class RunningServer:
         """Stop taking new work, let in-flight requests finish for `grace` seconds."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        self.service.close()
+        await self.service.aclose()
 
 
 async def start_server(policy: Policy, scorer: Scorer, config: ServerConfig,
@@ -95,6 +95,7 @@ async def start_server(policy: Policy, scorer: Scorer, config: ServerConfig,
     """Bind and start; `config.port` 0 picks a free port (see RunningServer.port)."""
     metrics = Metrics()
     service = AligndService(policy, scorer, config, metrics, heads or [])
+    await service.start()
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
     alignd_pb2_grpc.add_AligndServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()

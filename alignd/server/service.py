@@ -24,10 +24,11 @@ from alignd.config import ConfigError, ServerConfig
 from alignd.decoding.base import STRATEGIES, DecodeRequest, DecodeResult, ProgressEvent
 from alignd.decoding.params import describe_params
 from alignd.decoding.weights import parse_weights
-from alignd.errors import AligndError, InvalidArgument
+from alignd.errors import AligndError, InvalidArgument, PermissionDenied
 from alignd.rewardmodels.base import Scorer
 from alignd.rewardmodels.heads import Head
 from alignd.server import convert
+from alignd.server.experiments.registry import Experiments, Routed
 from alignd.server.metrics import Metrics
 from alignd.v1 import alignd_pb2 as pb
 from alignd.v1 import alignd_pb2_grpc as pb_grpc
@@ -53,6 +54,16 @@ class AligndService(pb_grpc.AligndServicer):
         self._executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="alignd-decode")
         self._pending = 0
         self._info = self._server_info()
+        self.experiments = Experiments(None, self._check_arm)
+
+    async def start(self) -> None:
+        """Open the experiment store and load the experiments (ConfigError naming the arm)."""
+        self.experiments = await Experiments.open(self.config, self.metrics, self._check_arm)
+
+    async def aclose(self) -> None:
+        """After the last request: flush the experiment store, stop the workers."""
+        await self.experiments.close()
+        self.close()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -96,6 +107,29 @@ class AligndService(pb_grpc.AligndServicer):
             request, self.objective_names, self.default_weights, self.config.default_sampling, self.config.limits
         )
 
+    def _check_arm(self, template: pb.GenerateRequest) -> None:
+        """An experiment arm must be a request this server can serve (a placeholder prompt)."""
+        request = pb.GenerateRequest()
+        request.CopyFrom(template)
+        request.prompt = "arm check"
+        self._parse(request).strategy.check_policy(self.policy)
+
+    async def _route(self, request: pb.GenerateRequest) -> tuple[Routed | None, pb.GenerateRequest, str]:
+        """The experiment arm serving the request (if it names one), the request to decode, its id."""
+        routed = self.experiments.route(request)
+        if routed is not None and request.request_id:
+            await self.experiments.check_new_request_id(request.request_id)
+        return routed, routed.request if routed else request, request.request_id or uuid.uuid4().hex
+
+    async def _finish(self, routed: Routed | None, parsed: convert.ParsedGenerate, result: DecodeResult,
+                      request_id: str, started: float) -> pb.GenerateResponse:
+        """The response; an experiment request is recorded (committed) before it is answered."""
+        response = self._response(parsed, result, request_id)
+        if routed is not None:
+            await self.experiments.record(routed, parsed, result, request_id, time.perf_counter() - started)
+            response.experiment, response.arm = routed.experiment.name, routed.arm.name
+        return response
+
     def _decode(
         self, parsed: convert.ParsedGenerate, on_progress: Callable[[ProgressEvent], None] | None,
         cancel: threading.Event,
@@ -126,17 +160,22 @@ class AligndService(pb_grpc.AligndServicer):
     def _response(self, parsed: convert.ParsedGenerate, result: DecodeResult, request_id: str) -> pb.GenerateResponse:
         return convert.result_message(result, request_id, parsed.strategy.name, self.policy.model_name, parsed.weights)
 
-    @staticmethod
-    def _strategy_label(request: pb.GenerateRequest) -> str:
+    def _strategy_label(self, request: pb.GenerateRequest) -> str:
         name = request.strategy or request.WhichOneof("params") or convert.DEFAULT_STRATEGY
+        try:
+            routed = self.experiments.route(request)
+            name = routed.arm.strategy if routed else name
+        except AligndError:
+            pass  # the handler reports it
         return name if name in STRATEGIES else "unknown"
 
     # -- RPCs -------------------------------------------------------------------------------
 
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
         async with self._handle(context, "Generate", self._strategy_label(request)):
+            started = time.perf_counter()
+            routed, request, request_id = await self._route(request)
             parsed = self._parse(request)
-            request_id = request.request_id or uuid.uuid4().hex
             cancel = threading.Event()
             work = asyncio.get_running_loop().run_in_executor(self._executor, self._decode, parsed, None, cancel)
             try:
@@ -146,12 +185,13 @@ class AligndService(pb_grpc.AligndServicer):
                 # cancelled task cancels `work` itself, so test nothing: setting it after a
                 # finished decode is harmless.)
                 cancel.set()
-            return self._response(parsed, result, request_id)
+            return await self._finish(routed, parsed, result, request_id, started)
 
     async def GenerateStream(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateEvent]:
         async with self._handle(context, "GenerateStream", self._strategy_label(request)):
+            started = time.perf_counter()
+            routed, request, request_id = await self._route(request)
             parsed = self._parse(request)
-            request_id = request.request_id or uuid.uuid4().hex
             loop = asyncio.get_running_loop()
             events: asyncio.Queue[ProgressEvent | None] = asyncio.Queue()
 
@@ -165,7 +205,7 @@ class AligndService(pb_grpc.AligndServicer):
                 while (event := await events.get()) is not None:
                     yield convert.progress_message(parsed.weights.names, event)
                 result = await work
-                yield pb.GenerateEvent(result=self._response(parsed, result, request_id))
+                yield pb.GenerateEvent(result=await self._finish(routed, parsed, result, request_id, started))
             finally:
                 # Cancellation can arrive as CancelledError here or as GeneratorExit when grpc
                 # stops consuming the stream: either way the decode must stop too.
@@ -196,6 +236,24 @@ class AligndService(pb_grpc.AligndServicer):
 
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context) -> pb.ServerInfo:
         return self._info
+
+    async def RecordFeedback(self, request: pb.FeedbackRequest, context) -> pb.FeedbackResponse:
+        async with self._handle(context, "RecordFeedback"):
+            return pb.FeedbackResponse(replaced=await self.experiments.feedback(request))
+
+    async def GetExperimentReport(self, request: pb.ExperimentReportRequest, context) -> pb.ExperimentReport:
+        async with self._handle(context, "GetExperimentReport"):
+            return await self.experiments.report(request.name)
+
+    async def ListExperiments(self, request: pb.ListExperimentsRequest, context) -> pb.ListExperimentsResponse:
+        async with self._handle(context, "ListExperiments"):
+            return pb.ListExperimentsResponse(experiments=self.experiments.list())
+
+    async def CreateExperiment(self, request: pb.Experiment, context) -> pb.Experiment:
+        async with self._handle(context, "CreateExperiment"):
+            if not self.config.admin_rpcs:
+                raise PermissionDenied("CreateExperiment is an admin RPC: this server's config has admin_rpcs = false")
+            return await self.experiments.create(request)
 
     def _server_info(self) -> pb.ServerInfo:
         c, s, limits = self.config, self.config.default_sampling, self.config.limits

@@ -101,7 +101,7 @@ class EvolutionaryParams(_message.Message):
     def __init__(self, beams: _Optional[int] = ..., replace_every: _Optional[int] = ..., keep_top: _Optional[int] = ..., cycles: _Optional[int] = ..., mutation_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "system_prompt", "raw_prompt", "strategy", "weights", "sampling", "return_candidates", "request_id", "sample", "best_of_n", "controlled", "multi_objective", "robust", "linear_alignment", "evolutionary")
+    __slots__ = ("prompt", "system_prompt", "raw_prompt", "strategy", "weights", "sampling", "return_candidates", "request_id", "experiment", "subject", "sample", "best_of_n", "controlled", "multi_objective", "robust", "linear_alignment", "evolutionary")
     class WeightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +117,8 @@ class GenerateRequest(_message.Message):
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     RETURN_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_FIELD_NUMBER: _ClassVar[int]
     BEST_OF_N_FIELD_NUMBER: _ClassVar[int]
     CONTROLLED_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +134,8 @@ class GenerateRequest(_message.Message):
     sampling: SamplingParams
     return_candidates: bool
     request_id: str
+    experiment: str
+    subject: str
     sample: SampleParams
     best_of_n: BestOfNParams
     controlled: ControlledParams
@@ -139,7 +143,7 @@ class GenerateRequest(_message.Message):
     robust: RobustParams
     linear_alignment: LinearAlignmentParams
     evolutionary: EvolutionaryParams
-    def __init__(self, prompt: _Optional[str] = ..., system_prompt: _Optional[str] = ..., raw_prompt: _Optional[bool] = ..., strategy: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., return_candidates: _Optional[bool] = ..., request_id: _Optional[str] = ..., sample: _Optional[_Union[SampleParams, _Mapping]] = ..., best_of_n: _Optional[_Union[BestOfNParams, _Mapping]] = ..., controlled: _Optional[_Union[ControlledParams, _Mapping]] = ..., multi_objective: _Optional[_Union[MultiObjectiveParams, _Mapping]] = ..., robust: _Optional[_Union[RobustParams, _Mapping]] = ..., linear_alignment: _Optional[_Union[LinearAlignmentParams, _Mapping]] = ..., evolutionary: _Optional[_Union[EvolutionaryParams, _Mapping]] = ...) -> None: ...
+    def __init__(self, prompt: _Optional[str] = ..., system_prompt: _Optional[str] = ..., raw_prompt: _Optional[bool] = ..., strategy: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., return_candidates: _Optional[bool] = ..., request_id: _Optional[str] = ..., experiment: _Optional[str] = ..., subject: _Optional[str] = ..., sample: _Optional[_Union[SampleParams, _Mapping]] = ..., best_of_n: _Optional[_Union[BestOfNParams, _Mapping]] = ..., controlled: _Optional[_Union[ControlledParams, _Mapping]] = ..., multi_objective: _Optional[_Union[MultiObjectiveParams, _Mapping]] = ..., robust: _Optional[_Union[RobustParams, _Mapping]] = ..., linear_alignment: _Optional[_Union[LinearAlignmentParams, _Mapping]] = ..., evolutionary: _Optional[_Union[EvolutionaryParams, _Mapping]] = ...) -> None: ...
 
 class KLEstimate(_message.Message):
     __slots__ = ("name", "kind", "nats", "description")
@@ -214,7 +218,7 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., lm_forward_tokens: _Optional[int] = ..., scorer_calls: _Optional[int] = ..., scored_texts: _Optional[int] = ..., wall_seconds: _Optional[float] = ..., phase_seconds: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("request_id", "strategy", "text", "token_ids", "finish_reason", "rewards", "weighted_score", "weights", "kl", "candidates", "usage", "model", "details")
+    __slots__ = ("request_id", "strategy", "text", "token_ids", "finish_reason", "rewards", "weighted_score", "weights", "kl", "candidates", "usage", "model", "details", "experiment", "arm")
     class RewardsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +253,8 @@ class GenerateResponse(_message.Message):
     USAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DETAILS_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     strategy: str
     text: str
@@ -262,7 +268,9 @@ class GenerateResponse(_message.Message):
     usage: Usage
     model: str
     details: _containers.ScalarMap[str, float]
-    def __init__(self, request_id: _Optional[str] = ..., strategy: _Optional[str] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., rewards: _Optional[_Mapping[str, float]] = ..., weighted_score: _Optional[float] = ..., weights: _Optional[_Mapping[str, float]] = ..., kl: _Optional[_Iterable[_Union[KLEstimate, _Mapping]]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., model: _Optional[str] = ..., details: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    experiment: str
+    arm: str
+    def __init__(self, request_id: _Optional[str] = ..., strategy: _Optional[str] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., rewards: _Optional[_Mapping[str, float]] = ..., weighted_score: _Optional[float] = ..., weights: _Optional[_Mapping[str, float]] = ..., kl: _Optional[_Iterable[_Union[KLEstimate, _Mapping]]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., model: _Optional[str] = ..., details: _Optional[_Mapping[str, float]] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("phase", "step", "message", "elapsed_seconds", "candidates", "weights", "worst_objective", "worst_value", "instructions")
@@ -464,3 +472,164 @@ class ServerInfo(_message.Message):
     capabilities: _containers.RepeatedScalarFieldContainer[str]
     heads: _containers.RepeatedCompositeFieldContainer[HeadInfo]
     def __init__(self, version: _Optional[str] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., objectives: _Optional[_Iterable[_Union[ObjectiveInfo, _Mapping]]] = ..., strategies: _Optional[_Iterable[_Union[StrategyInfo, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., default_sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., capabilities: _Optional[_Iterable[str]] = ..., heads: _Optional[_Iterable[_Union[HeadInfo, _Mapping]]] = ...) -> None: ...
+
+class Arm(_message.Message):
+    __slots__ = ("name", "split", "request")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    split: float
+    request: GenerateRequest
+    def __init__(self, name: _Optional[str] = ..., split: _Optional[float] = ..., request: _Optional[_Union[GenerateRequest, _Mapping]] = ...) -> None: ...
+
+class Experiment(_message.Message):
+    __slots__ = ("name", "description", "arms", "source", "created_unix")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    ARMS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    arms: _containers.RepeatedCompositeFieldContainer[Arm]
+    source: str
+    created_unix: float
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., arms: _Optional[_Iterable[_Union[Arm, _Mapping]]] = ..., source: _Optional[str] = ..., created_unix: _Optional[float] = ...) -> None: ...
+
+class ListExperimentsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListExperimentsResponse(_message.Message):
+    __slots__ = ("experiments",)
+    EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
+    experiments: _containers.RepeatedCompositeFieldContainer[Experiment]
+    def __init__(self, experiments: _Optional[_Iterable[_Union[Experiment, _Mapping]]] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("request_id", "thumbs_up", "rating", "preferred_over", "key")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    THUMBS_UP_FIELD_NUMBER: _ClassVar[int]
+    RATING_FIELD_NUMBER: _ClassVar[int]
+    PREFERRED_OVER_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    thumbs_up: bool
+    rating: float
+    preferred_over: str
+    key: str
+    def __init__(self, request_id: _Optional[str] = ..., thumbs_up: _Optional[bool] = ..., rating: _Optional[float] = ..., preferred_over: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("replaced",)
+    REPLACED_FIELD_NUMBER: _ClassVar[int]
+    replaced: bool
+    def __init__(self, replaced: _Optional[bool] = ...) -> None: ...
+
+class ExperimentReportRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class MeanEstimate(_message.Message):
+    __slots__ = ("mean", "low", "high", "count")
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    mean: float
+    low: float
+    high: float
+    count: int
+    def __init__(self, mean: _Optional[float] = ..., low: _Optional[float] = ..., high: _Optional[float] = ..., count: _Optional[int] = ...) -> None: ...
+
+class RateEstimate(_message.Message):
+    __slots__ = ("successes", "trials", "rate", "low", "high")
+    SUCCESSES_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    successes: int
+    trials: int
+    rate: float
+    low: float
+    high: float
+    def __init__(self, successes: _Optional[int] = ..., trials: _Optional[int] = ..., rate: _Optional[float] = ..., low: _Optional[float] = ..., high: _Optional[float] = ...) -> None: ...
+
+class ArmReport(_message.Message):
+    __slots__ = ("name", "strategy", "split", "requests", "subjects", "rewards", "weighted_score", "latency_p50_seconds", "latency_p95_seconds", "generated_tokens", "thumbs_up", "rating", "preference_wins")
+    class RewardsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: MeanEstimate
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[MeanEstimate, _Mapping]] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    SUBJECTS_FIELD_NUMBER: _ClassVar[int]
+    REWARDS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTED_SCORE_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P50_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P95_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    THUMBS_UP_FIELD_NUMBER: _ClassVar[int]
+    RATING_FIELD_NUMBER: _ClassVar[int]
+    PREFERENCE_WINS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    strategy: str
+    split: float
+    requests: int
+    subjects: int
+    rewards: _containers.MessageMap[str, MeanEstimate]
+    weighted_score: MeanEstimate
+    latency_p50_seconds: float
+    latency_p95_seconds: float
+    generated_tokens: MeanEstimate
+    thumbs_up: RateEstimate
+    rating: MeanEstimate
+    preference_wins: RateEstimate
+    def __init__(self, name: _Optional[str] = ..., strategy: _Optional[str] = ..., split: _Optional[float] = ..., requests: _Optional[int] = ..., subjects: _Optional[int] = ..., rewards: _Optional[_Mapping[str, MeanEstimate]] = ..., weighted_score: _Optional[_Union[MeanEstimate, _Mapping]] = ..., latency_p50_seconds: _Optional[float] = ..., latency_p95_seconds: _Optional[float] = ..., generated_tokens: _Optional[_Union[MeanEstimate, _Mapping]] = ..., thumbs_up: _Optional[_Union[RateEstimate, _Mapping]] = ..., rating: _Optional[_Union[MeanEstimate, _Mapping]] = ..., preference_wins: _Optional[_Union[RateEstimate, _Mapping]] = ...) -> None: ...
+
+class ArmComparison(_message.Message):
+    __slots__ = ("arm", "baseline", "metric", "test", "difference", "low", "high", "p_value", "significant")
+    ARM_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    TEST_FIELD_NUMBER: _ClassVar[int]
+    DIFFERENCE_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    SIGNIFICANT_FIELD_NUMBER: _ClassVar[int]
+    arm: str
+    baseline: str
+    metric: str
+    test: str
+    difference: float
+    low: float
+    high: float
+    p_value: float
+    significant: bool
+    def __init__(self, arm: _Optional[str] = ..., baseline: _Optional[str] = ..., metric: _Optional[str] = ..., test: _Optional[str] = ..., difference: _Optional[float] = ..., low: _Optional[float] = ..., high: _Optional[float] = ..., p_value: _Optional[float] = ..., significant: _Optional[bool] = ...) -> None: ...
+
+class ExperimentReport(_message.Message):
+    __slots__ = ("experiment", "arms", "comparisons", "requests", "feedback", "generated_unix")
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    ARMS_FIELD_NUMBER: _ClassVar[int]
+    COMPARISONS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    experiment: Experiment
+    arms: _containers.RepeatedCompositeFieldContainer[ArmReport]
+    comparisons: _containers.RepeatedCompositeFieldContainer[ArmComparison]
+    requests: int
+    feedback: int
+    generated_unix: float
+    def __init__(self, experiment: _Optional[_Union[Experiment, _Mapping]] = ..., arms: _Optional[_Iterable[_Union[ArmReport, _Mapping]]] = ..., comparisons: _Optional[_Iterable[_Union[ArmComparison, _Mapping]]] = ..., requests: _Optional[int] = ..., feedback: _Optional[int] = ..., generated_unix: _Optional[float] = ...) -> None: ...

@@ -54,6 +54,26 @@ class AligndStub:
                 request_serializer=alignd_dot_v1_dot_alignd__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=alignd_dot_v1_dot_alignd__pb2.ServerInfo.FromString,
                 _registered_method=True)
+        self.RecordFeedback = channel.unary_unary(
+                '/alignd.v1.Alignd/RecordFeedback',
+                request_serializer=alignd_dot_v1_dot_alignd__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=alignd_dot_v1_dot_alignd__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
+        self.GetExperimentReport = channel.unary_unary(
+                '/alignd.v1.Alignd/GetExperimentReport',
+                request_serializer=alignd_dot_v1_dot_alignd__pb2.ExperimentReportRequest.SerializeToString,
+                response_deserializer=alignd_dot_v1_dot_alignd__pb2.ExperimentReport.FromString,
+                _registered_method=True)
+        self.ListExperiments = channel.unary_unary(
+                '/alignd.v1.Alignd/ListExperiments',
+                request_serializer=alignd_dot_v1_dot_alignd__pb2.ListExperimentsRequest.SerializeToString,
+                response_deserializer=alignd_dot_v1_dot_alignd__pb2.ListExperimentsResponse.FromString,
+                _registered_method=True)
+        self.CreateExperiment = channel.unary_unary(
+                '/alignd.v1.Alignd/CreateExperiment',
+                request_serializer=alignd_dot_v1_dot_alignd__pb2.Experiment.SerializeToString,
+                response_deserializer=alignd_dot_v1_dot_alignd__pb2.Experiment.FromString,
+                _registered_method=True)
 
 
 class AligndServicer:
@@ -87,6 +107,33 @@ class AligndServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordFeedback(self, request, context):
+        """A/B experiments. A Generate request naming `experiment` and `subject` is served by the
+        subject's arm and recorded; feedback refers to it by request id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetExperimentReport(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListExperiments(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateExperiment(self, request, context):
+        """Admin: only when the server's config sets admin_rpcs = true (PERMISSION_DENIED otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AligndServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +156,26 @@ def add_AligndServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=alignd_dot_v1_dot_alignd__pb2.GetServerInfoRequest.FromString,
                     response_serializer=alignd_dot_v1_dot_alignd__pb2.ServerInfo.SerializeToString,
+            ),
+            'RecordFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordFeedback,
+                    request_deserializer=alignd_dot_v1_dot_alignd__pb2.FeedbackRequest.FromString,
+                    response_serializer=alignd_dot_v1_dot_alignd__pb2.FeedbackResponse.SerializeToString,
+            ),
+            'GetExperimentReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetExperimentReport,
+                    request_deserializer=alignd_dot_v1_dot_alignd__pb2.ExperimentReportRequest.FromString,
+                    response_serializer=alignd_dot_v1_dot_alignd__pb2.ExperimentReport.SerializeToString,
+            ),
+            'ListExperiments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListExperiments,
+                    request_deserializer=alignd_dot_v1_dot_alignd__pb2.ListExperimentsRequest.FromString,
+                    response_serializer=alignd_dot_v1_dot_alignd__pb2.ListExperimentsResponse.SerializeToString,
+            ),
+            'CreateExperiment': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateExperiment,
+                    request_deserializer=alignd_dot_v1_dot_alignd__pb2.Experiment.FromString,
+                    response_serializer=alignd_dot_v1_dot_alignd__pb2.Experiment.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +286,114 @@ class Alignd:
             '/alignd.v1.Alignd/GetServerInfo',
             alignd_dot_v1_dot_alignd__pb2.GetServerInfoRequest.SerializeToString,
             alignd_dot_v1_dot_alignd__pb2.ServerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/alignd.v1.Alignd/RecordFeedback',
+            alignd_dot_v1_dot_alignd__pb2.FeedbackRequest.SerializeToString,
+            alignd_dot_v1_dot_alignd__pb2.FeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetExperimentReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/alignd.v1.Alignd/GetExperimentReport',
+            alignd_dot_v1_dot_alignd__pb2.ExperimentReportRequest.SerializeToString,
+            alignd_dot_v1_dot_alignd__pb2.ExperimentReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListExperiments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/alignd.v1.Alignd/ListExperiments',
+            alignd_dot_v1_dot_alignd__pb2.ListExperimentsRequest.SerializeToString,
+            alignd_dot_v1_dot_alignd__pb2.ListExperimentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateExperiment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/alignd.v1.Alignd/CreateExperiment',
+            alignd_dot_v1_dot_alignd__pb2.Experiment.SerializeToString,
+            alignd_dot_v1_dot_alignd__pb2.Experiment.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,1 @@
+"""A/B experiments: definitions, assignment, the record store and reports."""

@@ -1,0 +1,184 @@
+"""The server's experiments: definitions in memory, their records and feedback in the store.
+
+The service asks it which arm serves a request (`route`), records what was served (`record`,
+returning only once the record is committed), and answers feedback, reports and admin calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from google.protobuf import json_format
+
+from alignd.config import ConfigError, ServerConfig, experiment_store_path
+from alignd.decoding.base import DecodeResult
+from alignd.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from alignd.server.experiments.definitions import (
+    ArmSpec, ExperimentSpec, check_subject, experiment_from_config, serve_by_arm, validate_experiment,
+)
+from alignd.server.experiments.report import build_report
+from alignd.server.experiments.store import ExperimentStore, Feedback, RequestRecord
+from alignd.server.metrics import Metrics
+from alignd.v1 import alignd_pb2 as pb
+
+log = logging.getLogger("alignd.experiments")
+
+MAX_FEEDBACK_KEY_CHARS = 100
+NO_STORE = "experiments are off on this server (no experiment store: see the experiment_store setting)"
+
+
+@dataclass(frozen=True)
+class Routed:
+    """A request that named an experiment: its arm and the request the arm serves."""
+
+    experiment: ExperimentSpec
+    arm: ArmSpec
+    subject: str
+    request: pb.GenerateRequest
+
+
+class Experiments:
+    def __init__(self, store: ExperimentStore | None, check_arm: Callable[[pb.GenerateRequest], None]) -> None:
+        self.store = store
+        self._check_arm = check_arm
+        self._specs: dict[str, ExperimentSpec] = {}
+
+    @classmethod
+    async def open(cls, config: ServerConfig, metrics: Metrics,
+                   check_arm: Callable[[pb.GenerateRequest], None]) -> Experiments:
+        """Validate the configured experiments (ConfigError naming the arm), open the store, save
+        the configured definitions and load the ones created over RPC earlier."""
+        configured: list[ExperimentSpec] = []
+        for i, table in enumerate(config.experiments):
+            where = f"experiments[{i}]" + (f" ({table.get('name')!r})" if isinstance(table, dict) else "")
+            try:
+                configured.append(validate_experiment(experiment_from_config(table), check_arm, "config"))
+            except (InvalidArgument, FailedPrecondition) as error:
+                raise ConfigError(f"{where}.{error}") from None
+        names = [spec.name for spec in configured]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"experiments: duplicate experiment names in {names}")
+        path = experiment_store_path(config)
+        if path is None:
+            return cls(None, check_arm)
+        try:
+            store = ExperimentStore(path, metrics, queue_size=config.store_queue_size)
+        except Exception as error:  # sqlite3 errors, unwritable folders: one line at start-up
+            raise ConfigError(f"experiment_store: cannot open {str(path)!r}: {error}") from None
+        store.start()
+        experiments = cls(store, check_arm)
+        now = time.time()
+        for spec in configured:
+            spec = dataclasses.replace(spec, created_unix=now)
+            await store.save_experiment(spec.name, _definition(spec), "config", now, replace=True)
+            experiments._specs[spec.name] = spec
+        for stored in await store.experiments():
+            if stored.name in experiments._specs:
+                continue  # the config defines it now
+            message = json_format.Parse(stored.definition, pb.Experiment())
+            try:
+                experiments._specs[stored.name] = validate_experiment(message, check_arm, stored.source,
+                                                                      stored.created_unix)
+            except (InvalidArgument, FailedPrecondition) as error:
+                # Created for another model or objective set: keep its records, do not serve it.
+                log.warning("stored experiment %r cannot be served here and is skipped: %s", stored.name, error)
+        log.info("experiment store %s: %d experiments", path, len(experiments._specs))
+        return experiments
+
+    async def close(self) -> None:
+        if self.store is not None:
+            await self.store.close()
+
+    def _spec(self, name: str, field: str) -> ExperimentSpec:
+        spec = self._specs.get(name)
+        if spec is None:
+            raise NotFound(f"{field}: no experiment named {name!r}")
+        return spec
+
+    def _require_store(self) -> ExperimentStore:
+        if self.store is None:
+            raise FailedPrecondition(NO_STORE)
+        return self.store
+
+    # -- serving ---------------------------------------------------------------------------
+
+    def route(self, request: pb.GenerateRequest) -> Routed | None:
+        """The arm serving `request` (None when it names no experiment)."""
+        if not request.experiment:
+            if request.subject:
+                raise InvalidArgument("subject", "given without an experiment")
+            return None
+        spec = self._spec(request.experiment, "experiment")
+        check_subject(request.subject)
+        arm = spec.arm_for(request.subject)
+        return Routed(spec, arm, request.subject, serve_by_arm(spec, arm, request))
+
+    async def check_new_request_id(self, request_id: str) -> None:
+        """Refuse a client-chosen id that is already recorded before decoding, not after."""
+        if await self._require_store().has_request(request_id):
+            raise AlreadyExists(f"request_id: {request_id!r} is already recorded")
+
+    async def record(self, routed: Routed, parsed, result: DecodeResult, request_id: str,
+                     latency_seconds: float) -> None:
+        """Store what was served; returns once it is committed (the response may then be sent)."""
+        await self._require_store().record_request(RequestRecord(
+            request_id=request_id, experiment=routed.experiment.name, arm=routed.arm.name, subject=routed.subject,
+            created_unix=time.time(), strategy=parsed.strategy.name, params=dataclasses.asdict(parsed.params),
+            sampling=dataclasses.asdict(parsed.sampling), weights=parsed.weights.as_dict(),
+            rewards={k: float(v) for k, v in result.rewards.items()}, weighted_score=float(result.weighted_score),
+            latency_seconds=latency_seconds, prompt_tokens=result.usage.prompt_tokens,
+            generated_tokens=result.usage.generated_tokens, finish_reason=result.finish_reason,
+        ))
+
+    # -- feedback, reports, admin ----------------------------------------------------------
+
+    async def feedback(self, message: pb.FeedbackRequest) -> bool:
+        if not message.request_id:
+            raise InvalidArgument("request_id", "must not be empty")
+        if len(message.key) > MAX_FEEDBACK_KEY_CHARS:
+            raise InvalidArgument("key", f"{len(message.key)} characters, over the limit of {MAX_FEEDBACK_KEY_CHARS}")
+        kind = message.WhichOneof("feedback")
+        if kind == "thumbs_up":
+            feedback = Feedback(message.request_id, "thumbs", 1.0 if message.thumbs_up else 0.0, message.key)
+        elif kind == "rating":
+            if not math.isfinite(message.rating):
+                raise InvalidArgument("rating", f"must be finite, got {message.rating}")
+            feedback = Feedback(message.request_id, "rating", message.rating, message.key)
+        elif kind == "preferred_over":
+            if message.preferred_over == message.request_id:
+                raise InvalidArgument("preferred_over", "a response cannot be preferred over itself")
+            feedback = Feedback(message.request_id, "preference", 1.0, message.key, message.preferred_over)
+        else:
+            raise InvalidArgument("feedback", "set one of thumbs_up, rating, preferred_over")
+        return await self._require_store().record_feedback(feedback)
+
+    async def report(self, name: str) -> pb.ExperimentReport:
+        spec = self._spec(name, "name")
+        rows = await self._require_store().rows(name)
+        return build_report(spec, rows)
+
+    def list(self) -> list[pb.Experiment]:
+        return [spec.to_message() for spec in sorted(self._specs.values(), key=lambda s: (s.created_unix, s.name))]
+
+    async def create(self, message: pb.Experiment) -> pb.Experiment:
+        store = self._require_store()
+        now = time.time()
+        spec = validate_experiment(message, self._check_arm, "rpc", now)
+        if spec.name in self._specs:
+            raise AlreadyExists(f"name: an experiment named {spec.name!r} exists")
+        await store.save_experiment(spec.name, _definition(spec), "rpc", now, replace=False)
+        self._specs[spec.name] = spec
+        log.info("experiment %r created with arms %s", spec.name, [a.name for a in spec.arms])
+        return spec.to_message()
+
+
+def _definition(spec: ExperimentSpec) -> str:
+    message = spec.to_message()
+    message.ClearField("source")
+    message.ClearField("created_unix")
+    return json_format.MessageToJson(message, indent=None)
