@@ -1,4 +1,4 @@
-"""`alignd serve | generate | score | info | models`.
+"""`alignd serve | generate | score | info | experiments | feedback | train | models`.
 
 Client commands (generate, score, info) import no torch; `serve` and `models prepare` load the
 heavy parts lazily. Errors a user can fix print one line and exit with status 2.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -94,6 +95,8 @@ def _print_generation(out, as_json: bool) -> None:
     print(out.text)
     print()
     print(f"strategy {out.strategy}  model {out.model}  finish {out.finish_reason}  request {out.request_id}")
+    if out.experiment:
+        print(f"experiment {out.experiment}  arm {out.arm}")
     # Proto maps carry no order: print objectives sorted so output is stable.
     print("rewards:  " + "  ".join(f"{k}={v:+.4f}" for k, v in sorted(out.rewards.items())))
     print(f"weighted: {out.weighted_score:+.4f}  (weights "
@@ -116,15 +119,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     options = dict(
         weights=_parse_weights(args.weights), system_prompt=args.system or "", raw_prompt=args.raw,
         return_candidates=args.candidates, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-        max_tokens=args.max_tokens, stop=args.stop or None, seed=args.seed,
+        max_tokens=args.max_tokens, stop=args.stop or None, seed=args.seed, experiment=args.experiment,
+        subject=args.subject,
     )
+    strategy = "" if args.experiment else args.strategy
     options.update(_parse_params(args.param))
     if args.n is not None:
         options["n"] = args.n
     try:
         with AligndClient(args.target, timeout=args.timeout) as client:
             if args.stream:
-                for event in client.generate_stream(args.prompt, strategy=args.strategy, **options):
+                for event in client.generate_stream(args.prompt, strategy=strategy, **options):
                     if isinstance(event, Generation):
                         _print_generation(event, args.json)
                     else:
@@ -133,7 +138,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                               + (f"  [w {weights}; worst {event.worst_objective} {event.worst_value:+.2f}]"
                                  if event.weights else ""), file=sys.stderr)
             else:
-                _print_generation(client.generate(args.prompt, strategy=args.strategy, **options), args.json)
+                _print_generation(client.generate(args.prompt, strategy=strategy, **options), args.json)
     except AligndClientError as error:
         return _fail(str(error))
     except TypeError as error:
@@ -166,6 +171,122 @@ def cmd_info(args: argparse.Namespace) -> int:
     except AligndClientError as error:
         return _fail(str(error))
     print(json.dumps(json_format.MessageToDict(info, preserving_proto_field_name=True), indent=2))
+    return 0
+
+
+# -- experiments ------------------------------------------------------------------------------
+
+def _interval(low: float, high: float) -> str:
+    return "[n/a]" if math.isnan(low) or math.isnan(high) else f"[{low:+.3f}, {high:+.3f}]"
+
+
+def _estimate(mean: float, low: float, high: float) -> str:
+    return "n/a" if math.isnan(mean) else f"{mean:+.3f} {_interval(low, high)}"
+
+
+def print_report(report) -> None:
+    """The report as text tables: arms, rewards per objective, comparisons with the baseline."""
+    print(f"experiment {report.name}: {report.requests} requests, {report.feedback} feedback records")
+    print()
+    print(f"{'arm':<14}{'strategy':<18}{'split':>6}{'requests':>10}{'subjects':>10}  {'weighted score [95% CI]':<28}"
+          f"{'latency p50/p95 s':>18}{'tokens':>8}")
+    for a in report.arms:
+        w = a.weighted_score
+        print(f"{a.name:<14}{a.strategy:<18}{a.split:>6.2f}{a.requests:>10}{a.subjects:>10}  "
+              f"{_estimate(w.mean, w.low, w.high):<28}{a.latency_p50_seconds:>8.2f} /{a.latency_p95_seconds:>7.2f}"
+              f"{a.generated_tokens.mean:>8.1f}")
+    objectives = sorted({o for a in report.arms for o in a.rewards})
+    if objectives:
+        print()
+        print(f"{'mean reward':<14}" + "".join(f"{o:<28}" for o in objectives))
+        for a in report.arms:
+            print(f"{a.name:<14}" + "".join(f"{_estimate(a.rewards[o].mean, a.rewards[o].low, a.rewards[o].high):<28}"
+                                            if o in a.rewards else f"{'n/a':<28}" for o in objectives))
+    if report.feedback:
+        print()
+        print(f"{'feedback':<14}{'thumbs up (Wilson 95%)':<34}{'rating [95% CI]':<28}{'preference wins (Wilson 95%)'}")
+        for a in report.arms:
+            t, r, p = a.thumbs_up, a.rating, a.preference_wins
+            thumbs = f"{t.successes}/{t.trials} {_interval(t.low, t.high)}" if t.trials else "-"
+            prefs = f"{p.successes}/{p.trials} {_interval(p.low, p.high)}" if p.trials else "-"
+            rating = _estimate(r.mean, r.low, r.high) if r.count else "-"
+            print(f"{a.name:<14}{thumbs:<34}{rating:<28}{prefs}")
+    if report.comparisons:
+        print()
+        print("each arm minus the baseline; two-sided p, not corrected for multiple comparisons")
+        print(f"{'arm':<14}{'metric':<26}{'test':<18}{'difference [95% CI]':<30}{'p':>8}")
+        for c in report.comparisons:
+            mark = " *" if c.significant else ""
+            p_value = "n/a" if math.isnan(c.p_value) else f"{c.p_value:.3g}"
+            print(f"{c.arm:<14}{c.metric:<26}{c.test:<18}{_estimate(c.difference, c.low, c.high):<30}{p_value:>8}{mark}")
+
+
+def cmd_experiments(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+
+    from alignd.clients import AligndClient, AligndClientError
+    from alignd.clients.client import report_from
+
+    try:
+        with AligndClient(args.target, timeout=args.timeout) as client:
+            if args.action == "list":
+                for e in client.experiments():
+                    arms = ", ".join(f"{a.name} ({a.request.strategy or a.request.WhichOneof('params') or 'sample'}"
+                                     f" {a.split:.2f})" for a in e.arms)
+                    print(f"{e.name:<24} {e.source:<7} {arms}")
+                return 0
+            if args.action == "create":
+                return _create_experiments(client, args.file)
+            message = client.report_message(args.name)
+    except AligndClientError as error:
+        return _fail(str(error))
+    if args.json:
+        print(json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True), indent=2))
+    else:
+        print_report(report_from(message))
+    if args.plot:
+        from alignd.clients.plot import plot_report
+
+        try:
+            print(f"plot written to {plot_report(report_from(message), args.plot)}", file=sys.stderr)
+        except (RuntimeError, OSError, ValueError) as error:
+            return _fail(f"--plot: {error}")
+    return 0
+
+
+def _create_experiments(client, path: str) -> int:
+    """Create every [[experiments]] table of a TOML file (the server config's format)."""
+    import tomllib
+
+    from alignd.errors import InvalidArgument
+    from alignd.server.experiments.definitions import experiment_from_config
+
+    try:
+        tables = tomllib.loads(open(path).read()).get("experiments", [])
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        return _fail(f"{path}: {error}")
+    if not tables:
+        return _fail(f"{path}: no [[experiments]] tables")
+    for i, table in enumerate(tables):
+        try:
+            created = client.create_experiment_message(experiment_from_config(table))
+        except InvalidArgument as error:
+            return _fail(f"{path}: experiments[{i}].{error}")
+        print(f"created {created.name} with arms {', '.join(a.name for a in created.arms)}")
+    return 0
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    from alignd.clients import AligndClient, AligndClientError
+
+    options = {"thumbs_up": True if args.up else False if args.down else None, "rating": args.rating,
+               "preferred_over": args.preferred_over}
+    try:
+        with AligndClient(args.target, timeout=args.timeout) as client:
+            replaced = client.feedback(args.request_id, key=args.key, **options)
+    except AligndClientError as error:
+        return _fail(str(error))
+    print("replaced earlier feedback" if replaced else "recorded")
     return 0
 
 
@@ -219,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("prompt")
     client_options(generate)
     generate.add_argument("--strategy", default="sample")
+    generate.add_argument("--experiment", default="", help="A/B experiment: its arm chooses the strategy")
+    generate.add_argument("--subject", default="", help="stable user id (with --experiment)")
     generate.add_argument("--n", type=int, help="candidates (best_of_n)")
     generate.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                           help="strategy parameter, e.g. --param num_candidates=8 --param mode=tokenwise")
@@ -245,6 +368,34 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--target", default=DEFAULT_TARGET)
     info.add_argument("--timeout", type=float, default=None)
     info.set_defaults(func=cmd_info)
+
+    experiments = commands.add_parser("experiments", help="A/B experiments: list, create, report")
+    experiment_actions = experiments.add_subparsers(dest="action", required=True)
+    for name, text in (("list", "experiments the server serves"),
+                       ("create", "create the [[experiments]] of a TOML file (server needs admin_rpcs = true)"),
+                       ("report", "per-arm rewards, latency and feedback with 95%% intervals, and tests")):
+        action = experiment_actions.add_parser(name, help=text)
+        action.add_argument("--target", default=DEFAULT_TARGET)
+        action.add_argument("--timeout", type=float, default=None)
+        if name == "create":
+            action.add_argument("file", help="TOML file with [[experiments]] tables")
+        if name == "report":
+            action.add_argument("name")
+            action.add_argument("--plot", metavar="OUT.png", help="also draw the arms with their intervals")
+            action.add_argument("--json", action="store_true", help="print the report message as JSON")
+    experiments.set_defaults(func=cmd_experiments)
+
+    feedback = commands.add_parser("feedback", help="feedback on an experiment request")
+    feedback.add_argument("request_id")
+    kind = feedback.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--up", action="store_true", help="thumbs up")
+    kind.add_argument("--down", action="store_true", help="thumbs down")
+    kind.add_argument("--rating", type=float, help="a scalar rating")
+    kind.add_argument("--preferred-over", metavar="REQUEST_ID", help="this response beat that one")
+    feedback.add_argument("--key", default="", help="idempotency key, e.g. a rater id (default: one per kind)")
+    feedback.add_argument("--target", default=DEFAULT_TARGET)
+    feedback.add_argument("--timeout", type=float, default=None)
+    feedback.set_defaults(func=cmd_feedback)
 
     from alignd.training.cli import add_train_command
 

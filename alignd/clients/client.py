@@ -233,7 +233,10 @@ class AligndClient:
     def create_experiment(self, name: str, arms: Sequence[Mapping[str, Any]], *, description: str = "",
                           timeout: float | None = None) -> pb.Experiment:
         """Admin RPC (the server needs admin_rpcs = true). See `experiment_message` for `arms`."""
-        return self._call(self._stub.CreateExperiment, experiment_message(name, arms, description), timeout)
+        return self.create_experiment_message(experiment_message(name, arms, description), timeout=timeout)
+
+    def create_experiment_message(self, message: pb.Experiment, *, timeout: float | None = None) -> pb.Experiment:
+        return self._call(self._stub.CreateExperiment, message, timeout)
 
     def _call(self, method, message, timeout: float | None):
         try:

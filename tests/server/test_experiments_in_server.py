@@ -261,3 +261,30 @@ def test_a_bad_configured_arm_stops_start_up_naming_it(tiny_policy, module_lette
     message = str(error.value)
     assert "\n" not in message and "'broken'" in message and "best_of_n.m" in message
 
+
+
+def test_cli_creates_lists_reports_plots_and_sends_feedback(ab_server, ab_client, tmp_path, capsys):
+    from alignd.cli import main
+
+    target = f"127.0.0.1:{ab_server.port}"
+    spec = tmp_path / "experiments.toml"
+    spec.write_text('[[experiments]]\nname = "cli-exp"\n'
+                    '[[experiments.arms]]\nname = "a"\nstrategy = "sample"\nsplit = 0.5\n'
+                    '[[experiments.arms]]\nname = "b"\nstrategy = "best_of_n"\nparams = { n = 2 }\nsplit = 0.5\n')
+    assert main(["experiments", "create", str(spec), "--target", target]) == 0
+    assert main(["experiments", "list", "--target", target]) == 0
+    assert "cli-exp" in capsys.readouterr().out
+    out = ab_client.generate("hi", strategy="", experiment="cli-exp", subject="cli-user")
+    assert main(["feedback", out.request_id, "--up", "--target", target]) == 0
+    assert capsys.readouterr().out.strip() == "recorded"
+    assert main(["feedback", out.request_id, "--down", "--target", target]) == 0
+    assert capsys.readouterr().out.strip() == "replaced earlier feedback"
+    plot = tmp_path / "report.png"
+    assert main(["experiments", "report", "cli-exp", "--target", target, "--plot", str(plot)]) == 0
+    text = capsys.readouterr().out
+    assert f"{out.arm:<14}" in text and "0/1" in text  # the thumbs-down counted once
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    assert main(["experiments", "report", "nope", "--target", target]) == 2
+    assert "NOT_FOUND" in capsys.readouterr().err
+    assert main(["experiments", "create", str(spec), "--target", target]) == 2  # exists
+    assert "ALREADY_EXISTS" in capsys.readouterr().err

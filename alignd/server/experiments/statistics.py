@@ -98,8 +98,10 @@ def wilson_interval(successes: int, trials: int, confidence: float = CONFIDENCE)
     denom = 1.0 + z * z / n
     centre = (p + z * z / (2.0 * n)) / denom
     half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n)) / denom
-    # Clip rounding noise so that 0/n starts exactly at 0 and n/n ends exactly at 1.
-    return Proportion(successes, trials, p, max(0.0, centre - half), min(1.0, centre + half))
+    # At 0/n and n/n the bound is exactly 0 or 1; the formula leaves rounding noise there.
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == trials else min(1.0, centre + half)
+    return Proportion(successes, trials, p, low, high)
 
 
 def welch_test(
