@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/controlled_quality.py
 	$(PY) benchmarks/robust_speed.py
 	$(PY) benchmarks/multi_objective_quality.py
+	$(PY) benchmarks/experiment_store.py
 
 # Rebuild the value heads shipped for the embedded model (about 20 minutes on 2 CPU cores):
 # rollouts on the shipped train and eval prompts, then CD-FUDGE value heads, report printed.

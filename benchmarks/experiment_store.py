@@ -1,0 +1,80 @@
+"""What recording an experiment request adds to its response time, and what group commit buys.
+
+Many concurrent handlers record a request each and wait for the commit (as the server does before
+answering). Two runs side by side on the same disk: the store's writer task batching up to 256
+writes per transaction (one fsync each), and the same store limited to one write per transaction.
+Prints records per second, the wait per record (p50/p95) and the ratios.
+
+    .venv/bin/python benchmarks/experiment_store.py [--records 2000] [--concurrency 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from alignd.server.experiments.store import ExperimentStore, RequestRecord
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _record(i: int) -> RequestRecord:
+    return RequestRecord(f"r{i}", "bench", "a" if i % 2 else "b", f"user-{i}", time.time(), "best_of_n", {"n": 8},
+                         {"temperature": 0.7, "max_tokens": 64}, {"relevance": 0.5, "harmlessness": 0.5},
+                         {"relevance": 0.61, "positivity": 0.4, "harmlessness": 0.97, "conciseness": 1.0}, 0.79, 2.5,
+                         30, 512, "length")
+
+
+async def _run(path: Path, records: int, concurrency: int, batch_size: int) -> tuple[float, list[float]]:
+    store = ExperimentStore(path, batch_size=batch_size, queue_size=4 * concurrency)
+    store.start()
+    waits: list[float] = []
+    next_id = iter(range(records))
+
+    async def handler() -> None:
+        for i in next_id:
+            started = time.perf_counter()
+            await store.record_request(_record(i))
+            waits.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(handler() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    await store.close()
+    return elapsed, waits
+
+
+def _p(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[int(q) - 1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    rows = {}
+    with tempfile.TemporaryDirectory(dir=RESULTS.parent) as folder:
+        for name, batch_size in (("group commit (batch <= 256)", 256), ("one write per commit", 1)):
+            elapsed, waits = asyncio.run(_run(Path(folder) / f"{batch_size}.sqlite", args.records, args.concurrency,
+                                              batch_size))
+            rows[name] = {"records_per_second": args.records / elapsed, "wait_p50_ms": 1000 * _p(waits, 50),
+                          "wait_p95_ms": 1000 * _p(waits, 95)}
+    print(f"{args.records} records, {args.concurrency} concurrent handlers, SQLite WAL synchronous=FULL")
+    print(f"{'mode':<30}{'records/s':>12}{'wait p50 ms':>14}{'wait p95 ms':>14}")
+    for name, row in rows.items():
+        print(f"{name:<30}{row['records_per_second']:>12.0f}{row['wait_p50_ms']:>14.2f}{row['wait_p95_ms']:>14.2f}")
+    group, single = rows.values()
+    print(f"\ngroup commit / one per commit: throughput x{group['records_per_second'] / single['records_per_second']:.1f}, "
+          f"p95 wait x{group['wait_p95_ms'] / single['wait_p95_ms']:.2f}")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "experiment_store.json").write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
