@@ -226,13 +226,13 @@ def cmd_experiments(args: argparse.Namespace) -> int:
 
     from alignd.clients import AligndClient, AligndClientError
     from alignd.clients.client import report_from
+    from alignd.server.request_fields import requested_strategy
 
     try:
         with AligndClient(args.target, timeout=args.timeout) as client:
             if args.action == "list":
                 for e in client.experiments():
-                    arms = ", ".join(f"{a.name} ({a.request.strategy or a.request.WhichOneof('params') or 'sample'}"
-                                     f" {a.split:.2f})" for a in e.arms)
+                    arms = ", ".join(f"{a.name} ({requested_strategy(a.request)} {a.split:.2f})" for a in e.arms)
                     print(f"{e.name:<24} {e.source:<7} {arms}")
                 return 0
             if args.action == "create":

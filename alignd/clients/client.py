@@ -314,7 +314,10 @@ class AsyncAligndClient:
     async def create_experiment(self, name: str, arms: Sequence[Mapping[str, Any]], *, description: str = "",
                                 timeout: float | None = None) -> pb.Experiment:
         """Admin RPC (the server needs admin_rpcs = true). See `experiment_message` for `arms`."""
-        return await self._call(self._stub.CreateExperiment, experiment_message(name, arms, description), timeout)
+        return await self.create_experiment_message(experiment_message(name, arms, description), timeout=timeout)
+
+    async def create_experiment_message(self, message: pb.Experiment, *, timeout: float | None = None) -> pb.Experiment:
+        return await self._call(self._stub.CreateExperiment, message, timeout)
 
     async def _call(self, method, message, timeout: float | None):
         try:

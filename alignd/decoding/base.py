@@ -118,6 +118,13 @@ class Strategy(ABC):
         """Sequences this strategy keeps in the KV cache at once (for the memory budget)."""
         return 1
 
+    def check(self, request: DecodeRequest, params: Any, policy: Policy, scorer: Scorer) -> None:
+        """Refuse what this strategy cannot serve whatever the prompt (backend capabilities, value
+        heads, parameter combinations, greedy sampling) before any work. Strategies with more
+        conditions extend it and call it first in `decode`; experiment arms are checked with it
+        when they are created."""
+        self.check_policy(policy)
+
     def check_policy(self, policy: Policy) -> None:
         missing = sorted(c.value for c in self.requires - policy.capabilities)
         if missing:

@@ -57,17 +57,22 @@ class ControlledStrategy(Strategy):
         # The chosen prefix plus its K (or k) candidate continuations.
         return 1 + (params.num_candidates if params.mode == "blockwise" else params.token_candidates)
 
-    def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
+    def check(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> None:
+        super().check(request, params, policy, scorer)
         # K greedy blocks are K copies of one block, and the tokenwise tilt needs a sampling pi_ref.
         refuse_greedy(request, "controlled decoding")
-        objectives = self._objectives(request, scorer)  # fails before any work when heads are missing
+        self._objectives(request, scorer)
+        if params.mode == "tokenwise" and Capability.TOKENWISE not in policy.capabilities:
+            raise FailedPrecondition(f"tokenwise controlled decoding needs the backend capability 'tokenwise', "
+                                     f"which {type(policy).__name__} lacks")
+
+    def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
+        self.check(request, params, policy, scorer)  # fails before any work when heads are missing
+        objectives = self._objectives(request, scorer)
         if params.mode == "blockwise":
             return decode_blockwise(request, policy, scorer, strategy="controlled decoding",
                                     num_candidates=params.num_candidates, block_tokens=params.block_tokens,
                                     objectives=objectives, choose=weighted_argmax(request.weights.vector))
-        if Capability.TOKENWISE not in policy.capabilities:
-            raise FailedPrecondition(f"tokenwise controlled decoding needs the backend capability 'tokenwise', "
-                                     f"which {type(policy).__name__} lacks")
         started = time.perf_counter()
         usage = Usage()
         with usage.phase("prefill"):

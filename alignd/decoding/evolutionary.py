@@ -59,10 +59,14 @@ class EvolutionaryStrategy(Strategy):
     def rows(self, params: Params) -> int:
         return params.beams
 
-    def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
+    def check(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> None:
+        super().check(request, params, policy, scorer)
         if params.keep_top >= params.beams:
             raise InvalidArgument("evolutionary.keep_top",
                                   f"{params.keep_top} must be below evolutionary.beams ({params.beams})")
+
+    def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
+        self.check(request, params, policy, scorer)
         search = _Search(request, params, policy, scorer)
         return search.run()
 

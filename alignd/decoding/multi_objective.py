@@ -33,10 +33,14 @@ class MultiObjectiveStrategy(Strategy):
     def rows(self, params: Params) -> int:
         return 1 + params.num_candidates
 
-    def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
+    def check(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> None:
+        super().check(request, params, policy, scorer)
         refuse_greedy(request, self.name)
+        require_value_heads(self.name, scorer, [n for n, w in request.weights.as_dict().items() if w > 0])
+
+    def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
+        self.check(request, params, policy, scorer)
         weighted = [n for n, w in request.weights.as_dict().items() if w > 0]
-        require_value_heads(self.name, scorer, weighted)
         return decode_blockwise(request, policy, scorer, strategy=self.name, num_candidates=params.num_candidates,
                                 block_tokens=params.block_tokens, objectives=weighted,
                                 choose=weighted_argmax(request.weights.vector))

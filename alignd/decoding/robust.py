@@ -53,12 +53,17 @@ class RobustStrategy(Strategy):
     def rows(self, params: Params) -> int:
         return 1 + params.num_candidates
 
-    def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
+    def check(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> None:
+        super().check(request, params, policy, scorer)
         refuse_greedy(request, self.name)
+        feasible = weight_set(params, scorer.objective_names)
+        require_value_heads(self.name, scorer, [n for n, a in zip(scorer.objective_names, feasible.allowed) if a])
+
+    def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
+        self.check(request, params, policy, scorer)
         names = scorer.objective_names
         feasible = weight_set(params, names)
         adversary = [n for n, allowed in zip(names, feasible.allowed) if allowed]
-        require_value_heads(self.name, scorer, adversary)
         chooser = WorstCaseChooser(params, feasible)
         return decode_blockwise(request, policy, scorer, strategy=self.name, num_candidates=params.num_candidates,
                                 block_tokens=params.block_tokens, objectives=adversary, choose=chooser,

@@ -15,9 +15,9 @@ from alignd.decoding.base import DecodeResult, ProgressEvent, ScoredCandidate, S
 from alignd.decoding.params import Limits, ParamDescription, validate_params
 from alignd.decoding.weights import PreferenceWeights, parse_weights
 from alignd.errors import InvalidArgument
+from alignd.server.request_fields import requested_strategy
 from alignd.v1 import alignd_pb2 as pb
 
-DEFAULT_STRATEGY = "sample"
 # Below this, logits / T overflow to inf in float32; above, sampling is noise.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 100.0
 _KL_KINDS = {"estimate": pb.KLEstimate.ESTIMATE, "upper_bound": pb.KLEstimate.UPPER_BOUND, "exact": pb.KLEstimate.EXACT}
@@ -75,7 +75,7 @@ def parse_generate(
     check_text("system_prompt", request.system_prompt, limits.max_prompt_chars, required=False)
 
     chosen = request.WhichOneof("params")
-    name = request.strategy or chosen or DEFAULT_STRATEGY
+    name = requested_strategy(request)
     if chosen is not None and request.strategy and chosen != request.strategy:
         raise InvalidArgument("params", f"parameters for {chosen!r} given with strategy {request.strategy!r}")
     strategy = get_strategy(name)

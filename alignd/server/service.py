@@ -28,6 +28,7 @@ from alignd.errors import AligndError, InvalidArgument, PermissionDenied
 from alignd.rewardmodels.base import Scorer
 from alignd.rewardmodels.heads import Head
 from alignd.server import convert
+from alignd.server.request_fields import requested_strategy
 from alignd.server.experiments.registry import Experiments, Routed
 from alignd.server.metrics import Metrics
 from alignd.v1 import alignd_pb2 as pb
@@ -108,15 +109,31 @@ class AligndService(pb_grpc.AligndServicer):
         )
 
     def _check_arm(self, template: pb.GenerateRequest) -> None:
-        """An experiment arm must be a request this server can serve (a placeholder prompt)."""
+        """An experiment arm must be servable for any prompt: everything a request is checked for
+        except the prompt itself (its strategy's own conditions, the memory budget at its
+        max_tokens), or it would fail every request of its subjects."""
         request = pb.GenerateRequest()
         request.CopyFrom(template)
         request.prompt = "arm check"
-        self._parse(request).strategy.check_policy(self.policy)
+        parsed = self._parse(request)
+        parsed.strategy.check(DecodeRequest(parsed.prompt, parsed.sampling, parsed.weights), parsed.params,
+                              self.policy, self.scorer)
+        self._check_budget(parsed, prompt_tokens=0)
 
-    async def _route(self, request: pb.GenerateRequest) -> tuple[Routed | None, pb.GenerateRequest, str]:
+    def _label_and_route(self, request: pb.GenerateRequest) -> tuple[str, Routed | AligndError | None]:
+        """The strategy label for metrics and the request's experiment arm (or the error routing
+        it raised, for the handler to report)."""
+        try:
+            routed = self.experiments.route(request)
+        except AligndError as error:
+            return self._strategy_label(requested_strategy(request)), error
+        name = routed.arm.strategy if routed else requested_strategy(request)
+        return self._strategy_label(name), routed
+
+    async def _route(self, request: pb.GenerateRequest,
+                     routing: Routed | AligndError | None) -> tuple[Routed | None, pb.GenerateRequest, str]:
         """The experiment arm serving the request (if it names one), the request to decode, its id."""
-        routed = self.experiments.route(request)
+        routed = await self.experiments.route_refreshed(request, routing)
         if routed is not None and request.request_id:
             await self.experiments.check_new_request_id(request.request_id)
         return routed, routed.request if routed else request, request.request_id or uuid.uuid4().hex
@@ -142,9 +159,10 @@ class AligndService(pb_grpc.AligndServicer):
         self.metrics.generated_tokens.labels(parsed.strategy.name).inc(result.usage.generated_tokens)
         return result
 
-    def _check_budget(self, parsed: convert.ParsedGenerate) -> None:
+    def _check_budget(self, parsed: convert.ParsedGenerate, prompt_tokens: int | None = None) -> None:
         """Refuse requests whose sequences would not fit the model or the memory budget."""
-        prompt_tokens = self.policy.count_tokens(self.policy.render(parsed.prompt))
+        if prompt_tokens is None:
+            prompt_tokens = self.policy.count_tokens(self.policy.render(parsed.prompt))
         length = prompt_tokens + parsed.sampling.max_tokens
         context = self.policy.context_length
         if context is not None and length > context:
@@ -160,21 +178,17 @@ class AligndService(pb_grpc.AligndServicer):
     def _response(self, parsed: convert.ParsedGenerate, result: DecodeResult, request_id: str) -> pb.GenerateResponse:
         return convert.result_message(result, request_id, parsed.strategy.name, self.policy.model_name, parsed.weights)
 
-    def _strategy_label(self, request: pb.GenerateRequest) -> str:
-        name = request.strategy or request.WhichOneof("params") or convert.DEFAULT_STRATEGY
-        try:
-            routed = self.experiments.route(request)
-            name = routed.arm.strategy if routed else name
-        except AligndError:
-            pass  # the handler reports it
+    @staticmethod
+    def _strategy_label(name: str) -> str:
         return name if name in STRATEGIES else "unknown"
 
     # -- RPCs -------------------------------------------------------------------------------
 
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
-        async with self._handle(context, "Generate", self._strategy_label(request)):
+        label, routing = self._label_and_route(request)
+        async with self._handle(context, "Generate", label):
             started = time.perf_counter()
-            routed, request, request_id = await self._route(request)
+            routed, request, request_id = await self._route(request, routing)
             parsed = self._parse(request)
             cancel = threading.Event()
             work = asyncio.get_running_loop().run_in_executor(self._executor, self._decode, parsed, None, cancel)
@@ -188,9 +202,10 @@ class AligndService(pb_grpc.AligndServicer):
             return await self._finish(routed, parsed, result, request_id, started)
 
     async def GenerateStream(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateEvent]:
-        async with self._handle(context, "GenerateStream", self._strategy_label(request)):
+        label, routing = self._label_and_route(request)
+        async with self._handle(context, "GenerateStream", label):
             started = time.perf_counter()
-            routed, request, request_id = await self._route(request)
+            routed, request, request_id = await self._route(request, routing)
             parsed = self._parse(request)
             loop = asyncio.get_running_loop()
             events: asyncio.Queue[ProgressEvent | None] = asyncio.Queue()

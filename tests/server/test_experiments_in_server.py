@@ -3,6 +3,7 @@ admin RPCs and every refusal with its status code."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 
@@ -82,14 +83,44 @@ def test_stream_requests_are_recorded_before_the_result_arrives(ab_client, store
 
 
 def test_feedback_is_idempotent_per_key_and_counted_in_the_report(ab_client):
-    a = ab_client.generate("tell me", strategy="", experiment="bon-vs-sample", subject="fb-a")
+    ab_client.create_experiment("feedback-counts", [{"name": "a", "strategy": "sample", "split": 0.5},
+                                                    {"name": "b", "strategy": "sample", "split": 0.5}])
+    a = ab_client.generate("tell me", strategy="", experiment="feedback-counts", subject="fb-a")
     assert ab_client.feedback(a.request_id, thumbs_up=True) is False
     assert ab_client.feedback(a.request_id, thumbs_up=False) is True  # changed vote replaces
-    assert ab_client.feedback(a.request_id, thumbs_up=False, key="rater-2") is False
+    assert ab_client.feedback(a.request_id, thumbs_up=False) is True  # a retry too
+    assert ab_client.feedback(a.request_id, thumbs_up=True, key="rater-2") is False
     assert ab_client.feedback(a.request_id, rating=4.5) is False
-    report = ab_client.report("bon-vs-sample")
-    arm = report.arm(a.arm)
-    assert arm.thumbs_up.trials >= 2 and arm.rating.count >= 1
+    assert ab_client.feedback(a.request_id, rating=3.5) is True
+    arm = ab_client.report("feedback-counts").arm(a.arm)
+    assert (arm.thumbs_up.successes, arm.thumbs_up.trials) == (1, 2)
+    assert (arm.rating.count, arm.rating.mean) == (1, 3.5)
+
+
+def test_the_response_waits_for_its_record_to_commit(ab_server, ab_client, monkeypatch):
+    import threading
+    import time as clock
+
+    entered, release = threading.Event(), threading.Event()
+    record = ab_server.service.experiments.record
+
+    async def gated_record(*args, **kwargs):
+        entered.set()
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+        await record(*args, **kwargs)
+
+    monkeypatch.setattr(ab_server.service.experiments, "record", gated_record)
+    answers = []
+    caller = threading.Thread(target=lambda: answers.append(
+        ab_client.generate("hi", strategy="", experiment="bon-vs-sample", subject="gated")))
+    caller.start()
+    assert entered.wait(30)
+    clock.sleep(0.3)
+    assert caller.is_alive() and not answers  # decoded, not yet recorded: no answer
+    release.set()
+    caller.join(30)
+    assert answers and answers[0].arm
 
 
 def test_pairwise_preference_is_one_record_per_pair(ab_client, ab_server, store_path):
@@ -203,6 +234,16 @@ def test_unknown_experiment_report_is_not_found(ab_client):
     assert error.value.code == grpc.StatusCode.NOT_FOUND
 
 
+def test_an_experiment_created_on_one_replica_is_served_by_another(ab_client, tiny_policy, module_letter_scorer,
+                                                                    store_path):
+    with running_server(tiny_policy, module_letter_scorer, _config(store_path)) as other:
+        ab_client.create_experiment("made-elsewhere", [{"name": "a", "split": 0.5}, {"name": "b", "split": 0.5}])
+        with AligndClient(f"127.0.0.1:{other.port}", timeout=60) as second:
+            out = second.generate("hello", strategy="", experiment="made-elsewhere", subject="u1")
+            assert out.arm in {"a", "b"}
+            assert second.report("made-elsewhere").requests == 1
+
+
 def test_created_experiment_serves_and_survives_a_restart(ab_client, tiny_policy, module_letter_scorer, store_path):
     arms = [{"name": "greedy", "strategy": "sample", "temperature": 0.0, "split": 0.25},
             {"name": "bon2", "strategy": "best_of_n", "n": 2, "split": 0.75}]
@@ -235,12 +276,27 @@ def test_created_experiment_serves_and_survives_a_restart(ab_client, tiny_policy
     ([{"name": "a", "strategy": "sample", "split": 0.5},
       {"name": "b", "strategy": "sample", "weights": {"nope": 1.0}, "split": 0.5}], "arms[1].request.weights"),
     ([{"name": "only", "strategy": "sample", "split": 1.0}], "arms"),
+    ([{"name": "a", "strategy": "sample", "split": 0.5},
+      {"name": "b", "strategy": "evolutionary", "beams": 3, "keep_top": 3, "split": 0.5}],
+     "arms[1].request.evolutionary.keep_top"),
+    ([{"name": "a", "strategy": "sample", "split": 0.5},
+      {"name": "b", "strategy": "multi_objective", "temperature": 0.0, "split": 0.5}],
+     "arms[1].request.sampling.temperature"),
 ])
 def test_invalid_experiments_are_refused_at_creation(ab_client, arms, field):
     with pytest.raises(AligndClientError) as error:
         ab_client.create_experiment("bad", arms)
     assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert error.value.details.startswith(field), error.value.details
+
+
+def test_an_arm_this_server_cannot_serve_is_refused_naming_it(ab_client):
+    # The tiny test server has no value heads: controlled decoding could never run.
+    with pytest.raises(AligndClientError) as error:
+        ab_client.create_experiment("needs-heads", [{"name": "a", "strategy": "sample", "split": 0.5},
+                                                    {"name": "steered", "strategy": "controlled", "split": 0.5}])
+    assert error.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert error.value.details.startswith("arms[1]: arm 'steered'") and "value heads" in error.value.details
 
 
 def test_admin_rpcs_are_refused_unless_enabled(tiny_policy, module_letter_scorer, tmp_path):
@@ -288,3 +344,18 @@ def test_cli_creates_lists_reports_plots_and_sends_feedback(ab_server, ab_client
     assert "NOT_FOUND" in capsys.readouterr().err
     assert main(["experiments", "create", str(spec), "--target", target]) == 2  # exists
     assert "ALREADY_EXISTS" in capsys.readouterr().err
+
+
+def test_async_client_runs_an_experiment_round_trip(ab_server):
+    from alignd.clients import AsyncAligndClient
+
+    async def round_trip():
+        async with AsyncAligndClient(f"127.0.0.1:{ab_server.port}", timeout=60) as client:
+            await client.create_experiment("async-exp", [{"name": "a", "split": 0.5}, {"name": "b", "split": 0.5}])
+            out = await client.generate("hi", strategy="", experiment="async-exp", subject="async-user")
+            assert await client.feedback(out.request_id, rating=2.0) is False
+            report = await client.report("async-exp")
+            return out, report, await client.experiments()
+
+    out, report, experiments = asyncio.run(round_trip())
+    assert report.arm(out.arm).rating.count == 1 and "async-exp" in {e.name for e in experiments}

@@ -15,14 +15,17 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from alignd.errors import InvalidArgument
+from alignd.errors import FailedPrecondition, InvalidArgument
+from alignd.server.request_fields import requested_strategy
 from alignd.v1 import alignd_pb2 as pb
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,100}")
 MAX_SUBJECT_CHARS = 256
 SPLIT_TOLERANCE = 1e-6
-# Fields an arm may set; everything else belongs to the individual request.
-ARM_FIELDS = {"strategy", "weights", "sampling", "system_prompt"}
+# Fields an arm may set (besides its strategy's params); everything else belongs to the request.
+ARM_FIELDS = ("strategy", "weights", "sampling", "system_prompt")
+# Keys of an arm's table in the TOML config.
+CONFIG_ARM_KEYS = ("name", "split", "params", *ARM_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class ArmSpec:
 
     @property
     def strategy(self) -> str:
-        return self.request.strategy or self.request.WhichOneof("params") or "sample"
+        return requested_strategy(self.request)
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,8 @@ def validate_experiment(message: pb.Experiment, check_arm, source: str, created_
             check_arm(arm.request)
         except InvalidArgument as error:
             raise InvalidArgument(f"{label}.request.{error.field}", f"arm {arm.name!r}: {error.problem}") from None
+        except FailedPrecondition as error:  # e.g. value heads this server has not loaded
+            raise FailedPrecondition(f"{label}: arm {arm.name!r}: {error}") from None
     total = sum(arm.split for arm in message.arms)
     if abs(total - 1.0) > SPLIT_TOLERANCE:
         raise InvalidArgument("arms", f"the splits sum to {total:g}; they must sum to 1")
@@ -135,13 +140,12 @@ def _arm_from_config(arm: Any, label: str) -> pb.Arm:
     if not isinstance(arm, dict):
         raise InvalidArgument(label, "must be a table")
     name = str(arm.get("name", ""))
-    known = {"name", "split", "strategy", "params", "weights", "sampling", "system_prompt"}
-    unknown = sorted(set(arm) - known)
+    unknown = sorted(set(arm) - set(CONFIG_ARM_KEYS))
     if unknown:
-        raise InvalidArgument(f"{label}.{unknown[0]}", f"arm {name!r}: unknown setting; known: {sorted(known)}")
+        raise InvalidArgument(f"{label}.{unknown[0]}", f"arm {name!r}: unknown setting; known: {sorted(CONFIG_ARM_KEYS)}")
     strategy = str(arm.get("strategy", "sample"))
     body: dict[str, Any] = {"strategy": strategy}
-    for key in ("weights", "sampling", "system_prompt"):
+    for key in ARM_FIELDS[1:]:
         if key in arm:
             body[key if key != "system_prompt" else "systemPrompt"] = arm[key]
     params = arm.get("params", {})

@@ -6,6 +6,7 @@ returning only once the record is committed), and answers feedback, reports and 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import math
@@ -17,7 +18,7 @@ from google.protobuf import json_format
 
 from alignd.config import ConfigError, ServerConfig, experiment_store_path
 from alignd.decoding.base import DecodeResult
-from alignd.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from alignd.errors import AligndError, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from alignd.server.experiments.definitions import (
     ArmSpec, ExperimentSpec, check_subject, experiment_from_config, serve_by_arm, validate_experiment,
 )
@@ -58,7 +59,9 @@ class Experiments:
             where = f"experiments[{i}]" + (f" ({table.get('name')!r})" if isinstance(table, dict) else "")
             try:
                 configured.append(validate_experiment(experiment_from_config(table), check_arm, "config"))
-            except (InvalidArgument, FailedPrecondition) as error:
+            except InvalidArgument as error:
+                raise ConfigError(f"{where}.{error}") from None
+            except FailedPrecondition as error:
                 raise ConfigError(f"{where}.{error}") from None
         names = [spec.name for spec in configured]
         if len(set(names)) != len(names):
@@ -72,23 +75,46 @@ class Experiments:
             raise ConfigError(f"experiment_store: cannot open {str(path)!r}: {error}") from None
         store.start()
         experiments = cls(store, check_arm)
-        now = time.time()
+        stored = {s.name: s for s in await store.experiments()}
         for spec in configured:
-            spec = dataclasses.replace(spec, created_unix=now)
-            await store.save_experiment(spec.name, _definition(spec), "config", now, replace=True)
+            definition = _definition(spec)
+            earlier = stored.get(spec.name)
+            if earlier is not None and earlier.definition == definition:
+                spec = dataclasses.replace(spec, created_unix=earlier.created_unix)
+                experiments._specs[spec.name] = spec
+                continue
+            if earlier is not None:
+                # Same name, new arms: earlier records stay and are reported with the new arms.
+                log.warning("experiment %r: the config changes its stored definition (%s); records so far are kept",
+                            spec.name, earlier.source)
+            spec = dataclasses.replace(spec, created_unix=time.time())
+            await store.save_experiment(spec.name, definition, "config", spec.created_unix, replace=True)
             experiments._specs[spec.name] = spec
-        for stored in await store.experiments():
-            if stored.name in experiments._specs:
-                continue  # the config defines it now
-            message = json_format.Parse(stored.definition, pb.Experiment())
-            try:
-                experiments._specs[stored.name] = validate_experiment(message, check_arm, stored.source,
-                                                                      stored.created_unix)
-            except (InvalidArgument, FailedPrecondition) as error:
-                # Created for another model or objective set: keep its records, do not serve it.
-                log.warning("stored experiment %r cannot be served here and is skipped: %s", stored.name, error)
+        await experiments.refresh()
         log.info("experiment store %s: %d experiments", path, len(experiments._specs))
         return experiments
+
+    async def refresh(self) -> None:
+        """Load stored experiments this server does not know yet (created through another replica
+        sharing the store since start-up)."""
+        if self.store is None:
+            return
+        for stored in await self.store.experiments():
+            if stored.name in self._specs:
+                continue
+            try:
+                message = json_format.Parse(stored.definition, pb.Experiment(), ignore_unknown_fields=True)
+                self._specs[stored.name] = validate_experiment(message, self._check_arm, stored.source,
+                                                               stored.created_unix)
+            except (json_format.ParseError, InvalidArgument, FailedPrecondition) as error:
+                # Created for another model, objective set or version: keep its records, do not serve it.
+                log.warning("stored experiment %r cannot be served here and is skipped: %s", stored.name, error)
+
+    async def _known(self, name: str) -> bool:
+        """Whether `name` is an experiment here, looking in the store once when it is not."""
+        if name not in self._specs:
+            await self.refresh()
+        return name in self._specs
 
     async def close(self) -> None:
         if self.store is not None:
@@ -106,6 +132,14 @@ class Experiments:
         return self.store
 
     # -- serving ---------------------------------------------------------------------------
+
+    async def route_refreshed(self, request: pb.GenerateRequest, routing: Routed | AligndError | None) -> Routed | None:
+        """`routing` (from `route`), retried once after a refresh when the experiment was unknown."""
+        if isinstance(routing, NotFound) and request.experiment and await self._known(request.experiment):
+            return self.route(request)
+        if isinstance(routing, AligndError):
+            raise routing
+        return routing
 
     def route(self, request: pb.GenerateRequest) -> Routed | None:
         """The arm serving `request` (None when it names no experiment)."""
@@ -150,6 +184,8 @@ class Experiments:
                 raise InvalidArgument("rating", f"must be finite, got {message.rating}")
             feedback = Feedback(message.request_id, "rating", message.rating, message.key)
         elif kind == "preferred_over":
+            if not message.preferred_over:
+                raise InvalidArgument("preferred_over", "must name another request id")
             if message.preferred_over == message.request_id:
                 raise InvalidArgument("preferred_over", "a response cannot be preferred over itself")
             feedback = Feedback(message.request_id, "preference", 1.0, message.key, message.preferred_over)
@@ -158,9 +194,11 @@ class Experiments:
         return await self._require_store().record_feedback(feedback)
 
     async def report(self, name: str) -> pb.ExperimentReport:
+        await self._known(name)
         spec = self._spec(name, "name")
         rows = await self._require_store().rows(name)
-        return build_report(spec, rows)
+        # Statistics over many rows take a while: off the event loop.
+        return await asyncio.get_running_loop().run_in_executor(None, build_report, spec, rows)
 
     def list(self) -> list[pb.Experiment]:
         return [spec.to_message() for spec in sorted(self._specs.values(), key=lambda s: (s.created_unix, s.name))]
@@ -169,7 +207,7 @@ class Experiments:
         store = self._require_store()
         now = time.time()
         spec = validate_experiment(message, self._check_arm, "rpc", now)
-        if spec.name in self._specs:
+        if await self._known(spec.name):
             raise AlreadyExists(f"name: an experiment named {spec.name!r} exists")
         await store.save_experiment(spec.name, _definition(spec), "rpc", now, replace=False)
         self._specs[spec.name] = spec

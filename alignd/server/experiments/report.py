@@ -1,9 +1,12 @@
 """An experiment's report from its stored rows: per-arm figures and each arm against the baseline.
 
-Means carry 95% Student t intervals, rates 95% Wilson intervals. Comparisons against the first
-arm: Welch's t-test for weighted score, each reward and ratings; the two-proportion z-test for
-thumbs-up rates; the exact binomial test for head-to-head preferences. p-values are two-sided and
-not corrected for the number of comparisons (say so when reading many of them).
+Per arm, over its requests: means with 95% Student t intervals, rates with 95% Wilson intervals.
+Comparisons against the first arm treat the *subject* as the unit, since subjects (not requests)
+are what is randomised and one subject's requests are correlated: Welch's t-test on per-subject
+means of the weighted score, each reward and the rating; for thumbs-up rates the two-proportion
+z-test when each subject gave at most one thumbs, else Welch's test on per-subject up-rates; the
+exact binomial test for head-to-head preferences. Values that are not finite are left out. p-values
+are two-sided and not corrected for the number of comparisons.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ SIGNIFICANCE = 0.05
 
 
 class _ArmData:
-    """One arm's rows, column by column."""
+    """One arm's rows, column by column, and the same grouped by subject."""
 
     def __init__(self) -> None:
         self.subjects: set[str] = set()
@@ -41,6 +44,19 @@ class _ArmData:
         self.preference_trials = 0
         # Preferences against each other arm: other arm -> [wins, trials].
         self.against: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        # metric -> subject -> values: the unit of the comparisons.
+        self.by_subject: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+
+    def add(self, metric: str, column: list[float], subject: str, value: float) -> None:
+        if math.isfinite(value):
+            column.append(value)
+            self.by_subject[metric][subject].append(value)
+
+    def subject_means(self, metric: str) -> list[float]:
+        return [float(np.mean(v)) for v in self.by_subject[metric].values()]
+
+    def most_per_subject(self, metric: str) -> int:
+        return max((len(v) for v in self.by_subject[metric].values()), default=0)
 
 
 def _collect(rows: ExperimentRows, arm_names: Sequence[str]) -> dict[str, _ArmData]:
@@ -49,16 +65,18 @@ def _collect(rows: ExperimentRows, arm_names: Sequence[str]) -> dict[str, _ArmDa
         data = arms.setdefault(arm, _ArmData())  # an arm since removed from the definition still reports
         data.subjects.add(subject)
         for objective, value in rewards.items():
-            data.rewards[objective].append(value)
-        data.weighted.append(weighted)
+            data.add(f"reward[{objective}]", data.rewards[objective], subject, value)
+        data.add("weighted_score", data.weighted, subject, weighted)
         data.latency.append(latency)
         data.tokens.append(tokens)
-    for arm, kind, value, other_arm in rows.feedback:
+    for arm, subject, kind, value, other_arm in rows.feedback:
+        data = arms.setdefault(arm, _ArmData())
         if kind == "thumbs":
-            arms[arm].thumbs.append(value)
+            data.add("thumbs_up", data.thumbs, subject, value)
         elif kind == "rating":
-            arms[arm].ratings.append(value)
+            data.add("rating", data.ratings, subject, value)
         elif kind == "preference" and other_arm is not None and other_arm != arm:
+            arms.setdefault(other_arm, _ArmData())
             # `value` is 1 when the row's request (in `arm`) won against the other one.
             for this, that, won in ((arm, other_arm, value == 1.0), (other_arm, arm, value != 1.0)):
                 arms[this].preference_trials += 1
@@ -92,10 +110,10 @@ def build_report(experiment: ExperimentSpec, rows: ExperimentRows) -> pb.Experim
                                  feedback=len(rows.feedback), generated_unix=time.time())
     for name, data in arms.items():
         spec = experiment.arm(name)
-        ups = int(np.sum(data.thumbs)) if data.thumbs else 0
+        ups = int(sum(data.thumbs))
         report.arms.append(pb.ArmReport(
             name=name, strategy=spec.strategy if spec else "(no longer in the experiment)",
-            split=spec.split if spec else 0.0, requests=len(data.weighted), subjects=len(data.subjects),
+            split=spec.split if spec else 0.0, requests=len(data.latency), subjects=len(data.subjects),
             rewards={o: _mean(mean_interval(data.rewards[o])) for o in objectives},
             weighted_score=_mean(mean_interval(data.weighted)),
             latency_p50_seconds=percentile(data.latency, 50), latency_p95_seconds=percentile(data.latency, 95),
@@ -110,17 +128,20 @@ def build_report(experiment: ExperimentSpec, rows: ExperimentRows) -> pb.Experim
         if name == baseline_name:
             continue
         compare = report.comparisons.append
-        compare(_comparison(name, baseline_name, "weighted_score", welch_test(data.weighted, base.weighted)))
-        for objective in objectives:
-            compare(_comparison(name, baseline_name, f"reward[{objective}]",
-                                welch_test(data.rewards[objective], base.rewards[objective])))
+        metrics = ["weighted_score", *(f"reward[{o}]" for o in objectives)]
         # Feedback comparisons only where some feedback exists: a wall of NaN rows helps nobody.
         if data.ratings or base.ratings:
-            compare(_comparison(name, baseline_name, "rating", welch_test(data.ratings, base.ratings)))
+            metrics.append("rating")
+        for metric in metrics:
+            compare(_comparison(name, baseline_name, metric,
+                                welch_test(data.subject_means(metric), base.subject_means(metric))))
         if data.thumbs or base.thumbs:
-            compare(_comparison(name, baseline_name, "thumbs_up", two_proportion_test(
-                int(np.sum(data.thumbs)) if data.thumbs else 0, len(data.thumbs),
-                int(np.sum(base.thumbs)) if base.thumbs else 0, len(base.thumbs))))
+            if max(data.most_per_subject("thumbs_up"), base.most_per_subject("thumbs_up")) <= 1:
+                result = two_proportion_test(int(sum(data.thumbs)), len(data.thumbs),
+                                             int(sum(base.thumbs)), len(base.thumbs))
+            else:  # several thumbs per subject are not independent trials
+                result = welch_test(data.subject_means("thumbs_up"), base.subject_means("thumbs_up"))
+            compare(_comparison(name, baseline_name, "thumbs_up", result))
         wins, trials = data.against.get(baseline_name, (0, 0))
         if trials:
             compare(_comparison(name, baseline_name, "preference", binomial_test(wins, trials)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Callable
@@ -45,7 +46,7 @@ CREATE TABLE IF NOT EXISTS requests (
     sampling TEXT NOT NULL,            -- the sampling settings applied, JSON
     weights TEXT NOT NULL,             -- normalised preference weights, JSON
     rewards TEXT NOT NULL,             -- reward per objective, JSON
-    weighted_score REAL NOT NULL,
+    weighted_score REAL,               -- NULL where it was not finite (SQLite stores NaN as NULL)
     latency_seconds REAL NOT NULL,
     prompt_tokens INTEGER NOT NULL,
     generated_tokens INTEGER NOT NULL,
@@ -103,10 +104,10 @@ class StoredExperiment:
 @dataclass(frozen=True)
 class ExperimentRows:
     """What a report needs: per request (arm, subject, rewards, weighted score, latency, tokens) and
-    per feedback (arm, kind, value; preferences with the other request's arm)."""
+    per feedback (the request's arm and subject, kind, value; preferences with the other arm)."""
 
-    requests: list[tuple[str, str, dict[str, float], float, float, int]]
-    feedback: list[tuple[str, str, float, str | None]]
+    requests: list[tuple[str, str, dict[str, float], float, float, int]]  # NaN where not finite
+    feedback: list[tuple[str, str, str, float, str | None]]  # arm, subject, kind, value, other arm
 
 
 Write = Callable[[sqlite3.Connection], Any]
@@ -134,6 +135,7 @@ class ExperimentStore:
         self._write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alignd-store-write")
         self._read_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="alignd-store-read")
         self._writer: asyncio.Task | None = None
+        self._closing = False
 
     @staticmethod
     def _setup(connection: sqlite3.Connection) -> None:
@@ -158,10 +160,16 @@ class ExperimentStore:
 
     async def close(self) -> None:
         """Apply everything queued, then stop the writer and close the connection."""
+        self._closing = True  # writes submitted from now on are refused, not left waiting
         if self._writer is not None:
-            await self._queue.put(None)
-            await self._writer
+            if not self._writer.done():
+                await self._queue.put(None)
+                await self._writer
             self._writer = None
+        while not self._queue.empty():  # only if the writer had died: answer, never leave hanging
+            item = self._queue.get_nowait()
+            if item is not None and not item[1].done():
+                item[1].set_exception(Unavailable("experiment store: closed before this write"))
         self._write_thread.submit(self._writer_connection.close).result()
         self._write_thread.shutdown()
         self._read_threads.shutdown(wait=False, cancel_futures=True)
@@ -178,8 +186,10 @@ class ExperimentStore:
                      json.dumps(record.weights), json.dumps(record.rewards), record.weighted_score,
                      record.latency_seconds, record.prompt_tokens, record.generated_tokens, record.finish_reason),
                 )
-            except sqlite3.IntegrityError:
-                raise AlreadyExists(f"request_id: {record.request_id!r} is already recorded") from None
+            except sqlite3.IntegrityError as error:
+                if error.sqlite_errorname == "SQLITE_CONSTRAINT_PRIMARYKEY":
+                    raise AlreadyExists(f"request_id: {record.request_id!r} is already recorded") from None
+                raise
 
         await self._submit(write)
         self.metrics.experiment_records.labels(record.experiment, record.arm).inc()
@@ -215,14 +225,16 @@ class ExperimentStore:
             try:
                 connection.execute(f"{verb} INTO experiments VALUES (?, ?, ?, ?)",
                                    (name, definition, source, created_unix))
-            except sqlite3.IntegrityError:
-                raise AlreadyExists(f"name: an experiment named {name!r} exists") from None
+            except sqlite3.IntegrityError as error:
+                if error.sqlite_errorname == "SQLITE_CONSTRAINT_PRIMARYKEY":
+                    raise AlreadyExists(f"name: an experiment named {name!r} exists") from None
+                raise
 
         await self._submit(write)
 
     async def _submit(self, write: Write) -> Any:
-        if self._writer is None:
-            raise Unavailable("experiment store: not started or closing")
+        if self._writer is None or self._writer.done() or self._closing:
+            raise Unavailable("experiment store: not running (closing, or its writer stopped: see the server log)")
         future = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait((write, future))
@@ -252,7 +264,11 @@ class ExperimentStore:
             if not batch:
                 continue
             started = time.perf_counter()
-            results = await loop.run_in_executor(self._write_thread, self._apply, [w for w, _ in batch])
+            try:
+                results = await loop.run_in_executor(self._write_thread, self._apply, [w for w, _ in batch])
+            except Exception as error:  # a bug in _apply itself: fail this batch, keep the writer alive
+                log.exception("experiment store batch failed")
+                results = [Unavailable(f"experiment store: {error}")] * len(batch)
             self.metrics.store_commit_seconds.observe(time.perf_counter() - started)
             for (_, future), result in zip(batch, results):
                 if future.done():  # the caller was cancelled; the write itself stands
@@ -272,9 +288,9 @@ class ExperimentStore:
                 connection.execute("SAVEPOINT write")
                 try:
                     results.append(write(connection))
-                except (AligndError, sqlite3.Error) as error:
+                except Exception as error:  # refused (AligndError) or failed: only this write is undone
                     connection.execute("ROLLBACK TO write")
-                    if isinstance(error, sqlite3.Error):
+                    if not isinstance(error, AligndError):
                         log.exception("experiment store write failed")
                         self.metrics.store_errors.inc()
                         error = Unavailable(f"experiment store: {error}")
@@ -312,16 +328,18 @@ class ExperimentStore:
 
     async def rows(self, experiment: str) -> ExperimentRows:
         def query(connection: sqlite3.Connection) -> ExperimentRows:
+            connection.execute("BEGIN")  # one snapshot for both queries
             requests = [
-                (arm, subject, json.loads(rewards), score, latency, tokens)
+                (arm, subject, json.loads(rewards), math.nan if score is None else score, latency, tokens)
                 for arm, subject, rewards, score, latency, tokens in connection.execute(
                     "SELECT arm, subject, rewards, weighted_score, latency_seconds, generated_tokens "
                     "FROM requests WHERE experiment = ? ORDER BY created_unix", (experiment,))
             ]
             feedback = connection.execute(
-                "SELECT r.arm, f.kind, f.value, o.arm FROM feedback f JOIN requests r USING (request_id) "
+                "SELECT r.arm, r.subject, f.kind, f.value, o.arm FROM feedback f JOIN requests r USING (request_id) "
                 "LEFT JOIN requests o ON o.request_id = f.other_request_id WHERE r.experiment = ?",
                 (experiment,)).fetchall()
+            connection.execute("COMMIT")
             return ExperimentRows(requests, feedback)
 
         return await self._read(query)

@@ -36,7 +36,7 @@ def run(coroutine_function, path, **store_options):
     return asyncio.run(main())
 
 
-def test_store_uses_wal_and_full_sync(tmp_path):
+def test_store_uses_wal(tmp_path):
     run(lambda store: store.record_request(record("r1")), tmp_path / "s.sqlite")
     with sqlite3.connect(tmp_path / "s.sqlite") as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -166,3 +166,35 @@ def test_a_store_from_a_newer_schema_is_refused(tmp_path):
 
     with pytest.raises(Unavailable, match="schema version 99"):
         ExperimentStore(path)
+
+
+def test_a_score_that_is_not_finite_is_stored_as_null_and_read_back_as_nan(tmp_path):
+    import math
+
+    nan_record = RequestRecord("nan", "exp", "a", "s", 1.0, "sample", {}, {}, {"r": 1.0}, {"r": math.nan}, math.nan,
+                               0.01, 3, 4, "length")
+
+    async def scenario(store):
+        await store.record_request(nan_record)
+        return await store.rows("exp")
+
+    rows = run(scenario, tmp_path / "s.sqlite")
+    (arm, subject, rewards, weighted, latency, tokens), = rows.requests
+    assert math.isnan(weighted) and math.isnan(rewards["r"])
+
+
+def test_a_failing_write_is_answered_and_the_writer_keeps_going(tmp_path):
+    from alignd.errors import Unavailable
+
+    broken = RequestRecord("bad", "exp", "a", "s", 1.0, "sample", {"not json": {1, 2}}, {}, {}, {}, 0.0, 0.01, 3, 4,
+                           "length")
+
+    async def scenario(store):
+        first = await asyncio.gather(store.record_request(broken), return_exceptions=True)
+        await store.record_request(record("good"))
+        return first[0]
+
+    error = run(scenario, tmp_path / "s.sqlite")
+    assert isinstance(error, Unavailable)
+    with sqlite3.connect(tmp_path / "s.sqlite") as connection:
+        assert [r[0] for r in connection.execute("SELECT request_id FROM requests")] == ["good"]
