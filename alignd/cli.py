@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 
 DEFAULT_TARGET = "localhost:50051"
+VLLM_FLAGS = ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size", "gpu_memory_utilization",
+              "max_model_len", "max_num_seqs", "enable_prefix_caching", "enforce_eager")
 
 
 def _parse_weights(pairs: Sequence[str]) -> dict[str, float]:
@@ -67,10 +69,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from alignd.errors import AligndError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    engine = {name: getattr(args, name) for name in VLLM_FLAGS if getattr(args, name) is not None}
     try:
         config = load_config(
             args.config, model=args.model, port=args.port, host=args.host, device=args.device, dtype=args.dtype,
             backend=args.backend, objectives=args.objectives, workers=args.workers, metrics_port=args.metrics_port,
+            vllm=engine or None,
         )
         from alignd.server.app import serve
 
@@ -324,10 +328,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto: CUDA when present)")
     serve.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
-    serve.add_argument("--backend", choices=["transformers"])
+    serve.add_argument("--backend", choices=["transformers", "vllm"])
     serve.add_argument("--objectives", nargs="+", help="objective names to serve")
     serve.add_argument("--workers", type=int, help="decode worker threads")
     serve.add_argument("--metrics-port", type=int, help="Prometheus metrics HTTP port (0: off)")
+    engine = serve.add_argument_group("vLLM engine (with --backend vllm; also the [vllm] table of the config)")
+    engine.add_argument("--tensor-parallel-size", type=int)
+    engine.add_argument("--pipeline-parallel-size", type=int)
+    engine.add_argument("--data-parallel-size", type=int)
+    engine.add_argument("--gpu-memory-utilization", type=float,
+                        help="share of GPU memory (on CPUs: of RAM) for weights and KV cache; default 0.25 on CPUs")
+    engine.add_argument("--max-model-len", type=int)
+    engine.add_argument("--max-num-seqs", type=int)
+    engine.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None)
+    engine.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None)
     serve.set_defaults(func=cmd_serve)
 
     def client_options(p: argparse.ArgumentParser) -> None:

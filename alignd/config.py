@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from alignd.backends.base import SamplingParams
+from alignd.backends.vllm import VLLMOptions
 from alignd.decoding.params import Limits
 from alignd.models import DEFAULT_MODEL
 
@@ -67,8 +68,9 @@ class ServerConfig:
     default_weights: dict[str, float] = field(default_factory=dict)  # empty: uniform
     default_sampling: SamplingParams = SamplingParams()
     limits: Limits = Limits()
-    # Decodes run in worker threads; the model itself runs one forward pass at a time.
-    workers: int = 2
+    # Decodes run in worker threads. 0 picks per backend: 2 for transformers (the model runs one
+    # forward at a time), 64 for vllm (threads only wait while the engine batches their requests).
+    workers: int = 0
     # Requests admitted at once (running + waiting); more get RESOURCE_EXHAUSTED.
     max_pending: int = 64
     metrics_port: int = 0  # Prometheus /metrics over HTTP; 0 disables
@@ -81,9 +83,15 @@ class ServerConfig:
     experiment_store: str = "auto"
     admin_rpcs: bool = False
     store_queue_size: int = 1024  # writes waiting for the store before callers wait (metrics count it)
+    # Engine options of the vllm backend ([vllm] table; `alignd serve --tensor-parallel-size ...`).
+    vllm: VLLMOptions = VLLMOptions()
+
+    @property
+    def decode_workers(self) -> int:
+        return self.workers or (64 if self.backend == "vllm" else 2)
 
 
-_NESTED = {"default_sampling": SamplingParams, "limits": Limits}
+_NESTED = {"default_sampling": SamplingParams, "limits": Limits, "vllm": VLLMOptions}
 
 
 def _build(cls: type, values: dict[str, Any], where: str):
@@ -112,7 +120,13 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfi
             raise ConfigError(f"config file {str(path)!r} not found") from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"config file {str(path)!r}: {error}") from None
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in _NESTED and isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}  # flags override single keys of a [table]
+        else:
+            values[key] = value
     try:
         return _build(ServerConfig, values, "")
     except TypeError as error:

@@ -30,6 +30,7 @@ from alignd.backends.base import (
     SamplingParams,
 )
 from alignd.backends.sampling import draw, make_generator, reference_logprobs
+from alignd.backends.text import cut_at_stop, render_chat, stop_window
 from alignd.errors import Cancelled
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -107,13 +108,7 @@ class TransformersPolicy(Policy):
     # -- text ---------------------------------------------------------------------------------
 
     def render(self, prompt: ChatPrompt) -> str:
-        if prompt.raw or not getattr(self.tokenizer, "chat_template", None):
-            return prompt.user if prompt.system is None else f"{prompt.system}\n\n{prompt.user}"
-        messages = []
-        if prompt.system is not None:
-            messages.append({"role": "system", "content": prompt.system})
-        messages.append({"role": "user", "content": prompt.user})
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return render_chat(self.tokenizer, prompt)
 
     def tokenize(self, text: str) -> list[int]:
         # Under the lock: `_begin` switches the fast tokenizer's padding, and a concurrent
@@ -128,7 +123,7 @@ class TransformersPolicy(Policy):
     def _text(self, ids: list[int], stops: Sequence[str]) -> str:
         eos = set(self.eos_token_ids.tolist())
         text_ids = ids[:-1] if ids and ids[-1] in eos else ids
-        return _cut_at_stop(self.detokenize(text_ids), stops)
+        return cut_at_stop(self.detokenize(text_ids), stops)
 
     # -- the decoding mechanism ------------------------------------------------------------------
 
@@ -206,7 +201,7 @@ class TransformersPolicy(Policy):
             partial.token_logprobs[row].append(logprob)
         stopped = torch.isin(chosen, self.eos_token_ids)
         if sampling.stop:
-            window = _stop_window(sampling.stop)
+            window = stop_window(sampling.stop)
             tails = [partial.token_ids[row][-window:] for row in partial.live]
             texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
             stopped |= torch.tensor([any(s in t for s in sampling.stop) for t in texts], device=self._device)
@@ -355,13 +350,3 @@ def _copy_cache(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
         copied.update(layer.keys[rows], layer.values[rows], index)
     return copied
 
-
-def _stop_window(stops: Sequence[str]) -> int:
-    """Tokens to decode at each step to see a stop sequence that the newest token completed."""
-    # A token covers at least one character, plus slack for tokens that decode to nothing alone.
-    return max((len(s) for s in stops), default=0) + 2
-
-
-def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-    return text if cut < 0 else text[:cut]

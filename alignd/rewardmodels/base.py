@@ -65,6 +65,16 @@ class Scorer(ABC):
         """Values on a common scale for weighting (identity without normalisation statistics)."""
         return values
 
+    @property
+    def computes_hidden_states(self) -> bool:
+        """Whether `prefix_hidden` can serve value heads for a backend that gives no hidden states."""
+        return False
+
+    def prefix_hidden(self, prompt: Any, token_ids: Sequence[Sequence[int]]) -> Any:
+        """Final-layer hidden states after each partial response ([N, H]) from a forward of the
+        heads' backbone, for backends that do not return them while decoding (vLLM)."""
+        raise NotImplementedError("this scorer has no backbone to compute hidden states")
+
     def score_prefix(
         self, prompts: Sequence[str], prefixes: Sequence[str] | None, hidden: Any | None = None,
         objectives: Sequence[str] | None = None,

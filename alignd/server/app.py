@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from alignd.backends.base import Policy
 from alignd.config import ConfigError, ServerConfig
 from alignd.backends.loading import load_policy
+from alignd.backends.vllm import EngineStartError
 from alignd.rewardmodels.base import Scorer
 from alignd.rewardmodels.heads import Head, HeadError
 from alignd.server.metrics import Metrics
@@ -48,7 +49,9 @@ def load_scorer(config: ServerConfig, policy: Policy) -> tuple[Scorer, list[tupl
     except ValueError as error:
         raise ConfigError(f"objectives: {error}") from None
     heads: list[tuple[str, Head]] = []
-    hidden_size = getattr(policy, "hidden_size", None)
+    value_path = shipped_value_heads(policy.model_name) if config.value_heads == "auto" else config.value_heads
+    features_policy = _features_policy(config, policy, bool(value_path or config.reward_heads))
+    hidden_size = getattr(features_policy, "hidden_size", None)
 
     def load_head(path: str, field: str) -> Head:
         try:
@@ -62,18 +65,36 @@ def load_scorer(config: ServerConfig, policy: Policy) -> tuple[Scorer, list[tupl
 
     for i, path in enumerate(config.reward_heads):
         head = load_head(path, f"reward_heads[{i}]")
-        objectives.append(RewardHeadObjective(head, lambda p, r: response_features(policy, p, r)))
+        objectives.append(RewardHeadObjective(head, lambda p, r: response_features(features_policy, p, r)))
     try:
         scorer: Scorer = ObjectiveScorer(objectives)
     except ValueError as error:
         raise ConfigError(f"reward_heads: {error}") from None
-    value_path = shipped_value_heads(policy.model_name) if config.value_heads == "auto" else config.value_heads
     if value_path:
         try:
-            scorer = ValueGuidedScorer(scorer, load_head(str(value_path), "value_heads"))
+            heads_backbone = None if features_policy is policy else features_policy
+            scorer = ValueGuidedScorer(scorer, load_head(str(value_path), "value_heads"), heads_backbone)
         except HeadError as error:
             raise ConfigError(f"value_heads: {error}") from None
     return scorer, heads
+
+
+def _features_policy(config: ServerConfig, policy: Policy, heads_configured: bool) -> Policy:
+    """Where heads read hidden states: the decoding policy when it gives them, else (vLLM) a
+    transformers copy of the same checkpoint, loaded only when heads are configured."""
+    from alignd.backends.base import Capability
+
+    if Capability.HIDDEN_STATES in policy.capabilities or not heads_configured:
+        return policy
+    from alignd.backends.transformers_policy import TransformersPolicy
+
+    checkpoint = getattr(policy, "checkpoint", None)
+    if checkpoint is None:
+        raise ConfigError(f"value_heads: backend {type(policy).__name__} gives no hidden states and no checkpoint "
+                          "for the heads' backbone")
+    log.info("heads read hidden states from a transformers copy of %s (the backend gives none)", checkpoint)
+    device = "cpu" if policy.device == "cpu" else config.device
+    return TransformersPolicy(checkpoint, model_name=policy.model_name, device=device, dtype=config.dtype)
 
 
 @dataclass
@@ -117,8 +138,9 @@ async def start_server(policy: Policy, scorer: Scorer, config: ServerConfig,
 async def serve(config: ServerConfig) -> None:
     """Load everything, serve until SIGTERM or SIGINT, then drain."""
     try:
-        policy = load_policy(config.model, backend=config.backend, device=config.device, dtype=config.dtype)
-    except ValueError as error:
+        policy = load_policy(config.model, backend=config.backend, device=config.device, dtype=config.dtype,
+                             vllm_options=config.vllm)
+    except (ValueError, EngineStartError) as error:
         raise ConfigError(str(error)) from None
     scorer, heads = load_scorer(config, policy)
     running = await start_server(policy, scorer, config, heads)

@@ -52,7 +52,7 @@ class AligndService(pb_grpc.AligndServicer):
             convert.parse_sampling(pb.SamplingParams(), config.default_sampling, config.limits)
         except InvalidArgument as error:
             raise ConfigError(f"default_{error}") from None
-        self._executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="alignd-decode")
+        self._executor = ThreadPoolExecutor(max_workers=config.decode_workers, thread_name_prefix="alignd-decode")
         self._pending = 0
         self._info = self._server_info()
         self.experiments = Experiments(None, self._check_arm)

@@ -1,0 +1,323 @@
+"""Policy on vLLM's async engine, in-process: continuous batching across concurrent requests,
+automatic prefix caching, and vLLM's own tensor/pipeline/data parallelism for big models.
+
+The engine runs on its own event loop thread; strategies call this policy from worker threads,
+so every call submits coroutines to that loop and waits. What it serves:
+- `sample`: one engine request per prompt with `n` and the sampled token's log-probability under
+  the processed (temperature, top-k, top-p) distribution, i.e. pi_ref as the KL figures need;
+- `extend`: one request per row with `n=k` and `max_tokens=B`, prompt = prompt + the row's tokens
+  as token ids; prefix caching finds the shared prefix in the KV cache, so a block does not
+  re-encode it (`prefix_cache_hit_rate` reports what the engine found);
+- no per-token control (tokenwise controlled decoding, linear alignment) and no hidden states:
+  strategies that need them are refused, or value heads read hidden states from a separate
+  forward of their backbone (see rewardmodels/guided_scorer.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignd.backends.base import (
+    Capability, ChatPrompt, Completion, FinishReason, PartialResponses, Policy, SampleBatch, SamplingParams,
+)
+from alignd.backends.text import cut_at_stop, render_chat, stop_window
+from alignd.errors import Cancelled
+
+log = logging.getLogger("alignd.vllm")
+
+# Fraction of memory vLLM may take for weights and KV cache. On the CPU build it is a share of
+# the NUMA node's RAM and vLLM's GPU default (0.92) does not fit beside anything else.
+CPU_MEMORY_UTILIZATION = 0.25
+POLL_SECONDS = 0.05  # how often a waiting caller looks at its cancel event
+
+
+@dataclass(frozen=True)
+class VLLMOptions:
+    """Engine options passed through to vLLM (`alignd serve --tensor-parallel-size ...`)."""
+
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    data_parallel_size: int = 1
+    gpu_memory_utilization: float | None = None  # None: vLLM's default on GPUs, 0.25 on CPUs
+    max_model_len: int | None = None
+    max_num_seqs: int | None = None
+    enable_prefix_caching: bool = True
+    enforce_eager: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # any other AsyncEngineArgs field
+
+
+class EngineStartError(RuntimeError):
+    """The vLLM engine did not start (reported as one line by `alignd serve`)."""
+
+
+@dataclass
+class _Partial(PartialResponses):
+    prompt_ids: list[list[int]] = field(default_factory=list)  # each row's prompt, as token ids
+    blocks: int = 0  # extend calls so far: seeds each block's draws differently
+
+
+class VLLMPolicy(Policy):
+    capabilities = frozenset({Capability.SAMPLE, Capability.EXTEND})
+
+    def __init__(self, checkpoint: str | Path, *, model_name: str | None = None, dtype: str = "float32",
+                 options: VLLMOptions = VLLMOptions(), seed: int = 0) -> None:
+        try:
+            import torch
+            from transformers import AutoTokenizer
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
+        except ImportError as error:
+            raise EngineStartError(f"the vllm backend needs vLLM installed ({error}); see README: Install") from None
+        self.checkpoint = Path(checkpoint)
+        self.model_name = model_name or self.checkpoint.name
+        self.tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+        self.options = options
+        on_gpu = torch.cuda.is_available()
+        self.device = "cuda" if on_gpu else "cpu"
+        utilization = options.gpu_memory_utilization
+        if utilization is None and not on_gpu:
+            utilization = CPU_MEMORY_UTILIZATION
+        args = dict(
+            model=str(checkpoint), tokenizer=str(checkpoint), dtype=dtype, seed=seed,
+            # KL figures need log pi_ref under the sampling distribution, not the raw model's.
+            logprobs_mode="processed_logprobs",
+            enable_prefix_caching=options.enable_prefix_caching, enforce_eager=options.enforce_eager,
+            tensor_parallel_size=options.tensor_parallel_size, pipeline_parallel_size=options.pipeline_parallel_size,
+            data_parallel_size=options.data_parallel_size,
+        )
+        for name in ("max_model_len", "max_num_seqs"):
+            if getattr(options, name) is not None:
+                args[name] = getattr(options, name)
+        if utilization is not None:
+            args["gpu_memory_utilization"] = utilization
+        args.update(options.extra)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="alignd-vllm-loop", daemon=True)
+        self._thread.start()
+
+        async def start() -> Any:
+            return AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+
+        try:
+            self.engine = asyncio.run_coroutine_threadsafe(start(), self._loop).result()
+        except Exception as error:
+            self._stop_loop()
+            raise EngineStartError(f"vLLM engine failed to start: {type(error).__name__}: {error} "
+                                   "(the engine's log above has the cause)") from None
+        self.context_length = int(self.engine.model_config.max_model_len)
+        self.eos_token_ids = self._eos_ids()
+        self._ids = itertools.count()
+        self._stats_lock = threading.Lock()
+        self.prompt_tokens_seen = 0  # prompt tokens of every engine request
+        self.prompt_tokens_cached = 0  # of those, found in the prefix cache by the engine
+
+    def _eos_ids(self) -> set[int]:
+        ids = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
+        generation = getattr(self.engine.model_config, "hf_config", None)
+        configured = getattr(generation, "eos_token_id", None)
+        if isinstance(configured, int):
+            ids.add(configured)
+        elif configured:
+            ids.update(configured)
+        return ids
+
+    # -- text ---------------------------------------------------------------------------------
+
+    def render(self, prompt: ChatPrompt) -> str:
+        return render_chat(self.tokenizer, prompt)
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    def _text(self, ids: Sequence[int], stops: Sequence[str]) -> str:
+        text_ids = list(ids[:-1]) if ids and ids[-1] in self.eos_token_ids else list(ids)
+        return cut_at_stop(self.detokenize(text_ids), stops)
+
+    # -- engine requests --------------------------------------------------------------------------
+
+    def _params(self, sampling: SamplingParams, n: int, max_tokens: int, seed: int | None):
+        from vllm import SamplingParams as EngineSampling
+        from vllm.sampling_params import RequestOutputKind
+
+        return EngineSampling(
+            n=n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k, max_tokens=max_tokens,
+            stop=list(sampling.stop) or None, seed=seed, logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+
+    async def _generate(self, prompt_ids: list[int], params) -> Any:
+        request_id = f"alignd-{next(self._ids)}"
+        final = None
+        try:
+            async for output in self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id):
+                final = output
+        except asyncio.CancelledError:
+            await self.engine.abort(request_id)  # the caller went away: free the engine's slots now
+            raise
+        with self._stats_lock:
+            self.prompt_tokens_seen += len(prompt_ids)
+            self.prompt_tokens_cached += int(final.num_cached_tokens or 0)
+        return final
+
+    def _run_all(self, requests: list[tuple[list[int], Any]], cancel: threading.Event | None) -> list[Any]:
+        """Submit all requests at once (the engine batches them) and wait; a set `cancel` aborts
+        them in the engine and raises Cancelled."""
+        _check(cancel)
+
+        async def gather() -> list[Any]:
+            return await asyncio.gather(*(self._generate(ids, params) for ids, params in requests))
+
+        future: Future = asyncio.run_coroutine_threadsafe(gather(), self._loop)
+        while True:
+            try:
+                return future.result(timeout=POLL_SECONDS)
+            except TimeoutError:
+                if cancel is not None and cancel.is_set():
+                    future.cancel()  # cancels the gather: each _generate aborts its engine request
+                    raise Cancelled("request cancelled; aborted in the engine") from None
+
+    def _completion(self, output: Any, sampling: SamplingParams) -> tuple[list[int], list[float], FinishReason]:
+        ids = list(output.token_ids)
+        # logprobs=0: one entry per position, holding the sampled token.
+        logprobs = [float(step[token].logprob) for step, token in zip(output.logprobs or [], ids)]
+        finish = FinishReason.STOP if output.finish_reason == "stop" else FinishReason.LENGTH
+        return ids, logprobs, finish
+
+    # -- Policy interface -------------------------------------------------------------------------
+
+    def sample(self, prompts: Sequence[ChatPrompt], n: int, sampling: SamplingParams,
+               cancel: threading.Event | None = None) -> SampleBatch:
+        if n < 1 or not prompts:
+            raise ValueError("sample needs at least one prompt and n >= 1")
+        encoded = [self.tokenize(self.render(p)) for p in prompts]
+        params = self._params(sampling, n, sampling.max_tokens, sampling.seed)
+        outputs = self._run_all([(ids, params) for ids in encoded], cancel)
+        completions, forward = [], 0
+        for ids, output in zip(encoded, outputs):
+            row = []
+            for choice in output.outputs:
+                tokens, logprobs, finish = self._completion(choice, sampling)
+                row.append(Completion(self._text(tokens, sampling.stop), tokens, logprobs, finish))
+                forward += len(tokens)
+            completions.append(row)
+            forward += len(ids) - int(output.num_cached_tokens or 0)
+        return SampleBatch(completions, [len(ids) for ids in encoded], forward)
+
+    def begin(self, prompt: ChatPrompt, sampling: SamplingParams, cancel: threading.Event | None = None) -> _Partial:
+        return self.begin_many([prompt], sampling, cancel)
+
+    def begin_many(self, prompts: Sequence[ChatPrompt], sampling: SamplingParams,
+                   cancel: threading.Event | None = None) -> _Partial:
+        # Nothing runs yet: the first extend sends the prompts, and prefix caching keeps them.
+        if not prompts:
+            raise ValueError("begin_many needs at least one prompt")
+        _check(cancel)
+        ids = [self.tokenize(self.render(p)) for p in prompts]
+        rows = len(prompts)
+        return _Partial(prompt=prompts[0], sampling=sampling, prompt_tokens=sum(len(i) for i in ids),
+                        token_ids=[[] for _ in range(rows)], token_logprobs=[[] for _ in range(rows)],
+                        finish=[None] * rows, hidden=None, prompt_ids=ids)
+
+    def extend(self, partial: _Partial, k: int, block_tokens: int, cancel: threading.Event | None = None) -> _Partial:
+        if k < 1 or block_tokens < 1:
+            raise ValueError("extend needs k >= 1 and block_tokens >= 1")
+        sampling = partial.sampling
+        live = [r for r in range(partial.rows) if partial.finish[r] is None]
+        requests = []
+        for r in live:
+            left = sampling.max_tokens - len(partial.token_ids[r])
+            # Every block draws fresh: a seeded request would repeat its first block's draws.
+            seed = None if sampling.seed is None else hash((sampling.seed, partial.blocks, r)) & 0x7FFFFFFF
+            requests.append((partial.prompt_ids[r] + partial.token_ids[r],
+                             self._params(sampling, k, min(block_tokens, left), seed)))
+        outputs = dict(zip(live, self._run_all(requests, cancel)))
+        children = _Partial(prompt=partial.prompt, sampling=sampling, prompt_tokens=partial.prompt_tokens,
+                            token_ids=[], token_logprobs=[], finish=[], hidden=None,
+                            forward_tokens=partial.forward_tokens, blocks=partial.blocks + 1)
+        for r in range(partial.rows):
+            output = outputs.get(r)
+            if output is not None:
+                children.forward_tokens += len(output.prompt_token_ids) - int(output.num_cached_tokens or 0)
+            for j in range(k):
+                tokens, logprobs, finish = list(partial.token_ids[r]), list(partial.token_logprobs[r]), partial.finish[r]
+                if output is not None:
+                    new_ids, new_logprobs, engine_finish = self._completion(output.outputs[j], sampling)
+                    tokens += new_ids
+                    logprobs += new_logprobs
+                    children.forward_tokens += len(new_ids)
+                    finish = self._finish(tokens, engine_finish, sampling)
+                children.prompt_ids.append(partial.prompt_ids[r])
+                children.token_ids.append(tokens)
+                children.token_logprobs.append(logprobs)
+                children.finish.append(finish)
+        return children
+
+    def _finish(self, tokens: list[int], engine_finish: FinishReason, sampling: SamplingParams) -> FinishReason | None:
+        """EOS or a stop sequence ends the row; so does max_tokens. A block that merely used its
+        B tokens ("length" from the engine) leaves the row open."""
+        if tokens and tokens[-1] in self.eos_token_ids:
+            return FinishReason.STOP
+        if sampling.stop:
+            # A stop sequence may straddle two blocks, where the engine (seeing one block) misses it.
+            tail = self.detokenize(tokens[-stop_window(sampling.stop) * 2:])
+            if engine_finish == FinishReason.STOP or any(s in tail for s in sampling.stop):
+                return FinishReason.STOP
+        elif engine_finish == FinishReason.STOP:
+            return FinishReason.STOP
+        if len(tokens) >= sampling.max_tokens:
+            return FinishReason.LENGTH
+        return None
+
+    def select(self, partial: _Partial, rows: Sequence[int]) -> _Partial:
+        return _Partial(
+            prompt=partial.prompt, sampling=partial.sampling, prompt_tokens=partial.prompt_tokens,
+            token_ids=[list(partial.token_ids[r]) for r in rows],
+            token_logprobs=[list(partial.token_logprobs[r]) for r in rows],
+            finish=[partial.finish[r] for r in rows], hidden=None, forward_tokens=partial.forward_tokens,
+            prompt_ids=[partial.prompt_ids[r] for r in rows], blocks=partial.blocks,
+        )
+
+    def completion(self, partial: PartialResponses, row: int) -> Completion:
+        ids = partial.token_ids[row]
+        finish = partial.finish[row] or FinishReason.LENGTH
+        return Completion(self._text(ids, partial.sampling.stop), list(ids), list(partial.token_logprobs[row]), finish)
+
+    # -- engine state -----------------------------------------------------------------------------
+
+    @property
+    def prefix_cache_hit_rate(self) -> float:
+        """Share of prompt tokens (prompts and block prefixes) the engine found in its prefix cache."""
+        with self._stats_lock:
+            return self.prompt_tokens_cached / self.prompt_tokens_seen if self.prompt_tokens_seen else 0.0
+
+    def unfinished_requests(self) -> int:
+        """Requests the engine is still running or holding (0 once everything ended or was aborted)."""
+        return int(self.engine.get_num_unfinished_requests())
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        try:
+            self.engine.shutdown()
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+def _check(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("request cancelled; decoding stopped")
