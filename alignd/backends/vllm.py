@@ -36,6 +36,9 @@ log = logging.getLogger("alignd.vllm")
 # Fraction of memory vLLM may take for weights and KV cache. On the CPU build it is a share of
 # the NUMA node's RAM and vLLM's GPU default (0.92) does not fit beside anything else.
 CPU_MEMORY_UTILIZATION = 0.25
+# Prefix caching reuses whole KV blocks. vLLM's CPU default is 128 tokens, so a short prompt plus a
+# few blocks of 8 tokens never fills one; 32 is the smallest its CPU attention accepts.
+CPU_BLOCK_SIZE = 32
 POLL_SECONDS = 0.05  # how often a waiting caller looks at its cancel event
 
 
@@ -49,6 +52,7 @@ class VLLMOptions:
     gpu_memory_utilization: float | None = None  # None: vLLM's default on GPUs, 0.25 on CPUs
     max_model_len: int | None = None
     max_num_seqs: int | None = None
+    block_size: int | None = None  # KV-cache block in tokens; None: vLLM's default on GPUs, 32 on CPUs
     enable_prefix_caching: bool = True
     enforce_eager: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # any other AsyncEngineArgs field
@@ -83,8 +87,10 @@ class VLLMPolicy(Policy):
         on_gpu = torch.cuda.is_available()
         self.device = "cuda" if on_gpu else "cpu"
         utilization = options.gpu_memory_utilization
-        if utilization is None and not on_gpu:
-            utilization = CPU_MEMORY_UTILIZATION
+        block_size = options.block_size
+        if not on_gpu:
+            utilization = CPU_MEMORY_UTILIZATION if utilization is None else utilization
+            block_size = CPU_BLOCK_SIZE if block_size is None else block_size
         args = dict(
             model=str(checkpoint), tokenizer=str(checkpoint), dtype=dtype, seed=seed,
             # KL figures need log pi_ref under the sampling distribution, not the raw model's.
@@ -96,6 +102,8 @@ class VLLMPolicy(Policy):
         for name in ("max_model_len", "max_num_seqs"):
             if getattr(options, name) is not None:
                 args[name] = getattr(options, name)
+        if block_size is not None:
+            args["block_size"] = block_size
         if utilization is not None:
             args["gpu_memory_utilization"] = utilization
         args.update(options.extra)
@@ -309,6 +317,7 @@ class VLLMPolicy(Policy):
             return
         try:
             self.engine.shutdown()
+            self.engine = None  # collected now, not by __del__ during interpreter exit
         finally:
             self._stop_loop()
 
