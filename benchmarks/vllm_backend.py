@@ -37,7 +37,7 @@ def main() -> None:
     from alignd.decoding.weights import parse_weights
     from alignd.rewardmodels.guided_scorer import ValueGuidedScorer
     from alignd.server.app import load_scorer
-    from benchmarks.common import prompt_set
+    from common import prompt_set
 
     checkpoint = models.resolve(models.DEFAULT_MODEL)
     transformers = TransformersPolicy(checkpoint, model_name=models.DEFAULT_MODEL, device="cpu")
