@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -73,6 +74,8 @@ class VLLMPolicy(Policy):
 
     def __init__(self, checkpoint: str | Path, *, model_name: str | None = None, dtype: str = "float32",
                  options: VLLMOptions = VLLMOptions(), seed: int = 0) -> None:
+        # vLLM reports usage statistics over the network unless told not to; a server should not.
+        os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
         try:
             import torch
             from transformers import AutoTokenizer
