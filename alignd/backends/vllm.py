@@ -162,7 +162,8 @@ class VLLMPolicy(Policy):
         from vllm.sampling_params import RequestOutputKind
 
         return EngineSampling(
-            n=n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k, max_tokens=max_tokens,
+            # vLLM refuses n > 1 when greedy; the n greedy answers are one answer, read n times.
+            n=1 if sampling.greedy else n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k, max_tokens=max_tokens,
             stop=list(sampling.stop) or None, seed=seed, logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY,
         )
 
@@ -197,7 +198,12 @@ class VLLMPolicy(Policy):
                     future.cancel()  # cancels the gather: each _generate aborts its engine request
                     raise Cancelled("request cancelled; aborted in the engine") from None
 
-    def _completion(self, output: Any, sampling: SamplingParams) -> tuple[list[int], list[float], FinishReason]:
+    @staticmethod
+    def _choices(output: Any, n: int) -> list[Any]:
+        """The n choices of a request output (one greedy answer stands for all n)."""
+        return [output.outputs[j % len(output.outputs)] for j in range(n)]
+
+    def _completion(self, output: Any) -> tuple[list[int], list[float], FinishReason]:
         ids = list(output.token_ids)
         # logprobs=0: one entry per position, holding the sampled token.
         logprobs = [float(step[token].logprob) for step, token in zip(output.logprobs or [], ids)]
@@ -216,8 +222,8 @@ class VLLMPolicy(Policy):
         completions, forward = [], 0
         for ids, output in zip(encoded, outputs):
             row = []
-            for choice in output.outputs:
-                tokens, logprobs, finish = self._completion(choice, sampling)
+            for choice in self._choices(output, n):
+                tokens, logprobs, finish = self._completion(choice)
                 row.append(Completion(self._text(tokens, sampling.stop), tokens, logprobs, finish))
                 forward += len(tokens)
             completions.append(row)
@@ -259,10 +265,11 @@ class VLLMPolicy(Policy):
             output = outputs.get(r)
             if output is not None:
                 children.forward_tokens += len(output.prompt_token_ids) - int(output.num_cached_tokens or 0)
-            for j in range(k):
+            choices = self._choices(output, k) if output is not None else [None] * k
+            for choice in choices:
                 tokens, logprobs, finish = list(partial.token_ids[r]), list(partial.token_logprobs[r]), partial.finish[r]
-                if output is not None:
-                    new_ids, new_logprobs, engine_finish = self._completion(output.outputs[j], sampling)
+                if choice is not None:
+                    new_ids, new_logprobs, engine_finish = self._completion(choice)
                     tokens += new_ids
                     logprobs += new_logprobs
                     children.forward_tokens += len(new_ids)

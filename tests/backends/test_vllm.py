@@ -64,6 +64,12 @@ def test_sample_reports_reference_logprobs_and_is_seeded(vllm_policy):
     assert first.prompt_tokens[0] == vllm_policy.count_tokens(vllm_policy.render(ChatPrompt("Name a colour.")))
 
 
+def test_greedy_with_several_answers_gives_the_same_answer_each_time(vllm_policy):
+    # vLLM refuses n > 1 when greedy; the backend asks once and repeats it, as transformers would draw it.
+    (answers,) = vllm_policy.sample([ChatPrompt("Name a fruit.")], 3, SamplingParams(temperature=0.0, max_tokens=8))
+    assert len(answers) == 3 and len({tuple(a.token_ids) for a in answers}) == 1
+
+
 def test_blocks_find_their_prefix_in_the_engine_cache(vllm_policy):
     sampling = SamplingParams(temperature=0.8, max_tokens=40, seed=3)
     partial = vllm_policy.begin(ChatPrompt("Write two sentences about rivers and the towns along them."), sampling)
