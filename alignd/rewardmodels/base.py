@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from alignd.errors import FailedPrecondition
+
 
 @dataclass(frozen=True)
 class ObjectiveInfo:
@@ -73,7 +75,7 @@ class Scorer(ABC):
     def prefix_hidden(self, prompt: Any, token_ids: Sequence[Sequence[int]]) -> Any:
         """Final-layer hidden states after each partial response ([N, H]) from a forward of the
         heads' backbone, for backends that do not return them while decoding (vLLM)."""
-        raise NotImplementedError("this scorer has no backbone to compute hidden states")
+        raise FailedPrecondition("this scorer has no backbone to compute hidden states for value heads")
 
     def score_prefix(
         self, prompts: Sequence[str], prefixes: Sequence[str] | None, hidden: Any | None = None,
