@@ -66,7 +66,8 @@ def test_sample_reports_reference_logprobs_and_is_seeded(vllm_policy):
 
 def test_greedy_with_several_answers_gives_the_same_answer_each_time(vllm_policy):
     # vLLM refuses n > 1 when greedy; the backend asks once and repeats it, as transformers would draw it.
-    (answers,) = vllm_policy.sample([ChatPrompt("Name a fruit.")], 3, SamplingParams(temperature=0.0, max_tokens=8))
+    (answers,) = vllm_policy.sample([ChatPrompt("Name a fruit.")], 3,
+                                    SamplingParams(temperature=0.0, max_tokens=8)).completions
     assert len(answers) == 3 and len({tuple(a.token_ids) for a in answers}) == 1
 
 
