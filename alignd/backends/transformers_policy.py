@@ -316,6 +316,40 @@ class TransformersPolicy(Policy):
             self._feed(children, chosen, self._record(children, chosen, chosen_logprobs))
             return children
 
+    @torch.inference_mode()
+    def feed_tokens(self, partial: _Partial, tokens: Sequence[Sequence[int]]) -> _Partial:
+        """Teacher-force given tokens onto the live rows (row r gets tokens[r]) in one forward over
+        their cached prefixes, recording each row's hidden state after its last token. Rows given
+        fewer tokens than the longest (they ended) leave the cache. Only the cache and `hidden`
+        are kept: this serves as hidden-state shadow of a backend that gives none (vLLM)."""
+        with self._lock:
+            lengths = torch.tensor([len(tokens[row]) for row in partial.live], dtype=torch.long, device=self._device)
+            width = int(lengths.max()) if partial.live else 0
+            if width == 0:
+                return partial
+            ids = torch.full((len(partial.live), width), self.tokenizer.pad_token_id, dtype=torch.long,
+                             device=self._device)
+            for i, row in enumerate(partial.live):
+                ids[i, : len(tokens[row])] = torch.tensor(tokens[row], dtype=torch.long)
+            offsets = torch.arange(width, device=self._device)
+            fed = (offsets < lengths[:, None]).long()
+            partial.attention = torch.cat([partial.attention, fed], dim=-1)
+            out = self.model(input_ids=ids, attention_mask=partial.attention,
+                             position_ids=partial.next_position[:, None] + offsets, past_key_values=partial.cache,
+                             use_cache=True, output_hidden_states=True, logits_to_keep=1)
+            fed_rows = (lengths > 0).nonzero().squeeze(-1)
+            last = out.hidden_states[-1][fed_rows, lengths[fed_rows] - 1].float()
+            partial.hidden[torch.tensor(partial.live, device=self._device)[fed_rows]] = last
+            partial.forward_tokens += int(lengths.sum())
+            partial.next_position = partial.next_position + lengths
+            keep = (lengths == width).nonzero().squeeze(-1)  # a shorter row has padding in its cache
+            partial.live = [partial.live[i] for i in keep.tolist()]
+            if partial.live:
+                partial.cache.batch_select_indices(keep)
+                partial.attention, partial.next_position = partial.attention[keep], partial.next_position[keep]
+                partial.logits = out.logits[keep, -1, :]
+            return partial
+
     def completion(self, partial: PartialResponses, row: int) -> Completion:
         ids = partial.token_ids[row]
         finish = partial.finish[row] or FinishReason.LENGTH

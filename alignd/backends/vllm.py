@@ -8,9 +8,10 @@ so every call submits coroutines to that loop and waits. What it serves:
 - `extend`: one request per row with `n=k` and `max_tokens=B`, prompt = prompt + the row's tokens
   as token ids; prefix caching finds the shared prefix in the KV cache, so a block does not
   re-encode it (`prefix_cache_hit_rate` reports what the engine found);
-- no per-token control (tokenwise controlled decoding, linear alignment) and no hidden states:
-  strategies that need them are refused, or value heads read hidden states from a separate
-  forward of their backbone (see rewardmodels/guided_scorer.py).
+- no per-token control (tokenwise controlled decoding, linear alignment): refused;
+- hidden states for value heads only with a *shadow* attached (`attach_hidden_states`): a
+  transformers copy of the model that follows each partial response with its own KV cache and is
+  fed each block's sampled tokens (K x B tokens per block, the prefix never re-encoded).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class EngineStartError(RuntimeError):
 class _Partial(PartialResponses):
     prompt_ids: list[list[int]] = field(default_factory=list)  # each row's prompt, as token ids
     blocks: int = 0  # extend calls so far: seeds each block's draws differently
+    shadow: PartialResponses | None = None  # the hidden-state shadow's rows, aligned with ours
 
 
 class VLLMPolicy(Policy):
@@ -129,6 +131,22 @@ class VLLMPolicy(Policy):
         self._stats_lock = threading.Lock()
         self.prompt_tokens_seen = 0  # prompt tokens of every engine request
         self.prompt_tokens_cached = 0  # of those, found in the prefix cache by the engine
+        self._shadow: Any = None  # a TransformersPolicy (needs begin_many, select, feed_tokens)
+
+    def attach_hidden_states(self, shadow: Any) -> None:
+        """Give value heads hidden states: `shadow` (a transformers policy on the same checkpoint)
+        follows every partial response with its own KV cache. Costs the shadow's forward over
+        the prompt once and K x B tokens per block; the engine does the sampling."""
+        if Capability.HIDDEN_STATES not in shadow.capabilities:
+            raise ValueError("the shadow policy must give hidden states")
+        self._shadow = shadow
+        self.hidden_size = shadow.hidden_size
+        self.capabilities = VLLMPolicy.capabilities | {Capability.HIDDEN_STATES}
+
+    def prefix_hidden_states(self, prompt: ChatPrompt, responses: Sequence[Sequence[int]]) -> list[Any]:
+        if self._shadow is None:
+            raise self._missing(Capability.HIDDEN_STATES)
+        return self._shadow.prefix_hidden_states(prompt, responses)
 
     def _eos_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
@@ -241,9 +259,11 @@ class VLLMPolicy(Policy):
         _check(cancel)
         ids = [self.tokenize(self.render(p)) for p in prompts]
         rows = len(prompts)
+        shadow = self._shadow.begin_many(prompts, sampling, cancel) if self._shadow is not None else None
         return _Partial(prompt=prompts[0], sampling=sampling, prompt_tokens=sum(len(i) for i in ids),
                         token_ids=[[] for _ in range(rows)], token_logprobs=[[] for _ in range(rows)],
-                        finish=[None] * rows, hidden=None, prompt_ids=ids)
+                        finish=[None] * rows, hidden=shadow.hidden if shadow is not None else None, prompt_ids=ids,
+                        forward_tokens=shadow.forward_tokens if shadow is not None else 0, shadow=shadow)
 
     def extend(self, partial: _Partial, k: int, block_tokens: int, cancel: threading.Event | None = None) -> _Partial:
         if k < 1 or block_tokens < 1:
@@ -278,6 +298,14 @@ class VLLMPolicy(Policy):
                 children.token_ids.append(tokens)
                 children.token_logprobs.append(logprobs)
                 children.finish.append(finish)
+        if partial.shadow is not None:
+            # The shadow copies each parent's cache to its k children and reads the new tokens.
+            shadow = self._shadow.select(partial.shadow, [r for r in range(partial.rows) for _ in range(k)])
+            before = shadow.forward_tokens
+            new = [ids[len(partial.token_ids[c // k]):] for c, ids in enumerate(children.token_ids)]
+            children.shadow = self._shadow.feed_tokens(shadow, new)
+            children.hidden = children.shadow.hidden
+            children.forward_tokens += children.shadow.forward_tokens - before
         return children
 
     def _finish(self, tokens: list[int], engine_finish: FinishReason, sampling: SamplingParams) -> FinishReason | None:
@@ -297,12 +325,14 @@ class VLLMPolicy(Policy):
         return None
 
     def select(self, partial: _Partial, rows: Sequence[int]) -> _Partial:
+        shadow = self._shadow.select(partial.shadow, rows) if partial.shadow is not None else None
         return _Partial(
             prompt=partial.prompt, sampling=partial.sampling, prompt_tokens=partial.prompt_tokens,
             token_ids=[list(partial.token_ids[r]) for r in rows],
             token_logprobs=[list(partial.token_logprobs[r]) for r in rows],
-            finish=[partial.finish[r] for r in rows], hidden=None, forward_tokens=partial.forward_tokens,
-            prompt_ids=[partial.prompt_ids[r] for r in rows], blocks=partial.blocks,
+            finish=[partial.finish[r] for r in rows], hidden=shadow.hidden if shadow is not None else None,
+            forward_tokens=partial.forward_tokens, prompt_ids=[partial.prompt_ids[r] for r in rows],
+            blocks=partial.blocks, shadow=shadow,
         )
 
     def completion(self, partial: PartialResponses, row: int) -> Completion:

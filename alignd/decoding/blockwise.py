@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from alignd.backends.base import Capability, Completion, FinishReason, PartialResponses, Policy
+from alignd.backends.base import Completion, FinishReason, PartialResponses, Policy
 from alignd.decoding.base import (
     DecodeRequest, DecodeResult, KLEstimate, ProgressEvent, ScoredCandidate, Usage, finish, score_candidates,
 )
@@ -48,28 +48,19 @@ def refuse_greedy(request: DecodeRequest, strategy: str) -> None:
         raise InvalidArgument("sampling.temperature", f"{strategy} samples from pi_ref: use a temperature > 0")
 
 
-def require_value_heads(strategy: str, scorer: Scorer, names: Sequence[str], policy: Policy) -> None:
-    """Heads for `names`, and hidden states for them: from the backend while decoding, or from
-    the heads' backbone in the scorer."""
+def require_value_heads(strategy: str, scorer: Scorer, names: Sequence[str]) -> None:
     missing = [n for n in names if n not in scorer.value_objectives]
     if missing:
         loaded = sorted(scorer.value_objectives) or "none"
         raise FailedPrecondition(f"{strategy} needs value heads for {missing}; loaded value heads: {loaded}")
-    if Capability.HIDDEN_STATES not in policy.capabilities and not scorer.computes_hidden_states:
-        raise FailedPrecondition(f"{strategy} needs hidden states for its value heads: backend "
-                                 f"{type(policy).__name__} gives none and the scorer has no backbone loaded")
 
 
 def estimate_values(request: DecodeRequest, scorer: Scorer, partial: PartialResponses, objectives: Sequence[str],
                     usage: Usage) -> tuple[np.ndarray, np.ndarray]:
     """(value estimates on each objective's scale [R, G], the same on the common scale), NaN for
     objectives not asked for. Heads cover `objectives`, so no prefix text is decoded."""
-    hidden = partial.hidden
-    if hidden is None:  # a backend without hidden states (vLLM): the heads' backbone computes them
-        with usage.phase("backbone"):
-            hidden = scorer.prefix_hidden(request.prompt, partial.token_ids)
     with usage.phase("value"):
-        values = scorer.score_prefix([request.prompt.user] * partial.rows, None, hidden, list(objectives))
+        values = scorer.score_prefix([request.prompt.user] * partial.rows, None, partial.hidden, list(objectives))
     usage.scorer_calls += 1
     usage.scored_texts += partial.rows
     return values, scorer.standardise(values)

@@ -41,9 +41,7 @@ class ControlledStrategy(Strategy):
     name = "controlled"
     description = ("Controlled decoding with value heads: blockwise best-of-K blocks by w^T V, or tokenwise "
                    "pi_ref * exp(lambda w^T V) over the top-k tokens.")
-    # Hidden states for the value heads come from the backend or the heads' backbone (checked in
-    # `check`); tokenwise mode also needs Capability.TOKENWISE.
-    requires = frozenset({Capability.SAMPLE, Capability.EXTEND})
+    requires = frozenset({Capability.SAMPLE, Capability.EXTEND, Capability.HIDDEN_STATES})
 
     @dataclass(frozen=True)
     class Params:
@@ -63,14 +61,14 @@ class ControlledStrategy(Strategy):
         super().check(request, params, policy, scorer)
         # K greedy blocks are K copies of one block, and the tokenwise tilt needs a sampling pi_ref.
         refuse_greedy(request, "controlled decoding")
-        self._objectives(request, scorer, policy)
+        self._objectives(request, scorer)
         if params.mode == "tokenwise" and Capability.TOKENWISE not in policy.capabilities:
             raise FailedPrecondition(f"tokenwise controlled decoding needs the backend capability 'tokenwise', "
                                      f"which {type(policy).__name__} lacks")
 
     def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
         self.check(request, params, policy, scorer)  # fails before any work when heads are missing
-        objectives = self._objectives(request, scorer, policy)
+        objectives = self._objectives(request, scorer)
         if params.mode == "blockwise":
             return decode_blockwise(request, policy, scorer, strategy="controlled decoding",
                                     num_candidates=params.num_candidates, block_tokens=params.block_tokens,
@@ -85,10 +83,10 @@ class ControlledStrategy(Strategy):
         scored = score_candidates(request, scorer, [policy.completion(partial, 0)], usage)
         return finish(request, scored[0], scored, kl, usage, started)
 
-    def _objectives(self, request: DecodeRequest, scorer: Scorer, policy: Policy) -> list[str]:
+    def _objectives(self, request: DecodeRequest, scorer: Scorer) -> list[str]:
         """The objectives with positive weight: only those are estimated, and they need heads."""
         wanted = [n for n, w in request.weights.as_dict().items() if w > 0]
-        require_value_heads("controlled decoding", scorer, wanted, policy)
+        require_value_heads("controlled decoding", scorer, wanted)
         return wanted
 
     def _tokenwise(self, request, params, policy, scorer, partial, usage, started, objectives):

@@ -23,7 +23,7 @@ class MultiObjectiveStrategy(Strategy):
     name = "multi_objective"
     description = ("Multi-objective decoding (MOD): K blocks of B tokens per step, keep the best by the request's "
                    "weights over the value heads' standardised estimates.")
-    requires = frozenset({Capability.SAMPLE, Capability.EXTEND})  # + hidden states: see require_value_heads
+    requires = frozenset({Capability.SAMPLE, Capability.EXTEND, Capability.HIDDEN_STATES})
 
     @dataclass(frozen=True)
     class Params:
@@ -36,7 +36,7 @@ class MultiObjectiveStrategy(Strategy):
     def check(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> None:
         super().check(request, params, policy, scorer)
         refuse_greedy(request, self.name)
-        require_value_heads(self.name, scorer, [n for n, w in request.weights.as_dict().items() if w > 0], policy)
+        require_value_heads(self.name, scorer, [n for n, w in request.weights.as_dict().items() if w > 0])
 
     def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
         self.check(request, params, policy, scorer)

@@ -36,7 +36,7 @@ class RobustStrategy(Strategy):
     name = "robust"
     description = ("Robust multi-objective decoding (RMOD): per block, worst-case weights w* from a convex program "
                    "over the value estimates of K blocks, keep argmax_k w*.V_k.")
-    requires = frozenset({Capability.SAMPLE, Capability.EXTEND})  # + hidden states: see require_value_heads
+    requires = frozenset({Capability.SAMPLE, Capability.EXTEND, Capability.HIDDEN_STATES})
 
     @dataclass(frozen=True)
     class Params:
@@ -57,8 +57,7 @@ class RobustStrategy(Strategy):
         super().check(request, params, policy, scorer)
         refuse_greedy(request, self.name)
         feasible = weight_set(params, scorer.objective_names)
-        require_value_heads(self.name, scorer, [n for n, a in zip(scorer.objective_names, feasible.allowed) if a],
-                            policy)
+        require_value_heads(self.name, scorer, [n for n, a in zip(scorer.objective_names, feasible.allowed) if a])
 
     def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
         self.check(request, params, policy, scorer)

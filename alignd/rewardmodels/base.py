@@ -12,8 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from alignd.errors import FailedPrecondition
-
 
 @dataclass(frozen=True)
 class ObjectiveInfo:
@@ -66,16 +64,6 @@ class Scorer(ABC):
     def standardise(self, values: np.ndarray) -> np.ndarray:
         """Values on a common scale for weighting (identity without normalisation statistics)."""
         return values
-
-    @property
-    def computes_hidden_states(self) -> bool:
-        """Whether `prefix_hidden` can serve value heads for a backend that gives no hidden states."""
-        return False
-
-    def prefix_hidden(self, prompt: Any, token_ids: Sequence[Sequence[int]]) -> Any:
-        """Final-layer hidden states after each partial response ([N, H]) from a forward of the
-        heads' backbone, for backends that do not return them while decoding (vLLM)."""
-        raise FailedPrecondition("this scorer has no backbone to compute hidden states for value heads")
 
     def score_prefix(
         self, prompts: Sequence[str], prefixes: Sequence[str] | None, hidden: Any | None = None,

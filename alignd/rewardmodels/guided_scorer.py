@@ -12,19 +12,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from alignd.backends.base import ChatPrompt, Policy
 from alignd.rewardmodels.base import ObjectiveInfo, Scorer
 from alignd.rewardmodels.heads import Head, HeadError
 
 
-# Rows per backbone forward when the decoding backend gives no hidden states.
-BACKBONE_CHUNK_ROWS = 16
-
-
 class ValueGuidedScorer(Scorer):
-    def __init__(self, base: Scorer, value_heads: Head, backbone: Policy | None = None) -> None:
-        """`backbone`: a policy with hidden states on the heads' base model, used when the
-        decoding backend returns none (vLLM): prefixes then cost one teacher-forced forward."""
+    def __init__(self, base: Scorer, value_heads: Head) -> None:
         if value_heads.metadata.kind != "value":
             raise HeadError(f"expected value heads, got a {value_heads.metadata.kind!r} head")
         names = base.objective_names
@@ -33,7 +26,6 @@ class ValueGuidedScorer(Scorer):
             raise HeadError(f"value heads predict objectives {unknown} that this server does not score {list(names)}")
         self.base = base
         self.value_heads = value_heads
-        self.backbone = backbone
         # Column of each head output in the scorer's objective order.
         self._columns = [names.index(o) for o in value_heads.objectives]
 
@@ -47,21 +39,6 @@ class ValueGuidedScorer(Scorer):
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
         return self.base.score(prompts, responses)
-
-    @property
-    def computes_hidden_states(self) -> bool:
-        return self.backbone is not None
-
-    def prefix_hidden(self, prompt: ChatPrompt, token_ids: Sequence[Sequence[int]]) -> torch.Tensor:
-        """The state after each row's last token from the backbone, rows batched in chunks. This is
-        the extra cost of value heads on vLLM: prompt + prefix go through the backbone per block."""
-        if self.backbone is None:
-            raise HeadError("value heads need hidden states: the backend gives none and no backbone is loaded")
-        states = []
-        for start in range(0, len(token_ids), BACKBONE_CHUNK_ROWS):
-            chunk = token_ids[start : start + BACKBONE_CHUNK_ROWS]
-            states += [s[-1] for s in self.backbone.prefix_hidden_states(prompt, chunk)]
-        return torch.stack(states)
 
     def score_prefix(
         self, prompts: Sequence[str], prefixes: Sequence[str] | None, hidden: Any | None = None,

@@ -50,8 +50,9 @@ def load_scorer(config: ServerConfig, policy: Policy) -> tuple[Scorer, list[tupl
         raise ConfigError(f"objectives: {error}") from None
     heads: list[tuple[str, Head]] = []
     value_path = shipped_value_heads(policy.model_name) if config.value_heads == "auto" else config.value_heads
-    features_policy = _features_policy(config, policy, bool(value_path or config.reward_heads))
-    hidden_size = getattr(features_policy, "hidden_size", None)
+    if value_path or config.reward_heads:
+        _ensure_hidden_states(config, policy)
+    hidden_size = getattr(policy, "hidden_size", None)
 
     def load_head(path: str, field: str) -> Head:
         try:
@@ -65,36 +66,35 @@ def load_scorer(config: ServerConfig, policy: Policy) -> tuple[Scorer, list[tupl
 
     for i, path in enumerate(config.reward_heads):
         head = load_head(path, f"reward_heads[{i}]")
-        objectives.append(RewardHeadObjective(head, lambda p, r: response_features(features_policy, p, r)))
+        objectives.append(RewardHeadObjective(head, lambda p, r: response_features(policy, p, r)))
     try:
         scorer: Scorer = ObjectiveScorer(objectives)
     except ValueError as error:
         raise ConfigError(f"reward_heads: {error}") from None
     if value_path:
         try:
-            heads_backbone = None if features_policy is policy else features_policy
-            scorer = ValueGuidedScorer(scorer, load_head(str(value_path), "value_heads"), heads_backbone)
+            scorer = ValueGuidedScorer(scorer, load_head(str(value_path), "value_heads"))
         except HeadError as error:
             raise ConfigError(f"value_heads: {error}") from None
     return scorer, heads
 
 
-def _features_policy(config: ServerConfig, policy: Policy, heads_configured: bool) -> Policy:
-    """Where heads read hidden states: the decoding policy when it gives them, else (vLLM) a
-    transformers copy of the same checkpoint, loaded only when heads are configured."""
+def _ensure_hidden_states(config: ServerConfig, policy: Policy) -> None:
+    """Heads read hidden states. A backend that gives none (vLLM) gets a transformers shadow of
+    the same checkpoint that follows its partial responses (loaded only when heads are configured)."""
     from alignd.backends.base import Capability
 
-    if Capability.HIDDEN_STATES in policy.capabilities or not heads_configured:
-        return policy
+    if Capability.HIDDEN_STATES in policy.capabilities:
+        return
+    attach = getattr(policy, "attach_hidden_states", None)
+    checkpoint = getattr(policy, "checkpoint", None)
+    if attach is None or checkpoint is None:
+        raise ConfigError(f"value_heads: backend {type(policy).__name__} gives no hidden states for the heads")
     from alignd.backends.transformers_policy import TransformersPolicy
 
-    checkpoint = getattr(policy, "checkpoint", None)
-    if checkpoint is None:
-        raise ConfigError(f"value_heads: backend {type(policy).__name__} gives no hidden states and no checkpoint "
-                          "for the heads' backbone")
-    log.info("heads read hidden states from a transformers copy of %s (the backend gives none)", checkpoint)
+    log.info("heads read hidden states from a transformers shadow of %s (the backend gives none)", checkpoint)
     device = "cpu" if policy.device == "cpu" else config.device
-    return TransformersPolicy(checkpoint, model_name=policy.model_name, device=device, dtype=config.dtype)
+    attach(TransformersPolicy(checkpoint, model_name=policy.model_name, device=device, dtype=config.dtype))
 
 
 @dataclass

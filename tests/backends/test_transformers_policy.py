@@ -101,3 +101,18 @@ def test_a_set_cancel_event_stops_sampling(tiny_policy):
         tiny_policy.sample([PROMPT], 2, SamplingParams(max_tokens=50), cancel)
     # The lock is released: the next request runs.
     assert tiny_policy.sample([PROMPT], 1, SamplingParams(max_tokens=2)).completions[0][0].token_ids
+
+
+def test_feeding_sampled_tokens_reproduces_the_hidden_states_of_decoding(tiny_policy):
+    # How the vLLM backend's shadow gets hidden states: copy caches, teacher-force the new tokens.
+    sampling = SamplingParams(temperature=1.0, max_tokens=12, seed=4)
+    start = tiny_policy.begin(ChatPrompt("hello there"), sampling)
+    decoded = tiny_policy.extend(start, 3, 5)
+    shadow = tiny_policy.select(start, [0, 0, 0])
+    tiny_policy.feed_tokens(shadow, decoded.token_ids)
+    assert torch.allclose(shadow.hidden, decoded.hidden, atol=1e-4)
+    # and it keeps following: one more block on the first row
+    shadow_row, decoded_row = tiny_policy.select(shadow, [0]), tiny_policy.select(decoded, [0])
+    more = tiny_policy.extend(decoded_row, 1, 4)
+    tiny_policy.feed_tokens(shadow_row, [more.token_ids[0][len(decoded_row.token_ids[0]):]])
+    assert torch.allclose(shadow_row.hidden, more.hidden, atol=1e-4)

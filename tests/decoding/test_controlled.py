@@ -127,26 +127,3 @@ def test_bad_controlled_params_are_invalid_argument(values, field):
         validate_params("controlled", get_strategy("controlled").Params, dict(values), Limits())
     assert error.value.field == field
 
-
-def test_the_heads_backbone_gives_the_hidden_states_decoding_gives(tiny_policy, letter_scorer):
-    # What a backend without hidden states (vLLM) relies on: a teacher-forced forward of the
-    # backbone reproduces the state the transformers backend records while decoding.
-    with_backbone = ValueGuidedScorer(letter_scorer, value_heads(tiny_policy.hidden_size), backbone=tiny_policy)
-    prompt = ChatPrompt("tell me about bread")
-    blocks = tiny_policy.extend(tiny_policy.begin(prompt, SAMPLING), 3, 5)
-    recomputed = with_backbone.prefix_hidden(prompt, blocks.token_ids)
-    assert torch.allclose(recomputed, blocks.hidden, atol=1e-4)
-
-
-def test_value_guided_strategies_without_hidden_states_or_backbone_are_refused(tiny_policy, guided):
-    from alignd.backends.base import Capability
-
-    class NoHiddenStates:
-        capabilities = frozenset({Capability.SAMPLE, Capability.EXTEND})
-
-    strategy = get_strategy("controlled")
-    request = DecodeRequest(ChatPrompt("hi"), SAMPLING, parse_weights({"e_count": 1.0}, guided.objective_names))
-    with pytest.raises(FailedPrecondition, match="hidden states"):
-        strategy.check(request, strategy.Params(), NoHiddenStates(), guided)
-    with_backbone = ValueGuidedScorer(guided.base, guided.value_heads, backbone=tiny_policy)
-    strategy.check(request, strategy.Params(), NoHiddenStates(), with_backbone)  # served through the backbone

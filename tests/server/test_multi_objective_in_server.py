@@ -68,8 +68,7 @@ def test_server_info_describes_the_new_parameters(client):
     robust = {p.name: p for p in info["robust"].parameters}
     assert robust["objectives"].type == "list[str]" and robust["min_weights"].type == "map[str,float]"
     assert robust["solver"].choices == ["fast", "cvxpy"] and robust["strength"].default_value == "1.0"
-    # Hidden states for the value heads come from the backend or the heads' backbone: not a backend requirement.
-    assert set(info["multi_objective"].requires) == {"sample", "extend"}
+    assert set(info["multi_objective"].requires) == {"sample", "extend", "hidden_states"}
 
 
 @pytest.mark.parametrize(
