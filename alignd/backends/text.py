@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
 
 from alignd.backends.base import ChatPrompt
 
@@ -28,3 +29,21 @@ def stop_window(stops: Sequence[str]) -> int:
 def cut_at_stop(text: str, stops: Sequence[str]) -> str:
     cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
     return text if cut < 0 else text[:cut]
+
+
+def eos_token_ids(tokenizer, model_config: Any) -> set[int]:
+    """Tokens that end a response: the tokenizer's EOS and the model config's (one id or a list)."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    configured = getattr(model_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    return ids
+
+
+def response_text(detokenize: Callable[[Sequence[int]], str], ids: Sequence[int], eos_ids: Collection[int],
+                  stops: Sequence[str]) -> str:
+    """A response's text: a final EOS dropped, cut before the first stop sequence."""
+    text_ids = list(ids[:-1]) if ids and ids[-1] in eos_ids else list(ids)
+    return cut_at_stop(detokenize(text_ids), stops)

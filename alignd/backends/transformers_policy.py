@@ -30,7 +30,7 @@ from alignd.backends.base import (
     SamplingParams,
 )
 from alignd.backends.sampling import draw, make_generator, reference_logprobs
-from alignd.backends.text import cut_at_stop, render_chat, stop_window
+from alignd.backends.text import eos_token_ids, render_chat, response_text, stop_window
 from alignd.errors import Cancelled
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -89,21 +89,11 @@ class TransformersPolicy(Policy):
         self.device = str(self._device)
         self.hidden_size = int(self.model.config.hidden_size)
         self.context_length = getattr(self.model.config, "max_position_embeddings", None)
-        self.eos_token_ids = self._eos_ids()
+        self._eos = eos_token_ids(self.tokenizer, self.model.generation_config)
+        self.eos_token_ids = torch.tensor(sorted(self._eos), dtype=torch.long, device=self._device)
         # One forward pass at a time: the server calls from worker threads, and interleaving two
         # requests' steps on 2 cores only slows both.
         self._lock = threading.RLock()
-
-    def _eos_ids(self) -> torch.Tensor:
-        ids: set[int] = set()
-        configured = getattr(self.model.generation_config, "eos_token_id", None)
-        if isinstance(configured, int):
-            ids.add(configured)
-        elif configured:
-            ids.update(configured)
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        return torch.tensor(sorted(ids), dtype=torch.long, device=self._device)
 
     # -- text ---------------------------------------------------------------------------------
 
@@ -121,9 +111,7 @@ class TransformersPolicy(Policy):
             return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
     def _text(self, ids: list[int], stops: Sequence[str]) -> str:
-        eos = set(self.eos_token_ids.tolist())
-        text_ids = ids[:-1] if ids and ids[-1] in eos else ids
-        return cut_at_stop(self.detokenize(text_ids), stops)
+        return response_text(self.detokenize, ids, self._eos, stops)
 
     # -- the decoding mechanism ------------------------------------------------------------------
 
@@ -186,12 +174,16 @@ class TransformersPolicy(Policy):
         self._forward(partial, chosen.unsqueeze(-1), partial.next_position.unsqueeze(-1))
         partial.next_position = partial.next_position + 1
         if done.any():
-            keep = (~done).nonzero().squeeze(-1)
-            partial.live = [partial.live[i] for i in keep.tolist()]
-            if partial.live:
-                partial.cache.batch_select_indices(keep)
-                partial.attention, partial.logits = partial.attention[keep], partial.logits[keep]
-                partial.next_position = partial.next_position[keep]
+            self._keep_live(partial, (~done).nonzero().squeeze(-1))
+
+    @staticmethod
+    def _keep_live(partial: _Partial, keep: torch.Tensor) -> None:
+        """Keep only these cache rows (indices into `partial.live`); the others have finished."""
+        partial.live = [partial.live[i] for i in keep.tolist()]
+        if partial.live:
+            partial.cache.batch_select_indices(keep)
+            partial.attention, partial.logits = partial.attention[keep], partial.logits[keep]
+            partial.next_position = partial.next_position[keep]
 
     def _record(self, partial: _Partial, chosen: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
         """Append one token per live row; mark and return the rows that finished."""
@@ -342,12 +334,9 @@ class TransformersPolicy(Policy):
             partial.hidden[torch.tensor(partial.live, device=self._device)[fed_rows]] = last
             partial.forward_tokens += int(lengths.sum())
             partial.next_position = partial.next_position + lengths
-            keep = (lengths == width).nonzero().squeeze(-1)  # a shorter row has padding in its cache
-            partial.live = [partial.live[i] for i in keep.tolist()]
-            if partial.live:
-                partial.cache.batch_select_indices(keep)
-                partial.attention, partial.next_position = partial.attention[keep], partial.next_position[keep]
-                partial.logits = out.logits[keep, -1, :]
+            partial.logits = out.logits[:, -1, :]
+            if bool((lengths < width).any()):  # a shorter row has padding in its cache: it ended
+                self._keep_live(partial, (lengths == width).nonzero().squeeze(-1))
             return partial
 
     def completion(self, partial: PartialResponses, row: int) -> Completion:

@@ -30,7 +30,7 @@ from typing import Any
 from alignd.backends.base import (
     Capability, ChatPrompt, Completion, FinishReason, PartialResponses, Policy, SampleBatch, SamplingParams,
 )
-from alignd.backends.text import cut_at_stop, render_chat, stop_window
+from alignd.backends.text import eos_token_ids, render_chat, response_text, stop_window
 from alignd.errors import Cancelled
 
 log = logging.getLogger("alignd.vllm")
@@ -88,6 +88,7 @@ class VLLMPolicy(Policy):
         self.checkpoint = Path(checkpoint)
         self.model_name = model_name or self.checkpoint.name
         self.tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+        self._tokenizer_lock = threading.Lock()
         self.options = options
         on_gpu = torch.cuda.is_available()
         self.device = "cuda" if on_gpu else "cpu"
@@ -126,7 +127,7 @@ class VLLMPolicy(Policy):
             raise EngineStartError(f"vLLM engine failed to start: {type(error).__name__}: {error} "
                                    "(the engine's log above has the cause)") from None
         self.context_length = int(self.engine.model_config.max_model_len)
-        self.eos_token_ids = self._eos_ids()
+        self.eos_token_ids = eos_token_ids(self.tokenizer, getattr(self.engine.model_config, "hf_config", None))
         self._ids = itertools.count()
         self._stats_lock = threading.Lock()
         self.prompt_tokens_seen = 0  # prompt tokens of every engine request
@@ -148,30 +149,23 @@ class VLLMPolicy(Policy):
             raise self._missing(Capability.HIDDEN_STATES)
         return self._shadow.prefix_hidden_states(prompt, responses)
 
-    def _eos_ids(self) -> set[int]:
-        ids = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
-        generation = getattr(self.engine.model_config, "hf_config", None)
-        configured = getattr(generation, "eos_token_id", None)
-        if isinstance(configured, int):
-            ids.add(configured)
-        elif configured:
-            ids.update(configured)
-        return ids
-
     # -- text ---------------------------------------------------------------------------------
 
     def render(self, prompt: ChatPrompt) -> str:
         return render_chat(self.tokenizer, prompt)
 
     def tokenize(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        # Under a lock: many worker threads call in, and a fast tokenizer used from two threads at
+        # once can fail with "Already borrowed".
+        with self._tokenizer_lock:
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+        with self._tokenizer_lock:
+            return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
     def _text(self, ids: Sequence[int], stops: Sequence[str]) -> str:
-        text_ids = list(ids[:-1]) if ids and ids[-1] in self.eos_token_ids else list(ids)
-        return cut_at_stop(self.detokenize(text_ids), stops)
+        return response_text(self.detokenize, ids, self.eos_token_ids, stops)
 
     # -- engine requests --------------------------------------------------------------------------
 
