@@ -182,12 +182,8 @@ class AligndClient:
         self._channel.close()
 
     def generate(self, prompt: str, *, strategy: str = "sample", timeout: float | None = None, **options: Any) -> Generation:
-        try:
-            response = self._stub.Generate(build_request(prompt, strategy=strategy, **options),
-                                           timeout=timeout or self.timeout)
-        except grpc.RpcError as error:
-            raise _error(error) from None
-        return generation_from(response)
+        request = build_request(prompt, strategy=strategy, **options)
+        return generation_from(self._call(self._stub.Generate, request, timeout))
 
     def generate_stream(self, prompt: str, *, strategy: str = "sample", timeout: float | None = None,
                         **options: Any) -> Iterator[Progress | Generation]:
@@ -201,17 +197,10 @@ class AligndClient:
 
     def score(self, prompt: str, responses: Sequence[str], weights: Mapping[str, float] | None = None,
               *, timeout: float | None = None) -> list[Scored]:
-        try:
-            response = self._stub.Score(_score_request(prompt, responses, weights), timeout=timeout or self.timeout)
-        except grpc.RpcError as error:
-            raise _error(error) from None
-        return _scored(response)
+        return _scored(self._call(self._stub.Score, _score_request(prompt, responses, weights), timeout))
 
     def server_info(self, *, timeout: float | None = None) -> pb.ServerInfo:
-        try:
-            return self._stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=timeout or self.timeout)
-        except grpc.RpcError as error:
-            raise _error(error) from None
+        return self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout)
 
     def feedback(self, request_id: str, *, thumbs_up: bool | None = None, rating: float | None = None,
                  preferred_over: str | None = None, key: str = "", timeout: float | None = None) -> bool:
@@ -264,12 +253,8 @@ class AsyncAligndClient:
 
     async def generate(self, prompt: str, *, strategy: str = "sample", timeout: float | None = None,
                        **options: Any) -> Generation:
-        try:
-            response = await self._stub.Generate(build_request(prompt, strategy=strategy, **options),
-                                                 timeout=timeout or self.timeout)
-        except grpc.RpcError as error:
-            raise _error(error) from None
-        return generation_from(response)
+        request = build_request(prompt, strategy=strategy, **options)
+        return generation_from(await self._call(self._stub.Generate, request, timeout))
 
     async def generate_stream(self, prompt: str, *, strategy: str = "sample", timeout: float | None = None,
                               **options: Any) -> AsyncIterator[Progress | Generation]:
@@ -282,17 +267,10 @@ class AsyncAligndClient:
 
     async def score(self, prompt: str, responses: Sequence[str], weights: Mapping[str, float] | None = None,
                     *, timeout: float | None = None) -> list[Scored]:
-        try:
-            response = await self._stub.Score(_score_request(prompt, responses, weights), timeout=timeout or self.timeout)
-        except grpc.RpcError as error:
-            raise _error(error) from None
-        return _scored(response)
+        return _scored(await self._call(self._stub.Score, _score_request(prompt, responses, weights), timeout))
 
     async def server_info(self, *, timeout: float | None = None) -> pb.ServerInfo:
-        try:
-            return await self._stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=timeout or self.timeout)
-        except grpc.RpcError as error:
-            raise _error(error) from None
+        return await self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout)
 
     async def feedback(self, request_id: str, *, thumbs_up: bool | None = None, rating: float | None = None,
                        preferred_over: str | None = None, key: str = "", timeout: float | None = None) -> bool:
