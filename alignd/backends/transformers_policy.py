@@ -29,6 +29,7 @@ from alignd.backends.base import (
     SampleBatch,
     SamplingParams,
 )
+from alignd.backends.cpu_matmul import use_small_batch_linears
 from alignd.backends.sampling import draw, make_generator, reference_logprobs
 from alignd.backends.text import eos_token_ids, render_chat, response_text, stop_window
 from alignd.errors import Cancelled
@@ -70,8 +71,10 @@ class TransformersPolicy(Policy):
         model_name: str | None = None,
         device: str = "auto",
         dtype: str = "float32",
+        small_batch_matmul: bool = True,
     ) -> None:
-        """Load from a checkpoint folder, or wrap an in-memory model and tokenizer (tests)."""
+        """Load from a checkpoint folder, or wrap an in-memory model and tokenizer (tests).
+        `small_batch_matmul`: on CPU, use the faster product for decoding steps (cpu_matmul.py)."""
         self._device = resolve_device(device)
         if model is None:
             if checkpoint is None:
@@ -81,6 +84,8 @@ class TransformersPolicy(Policy):
             tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
             model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=_DTYPES[dtype])
         self.model = model.to(self._device).eval()
+        if small_batch_matmul and self._device.type == "cpu":
+            use_small_batch_linears(self.model)
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
