@@ -6,7 +6,10 @@ principle in the system prompt (next-token logits z_p) and without it (z_0). The
 drawn from softmax(z_hat / T) with z_hat = z_p + alpha (z_p - z_0), restricted to the top-p
 support of softmax(z_p / T), and appended to both contexts. alpha = 0 is decoding under the
 principle alone; larger alpha moves further along the direction the principle shifts the logits.
-No reward model steers it; the final text is still scored by the objectives.
+No reward model steers it; the final text is still scored by the objectives. Result details:
+`mean_support_tokens`, the mean size of the top-p support per step (the room the extrapolation
+has: with 1 token it cannot change anything), and `overridden_fraction`, the share of steps where
+the extrapolated argmax differs from the principled model's.
 
 T and p are the request's sampling temperature and top_p, which default to the authors' 0.5 and
 0.8 for this strategy; temperature 0 picks argmax z_hat within the top-p support at T = 1.
@@ -69,6 +72,7 @@ class LinearAlignmentStrategy(Strategy):
         support_sampling = dataclasses.replace(sampling, temperature=temperature)
         generator = None
         kl = 0.0
+        support_tokens = overridden = 0  # how much room the extrapolation had, and how often it used it
         with usage.phase("decode"):
             while not partial.done:
                 logits = policy.next_token_logits(partial)
@@ -78,6 +82,8 @@ class LinearAlignmentStrategy(Strategy):
                 support = torch.isfinite(reference_logprobs(z_p, support_sampling))
                 fused = (z_p + params.alpha * (z_p - z_0)) / temperature
                 aligned = torch.log_softmax(fused.masked_fill(~support, float("-inf")), dim=-1)
+                support_tokens += int(support.sum())
+                overridden += int(torch.argmax(aligned, dim=-1) != torch.argmax(z_p, dim=-1))
                 if sampling.greedy:
                     token = int(torch.argmax(aligned, dim=-1))
                 else:
@@ -102,7 +108,10 @@ class LinearAlignmentStrategy(Strategy):
         estimate = KLEstimate("linear_alignment_estimate", "estimate", max(kl, 0.0),
                               "sum over steps of KL(aligned next-token distribution || the model without the "
                               "principle at the same temperature) along the decoded path")
-        return finish(request, scored[0], scored, [estimate], usage, started, {"alpha": params.alpha})
+        steps = max(usage.generated_tokens, 1)
+        details = {"alpha": params.alpha, "mean_support_tokens": support_tokens / steps,
+                   "overridden_fraction": overridden / steps}
+        return finish(request, scored[0], scored, [estimate], usage, started, details)
 
 
 def with_principle(prompt: ChatPrompt, principle: str, default_system: str | None = None) -> ChatPrompt:

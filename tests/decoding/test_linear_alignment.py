@@ -81,6 +81,18 @@ def _logits(policy, prompt, prefix):
         return policy.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
 
 
+def test_details_say_how_much_room_the_extrapolation_had_and_used(tiny_policy, letter_scorer):
+    full = sampling(temperature=0.0, top_p=1.0, max_tokens=10)
+    vocab = tiny_policy.model.config.vocab_size
+    alone = run(tiny_policy, letter_scorer, params(principle=PRINCIPLE, alpha=0.0), full)
+    pushed = run(tiny_policy, letter_scorer, params(principle=PRINCIPLE, alpha=100.0), full)
+    assert alone.details["mean_support_tokens"] == pushed.details["mean_support_tokens"] == vocab
+    assert alone.details["overridden_fraction"] == 0.0 < pushed.details["overridden_fraction"] <= 1.0
+    # The tiny model's top-0.8 set at T = 0.5 is one token: nothing for alpha to change.
+    narrow = run(tiny_policy, letter_scorer, params(principle=PRINCIPLE, alpha=100.0), sampling(seed=5))
+    assert narrow.details["mean_support_tokens"] == 1.0 and narrow.details["overridden_fraction"] == 0.0
+
+
 def test_both_contexts_share_one_batched_forward_per_token(tiny_policy, letter_scorer):
     result = run(tiny_policy, letter_scorer, params(principle=PRINCIPLE), sampling(max_tokens=12))
     generated = len(result.token_ids)
