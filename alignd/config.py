@@ -57,6 +57,9 @@ class ServerConfig:
     backend: str = "transformers"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "float32"  # float32 is fastest on CPUs without AVX-512 (DESIGN.md section 5)
+    # transformers backend on CPU: decoding steps multiply as W @ x^T, 1.2-3x faster than torch's
+    # x @ W^T on MKL for a few rows (backends/cpu_matmul.py; benchmarks/cpu_matmul.py measures it).
+    small_batch_matmul: bool = True
     host: str = "127.0.0.1"
     port: int = 50051
     objectives: tuple[str, ...] = ("relevance", "positivity", "harmlessness", "conciseness")
@@ -106,6 +109,8 @@ def _build(cls: type, values: dict[str, Any], where: str):
             value = _build(_NESTED[key], value, f"{where}{key}.")
         elif isinstance(value, list):
             value = tuple(value)
+        elif known[key].type in ("bool", bool) and not isinstance(value, bool):
+            raise ConfigError(f"{where}{key}: must be true or false, got {value!r}")
         kwargs[key] = value
     return cls(**kwargs)
 

@@ -3,7 +3,8 @@
 On the shipped eval prompts, with the principle "Answer kindly and positively." and the
 strategy's sampling defaults (T = 0.5, top-p 0.8; --temperature/--top-p change them) for every
 arm, the same seeds per prompt: `sample` (no principle), `linear_alignment` with alpha = 0 (the
-principle in the system prompt only) and with each chosen alpha. With --seeds S every arm decodes
+principle in the prompt only) and with each chosen alpha; --placement puts the principle in the
+system prompt (default) or after the user's message. With --seeds S every arm decodes
 each prompt S times and a prompt's figure is the mean of its S; the prompt is the unit of the 95%
 t-intervals. Prints mean reward per objective, the paired difference in positivity against
 `sample`, the linear-alignment diagnostics (mean top-p support size, share of steps where the
@@ -40,6 +41,7 @@ def main() -> None:
                         help="train: investigate without touching the held-out prompts")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--seeds", type=int, default=1, help="decodes per prompt and arm")
+    parser.add_argument("--placement", default="system", choices=("system", "user"), help="where the principle goes")
     parser.add_argument("--temperature", type=float, help="instead of the strategy's default")
     parser.add_argument("--top-p", type=float, help="instead of the strategy's default")
     parser.add_argument("--out", default="benchmarks/results/linear_alignment_quality.json")
@@ -50,8 +52,10 @@ def main() -> None:
     sample, linear = get_strategy("sample"), get_strategy("linear_alignment")
     arms = {
         "sample": (sample, sample.Params()),
-        "principle only (alpha=0)": (linear, linear.Params(principle=args.principle, alpha=0.0)),
-        **{f"linear_alignment alpha={a:g}": (linear, linear.Params(principle=args.principle, alpha=a))
+        "principle only (alpha=0)": (linear, linear.Params(principle=args.principle, alpha=0.0,
+                                                            placement=args.placement)),
+        **{f"linear_alignment alpha={a:g}": (linear, linear.Params(principle=args.principle, alpha=a,
+                                                                   placement=args.placement))
            for a in args.alpha if a != 0},
     }
     defaults = linear.default_sampling(SamplingParams())
@@ -81,7 +85,7 @@ def main() -> None:
     print(file=sys.stderr)
 
     print(f"\n{len(prompts)} {args.split} prompts x {args.seeds} seeds, {args.tokens} new tokens, "
-          f"T={defaults.temperature}, top-p={defaults.top_p}, principle {args.principle!r}")
+          f"T={defaults.temperature}, top-p={defaults.top_p}, principle {args.principle!r} in the {args.placement} turn")
     print(f"{'arm':<28}" + "".join(f"{n[:12]:>18}" for n in names) + f"{'positivity vs sample':>24}"
           f"{'support':>9}{'changed':>9}{'s/token ratio':>15}")
     table = {}
@@ -105,7 +109,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"split": args.split, "prompts": len(prompts), "seeds": args.seeds,
                                "tokens": args.tokens, "temperature": defaults.temperature,
-                               "top_p": defaults.top_p, "principle": args.principle,
+                               "top_p": defaults.top_p, "principle": args.principle, "placement": args.placement,
                                "alpha": args.alpha, "arms": table}, indent=2))
     print(f"wrote {out}")
 

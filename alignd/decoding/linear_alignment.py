@@ -2,7 +2,9 @@
 Solution for Aligning Human Preferences without Tuning and Feedback").
 
 Two contexts decode in lock-step, one batched forward per token: the prompt with a preference
-principle in the system prompt (next-token logits z_p) and without it (z_0). The next token is
+principle in the system prompt (next-token logits z_p) and without it (z_0); with placement
+"user" the principle follows the user's message instead (SmolLM2-135M barely reads a system
+prompt but does follow an instruction there, see the benchmark). The next token is
 drawn from softmax(z_hat / T) with z_hat = z_p + alpha (z_p - z_0), restricted to the top-p
 support of softmax(z_p / T), and appended to both contexts. alpha = 0 is decoding under the
 principle alone; larger alpha moves further along the direction the principle shifts the logits.
@@ -47,8 +49,10 @@ class LinearAlignmentStrategy(Strategy):
 
     @dataclass(frozen=True)
     class Params:
-        principle: str = param(DEFAULT_PRINCIPLE, "the preference principle, put in the system prompt", min=1,
-                               max=2000)
+        principle: str = param(DEFAULT_PRINCIPLE, "the preference principle", min=1, max=2000)
+        placement: str = param("system", "where the principle goes: system (the system prompt, as in the paper) or "
+                               "user (after the user's message, where small models follow instructions better)",
+                               choices=("system", "user"))
         alpha: float = param(3.0, "alpha: z_hat = z_p + alpha (z_p - z_0); 0 decodes under the principle alone",
                              min=0.0, max=100.0)
 
@@ -56,7 +60,8 @@ class LinearAlignmentStrategy(Strategy):
         return 2
 
     def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
-        principled = with_principle(request.prompt, params.principle, template_system(policy, request.prompt))
+        default_system = template_system(policy, request.prompt) if params.placement == "system" else None
+        principled = with_principle(request.prompt, params.principle, default_system, params.placement)
         length = policy.count_tokens(policy.render(principled)) + request.sampling.max_tokens
         if policy.context_length is not None and length > policy.context_length:
             raise InvalidArgument("linear_alignment.principle", f"prompt with the principle + max_tokens is {length} "
@@ -114,12 +119,16 @@ class LinearAlignmentStrategy(Strategy):
         return finish(request, scored[0], scored, [estimate], usage, started, details)
 
 
-def with_principle(prompt: ChatPrompt, principle: str, default_system: str | None = None) -> ChatPrompt:
-    """The prompt with the principle appended to its system prompt (before the raw text for raw
-    prompts). Without a system prompt of its own, the principle follows the chat template's
-    default one, so that the two contexts differ by the principle alone."""
+def with_principle(prompt: ChatPrompt, principle: str, default_system: str | None = None,
+                   placement: str = "system") -> ChatPrompt:
+    """The prompt with the principle appended to its system prompt, or to the user's message
+    (placement "user"); raw prompts get it before their text either way. Without a system prompt
+    of its own, a system principle follows the chat template's default one, so that the two
+    contexts differ by the principle alone."""
     if prompt.raw:
         return ChatPrompt(f"{principle}\n\n{prompt.user}", None, True)
+    if placement == "user":
+        return ChatPrompt(f"{prompt.user}\n\n{principle}", prompt.system, False)
     system = prompt.system or default_system
     return ChatPrompt(prompt.user, f"{system}\n\n{principle}" if system else principle, False)
 

@@ -94,7 +94,8 @@ def _ensure_hidden_states(config: ServerConfig, policy: Policy) -> None:
 
     log.info("heads read hidden states from a transformers shadow of %s (the backend gives none)", checkpoint)
     device = "cpu" if policy.device == "cpu" else config.device
-    attach(TransformersPolicy(checkpoint, model_name=policy.model_name, device=device, dtype=config.dtype))
+    attach(TransformersPolicy(checkpoint, model_name=policy.model_name, device=device, dtype=config.dtype,
+                              small_batch_matmul=config.small_batch_matmul))
 
 
 @dataclass
@@ -139,7 +140,7 @@ async def serve(config: ServerConfig) -> None:
     """Load everything, serve until SIGTERM or SIGINT, then drain."""
     try:
         policy = load_policy(config.model, backend=config.backend, device=config.device, dtype=config.dtype,
-                             vllm_options=config.vllm)
+                             vllm_options=config.vllm, small_batch_matmul=config.small_batch_matmul)
     except (ValueError, EngineStartError) as error:
         raise ConfigError(str(error)) from None
     scorer, heads = load_scorer(config, policy)

@@ -51,6 +51,10 @@ def test_alpha_zero_reproduces_decoding_under_the_principle_alone(tiny_policy, l
     aligned = run(tiny_policy, letter_scorer, params(principle=PRINCIPLE, alpha=0.0), greedy)
     alone = tiny_policy.sample([with_principle(PROMPT, PRINCIPLE)], 1, greedy).completions[0][0]
     assert aligned.token_ids == alone.token_ids
+    settings = sampling(seed=9, max_tokens=16)
+    aligned = run(tiny_policy, letter_scorer, params(principle=PRINCIPLE, alpha=0.0, placement="user"), settings)
+    alone = tiny_policy.sample([with_principle(PROMPT, PRINCIPLE, None, "user")], 1, settings).completions[0][0]
+    assert aligned.token_ids == alone.token_ids
 
 
 def test_each_token_is_drawn_from_the_extrapolated_logits_within_the_principled_support(tiny_policy, letter_scorer):
@@ -125,6 +129,10 @@ def test_raw_and_system_prompts_keep_the_principle():
     # A template's default system prompt stays in the principled context: the contexts differ by
     # the principle alone.
     assert with_principle(ChatPrompt("x"), "p", "You are SmolLM.") == ChatPrompt("x", "You are SmolLM.\n\np")
+    # Placement "user": after the user's message; the system prompt (or the template's) is untouched.
+    assert with_principle(ChatPrompt("x", "sys"), "p", None, "user") == ChatPrompt("x\n\np", "sys")
+    assert with_principle(ChatPrompt("x"), "p", None, "user") == ChatPrompt("x\n\np")
+    assert with_principle(ChatPrompt("x", None, True), "p", None, "user") == ChatPrompt("p\n\nx", None, True)
 
 
 def test_the_chat_templates_default_system_prompt_is_found(tiny_policy):
@@ -146,7 +154,7 @@ def test_the_chat_templates_default_system_prompt_is_found(tiny_policy):
     [({"principle": ""}, "linear_alignment.principle"), ({"principle": "   "}, "linear_alignment.principle"),
      ({"principle": "x" * 2001}, "linear_alignment.principle"), ({"alpha": math.nan}, "linear_alignment.alpha"),
      ({"alpha": math.inf}, "linear_alignment.alpha"), ({"alpha": -1.0}, "linear_alignment.alpha"),
-     ({"alpha": 101.0}, "linear_alignment.alpha")],
+     ({"alpha": 101.0}, "linear_alignment.alpha"), ({"placement": "assistant"}, "linear_alignment.placement")],
 )
 def test_bad_linear_alignment_params_are_invalid_argument(values, field):
     with pytest.raises(InvalidArgument) as error:
