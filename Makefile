@@ -43,6 +43,7 @@ proto: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/best_of_n_speed.py
+	$(PY) benchmarks/cpu_matmul.py
 	$(PY) benchmarks/controlled_speed.py
 	$(PY) benchmarks/controlled_quality.py
 	$(PY) benchmarks/robust_speed.py

@@ -3,8 +3,9 @@ Solution for Aligning Human Preferences without Tuning and Feedback").
 
 Two contexts decode in lock-step, one batched forward per token: the prompt with a preference
 principle in the system prompt (next-token logits z_p) and without it (z_0); with placement
-"user" the principle follows the user's message instead (SmolLM2-135M barely reads a system
-prompt but does follow an instruction there, see the benchmark). The next token is
+"user" the principle follows the user's message instead (small models follow an instruction
+there more: on SmolLM2-135M's train prompts the principle alone moved positivity by +0.40 there
+and +0.11 in the system prompt). The next token is
 drawn from softmax(z_hat / T) with z_hat = z_p + alpha (z_p - z_0), restricted to the top-p
 support of softmax(z_p / T), and appended to both contexts. alpha = 0 is decoding under the
 principle alone; larger alpha moves further along the direction the principle shifts the logits.

@@ -79,12 +79,14 @@ class RobustParams(_message.Message):
     def __init__(self, num_candidates: _Optional[int] = ..., block_tokens: _Optional[int] = ..., strength: _Optional[float] = ..., solver: _Optional[str] = ..., objectives: _Optional[_Iterable[str]] = ..., min_weights: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class LinearAlignmentParams(_message.Message):
-    __slots__ = ("principle", "alpha")
+    __slots__ = ("principle", "alpha", "placement")
     PRINCIPLE_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     principle: str
     alpha: float
-    def __init__(self, principle: _Optional[str] = ..., alpha: _Optional[float] = ...) -> None: ...
+    placement: str
+    def __init__(self, principle: _Optional[str] = ..., alpha: _Optional[float] = ..., placement: _Optional[str] = ...) -> None: ...
 
 class EvolutionaryParams(_message.Message):
     __slots__ = ("beams", "replace_every", "keep_top", "cycles", "mutation_tokens")

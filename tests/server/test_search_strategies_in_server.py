@@ -26,12 +26,16 @@ def test_linear_alignment_through_grpc(client):
                                          max_tokens=16, seed=1, top_p=1.0))
     out = events[-1]
     assert isinstance(out, Generation) and out.kl[0].name == "linear_alignment_estimate"
-    assert out.details == {"alpha": 2.5} and len(out.token_ids) <= 16
+    assert set(out.details) == {"alpha", "mean_support_tokens", "overridden_fraction"} and len(out.token_ids) <= 16
+    assert out.details["alpha"] == 2.5 and out.details["mean_support_tokens"] >= 1
     assert all(isinstance(e, Progress) and e.phase == "tokens" for e in events[:-1])
     # The same seed gives the same text; the request's own sampling settings override the defaults.
     again = client.generate("hi", strategy="linear_alignment", principle="answer kindly", alpha=2.5,
                             max_tokens=16, seed=1, top_p=1.0)
     assert again.token_ids == out.token_ids
+    in_user_turn = client.generate("hi", strategy="linear_alignment", principle="answer kindly", placement="user",
+                                   max_tokens=8, seed=1)
+    assert in_user_turn.details["alpha"] == 3.0 and len(in_user_turn.token_ids) <= 8
 
 
 def test_evolutionary_through_grpc(client):
@@ -51,6 +55,7 @@ def test_evolutionary_through_grpc(client):
      ("linear_alignment", {"principle": "p" * 2001}, "linear_alignment.principle"),
      ("linear_alignment", {"alpha": float("inf")}, "linear_alignment.alpha"),
      ("linear_alignment", {"alpha": float("nan")}, "linear_alignment.alpha"),
+     ("linear_alignment", {"placement": "assistant"}, "linear_alignment.placement"),
      ("evolutionary", {"beams": 1}, "evolutionary.beams"),
      ("evolutionary", {"replace_every": 0}, "evolutionary.replace_every"),
      ("evolutionary", {"cycles": 0}, "evolutionary.cycles"),
