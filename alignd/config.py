@@ -107,10 +107,10 @@ def _build(cls: type, values: dict[str, Any], where: str):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}{key}: must be a table")
             value = _build(_NESTED[key], value, f"{where}{key}.")
-        elif isinstance(value, list):
-            value = tuple(value)
         elif known[key].type in ("bool", bool) and not isinstance(value, bool):
             raise ConfigError(f"{where}{key}: must be true or false, got {value!r}")
+        elif isinstance(value, list):
+            value = tuple(value)
         kwargs[key] = value
     return cls(**kwargs)
 

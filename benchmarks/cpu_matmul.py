@@ -3,7 +3,7 @@
 One SmolLM2 model, switched between torch's nn.Linear and SmallBatchLinear (same weights), side
 by side in one run:
 1. one decoding step (KV cache, one token per row) for 1 to 32 rows, and a prefill of 16 to 256
-   tokens: milliseconds each way and the ratio torch / small-batch;
+   tokens: milliseconds each way (median of 3, alternating) and the ratio torch / small-batch;
 2. whole requests on train prompts (64 tokens, T = 0.5, top-p 0.8, alternating order):
    `sample`, `best_of_n` n=8 and `linear_alignment`, seconds per generated token each way;
 3. the largest difference in next-token logits between the two products (float rounding only).
@@ -35,8 +35,18 @@ from alignd.decoding.weights import parse_weights  # noqa: E402
 
 def switch(model: torch.nn.Module, small_batch: bool) -> None:
     for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
+        if type(module) in (torch.nn.Linear, SmallBatchLinear):  # the layers use_small_batch_linears switches
             module.__class__ = SmallBatchLinear if small_batch else torch.nn.Linear
+
+
+def side_by_side(model: torch.nn.Module, measure, rounds: int = 3) -> dict[bool, float]:
+    """Median of `rounds` measurements each way, the two products alternating."""
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for round_ in range(rounds):
+        for small in ((False, True) if round_ % 2 == 0 else (True, False)):
+            switch(model, small)
+            times[small].append(measure())
+    return {small: statistics.median(values) for small, values in times.items()}
 
 
 def step_ms(policy, prompt: ChatPrompt, rows: int, steps: int = 20) -> float:
@@ -71,17 +81,11 @@ def main() -> None:
 
     print(f"{'decoding step':<22}{'torch ms':>10}{'small-batch ms':>16}{'torch / small':>15}")
     for rows in (1, 2, 4, 8, 16, 32):
-        timings = {}
-        for small in (False, True):
-            switch(model, small)
-            timings[small] = step_ms(policy, ChatPrompt(prompts[0]), rows)
+        timings = side_by_side(model, lambda: step_ms(policy, ChatPrompt(prompts[0]), rows))
         results["decode_step_ms"][rows] = {"torch": timings[False], "small_batch": timings[True]}
         print(f"{rows:>3} rows{'':<14}{timings[False]:>10.1f}{timings[True]:>16.1f}{timings[False] / timings[True]:>15.2f}")
     for tokens in (16, 64, 128, 256):
-        timings = {}
-        for small in (False, True):
-            switch(model, small)
-            timings[small] = prefill_ms(model, tokens)
+        timings = side_by_side(model, lambda: prefill_ms(model, tokens))
         results["prefill_ms"][tokens] = {"torch": timings[False], "small_batch": timings[True]}
         print(f"prefill {tokens:>3} tokens{'':<7}{timings[False]:>10.1f}{timings[True]:>16.1f}"
               f"{timings[False] / timings[True]:>15.2f}")

@@ -102,6 +102,14 @@ def main() -> None:
         changed = f"{seen['overridden_fraction']:.3f}" if seen else ""
         print(f"{arm:<28}" + "".join(f"{m:>+9.3f} +-{h:.3f}" for m, h in cells.values()) + f"{versus:>24}"
               f"{support:>9}{changed:>9}{ratio:>15.3f}")
+    for arm in list(arms)[2:]:
+        over_prompt = mean_ci([a["positivity"] - b["positivity"]
+                               for a, b in zip(rewards[arm], rewards["principle only (alpha=0)"])])
+        relevance = mean_ci([a["relevance"] - b["relevance"] for a, b in zip(rewards[arm], rewards["sample"])])
+        table[arm]["positivity_vs_principle_only"] = {"mean": over_prompt[0], "ci95": over_prompt[1]}
+        table[arm]["relevance_vs_sample"] = {"mean": relevance[0], "ci95": relevance[1]}
+        print(f"{arm}: positivity vs principle only {over_prompt[0]:+.4f} +- {over_prompt[1]:.4f}, "
+              f"relevance vs sample {relevance[0]:+.4f} +- {relevance[1]:.4f}")
     print("\nsupport: mean top-p support size per step; changed: share of steps whose argmax the "
           "extrapolation changed.\ns/token ratio: median over decodes of (seconds per generated token) / "
           "(the same for sample), side by side; target <= 1.6")

@@ -1,14 +1,15 @@
 """Linear layers that multiply few rows fast on CPU.
 
 A decoding step multiplies every weight matrix W [out, in] by 1 to a few dozen token rows x.
-torch computes x @ W^T; on this machine's MKL that is 2 to 3 times slower for few rows than the
-same product written W @ x^T (measured on SmolLM2: 60 -> 33 ms per step for one row, 94 -> 32 ms
-for two, 95 -> 64 ms for eight; `benchmarks/cpu_matmul.py` prints the ratios). A single row is
-doubled, because MKL's matrix-vector path is the slow one (the 49152-row LM head alone: 10.5 ms
-as a vector product, 3.4 ms as a product with two columns). Above ROWS_LIMIT rows (long prefills)
-torch's own product is as fast, so it is used.
+torch computes x @ W^T; on this machine's MKL that is slower for few rows than the same product
+written W @ x^T (`benchmarks/cpu_matmul.py` on SmolLM2: a step of 1 row 1.9x, 2 rows 2.8x, 8 rows
+1.2x, 32 rows 1.06x). A single row is doubled, because MKL's matrix-vector path is the slow one
+(the 49152-row LM head alone: 10.5 ms as a matrix-vector product, 3.4 ms with two columns).
+Above ROWS_LIMIT rows (long prefills) torch's own product is as fast, so it is used.
 
 Only float32 CPU tensors take this path; other devices and dtypes call torch's linear unchanged.
+The switch changes the class of the model's own modules in place (a model passed in is changed;
+exact-type checks such as dynamic quantisation's no longer see nn.Linear).
 """
 
 from __future__ import annotations

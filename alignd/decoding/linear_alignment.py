@@ -3,9 +3,8 @@ Solution for Aligning Human Preferences without Tuning and Feedback").
 
 Two contexts decode in lock-step, one batched forward per token: the prompt with a preference
 principle in the system prompt (next-token logits z_p) and without it (z_0); with placement
-"user" the principle follows the user's message instead (small models follow an instruction
-there more: on SmolLM2-135M's train prompts the principle alone moved positivity by +0.40 there
-and +0.11 in the system prompt). The next token is
+"user" the principle follows the user's message instead (small models tend to follow an
+instruction there more than in a system prompt). The next token is
 drawn from softmax(z_hat / T) with z_hat = z_p + alpha (z_p - z_0), restricted to the top-p
 support of softmax(z_p / T), and appended to both contexts. alpha = 0 is decoding under the
 principle alone; larger alpha moves further along the direction the principle shifts the logits.
@@ -88,8 +87,9 @@ class LinearAlignmentStrategy(Strategy):
                 support = torch.isfinite(reference_logprobs(z_p, support_sampling))
                 fused = (z_p + params.alpha * (z_p - z_0)) / temperature
                 aligned = torch.log_softmax(fused.masked_fill(~support, float("-inf")), dim=-1)
+                # The step already waits for its token (and KL) on the host; two more scalars cost nothing.
                 support_tokens += int(support.sum())
-                overridden += int(torch.argmax(aligned, dim=-1) != torch.argmax(z_p, dim=-1))
+                overridden += int(aligned.argmax(-1) != z_p.argmax(-1))
                 if sampling.greedy:
                     token = int(torch.argmax(aligned, dim=-1))
                 else:

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from alignd.backends import cpu_matmul
 from alignd.backends.cpu_matmul import ROWS_LIMIT, SmallBatchLinear, use_small_batch_linears
 from alignd.backends.transformers_policy import TransformersPolicy
 from tests.tiny import tiny_model, tiny_tokenizer
@@ -28,8 +29,29 @@ def test_small_batch_products_equal_torchs_linear(shape, bias):
     torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
 
 
-def test_a_row_does_not_depend_on_its_batch_mates():
-    # One request's tokens must not change with what shares the batch (the doubled single row too).
+def test_few_rows_take_the_w_x_product_and_many_rows_torchs(monkeypatch):
+    layer = linear(True)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("F.linear called")
+
+    monkeypatch.setattr(cpu_matmul.F, "linear", refuse)
+    layer(torch.randn(1, 48))
+    layer(torch.randn(ROWS_LIMIT, 48))
+    with pytest.raises(AssertionError, match="F.linear called"):
+        layer(torch.randn(ROWS_LIMIT + 1, 48))
+
+
+def test_non_contiguous_inputs():
+    layer = linear(True)
+    x = torch.randn(3, 5, 48)
+    for view in (x[:, -1:, :], x.transpose(0, 1), torch.randn(48, 4).t()):
+        torch.testing.assert_close(layer(view), F.linear(view, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+
+
+def test_a_row_depends_on_its_batch_mates_by_float_rounding_only():
+    # The doubled single row and the kernels MKL picks per batch shape round differently (so do
+    # torch's own), but never by more than float32 rounding.
     layer = linear(True)
     x = torch.randn(4, 48)
     alone = layer(x[:1])
@@ -49,9 +71,12 @@ def test_gradients_flow_like_nn_linear():
     layer = linear(True)
     x = torch.randn(3, 48, requires_grad=True)
     layer(x).square().sum().backward()
+    grads = [x.grad, layer.weight.grad.clone(), layer.bias.grad.clone()]
+    layer.zero_grad()
     expected = x.detach().clone().requires_grad_(True)
     F.linear(expected, layer.weight, layer.bias).square().sum().backward()
-    torch.testing.assert_close(x.grad, expected.grad, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, [expected.grad, layer.weight.grad, layer.bias.grad]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_cpu_policies_switch_every_linear_unless_asked_not_to():

@@ -33,9 +33,10 @@ def test_linear_alignment_through_grpc(client):
     again = client.generate("hi", strategy="linear_alignment", principle="answer kindly", alpha=2.5,
                             max_tokens=16, seed=1, top_p=1.0)
     assert again.token_ids == out.token_ids
-    in_user_turn = client.generate("hi", strategy="linear_alignment", principle="answer kindly", placement="user",
-                                   max_tokens=8, seed=1)
-    assert in_user_turn.details["alpha"] == 3.0 and len(in_user_turn.token_ids) <= 8
+    # placement reaches the strategy: in the user's turn the principle needs no system turn of its own.
+    placed = {where: client.generate("hi", strategy="linear_alignment", principle="answer kindly", placement=where,
+                                     max_tokens=8, seed=1) for where in ("system", "user")}
+    assert placed["user"].usage.prompt_tokens < placed["system"].usage.prompt_tokens
 
 
 def test_evolutionary_through_grpc(client):
