@@ -14,7 +14,6 @@ by side in one run:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys

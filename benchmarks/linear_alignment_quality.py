@@ -88,10 +88,14 @@ def main() -> None:
           f"T={defaults.temperature}, top-p={defaults.top_p}, principle {args.principle!r} in the {args.placement} turn")
     print(f"{'arm':<28}" + "".join(f"{n[:12]:>18}" for n in names) + f"{'positivity vs sample':>24}"
           f"{'support':>9}{'changed':>9}{'s/token ratio':>15}")
+    def paired(arm: str, other: str, objective: str) -> tuple[float, float]:
+        """Mean per-prompt difference arm - other in one objective, with its 95% half-width."""
+        return mean_ci([a[objective] - b[objective] for a, b in zip(rewards[arm], rewards[other])])
+
     table = {}
     for arm in arms:
         cells = {n: mean_ci([r[n] for r in rewards[arm]]) for n in names}
-        diff = mean_ci([a["positivity"] - b["positivity"] for a, b in zip(rewards[arm], rewards["sample"])])
+        diff = paired(arm, "sample", "positivity")
         ratio = statistics.median(a / b for a, b in zip(per_token[arm], per_token["sample"]))
         seen = {k: statistics.mean(v) for k, v in diagnostics[arm].items() if v}
         table[arm] = {"objectives": {n: {"mean": m, "ci95": h} for n, (m, h) in cells.items()},
@@ -103,9 +107,8 @@ def main() -> None:
         print(f"{arm:<28}" + "".join(f"{m:>+9.3f} +-{h:.3f}" for m, h in cells.values()) + f"{versus:>24}"
               f"{support:>9}{changed:>9}{ratio:>15.3f}")
     for arm in list(arms)[2:]:
-        over_prompt = mean_ci([a["positivity"] - b["positivity"]
-                               for a, b in zip(rewards[arm], rewards["principle only (alpha=0)"])])
-        relevance = mean_ci([a["relevance"] - b["relevance"] for a, b in zip(rewards[arm], rewards["sample"])])
+        over_prompt = paired(arm, "principle only (alpha=0)", "positivity")
+        relevance = paired(arm, "sample", "relevance")
         table[arm]["positivity_vs_principle_only"] = {"mean": over_prompt[0], "ci95": over_prompt[1]}
         table[arm]["relevance_vs_sample"] = {"mean": relevance[0], "ci95": relevance[1]}
         print(f"{arm}: positivity vs principle only {over_prompt[0]:+.4f} +- {over_prompt[1]:.4f}, "

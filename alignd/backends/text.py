@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from alignd.backends.base import ChatPrompt
+
+
+class TokenizerText:
+    """render / tokenize / detokenize for a policy with a Hugging Face `tokenizer`. Calls hold
+    `_tokenizer_lock`: worker threads call in at once, and a fast tokenizer used from two threads
+    (or while the transformers backend switches its padding) fails with "Already borrowed"."""
+
+    tokenizer: Any
+    _tokenizer_lock: threading.Lock | threading.RLock
+
+    def render(self, prompt: ChatPrompt) -> str:
+        return render_chat(self.tokenizer, prompt)
+
+    def tokenize(self, text: str) -> list[int]:
+        with self._tokenizer_lock:
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        with self._tokenizer_lock:
+            return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
 
 def render_chat(tokenizer, prompt: ChatPrompt) -> str:

@@ -31,7 +31,7 @@ from alignd.backends.base import (
 )
 from alignd.backends.cpu_matmul import use_small_batch_linears
 from alignd.backends.sampling import draw, make_generator, reference_logprobs
-from alignd.backends.text import eos_token_ids, render_chat, response_text, stop_window
+from alignd.backends.text import TokenizerText, eos_token_ids, response_text, stop_window
 from alignd.errors import Cancelled
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -59,7 +59,7 @@ class _Partial(PartialResponses):
     generator: torch.Generator | None = None
 
 
-class TransformersPolicy(Policy):
+class TransformersPolicy(TokenizerText, Policy):
     capabilities = frozenset({Capability.SAMPLE, Capability.EXTEND, Capability.TOKENWISE, Capability.HIDDEN_STATES})
 
     def __init__(
@@ -99,21 +99,9 @@ class TransformersPolicy(Policy):
         # One forward pass at a time: the server calls from worker threads, and interleaving two
         # requests' steps on 2 cores only slows both.
         self._lock = threading.RLock()
+        self._tokenizer_lock = self._lock  # `_begin` pads with the tokenizer under the model's lock
 
     # -- text ---------------------------------------------------------------------------------
-
-    def render(self, prompt: ChatPrompt) -> str:
-        return render_chat(self.tokenizer, prompt)
-
-    def tokenize(self, text: str) -> list[int]:
-        # Under the lock: `_begin` switches the fast tokenizer's padding, and a concurrent
-        # encode would fail with "Already borrowed".
-        with self._lock:
-            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def detokenize(self, token_ids: Sequence[int]) -> str:
-        with self._lock:  # see tokenize
-            return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
     def _text(self, ids: list[int], stops: Sequence[str]) -> str:
         return response_text(self.detokenize, ids, self._eos, stops)

@@ -30,7 +30,7 @@ from typing import Any
 from alignd.backends.base import (
     Capability, ChatPrompt, Completion, FinishReason, PartialResponses, Policy, SampleBatch, SamplingParams,
 )
-from alignd.backends.text import eos_token_ids, render_chat, response_text, stop_window
+from alignd.backends.text import TokenizerText, eos_token_ids, response_text, stop_window
 from alignd.errors import Cancelled
 
 log = logging.getLogger("alignd.vllm")
@@ -71,7 +71,7 @@ class _Partial(PartialResponses):
     shadow: PartialResponses | None = None  # the hidden-state shadow's rows, aligned with ours
 
 
-class VLLMPolicy(Policy):
+class VLLMPolicy(TokenizerText, Policy):
     capabilities = frozenset({Capability.SAMPLE, Capability.EXTEND})
 
     def __init__(self, checkpoint: str | Path, *, model_name: str | None = None, dtype: str = "float32",
@@ -150,19 +150,6 @@ class VLLMPolicy(Policy):
         return self._shadow.prefix_hidden_states(prompt, responses)
 
     # -- text ---------------------------------------------------------------------------------
-
-    def render(self, prompt: ChatPrompt) -> str:
-        return render_chat(self.tokenizer, prompt)
-
-    def tokenize(self, text: str) -> list[int]:
-        # Under a lock: many worker threads call in, and a fast tokenizer used from two threads at
-        # once can fail with "Already borrowed".
-        with self._tokenizer_lock:
-            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def detokenize(self, token_ids: Sequence[int]) -> str:
-        with self._tokenizer_lock:
-            return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
     def _text(self, ids: Sequence[int], stops: Sequence[str]) -> str:
         return response_text(self.detokenize, ids, self.eos_token_ids, stops)
