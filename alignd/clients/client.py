@@ -85,7 +85,7 @@ def generation_from(message: pb.GenerateResponse) -> Generation:
         weights=dict(message.weights),
         kl=[KL(k.name, _KL_KIND.get(k.kind, "unspecified"), k.nats, k.description) for k in message.kl],
         usage=Usage(u.prompt_tokens, u.generated_tokens, u.lm_forward_tokens, u.scorer_calls, u.wall_seconds,
-                    dict(u.phase_seconds)),
+                    dict(u.phase_seconds), u.scored_texts),
         token_ids=list(message.token_ids),
         candidates=[_candidate(c) for c in message.candidates],
         details=dict(message.details),

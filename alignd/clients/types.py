@@ -31,6 +31,7 @@ class Usage:
     scorer_calls: int
     wall_seconds: float
     phase_seconds: dict[str, float]
+    scored_texts: int = 0  # texts the scorers saw (candidates, partial responses)
 
 
 @dataclass(frozen=True)

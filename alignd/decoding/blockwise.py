@@ -1,15 +1,15 @@
 """The blockwise value-guided loop shared by `controlled`, `multi_objective` and `robust`.
 
 From the current prefix draw K blocks of B tokens from pi_ref (the prefix's KV cache is copied to
-the K rows, never re-encoded), estimate each block's value vector with the value heads (read from
-the hidden states the extension already computed), let the strategy choose a block, keep it, and
-repeat until EOS or max_tokens. The strategies differ only in how they choose.
+the K rows, never re-encoded), estimate each block's value vector (each objective from its value
+source: the heads read the hidden states the extension already computed, prefix scoring reads the
+partial texts), let the strategy choose a block, keep it, and repeat until EOS or max_tokens. The strategies differ only in how they choose.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +19,8 @@ from alignd.decoding.base import (
     DecodeRequest, DecodeResult, KLEstimate, ProgressEvent, ScoredCandidate, Usage, finish, score_candidates,
 )
 from alignd.decoding.kl import best_of_n_kl_bound, best_of_n_kl_estimate
-from alignd.errors import FailedPrecondition, InvalidArgument
+from alignd.decoding.value_estimates import ValueEstimator
+from alignd.errors import InvalidArgument
 from alignd.rewardmodels.base import Scorer
 
 
@@ -48,24 +49,6 @@ def refuse_greedy(request: DecodeRequest, strategy: str) -> None:
         raise InvalidArgument("sampling.temperature", f"{strategy} samples from pi_ref: use a temperature > 0")
 
 
-def require_value_heads(strategy: str, scorer: Scorer, names: Sequence[str]) -> None:
-    missing = [n for n in names if n not in scorer.value_objectives]
-    if missing:
-        loaded = sorted(scorer.value_objectives) or "none"
-        raise FailedPrecondition(f"{strategy} needs value heads for {missing}; loaded value heads: {loaded}")
-
-
-def estimate_values(request: DecodeRequest, scorer: Scorer, partial: PartialResponses, objectives: Sequence[str],
-                    usage: Usage) -> tuple[np.ndarray, np.ndarray]:
-    """(value estimates on each objective's scale [R, G], the same on the common scale), NaN for
-    objectives not asked for. Heads cover `objectives`, so no prefix text is decoded."""
-    with usage.phase("value"):
-        values = scorer.score_prefix([request.prompt.user] * partial.rows, None, partial.hidden, list(objectives))
-    usage.scorer_calls += 1
-    usage.scored_texts += partial.rows
-    return values, scorer.standardise(values)
-
-
 def weighted_argmax(weights: np.ndarray) -> Chooser:
     """The fixed-weights rule of controlled decoding and MOD: keep argmax_k w^T V_k."""
     def choose(standardised: np.ndarray) -> BlockChoice:
@@ -75,7 +58,7 @@ def weighted_argmax(weights: np.ndarray) -> Chooser:
 
 
 def decode_blockwise(request: DecodeRequest, policy: Policy, scorer: Scorer, *, strategy: str, num_candidates: int,
-                     block_tokens: int, objectives: Sequence[str], choose: Chooser,
+                     block_tokens: int, values: ValueEstimator, choose: Chooser,
                      details: Callable[[BlockwiseRun, np.ndarray], dict[str, float]] | None = None) -> DecodeResult:
     """A whole blockwise decode: prefill, the block loop, the final text scored by the objectives.
     `details(run, final_rewards)` adds strategy-specific figures to the result."""
@@ -85,20 +68,21 @@ def decode_blockwise(request: DecodeRequest, policy: Policy, scorer: Scorer, *, 
     with usage.phase("prefill"):
         partial = policy.begin(request.prompt, request.sampling, request.cancel)
     usage.prompt_tokens = partial.prompt_tokens
-    run = decode_blocks(request, policy, scorer, partial, usage, started, num_candidates=num_candidates,
-                        block_tokens=block_tokens, objectives=objectives, choose=choose)
+    run = decode_blocks(request, policy, partial, usage, started, num_candidates=num_candidates,
+                        block_tokens=block_tokens, values=values, choose=choose)
     usage.lm_forward_tokens = run.partial.forward_tokens
     scored = score_candidates(request, scorer, [policy.completion(run.partial, 0)], usage)
     extra = details(run, scored[0].rewards) if details is not None else {}
     return finish(request, scored[0], scored, run.kl, usage, started, {"blocks": float(run.blocks), **extra})
 
 
-def decode_blocks(request: DecodeRequest, policy: Policy, scorer: Scorer, partial: PartialResponses, usage: Usage,
-                  started: float, *, num_candidates: int, block_tokens: int, objectives: Sequence[str],
+def decode_blocks(request: DecodeRequest, policy: Policy, partial: PartialResponses, usage: Usage,
+                  started: float, *, num_candidates: int, block_tokens: int, values: ValueEstimator,
                   choose: Chooser) -> BlockwiseRun:
-    """Run the loop from `partial` (one row). `objectives` are estimated for every block; the
-    stream reports the chosen block's worst among them on the common scale."""
+    """Run the loop from `partial` (one row). The estimator's objectives are estimated for every
+    block; the stream reports the chosen block's worst among them on the common scale."""
     names = request.weights.names
+    objectives = list(values.sources)
     k = num_candidates
     run = BlockwiseRun(partial, [], 0)
     estimate = 0.0
@@ -107,7 +91,7 @@ def decode_blocks(request: DecodeRequest, policy: Policy, scorer: Scorer, partia
         with usage.phase("extend"):
             blocks = policy.extend(run.partial, k, block_tokens, request.cancel)
         usage.generated_tokens += sum(len(ids) - before for ids in blocks.token_ids)
-        values, standardised = estimate_values(request, scorer, blocks, objectives, usage)
+        estimates, standardised = values(blocks, usage)
         with usage.phase("choose"):
             choice = choose(standardised)
         run.partial = policy.select(blocks, [choice.pick])
@@ -119,7 +103,7 @@ def decode_blocks(request: DecodeRequest, policy: Policy, scorer: Scorer, partia
         estimate += best_of_n_kl_estimate(k, min(block_logprob, 0.0))
         if request.on_progress is not None:
             candidates = [
-                ScoredCandidate(block_completion(policy, blocks, row, before), values[row], float(choice.scores[row]),
+                ScoredCandidate(block_completion(policy, blocks, row, before), estimates[row], float(choice.scores[row]),
                                 row == choice.pick)
                 for row in range(k)
             ]

@@ -2,8 +2,8 @@
 Controlled Decoding of Large Language Models").
 
 Instead of a fixed weighted sum, each block maximises the worst case over weights: with K
-candidate blocks from pi_ref and their value vectors V_k (value heads, common scale), the
-adversary's weights are
+candidate blocks from pi_ref and their value vectors V_k (each objective from its value source,
+on the common scale), the adversary's weights are
 
     w* = argmin_{w in W} log (1/K) sum_k exp(lambda w^T V_k)
 
@@ -24,8 +24,9 @@ import numpy as np
 
 from alignd.backends.base import Capability, Policy
 from alignd.decoding.base import DecodeRequest, DecodeResult, Strategy, register
-from alignd.decoding.blockwise import BlockChoice, BlockwiseRun, decode_blockwise, refuse_greedy, require_value_heads
+from alignd.decoding.blockwise import BlockChoice, BlockwiseRun, decode_blockwise, refuse_greedy
 from alignd.decoding.params import param
+from alignd.decoding.value_estimates import ValueEstimator, value_source_param
 from alignd.decoding.worst_case import WeightSet, solve
 from alignd.errors import InvalidArgument
 from alignd.rewardmodels.base import Scorer
@@ -36,7 +37,7 @@ class RobustStrategy(Strategy):
     name = "robust"
     description = ("Robust multi-objective decoding (RMOD): per block, worst-case weights w* from a convex program "
                    "over the value estimates of K blocks, keep argmax_k w*.V_k.")
-    requires = frozenset({Capability.SAMPLE, Capability.EXTEND, Capability.HIDDEN_STATES})
+    requires = frozenset({Capability.SAMPLE, Capability.EXTEND})
 
     @dataclass(frozen=True)
     class Params:
@@ -49,6 +50,13 @@ class RobustStrategy(Strategy):
         objectives: tuple[str, ...] = param((), "objectives the adversary may weight; empty: all")
         min_weights: dict[str, float] = param({}, "lower bounds on the adversary's weights per objective, "
                                               "summing to at most 1", min=0.0, max=1.0)
+        value_source: str = value_source_param()
+
+    def _values(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer,
+                feasible: WeightSet) -> ValueEstimator:
+        """Estimates for every objective the adversary may weight."""
+        adversary = [n for n, allowed in zip(scorer.objective_names, feasible.allowed) if allowed]
+        return ValueEstimator.resolve(self.name, request.prompt.user, policy, scorer, adversary, params.value_source)
 
     def rows(self, params: Params) -> int:
         return 1 + params.num_candidates
@@ -56,17 +64,16 @@ class RobustStrategy(Strategy):
     def check(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> None:
         super().check(request, params, policy, scorer)
         refuse_greedy(request, self.name)
-        feasible = weight_set(params, scorer.objective_names)
-        require_value_heads(self.name, scorer, [n for n, a in zip(scorer.objective_names, feasible.allowed) if a])
+        self._values(request, params, policy, scorer, weight_set(params, scorer.objective_names))
 
     def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
         self.check(request, params, policy, scorer)
         names = scorer.objective_names
         feasible = weight_set(params, names)
-        adversary = [n for n, allowed in zip(names, feasible.allowed) if allowed]
         chooser = WorstCaseChooser(params, feasible)
         return decode_blockwise(request, policy, scorer, strategy=self.name, num_candidates=params.num_candidates,
-                                block_tokens=params.block_tokens, objectives=adversary, choose=chooser,
+                                block_tokens=params.block_tokens,
+                                values=self._values(request, params, policy, scorer, feasible), choose=chooser,
                                 details=lambda run, rewards: chooser.details(run, names, scorer, rewards))
 
 

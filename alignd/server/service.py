@@ -272,6 +272,7 @@ class AligndService(pb_grpc.AligndServicer):
 
     def _server_info(self) -> pb.ServerInfo:
         c, s, limits = self.config, self.config.default_sampling, self.config.limits
+        sources = self.scorer.value_sources
         sampling = pb.SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                                      max_tokens=s.max_tokens, stop=list(s.stop))
         return pb.ServerInfo(
@@ -281,7 +282,10 @@ class AligndService(pb_grpc.AligndServicer):
             device=self.policy.device,
             objectives=[
                 pb.ObjectiveInfo(name=o.name, description=o.description, min_value=o.min_value, max_value=o.max_value,
-                                 higher_is_better=o.higher_is_better, default_weight=self.default_weights[o.name])
+                                 higher_is_better=o.higher_is_better, default_weight=self.default_weights[o.name],
+                                 value_sources=list(sources[o.name].available),
+                                 auto_value_source=sources[o.name].auto,
+                                 value_source_pair_accuracy=dict(sources[o.name].pair_accuracy))
                 for o in self.scorer.objectives
             ],
             strategies=[

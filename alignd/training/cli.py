@@ -32,9 +32,13 @@ def run_rollouts(config: RolloutsConfig) -> None:
 
 def run_value(config: ValueConfig) -> None:
     from alignd.backends.loading import load_policy
+    from alignd.rewardmodels.builtin import BUILTIN_OBJECTIVES, build_scorer
 
     policy = load_policy(config.model, device=config.device)
-    head, report = train_value_heads(policy, config)
+    # The prefix source is measured with the objectives' own scorers (the built-in ones).
+    scorable = [o for o in config.objectives or BUILTIN_OBJECTIVES if o in BUILTIN_OBJECTIVES]
+    scorer = build_scorer(scorable, device=policy.device) if config.prefix_source and scorable else None
+    head, report = train_value_heads(policy, config, scorer=scorer)
     path = head.save(config.output)
     print(report.table())
     print(f"wrote {path} and {path.with_suffix('.json')}")

@@ -1,8 +1,17 @@
 """`alignd train value`: multi-objective value heads, CD-FUDGE style (Mudgal et al. 2023).
 
 Every prefix of an on-policy rollout regresses to that rollout's final reward, per objective:
-V_g(x, y_<t) ~ r_g(x, y) for t = 0..T. The report compares held-out predictions at 25/50/75/100%
-of each response with the predict-the-mean baseline (MSE and Pearson correlation).
+V_g(x, y_<t) ~ r_g(x, y) for t = 0..T. Beside the regression, a within-prompt ranking loss: for
+pairs of rollouts of the same prompt cut at the same prefix length t, a logistic (Bradley-Terry)
+loss on the difference of their predictions, signed by which final reward is higher. Regression
+alone learns mostly what tells prompts apart; blockwise steering needs the order *within* a
+prompt, which the ranking term trains directly.
+
+The held-out report, per objective and prefix fraction (25/50/75/100% of each response): MSE
+against the predict-the-mean baseline, overall Pearson correlation, within-prompt Spearman and
+within-prompt pair accuracy, for the heads and, when a scorer is given, for the `prefix` source
+(the objective's own scorer on the partial text). The pair accuracies at 50% are stored in the
+metadata, where the server's `auto` value source reads them.
 """
 
 from __future__ import annotations
@@ -15,10 +24,13 @@ import torch
 from tqdm import tqdm
 
 from alignd.backends.base import Policy
-from alignd.rewardmodels.heads import Head, HeadMetadata
-from alignd.training.data import DataError, data_hash, read_jsonl
 from alignd.backends.features import prefix_features
+from alignd.rewardmodels.base import Scorer
+from alignd.rewardmodels.heads import Head, HeadMetadata
+from alignd.rewardmodels.value_sources import HEADS, PREFIX, pair_accuracy_key
+from alignd.training.data import DataError, data_hash, read_jsonl
 from alignd.training.options import option
+from alignd.training.ranking import pair_accuracy, pearson, prompt_groups, within_prompt_spearman
 
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 ROLLOUT_FIELDS = {"prompt": str, "token_ids": list, "rewards": dict}
@@ -38,25 +50,58 @@ class ValueConfig:
     batch_size: int = option(1024, "prefixes per optimisation step")
     learning_rate: float = option(1e-3, "AdamW learning rate")
     weight_decay: float = option(1e-2, "AdamW weight decay")
+    ranking_weight: float = option(1.0, "weight of the within-prompt pairwise ranking loss beside the regression "
+                                   "(0: regression only, as CD-FUDGE)")
+    prefix_source: bool = option(True, "also measure the prefix source (each objective's scorer on the partial "
+                                 "text) on the held-out rollouts, for the server's `auto` choice")
     seed: int = option(0, "seed for initialisation, shuffling and the held-out split")
 
 
 @dataclass
 class ValueReport:
-    """Held-out metrics per objective and prefix fraction."""
+    """Held-out metrics per value source, objective and prefix fraction."""
 
-    rows: list[dict]  # {"objective", "fraction", "mse", "baseline_mse", "corr"}
+    rows: list[dict]  # {"source", "objective", "fraction", "mse", "baseline_mse", "corr", "spearman", "pairs"}
 
     def table(self) -> str:
-        lines = [f"{'objective':<14} {'prefix':>6} {'mse':>9} {'mean-mse':>9} {'corr':>7}  beats mean"]
+        lines = [f"{'source':<7} {'objective':<14} {'prefix':>6} {'mse':>9} {'mean-mse':>9} {'corr':>7} "
+                 f"{'in-prompt rho':>13} {'pairs ordered':>13}"]
         for r in self.rows:
-            lines.append(f"{r['objective']:<14} {r['fraction']:>6.0%} {r['mse']:>9.4f} {r['baseline_mse']:>9.4f} "
-                         f"{r['corr']:>7.3f}  {'yes' if r['mse'] < r['baseline_mse'] else 'no'}")
+            lines.append(f"{r['source']:<7} {r['objective']:<14} {r['fraction']:>6.0%} {r['mse']:>9.4f} "
+                         f"{r['baseline_mse']:>9.4f} {r['corr']:>7.3f} {r['spearman']:>13.3f} {r['pairs']:>13.3f}")
         return "\n".join(lines)
 
     def metrics(self) -> dict[str, float]:
-        return {f"{r['objective']}@{int(r['fraction'] * 100)}%_{key}": float(r[key])
-                for r in self.rows for key in ("mse", "baseline_mse", "corr")}
+        """Flat metrics for the metadata: the heads' figures as `<objective>@<p>%_<figure>`, and
+        every source's pair accuracy as `<objective>@<p>%_<source>_pair_accuracy`."""
+        flat = {}
+        for r in self.rows:
+            at = f"{r['objective']}@{round(r['fraction'] * 100)}%"
+            flat[pair_accuracy_key(r["objective"], r["source"], r["fraction"])] = float(r["pairs"])
+            if r["source"] == HEADS:
+                flat |= {f"{at}_{key}": float(r[key]) for key in ("mse", "baseline_mse", "corr", "spearman")}
+        # Undefined figures (every held-out response of each prompt tied) are left out, not NaN.
+        return {k: v for k, v in flat.items() if np.isfinite(v)}
+
+
+def evaluate_source(source: str, groups: list[list[int]], truth: np.ndarray, guess: np.ndarray, fraction: float,
+                    objectives: list[str], mean: np.ndarray) -> list[dict]:
+    """Report rows of one source at one prefix fraction: guess and truth are [N, G]."""
+    rows = []
+    for g, name in enumerate(objectives):
+        rows.append({
+            "source": source, "objective": name, "fraction": fraction,
+            "mse": float(np.mean((guess[:, g] - truth[:, g]) ** 2)),
+            "baseline_mse": float(np.mean((mean[g] - truth[:, g]) ** 2)),
+            "corr": _nan_to_zero(pearson(guess[:, g], truth[:, g])),
+            "spearman": within_prompt_spearman(groups, truth[:, g], guess[:, g]),
+            "pairs": pair_accuracy(groups, truth[:, g], guess[:, g])[0],
+        })
+    return rows
+
+
+def _nan_to_zero(value: float) -> float:
+    return 0.0 if np.isnan(value) else value
 
 
 def _load(path: str) -> list[dict]:
@@ -82,12 +127,6 @@ def _targets(rows: list[dict], objectives: list[str], path: str) -> np.ndarray:
         raise DataError(f"{path}: a rollout has no reward for objective {missing}") from None
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    if a.std() < 1e-12 or b.std() < 1e-12:
-        return 0.0
-    return float(np.corrcoef(a, b)[0, 1])
-
-
 def prefix_examples(states: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """CD-FUDGE examples: every prefix state (t = 0..T) of rollout i, paired with rollout i's
     final (standardised) reward vector."""
@@ -96,7 +135,54 @@ def prefix_examples(states: list[torch.Tensor], targets: torch.Tensor) -> tuple[
     return x, y
 
 
-def train_value_heads(policy: Policy, config: ValueConfig, progress: bool = True) -> tuple[Head, ValueReport]:
+class RankingPairs:
+    """Random pairs of training prefixes from two rollouts of the same prompt, cut at the same
+    length t (0 <= t <= the shorter rollout's length), as row indices into the stacked prefixes."""
+
+    def __init__(self, prompts: list[str], states: list[torch.Tensor]) -> None:
+        lengths = torch.tensor([len(s) for s in states])
+        self.offsets = torch.cumsum(lengths, 0) - lengths
+        self.last = lengths - 1  # the longest prefix of each rollout
+        groups = [g for g in prompt_groups(prompts) if len(g) > 1]
+        if not groups:
+            raise DataError("the ranking loss needs several rollouts per prompt (--samples-per-prompt >= 2)")
+        self.sizes = torch.tensor([len(g) for g in groups])
+        self.members = torch.zeros((len(groups), int(self.sizes.max())), dtype=torch.long)
+        for i, group in enumerate(groups):
+            self.members[i, : len(group)] = torch.tensor(group)
+
+    def sample(self, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        group = torch.randint(len(self.sizes), (count,), generator=generator)
+        size = self.sizes[group]
+        first = (torch.rand(count, generator=generator) * size).long()
+        second = (first + 1 + (torch.rand(count, generator=generator) * (size - 1)).long()) % size
+        a, b = self.members[group, first], self.members[group, second]
+        t = (torch.rand(count, generator=generator) * (torch.minimum(self.last[a], self.last[b]) + 1)).long()
+        return self.offsets[a] + t, self.offsets[b] + t
+
+
+def ranking_loss(predicted_a: torch.Tensor, predicted_b: torch.Tensor, target_a: torch.Tensor,
+                 target_b: torch.Tensor) -> torch.Tensor:
+    """Mean over pairs and objectives of -log sigmoid(sign(r_a - r_b) (V_a - V_b)); pairs whose
+    final rewards tie carry no order and are left out."""
+    order = torch.sign(target_a - target_b)
+    decided = order != 0
+    if not decided.any():
+        return predicted_a.sum() * 0.0
+    return torch.nn.functional.softplus(-order * (predicted_a - predicted_b))[decided].mean()
+
+
+def prefix_source_values(policy: Policy, scorer: Scorer, rows: list[dict], fraction: float,
+                         objectives: list[str]) -> np.ndarray:
+    """The `prefix` source on held-out rollouts: each objective's scorer on the text of the first
+    round(fraction * T) tokens of each response, [N, G] (one batched call per objective)."""
+    texts = [policy.detokenize(row["token_ids"][: round(fraction * len(row["token_ids"]))]) for row in rows]
+    return scorer.score_objectives([row["prompt"] for row in rows], texts, objectives)
+
+
+def train_value_heads(policy: Policy, config: ValueConfig, progress: bool = True,
+                      scorer: Scorer | None = None) -> tuple[Head, ValueReport]:
+    """Train the heads; the report covers the `prefix` source too when `scorer` is given."""
     torch.manual_seed(config.seed)
     train_rows, eval_rows = _split(_load(config.rollouts), config)
     if not train_rows or not eval_rows:
@@ -109,6 +195,7 @@ def train_value_heads(policy: Policy, config: ValueConfig, progress: bool = True
     train_states = prefix_features(policy, train_rows, progress)
     eval_states = prefix_features(policy, eval_rows, progress)
     x, y = prefix_examples(train_states, torch.from_numpy((y_train - mean) / std).float())
+    pairs = RankingPairs([r["prompt"] for r in train_rows], train_states) if config.ranking_weight > 0 else None
 
     metadata = HeadMetadata(
         kind="value", base_model=policy.model_name, hidden_size=x.shape[1], objectives=objectives,
@@ -124,23 +211,27 @@ def train_value_heads(policy: Policy, config: ValueConfig, progress: bool = True
         for start in range(0, len(x), config.batch_size):
             batch = order[start : start + config.batch_size]
             loss = torch.nn.functional.mse_loss(head(x[batch]), y[batch])
+            if pairs is not None:
+                a, b = pairs.sample(len(batch), generator)
+                loss = loss + config.ranking_weight * ranking_loss(head(x[a]), head(x[b]), y[a], y[b])
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
     head.eval()
 
+    groups = prompt_groups([r["prompt"] for r in eval_rows])
+    scorable = [o for o in objectives if scorer is not None and config.prefix_source and o in scorer.objective_names]
     report_rows = []
     for fraction in FRACTIONS:
         at = torch.stack([s[round(fraction * (len(s) - 1))] for s in eval_states])
         predicted = head.predict(at).double().numpy()
-        for g, name in enumerate(objectives):
-            truth = y_eval[:, g]
-            report_rows.append({
-                "objective": name, "fraction": fraction,
-                "mse": float(np.mean((predicted[:, g] - truth) ** 2)),
-                "baseline_mse": float(np.mean((mean[g] - truth) ** 2)),
-                "corr": _pearson(predicted[:, g], truth),
-            })
+        report_rows += evaluate_source(HEADS, groups, y_eval, predicted, fraction, objectives, mean)
+        if scorable:
+            scored = prefix_source_values(policy, scorer, eval_rows, fraction, scorable)
+            columns = [objectives.index(o) for o in scorable]
+            report_rows += evaluate_source(PREFIX, groups, y_eval[:, columns], scored, fraction, scorable,
+                                           mean[columns])
     report = ValueReport(report_rows)
-    head.metadata.metrics = report.metrics() | {"train_rollouts": len(train_rows), "eval_rollouts": len(eval_rows)}
+    head.metadata.metrics = report.metrics() | {"train_rollouts": len(train_rows), "eval_rollouts": len(eval_rows),
+                                                "eval_prompts": len(groups)}
     return head, report

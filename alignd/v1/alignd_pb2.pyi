@@ -34,29 +34,33 @@ class BestOfNParams(_message.Message):
     def __init__(self, n: _Optional[int] = ...) -> None: ...
 
 class ControlledParams(_message.Message):
-    __slots__ = ("mode", "num_candidates", "block_tokens", "strength", "token_candidates")
+    __slots__ = ("mode", "num_candidates", "block_tokens", "strength", "token_candidates", "value_source")
     MODE_FIELD_NUMBER: _ClassVar[int]
     NUM_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     BLOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
     STRENGTH_FIELD_NUMBER: _ClassVar[int]
     TOKEN_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    VALUE_SOURCE_FIELD_NUMBER: _ClassVar[int]
     mode: str
     num_candidates: int
     block_tokens: int
     strength: float
     token_candidates: int
-    def __init__(self, mode: _Optional[str] = ..., num_candidates: _Optional[int] = ..., block_tokens: _Optional[int] = ..., strength: _Optional[float] = ..., token_candidates: _Optional[int] = ...) -> None: ...
+    value_source: str
+    def __init__(self, mode: _Optional[str] = ..., num_candidates: _Optional[int] = ..., block_tokens: _Optional[int] = ..., strength: _Optional[float] = ..., token_candidates: _Optional[int] = ..., value_source: _Optional[str] = ...) -> None: ...
 
 class MultiObjectiveParams(_message.Message):
-    __slots__ = ("num_candidates", "block_tokens")
+    __slots__ = ("num_candidates", "block_tokens", "value_source")
     NUM_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     BLOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    VALUE_SOURCE_FIELD_NUMBER: _ClassVar[int]
     num_candidates: int
     block_tokens: int
-    def __init__(self, num_candidates: _Optional[int] = ..., block_tokens: _Optional[int] = ...) -> None: ...
+    value_source: str
+    def __init__(self, num_candidates: _Optional[int] = ..., block_tokens: _Optional[int] = ..., value_source: _Optional[str] = ...) -> None: ...
 
 class RobustParams(_message.Message):
-    __slots__ = ("num_candidates", "block_tokens", "strength", "solver", "objectives", "min_weights")
+    __slots__ = ("num_candidates", "block_tokens", "strength", "solver", "objectives", "min_weights", "value_source")
     class MinWeightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -70,13 +74,15 @@ class RobustParams(_message.Message):
     SOLVER_FIELD_NUMBER: _ClassVar[int]
     OBJECTIVES_FIELD_NUMBER: _ClassVar[int]
     MIN_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    VALUE_SOURCE_FIELD_NUMBER: _ClassVar[int]
     num_candidates: int
     block_tokens: int
     strength: float
     solver: str
     objectives: _containers.RepeatedScalarFieldContainer[str]
     min_weights: _containers.ScalarMap[str, float]
-    def __init__(self, num_candidates: _Optional[int] = ..., block_tokens: _Optional[int] = ..., strength: _Optional[float] = ..., solver: _Optional[str] = ..., objectives: _Optional[_Iterable[str]] = ..., min_weights: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    value_source: str
+    def __init__(self, num_candidates: _Optional[int] = ..., block_tokens: _Optional[int] = ..., strength: _Optional[float] = ..., solver: _Optional[str] = ..., objectives: _Optional[_Iterable[str]] = ..., min_weights: _Optional[_Mapping[str, float]] = ..., value_source: _Optional[str] = ...) -> None: ...
 
 class LinearAlignmentParams(_message.Message):
     __slots__ = ("principle", "alpha", "placement")
@@ -363,20 +369,33 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ObjectiveInfo(_message.Message):
-    __slots__ = ("name", "description", "min_value", "max_value", "higher_is_better", "default_weight")
+    __slots__ = ("name", "description", "min_value", "max_value", "higher_is_better", "default_weight", "value_sources", "auto_value_source", "value_source_pair_accuracy")
+    class ValueSourcePairAccuracyEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     MIN_VALUE_FIELD_NUMBER: _ClassVar[int]
     MAX_VALUE_FIELD_NUMBER: _ClassVar[int]
     HIGHER_IS_BETTER_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    VALUE_SOURCES_FIELD_NUMBER: _ClassVar[int]
+    AUTO_VALUE_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_SOURCE_PAIR_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     min_value: float
     max_value: float
     higher_is_better: bool
     default_weight: float
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., min_value: _Optional[float] = ..., max_value: _Optional[float] = ..., higher_is_better: _Optional[bool] = ..., default_weight: _Optional[float] = ...) -> None: ...
+    value_sources: _containers.RepeatedScalarFieldContainer[str]
+    auto_value_source: str
+    value_source_pair_accuracy: _containers.ScalarMap[str, float]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., min_value: _Optional[float] = ..., max_value: _Optional[float] = ..., higher_is_better: _Optional[bool] = ..., default_weight: _Optional[float] = ..., value_sources: _Optional[_Iterable[str]] = ..., auto_value_source: _Optional[str] = ..., value_source_pair_accuracy: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class ParameterInfo(_message.Message):
     __slots__ = ("name", "type", "default_value", "description", "min_value", "max_value", "choices")

@@ -38,7 +38,7 @@ def run(policy, scorer, weights, params=None, sampling=SAMPLING, events=None):
 
 def test_blockwise_keeps_the_block_with_the_highest_weighted_value(tiny_policy, guided):
     events = []
-    params = get_strategy("controlled").Params(num_candidates=4, block_tokens=5)
+    params = get_strategy("controlled").Params(num_candidates=4, block_tokens=5, value_source="heads")
     result = run(tiny_policy, guided, {"e_count": 1.0}, params, events=events)
     blocks = [e for e in events if e.phase == "block"]
     assert 1 <= len(blocks) <= 4
@@ -46,8 +46,9 @@ def test_blockwise_keeps_the_block_with_the_highest_weighted_value(tiny_policy, 
         assert len(event.candidates) == 4 and sum(c.selected for c in event.candidates) == 1
         best = max(event.candidates, key=lambda c: c.weighted_score)
         assert best.selected
-        # The value estimates are the heads' predictions on the objective's scale.
-        assert np.all(np.isfinite(best.rewards))
+        # The value estimates are the heads' predictions on the objective's scale; the
+        # objective with zero weight is not estimated.
+        assert np.isfinite(best.rewards[0]) and np.isnan(best.rewards[1])
     assert result.token_ids == [t for e in blocks for c in e.candidates if c.selected for t in c.completion.token_ids]
 
 
@@ -96,17 +97,18 @@ def test_tokenwise_with_tiny_strength_stays_close_to_pi_ref(tiny_policy, guided)
     assert truncated.kl[0].nats > result.kl[0].nats
 
 
-def test_missing_value_heads_for_a_weighted_objective_is_failed_precondition(tiny_policy, letter_scorer):
+def test_heads_source_without_a_head_for_a_weighted_objective_is_failed_precondition(tiny_policy, letter_scorer):
     partial_heads = ValueGuidedScorer(letter_scorer, value_heads(tiny_policy.hidden_size, ("e_count",)))
-    with pytest.raises(FailedPrecondition, match=r"value heads for \['o_count'\]"):
-        run(tiny_policy, partial_heads, {"o_count": 1.0})
-    with pytest.raises(FailedPrecondition, match="loaded value heads: none"):
-        run(tiny_policy, letter_scorer, {"e_count": 1.0})
+    heads = get_strategy("controlled").Params(value_source="heads")
+    with pytest.raises(FailedPrecondition, match=r"value_source 'heads' cannot estimate 'o_count'"):
+        run(tiny_policy, partial_heads, {"o_count": 1.0}, heads)
+    with pytest.raises(FailedPrecondition, match=r"value_source 'heads' cannot estimate 'e_count'"):
+        run(tiny_policy, letter_scorer, {"e_count": 1.0}, heads)
     # Objectives with zero weight need no head, and are not scored on prefix text either: the
     # only call into the o_count objective is the final scoring of the finished response.
     o_count = letter_scorer._objectives[1]
     o_count.calls.clear()
-    assert run(tiny_policy, partial_heads, {"e_count": 1.0, "o_count": 0.0}).text is not None
+    assert run(tiny_policy, partial_heads, {"e_count": 1.0, "o_count": 0.0}, heads).text is not None
     assert o_count.calls == [1]
 
 
@@ -120,7 +122,8 @@ def test_greedy_controlled_decoding_is_refused(tiny_policy, guided):
     [({"num_candidates": 1}, "controlled.num_candidates"), ({"block_tokens": 0}, "controlled.block_tokens"),
      ({"strength": 0.0}, "controlled.strength"), ({"strength": -1.0}, "controlled.strength"),
      ({"strength": math.inf}, "controlled.strength"), ({"token_candidates": 1}, "controlled.token_candidates"),
-     ({"mode": "beam"}, "controlled.mode"), ({"num_candidates": 65}, "controlled.num_candidates")],
+     ({"mode": "beam"}, "controlled.mode"), ({"num_candidates": 65}, "controlled.num_candidates"),
+     ({"value_source": "oracle"}, "controlled.value_source"), ({"value_source": 1}, "controlled.value_source")],
 )
 def test_bad_controlled_params_are_invalid_argument(values, field):
     with pytest.raises(InvalidArgument) as error:

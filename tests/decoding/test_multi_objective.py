@@ -37,7 +37,8 @@ def run(policy, scorer, strategy, params=None, weights=None, sampling=SAMPLING):
 
 
 def robust_params(**values):
-    return validate_params("robust", get_strategy("robust").Params, values, Limits())
+    """Robust's params, with the (random) heads as the value source unless the test says otherwise."""
+    return validate_params("robust", get_strategy("robust").Params, {"value_source": "heads", **values}, Limits())
 
 
 def standardised(scorer, event):
@@ -122,16 +123,17 @@ def test_robust_respects_lower_bounds_and_the_allowed_objectives(tiny_policy, th
     assert result.details["mean_w*[a_count]"] == 0.0
 
 
-def test_robust_needs_value_heads_for_every_objective_the_adversary_weights(tiny_policy, letter_scorer):
+def test_robust_with_heads_needs_a_head_for_every_objective_the_adversary_weights(tiny_policy, letter_scorer):
     partial = ValueGuidedScorer(letter_scorer, value_heads(tiny_policy.hidden_size, ("e_count",)))
-    with pytest.raises(FailedPrecondition, match=r"robust needs value heads for \['o_count'\]"):
-        run(tiny_policy, partial, "robust")
+    with pytest.raises(FailedPrecondition, match=r"robust: value_source 'heads' cannot estimate 'o_count'"):
+        run(tiny_policy, partial, "robust", robust_params(value_source="heads"))
     # Restricted to the covered objective, it runs.
     result, _ = run(tiny_policy, partial, "robust", robust_params(objectives=["e_count"], num_candidates=3,
-                                                                  block_tokens=8))
+                                                                  block_tokens=8, value_source="heads"))
     assert result.details["mean_w*[e_count]"] == pytest.approx(1.0)
-    with pytest.raises(FailedPrecondition, match=r"multi_objective needs value heads for \['o_count'\]"):
-        run(tiny_policy, partial, "multi_objective", weights={"o_count": 1.0})
+    mod = get_strategy("multi_objective").Params(value_source="heads")
+    with pytest.raises(FailedPrecondition, match=r"multi_objective: value_source 'heads' cannot estimate 'o_count'"):
+        run(tiny_policy, partial, "multi_objective", mod, weights={"o_count": 1.0})
 
 
 @pytest.mark.parametrize("strategy", ["robust", "multi_objective"])

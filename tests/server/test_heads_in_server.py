@@ -32,7 +32,7 @@ def head_config(tiny_policy, tmp_path):
 def test_config_heads_load_as_objectives_and_value_heads(tiny_policy, head_config):
     scorer, heads = load_scorer(head_config, tiny_policy)
     assert scorer.objective_names == ("positivity", "conciseness", "rm_positivity")
-    assert scorer.value_objectives == {"positivity"}
+    assert {n for n, s in scorer.value_sources.items() if "heads" in s.available} == {"positivity"}
     assert [h.metadata.kind for _, h in heads] == ["reward", "value"]
     rewards = scorer.score(["q", "q"], ["great answer", "awful answer"])
     assert rewards.shape == (2, 3)
@@ -52,9 +52,17 @@ def test_heads_appear_in_server_info_and_controlled_runs_through_grpc(tiny_polic
             assert {e.phase for e in events[:-1]} == {"block"}
             assert {k.name for k in events[-1].kl} == {"blockwise_bound", "blockwise_estimate"}
             with pytest.raises(AligndClientError) as error:
-                client.generate("hi", strategy="controlled", weights={"conciseness": 1.0})
+                client.generate("hi", strategy="controlled", weights={"conciseness": 1.0}, value_source="heads")
             assert error.value.code == grpc.StatusCode.FAILED_PRECONDITION
-            assert "['conciseness']" in error.value.details
+            assert "cannot estimate 'conciseness'" in error.value.details
+            # auto serves it from its own scorer on the partial text.
+            steered = client.generate("hi", strategy="controlled", weights={"conciseness": 1.0}, max_tokens=8,
+                                      num_candidates=2, block_tokens=4)
+            assert steered.usage.scored_texts > 1
+            with pytest.raises(AligndClientError) as error:
+                client.generate("hi", strategy="robust", value_source="oracle")
+            assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert error.value.details.startswith("robust.value_source:")
             with pytest.raises(AligndClientError) as error:
                 client.generate("hi", strategy="controlled", weights={"positivity": 1.0}, num_candidates=1)
             assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
@@ -68,5 +76,29 @@ def test_heads_for_another_model_are_a_config_error(tiny_policy, tmp_path):
     with pytest.raises(ConfigError, match=r"^value_heads: .*needs"):
         load_scorer(ServerConfig(objectives=("positivity",), value_heads=str(tmp_path / "nope")), tiny_policy)
     other = save_head(tmp_path / "o", "value", ["relevance"], tiny_policy.hidden_size)
-    with pytest.raises(ConfigError, match=r"^value_heads: .*does not score"):
+    with pytest.raises(ConfigError, match=r"^value_heads: .*none of which this server scores"):
         load_scorer(ServerConfig(objectives=("positivity",), value_heads=str(other)), tiny_policy)
+
+
+def test_server_info_says_which_value_source_serves_each_objective(tiny_policy, tmp_path):
+    torch.manual_seed(1)
+    meta = HeadMetadata("value", "tiny", tiny_policy.hidden_size, ["positivity", "conciseness"], [0.0, 0.0],
+                        [1.0, 1.0], metrics={"positivity@50%_heads_pair_accuracy": 0.61,
+                                             "positivity@50%_prefix_pair_accuracy": 0.74,
+                                             "conciseness@50%_heads_pair_accuracy": 0.8,
+                                             "conciseness@50%_prefix_pair_accuracy": 0.7})
+    path = Head(meta).save(tmp_path / "value_heads")
+    # Heads trained for more objectives than the server scores serve the ones it does.
+    config = ServerConfig(port=0, objectives=("positivity", "conciseness", "harmlessness"), value_heads=str(path))
+    scorer, heads = load_scorer(config, tiny_policy)
+    with running_server(tiny_policy, scorer, config, heads) as running:
+        with AligndClient(f"127.0.0.1:{running.port}", timeout=60) as client:
+            objectives = {o.name: o for o in client.server_info().objectives}
+    assert objectives["positivity"].auto_value_source == "prefix"
+    assert dict(objectives["positivity"].value_source_pair_accuracy) == pytest.approx({"heads": 0.61, "prefix": 0.74})
+    assert objectives["conciseness"].auto_value_source == "heads"
+    assert list(objectives["conciseness"].value_sources) == ["heads", "prefix"]
+    assert list(objectives["harmlessness"].value_sources) == ["prefix"]
+    assert objectives["harmlessness"].auto_value_source == "prefix"
+    narrower = ServerConfig(port=0, objectives=("positivity",), value_heads=str(path))
+    assert set(load_scorer(narrower, tiny_policy)[0].value_sources) == {"positivity"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -53,12 +54,16 @@ def test_value_training_writes_loadable_heads_and_a_report(rollouts, tiny_checkp
     printed = capsys.readouterr().out
     for objective in ("positivity", "conciseness"):
         for fraction in ("25%", "50%", "75%", "100%"):
-            assert any(line.startswith(objective) and fraction in line for line in printed.splitlines())
+            assert any(line.startswith(f"heads   {objective}") and fraction in line for line in printed.splitlines())
     head = Head.load(out)
     meta = json.loads(out.with_suffix(".json").read_text())
     assert head.objectives == ["positivity", "conciseness"] and meta["kind"] == "value"
     assert meta["base_model"] == tiny_checkpoint.name and meta["data_hash"]
     assert "positivity@50%_mse" in meta["metrics"] and meta["metrics"]["eval_rollouts"] == 8
+    # Both sources are reported; figures undefined on this tiny data (all ties) are left out.
+    for objective in ("positivity", "conciseness"):
+        assert any(line.startswith(f"prefix  {objective}") for line in printed.splitlines())
+    assert all(math.isfinite(v) for v in meta["metrics"].values())
 
     # The trained file loads in the server and shows in GetServerInfo.
     from alignd.backends.loading import load_policy
@@ -70,7 +75,8 @@ def test_value_training_writes_loadable_heads_and_a_report(rollouts, tiny_checkp
     policy = load_policy(str(tiny_checkpoint), device="cpu")
     config = ServerConfig(port=0, objectives=("positivity", "conciseness"), value_heads=str(out))
     scorer, heads = load_scorer(config, policy)
-    assert scorer.value_objectives == {"positivity", "conciseness"}
+    assert all(s.available == ("heads", "prefix") for s in scorer.value_sources.values())
+
     with running_server(policy, scorer, config, heads) as running:
         with AligndClient(f"127.0.0.1:{running.port}", timeout=60) as client:
             (info,) = client.server_info().heads
@@ -133,3 +139,89 @@ def test_malformed_jsonl_reports_the_line_number(tmp_path, tiny_checkpoint, caps
     code = main(["train", "value", "--rollouts", str(missing), "--model", str(tiny_checkpoint), "--device", "cpu"])
     assert code == 2
     assert "rollouts.jsonl:3: missing field 'token_ids'" in capsys.readouterr().err
+
+
+def test_ranking_pairs_share_a_prompt_and_a_prefix_length():
+    import torch
+
+    from alignd.training.value_trainer import RankingPairs
+
+    prompts = ["a", "a", "b", "b", "b", "c"]  # "c" has one rollout: it can never be paired
+    lengths = [3, 5, 2, 4, 6, 7]
+    states = [torch.zeros(n + 1, 2) for n in lengths]
+    owner = [i for i, n in enumerate(lengths) for _ in range(n + 1)]
+    position = [t for n in lengths for t in range(n + 1)]
+    pairs = RankingPairs(prompts, states)
+    first, second = pairs.sample(2000, torch.Generator().manual_seed(0))
+    for a, b in zip(first.tolist(), second.tolist()):
+        assert owner[a] != owner[b] and prompts[owner[a]] == prompts[owner[b]] != "c"
+        assert position[a] == position[b] <= min(lengths[owner[a]], lengths[owner[b]])
+    assert {position[a] for a in first.tolist()} == set(range(5))  # every shared length is drawn
+
+
+def test_ranking_loss_rewards_the_final_rewards_order_and_ignores_ties():
+    import torch
+
+    from alignd.training.value_trainer import ranking_loss
+
+    target_a, target_b = torch.tensor([[1.0], [0.0], [2.0]]), torch.tensor([[0.0], [1.0], [2.0]])
+    right = ranking_loss(torch.tensor([[3.0], [-3.0], [0.0]]), torch.zeros(3, 1), target_a, target_b)
+    wrong = ranking_loss(torch.tensor([[-3.0], [3.0], [0.0]]), torch.zeros(3, 1), target_a, target_b)
+    assert right < 0.1 < 3.0 < wrong
+    # The tied third pair carries no order: its prediction does not change the loss.
+    moved = ranking_loss(torch.tensor([[3.0], [-3.0], [50.0]]), torch.zeros(3, 1), target_a, target_b)
+    assert moved == pytest.approx(float(right))
+
+
+def test_within_prompt_figures_ignore_what_tells_prompts_apart():
+    import numpy as np
+
+    from alignd.training.ranking import objective_conflicts, pair_accuracy, prompt_groups, within_prompt_spearman
+
+    groups = prompt_groups(["p", "p", "p", "q", "q", "q"])
+    assert groups == [[0, 1, 2], [3, 4, 5]]
+    truth = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
+    # Tells the prompts apart perfectly, orders within each prompt backwards.
+    backwards = np.array([0.3, 0.2, 0.1, 0.9, 0.8, 0.7])
+    assert np.corrcoef(truth, backwards)[0, 1] > 0.6
+    assert pair_accuracy(groups, truth, backwards) == (0.0, 6)
+    assert within_prompt_spearman(groups, truth, backwards) == pytest.approx(-1.0)
+    # Ties in the guess count one half; ties in the truth are no pair.
+    assert pair_accuracy(groups, truth, np.zeros(6)) == (0.5, 6)
+    assert pair_accuracy(groups, np.array([1.0, 1.0, 2.0, 0.0, 0.0, 0.0]), np.arange(6.0)) == (1.0, 2)
+    rewards = np.stack([truth, -truth + np.repeat([0.0, 5.0], 3), np.repeat([1.0, 2.0], 3)], axis=1)
+    matrix, spread = objective_conflicts(groups, rewards)
+    assert matrix[0, 1] == pytest.approx(-1.0)  # within a prompt, raising one lowers the other
+    assert spread[2] == pytest.approx(0.0)  # constant given the prompt
+
+
+def test_value_training_measures_both_sources_within_prompts_for_auto(tiny_policy, letter_scorer, tmp_path):
+    from alignd.backends.base import ChatPrompt, SamplingParams
+    from alignd.rewardmodels.guided_scorer import ValueGuidedScorer
+    from alignd.training.data import write_jsonl
+    from alignd.training.value_trainer import ValueConfig, train_value_heads
+
+    rows = []
+    for index, prompt in enumerate(["tell me about bread", "a poem on rain", "list three owls", "why is ink blue"]):
+        batch = tiny_policy.sample([ChatPrompt(prompt)], 8, SamplingParams(temperature=1.0, max_tokens=16, seed=index))
+        completions = batch.completions[0]
+        rewards = letter_scorer.score([prompt] * 8, [c.text for c in completions])
+        rows += [{"prompt": prompt, "token_ids": c.token_ids,
+                  "rewards": dict(zip(letter_scorer.objective_names, map(float, r)))}
+                 for c, r in zip(completions, rewards)]
+    write_jsonl(tmp_path / "rollouts.jsonl", rows)
+    config = ValueConfig(rollouts=str(tmp_path / "rollouts.jsonl"), eval_fraction=0.5, epochs=2, ranking_weight=1.0)
+    head, report = train_value_heads(tiny_policy, config, progress=False, scorer=letter_scorer)
+    metrics = head.metadata.metrics
+    for name in ("e_count", "o_count"):
+        for source in ("heads", "prefix"):
+            assert 0.0 <= metrics[f"{name}@50%_{source}_pair_accuracy"] <= 1.0
+        # The whole response's text gives the final reward itself.
+        assert metrics[f"{name}@100%_prefix_pair_accuracy"] == 1.0
+        assert f"{name}@50%_spearman" in metrics
+    sources = ValueGuidedScorer(letter_scorer, head).value_sources
+    for name, entry in sources.items():
+        measured = {s: metrics[f"{name}@50%_{s}_pair_accuracy"] for s in ("heads", "prefix")}
+        assert entry.pair_accuracy == pytest.approx(measured)
+        assert entry.auto == max(measured, key=measured.get)
+    assert {r["source"] for r in report.rows} == {"heads", "prefix"}

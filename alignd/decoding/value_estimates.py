@@ -1,0 +1,61 @@
+"""Value estimates for the value-guided strategies (controlled, multi_objective, robust).
+
+A request resolves once, per objective, which source estimates V_g (value heads on the policy's
+hidden states, or the objective's own scorer on the partial text; `auto` picks by measured
+within-prompt ranking). Each step then asks for the value vectors of all R partial responses in
+one call per source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from alignd.backends.base import Capability, PartialResponses, Policy
+from alignd.decoding.base import Usage
+from alignd.decoding.params import param
+from alignd.errors import FailedPrecondition
+from alignd.rewardmodels.base import Scorer
+from alignd.rewardmodels.value_sources import CHOICES, HEADS, PREFIX, resolve
+
+
+def value_source_param():
+    """The `value_source` parameter every value-guided strategy declares."""
+    return param("auto", "where value estimates come from: auto (per objective, the best measured within-prompt "
+                 "ranking), heads (value heads on hidden states) or prefix (the objective's scorer on the "
+                 "partial text)", choices=CHOICES)
+
+
+@dataclass(frozen=True)
+class ValueEstimator:
+    scorer: Scorer
+    policy: Policy
+    prompt: str  # the user's instruction: rewards are computed against it, not the rendered prompt
+    sources: dict[str, str]  # objective -> source
+
+    @classmethod
+    def resolve(cls, strategy: str, prompt: str, policy: Policy, scorer: Scorer, objectives: Sequence[str],
+                value_source: str) -> ValueEstimator:
+        """FailedPrecondition when a named source cannot estimate one of `objectives`, or heads
+        are asked of a backend that gives no hidden states."""
+        sources = resolve(scorer.value_sources, objectives, value_source, strategy)
+        if HEADS in sources.values() and Capability.HIDDEN_STATES not in policy.capabilities:
+            heads = sorted(n for n, s in sources.items() if s == HEADS)
+            raise FailedPrecondition(
+                f"{strategy}: value heads for {heads} read hidden states, which {type(policy).__name__} does not give "
+                f"(use value_source 'prefix')")
+        return cls(scorer, policy, prompt, sources)
+
+    def __call__(self, partial: PartialResponses, usage: Usage) -> tuple[np.ndarray, np.ndarray]:
+        """(value estimates on each objective's scale [R, G], the same on the common scale); NaN
+        in the columns of objectives not estimated."""
+        with usage.phase("value"):
+            texts = None
+            if PREFIX in self.sources.values():
+                texts = [self.policy.detokenize(ids) for ids in partial.token_ids]
+            values = self.scorer.estimate_values(self.prompt, texts, partial.hidden, self.sources)
+        usage.scorer_calls += 1
+        usage.scored_texts += partial.rows
+        return values, self.scorer.standardise(values)
