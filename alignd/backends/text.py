@@ -28,6 +28,11 @@ class TokenizerText:
         with self._tokenizer_lock:
             return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
+    def detokenize_many(self, rows: Sequence[Sequence[int]]) -> list[str]:
+        """Texts of several token-id lists in one batched decode (one lock, one call)."""
+        with self._tokenizer_lock:
+            return self.tokenizer.batch_decode([list(ids) for ids in rows], skip_special_tokens=True)
+
 
 def render_chat(tokenizer, prompt: ChatPrompt) -> str:
     """The exact text the model is conditioned on: the tokenizer's chat template unless the
@@ -66,5 +71,14 @@ def eos_token_ids(tokenizer, model_config: Any) -> set[int]:
 def response_text(detokenize: Callable[[Sequence[int]], str], ids: Sequence[int], eos_ids: Collection[int],
                   stops: Sequence[str]) -> str:
     """A response's text: a final EOS dropped, cut before the first stop sequence."""
-    text_ids = list(ids[:-1]) if ids and ids[-1] in eos_ids else list(ids)
-    return cut_at_stop(detokenize(text_ids), stops)
+    return cut_at_stop(detokenize(_without_eos(ids, eos_ids)), stops)
+
+
+def response_texts(detokenize_many: Callable[[Sequence[Sequence[int]]], list[str]], rows: Sequence[Sequence[int]],
+                   eos_ids: Collection[int], stops: Sequence[str]) -> list[str]:
+    """`response_text` of several rows, decoded in one batch."""
+    return [cut_at_stop(text, stops) for text in detokenize_many([_without_eos(ids, eos_ids) for ids in rows])]
+
+
+def _without_eos(ids: Sequence[int], eos_ids: Collection[int]) -> list[int]:
+    return list(ids[:-1]) if ids and ids[-1] in eos_ids else list(ids)

@@ -31,7 +31,7 @@ from alignd.backends.base import (
 )
 from alignd.backends.cpu_matmul import use_small_batch_linears
 from alignd.backends.sampling import draw, make_generator, reference_logprobs
-from alignd.backends.text import TokenizerText, eos_token_ids, response_text, stop_window
+from alignd.backends.text import TokenizerText, eos_token_ids, response_text, response_texts, stop_window
 from alignd.errors import Cancelled
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -331,6 +331,9 @@ class TransformersPolicy(TokenizerText, Policy):
             if bool((lengths < width).any()):  # a shorter row has padding in its cache: it ended
                 self._keep_live(partial, (lengths == width).nonzero().squeeze(-1))
             return partial
+
+    def partial_texts(self, partial: PartialResponses) -> list[str]:
+        return response_texts(self.detokenize_many, partial.token_ids, self._eos, partial.sampling.stop)
 
     def completion(self, partial: PartialResponses, row: int) -> Completion:
         ids = partial.token_ids[row]

@@ -30,7 +30,7 @@ from typing import Any
 from alignd.backends.base import (
     Capability, ChatPrompt, Completion, FinishReason, PartialResponses, Policy, SampleBatch, SamplingParams,
 )
-from alignd.backends.text import TokenizerText, eos_token_ids, response_text, stop_window
+from alignd.backends.text import TokenizerText, eos_token_ids, response_text, response_texts, stop_window
 from alignd.errors import Cancelled
 
 log = logging.getLogger("alignd.vllm")
@@ -127,7 +127,10 @@ class VLLMPolicy(TokenizerText, Policy):
             raise EngineStartError(f"vLLM engine failed to start: {type(error).__name__}: {error} "
                                    "(the engine's log above has the cause)") from None
         self.context_length = int(self.engine.model_config.max_model_len)
-        self.eos_token_ids = eos_token_ids(self.tokenizer, getattr(self.engine.model_config, "hf_config", None))
+        hf_config = getattr(self.engine.model_config, "hf_config", None)
+        self.eos_token_ids = eos_token_ids(self.tokenizer, hf_config)
+        # The width heads must have, checked at start-up even when no shadow is attached.
+        self.hidden_size = getattr(hf_config, "hidden_size", None)
         self._ids = itertools.count()
         self._stats_lock = threading.Lock()
         self.prompt_tokens_seen = 0  # prompt tokens of every engine request
@@ -315,6 +318,9 @@ class VLLMPolicy(TokenizerText, Policy):
             forward_tokens=partial.forward_tokens, prompt_ids=[partial.prompt_ids[r] for r in rows],
             blocks=partial.blocks, shadow=shadow,
         )
+
+    def partial_texts(self, partial: PartialResponses) -> list[str]:
+        return response_texts(self.detokenize_many, partial.token_ids, self.eos_token_ids, partial.sampling.stop)
 
     def completion(self, partial: PartialResponses, row: int) -> Completion:
         ids = partial.token_ids[row]

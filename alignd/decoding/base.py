@@ -1,6 +1,6 @@
 """The Strategy interface, its request and result types, and the strategy registry.
 
-A strategy is pure algorithm code over a Policy and a Scorer (DESIGN.md section 2): it imports
+A strategy is pure algorithm code over a Policy and a Scorer: it imports
 only the interfaces, never a concrete backend or the server.
 """
 
@@ -120,7 +120,7 @@ class Strategy(ABC):
 
     def check(self, request: DecodeRequest, params: Any, policy: Policy, scorer: Scorer) -> None:
         """Refuse what this strategy cannot serve whatever the prompt (backend capabilities, value
-        heads, parameter combinations, greedy sampling) before any work. Strategies with more
+        sources, parameter combinations, greedy sampling) before any work. Strategies with more
         conditions extend it and call it first in `decode`; experiment arms are checked with it
         when they are created."""
         self.check_policy(policy)

@@ -9,8 +9,8 @@ Beirami et al., "Theoretical guarantees on the best-of-n alignment policy" (2024
       eps_n = 1 - (1-eps)^n,
 
   which is the exact KL for a reference distribution with one atom of mass eps carrying the best
-  reward above a continuum of lower-reward outcomes. Note: DESIGN.md wrote the last term as
-  eps_n log(1/eps); that drops log eps_n and can exceed the upper bound (n=2, eps=0.5 gives
+  reward above a continuum of lower-reward outcomes. Note: a form often quoted with the last term
+  eps_n log(1/eps) drops log eps_n and can exceed the upper bound (n=2, eps=0.5 gives
   0.40 > 0.19 nats), so it cannot be the exact KL of any best-of-n policy. Tests check the
   version here against enumeration.
 """

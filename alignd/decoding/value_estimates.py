@@ -38,24 +38,25 @@ class ValueEstimator:
     @classmethod
     def resolve(cls, strategy: str, prompt: str, policy: Policy, scorer: Scorer, objectives: Sequence[str],
                 value_source: str) -> ValueEstimator:
-        """FailedPrecondition when a named source cannot estimate one of `objectives`, or heads
-        are asked of a backend that gives no hidden states."""
-        sources = resolve(scorer.value_sources, objectives, value_source, strategy)
+        """`strategy` is the strategy's name. FailedPrecondition (naming `<strategy>.value_source`)
+        when a named source cannot estimate one of `objectives`, or heads are asked of a backend
+        that gives no hidden states."""
+        sources = resolve(scorer.value_sources, objectives, value_source, f"{strategy}.value_source")
         if HEADS in sources.values() and Capability.HIDDEN_STATES not in policy.capabilities:
             heads = sorted(n for n, s in sources.items() if s == HEADS)
             raise FailedPrecondition(
-                f"{strategy}: value heads for {heads} read hidden states, which {type(policy).__name__} does not give "
-                f"(use value_source 'prefix')")
+                f"{strategy}.value_source: value heads for {heads} read hidden states, which {type(policy).__name__} "
+                f"does not give (use 'prefix')")
         return cls(scorer, policy, prompt, sources)
 
     def __call__(self, partial: PartialResponses, usage: Usage) -> tuple[np.ndarray, np.ndarray]:
         """(value estimates on each objective's scale [R, G], the same on the common scale); NaN
         in the columns of objectives not estimated."""
+        scores_text = PREFIX in self.sources.values()
         with usage.phase("value"):
-            texts = None
-            if PREFIX in self.sources.values():
-                texts = [self.policy.detokenize(ids) for ids in partial.token_ids]
+            texts = self.policy.partial_texts(partial) if scores_text else None
             values = self.scorer.estimate_values(self.prompt, texts, partial.hidden, self.sources)
         usage.scorer_calls += 1
-        usage.scored_texts += partial.rows
+        if scores_text:
+            usage.scored_texts += partial.rows  # texts the scorers saw; heads read no text
         return values, self.scorer.standardise(values)

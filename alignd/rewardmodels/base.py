@@ -1,4 +1,4 @@
-"""The Scorer interface: named objectives scored in batches (DESIGN.md section 2).
+"""The Scorer interface: named objectives scored in batches.
 
 Every objective is oriented so that higher is better and documents its range.
 """

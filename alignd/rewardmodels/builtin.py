@@ -1,4 +1,4 @@
-"""The built-in objectives that run offline (DESIGN.md section 4), by name."""
+"""The built-in objectives that run offline, by name."""
 
 from __future__ import annotations
 

@@ -63,11 +63,11 @@ class ValueGuidedScorer(Scorer):
         if by_heads:
             if hidden is None:
                 raise HeadError("value heads need the policy's hidden states for the prefixes")
-            # The heads run for every objective they cover: one small matmul, cheaper than slicing.
+            # One small matmul for every output; only the asked-for columns are kept.
             predicted = self.value_heads.predict(torch.as_tensor(hidden).to(self.value_heads.mean.device))
-            predicted = predicted.double().cpu().numpy()
-            for name in by_heads:
-                values[:, self.objective_names.index(name)] = predicted[:, self.value_heads.objectives.index(name)]
+            columns = [self.objective_names.index(n) for n in by_heads]
+            outputs = [self.value_heads.objectives.index(n) for n in by_heads]
+            values[:, columns] = predicted[:, outputs].double().cpu().numpy()
         return values
 
     def standardise(self, values: np.ndarray) -> np.ndarray:

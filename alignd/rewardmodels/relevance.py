@@ -74,7 +74,7 @@ class RelevanceObjective(Objective):
             missing = [p for p in distinct if p not in self._prompt_cache]
             if missing:
                 for prompt, embedding in zip(missing, self._embed(missing)):
-                    self._prompt_cache[prompt] = embedding
+                    self._prompt_cache[prompt] = embedding.clone()  # not a view pinning the whole batch
             for prompt in distinct:
                 self._prompt_cache.move_to_end(prompt)
             # The batch's own prompts are the most recent: eviction never drops one in use here.

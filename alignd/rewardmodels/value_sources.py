@@ -15,6 +15,7 @@ figure that decides; overall correlation mostly tells prompts apart.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -46,25 +47,27 @@ class ObjectiveValueSources:
 
 
 def pick_auto(objective: str, available: Sequence[str], measured: Mapping[str, float]) -> str:
-    """The available source with the best measured within-prompt pair accuracy; `prefix` when
-    nothing was measured (the objective's own scorer is the ground truth at the end)."""
-    scored = [s for s in available if s in measured]
-    if scored:
-        return max(scored, key=lambda s: measured[s])
+    """The available source with the best measured within-prompt pair accuracy, when every
+    available source was measured (a finite figure); otherwise `prefix`, the objective's own
+    scorer, which is the final reward itself once the response is complete."""
+    figures = {s: measured.get(s, math.nan) for s in available}
+    if all(math.isfinite(v) for v in figures.values()):
+        return max(available, key=lambda s: figures[s])
     return PREFIX if PREFIX in available else available[0]
 
 
 def resolve(catalogue: Mapping[str, ObjectiveValueSources], objectives: Sequence[str], requested: str,
-            strategy: str) -> dict[str, str]:
+            field: str) -> dict[str, str]:
     """The source serving each objective for a request asking for `requested` (a value of
-    CHOICES, already validated); FailedPrecondition when a named source cannot serve one."""
+    CHOICES, already validated); FailedPrecondition naming `field` when a named source cannot
+    serve one."""
     sources = {}
     for name in objectives:
         entry = catalogue[name]
         source = entry.auto if requested == AUTO else requested
         if source not in entry.available:
             raise FailedPrecondition(
-                f"{strategy}: value_source {requested!r} cannot estimate {name!r} (available: "
+                f"{field}: {requested!r} cannot estimate {name!r} (available: "
                 f"{list(entry.available)}; value heads are loaded for none or other objectives)")
         sources[name] = source
     return sources

@@ -43,6 +43,7 @@ def load_scorer(config: ServerConfig, policy: Policy) -> tuple[Scorer, list[tupl
     from alignd.rewardmodels.guided_scorer import ValueGuidedScorer
     from alignd.rewardmodels.objective_scorer import ObjectiveScorer
     from alignd.rewardmodels.reward_head import RewardHeadObjective
+    from alignd.rewardmodels.value_sources import HEADS
 
     try:
         objectives = build_objectives(config.objectives, policy.device)
@@ -50,8 +51,8 @@ def load_scorer(config: ServerConfig, policy: Policy) -> tuple[Scorer, list[tupl
         raise ConfigError(f"objectives: {error}") from None
     heads: list[tuple[str, Head]] = []
     value_path = shipped_value_heads(policy.model_name) if config.value_heads == "auto" else config.value_heads
-    if value_path or config.reward_heads:
-        _ensure_hidden_states(config, policy)
+    if config.reward_heads:
+        _ensure_hidden_states(config, "reward_heads", policy)
     hidden_size = getattr(policy, "hidden_size", None)
 
     def load_head(path: str, field: str) -> Head:
@@ -76,12 +77,17 @@ def load_scorer(config: ServerConfig, policy: Policy) -> tuple[Scorer, list[tupl
             scorer = ValueGuidedScorer(scorer, load_head(str(value_path), "value_heads"))
         except HeadError as error:
             raise ConfigError(f"value_heads: {error}") from None
+        # A backend without hidden states gets the shadow only when `auto` sends an objective to
+        # the heads; prefix scoring needs none (a request naming `heads` is then refused).
+        if any(s.auto == HEADS for s in scorer.value_sources.values()):
+            _ensure_hidden_states(config, "value_heads", policy)
     return scorer, heads
 
 
-def _ensure_hidden_states(config: ServerConfig, policy: Policy) -> None:
+def _ensure_hidden_states(config: ServerConfig, field: str, policy: Policy) -> None:
     """Heads read hidden states. A backend that gives none (vLLM) gets a transformers shadow of
-    the same checkpoint that follows its partial responses (loaded only when heads are configured)."""
+    the same checkpoint that follows its partial responses (loaded only when reward heads are
+    configured or `auto` sends an objective to the value heads)."""
     from alignd.backends.base import Capability
 
     if Capability.HIDDEN_STATES in policy.capabilities:
@@ -89,7 +95,7 @@ def _ensure_hidden_states(config: ServerConfig, policy: Policy) -> None:
     attach = getattr(policy, "attach_hidden_states", None)
     checkpoint = getattr(policy, "checkpoint", None)
     if attach is None or checkpoint is None:
-        raise ConfigError(f"value_heads: backend {type(policy).__name__} gives no hidden states for the heads")
+        raise ConfigError(f"{field}: backend {type(policy).__name__} gives no hidden states for the heads")
     from alignd.backends.transformers_policy import TransformersPolicy
 
     log.info("heads read hidden states from a transformers shadow of %s (the backend gives none)", checkpoint)

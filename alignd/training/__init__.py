@@ -1,1 +1,1 @@
-"""Trainers for reward heads, value heads and preference vectors (DESIGN.md section 8)."""
+"""Trainers for reward heads, value heads and preference vectors."""

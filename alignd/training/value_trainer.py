@@ -137,7 +137,7 @@ def prefix_examples(states: list[torch.Tensor], targets: torch.Tensor) -> tuple[
 
 class RankingPairs:
     """Random pairs of training prefixes from two rollouts of the same prompt, cut at the same
-    length t (0 <= t <= the shorter rollout's length), as row indices into the stacked prefixes."""
+    length t (1 <= t <= the shorter rollout's length), as row indices into the stacked prefixes."""
 
     def __init__(self, prompts: list[str], states: list[torch.Tensor]) -> None:
         lengths = torch.tensor([len(s) for s in states])
@@ -145,7 +145,8 @@ class RankingPairs:
         self.last = lengths - 1  # the longest prefix of each rollout
         groups = [g for g in prompt_groups(prompts) if len(g) > 1]
         if not groups:
-            raise DataError("the ranking loss needs several rollouts per prompt (--samples-per-prompt >= 2)")
+            raise DataError("the ranking loss needs several rollouts per prompt (sample them with "
+                            "--samples-per-prompt >= 2, or train without it: --ranking-weight 0)")
         self.sizes = torch.tensor([len(g) for g in groups])
         self.members = torch.zeros((len(groups), int(self.sizes.max())), dtype=torch.long)
         for i, group in enumerate(groups):
@@ -157,7 +158,9 @@ class RankingPairs:
         first = (torch.rand(count, generator=generator) * size).long()
         second = (first + 1 + (torch.rand(count, generator=generator) * (size - 1)).long()) % size
         a, b = self.members[group, first], self.members[group, second]
-        t = (torch.rand(count, generator=generator) * (torch.minimum(self.last[a], self.last[b]) + 1)).long()
+        # t >= 1: at t = 0 both rows hold the same prompt state, which has nothing to rank.
+        shorter = torch.minimum(self.last[a], self.last[b])
+        t = torch.minimum(1 + (torch.rand(count, generator=generator) * shorter).long(), shorter)
         return self.offsets[a] + t, self.offsets[b] + t
 
 
@@ -183,6 +186,8 @@ def prefix_source_values(policy: Policy, scorer: Scorer, rows: list[dict], fract
 def train_value_heads(policy: Policy, config: ValueConfig, progress: bool = True,
                       scorer: Scorer | None = None) -> tuple[Head, ValueReport]:
     """Train the heads; the report covers the `prefix` source too when `scorer` is given."""
+    if not config.ranking_weight >= 0:
+        raise DataError(f"ranking_weight must be >= 0, got {config.ranking_weight}")
     torch.manual_seed(config.seed)
     train_rows, eval_rows = _split(_load(config.rollouts), config)
     if not train_rows or not eval_rows:

@@ -120,7 +120,9 @@ def vllm_server(vllm_policy):
     from alignd.server.app import load_scorer
     from tests.server.conftest import running_server
 
-    config = ServerConfig(backend="vllm", port=0, default_sampling=SamplingParams(max_tokens=24, temperature=0.8))
+    # No value heads: value-guided strategies score partial texts, which needs no shadow model.
+    config = ServerConfig(backend="vllm", port=0, value_heads="",
+                          default_sampling=SamplingParams(max_tokens=24, temperature=0.8))
     scorer, heads = load_scorer(config, vllm_policy)
     with running_server(vllm_policy, scorer, config, heads) as running:
         yield running
@@ -147,12 +149,36 @@ def test_strategies_run_end_to_end_on_vllm_through_the_server(vllm_client, strat
         assert out.details["blocks"] >= 1
 
 
-def test_the_shadow_gives_the_hidden_states_of_the_engine_s_tokens(vllm_server, vllm_policy, transformers_policy):
-    # load_scorer attached a transformers shadow for the value heads: after each block its hidden
-    # states are those of a teacher-forced pass over prompt + the tokens vLLM sampled.
+def test_prefix_values_need_no_shadow_and_heads_without_one_are_refused(vllm_client, vllm_policy):
     from alignd.backends.base import Capability
 
+    assert Capability.HIDDEN_STATES not in vllm_policy.capabilities
+    out = vllm_client.generate("Give me one tip for sleeping well.", strategy="controlled", value_source="prefix",
+                               weights={"relevance": 1.0}, num_candidates=4, block_tokens=8, seed=3)
+    assert out.details["blocks"] >= 1 and out.usage.scored_texts >= 4 * out.details["blocks"]
+    with pytest.raises(AligndClientError) as error:
+        vllm_client.generate("Hello.", strategy="robust", value_source="heads")
+    assert error.value.code == grpc.StatusCode.FAILED_PRECONDITION and "heads" in error.value.details
+
+
+def test_the_shadow_gives_the_hidden_states_of_the_engine_s_tokens(vllm_server, vllm_policy, transformers_policy):
+    # Heads need the transformers shadow: after each block its hidden states are those of a
+    # teacher-forced pass over prompt + the tokens vLLM sampled.
+    from alignd.backends.base import Capability
+    from alignd.config import ServerConfig
+    from alignd.decoding.base import DecodeRequest, get_strategy
+    from alignd.decoding.weights import parse_weights
+    from alignd.server.app import _ensure_hidden_states, load_scorer
+
+    _ensure_hidden_states(ServerConfig(backend="vllm"), "value_heads", vllm_policy)
     assert Capability.HIDDEN_STATES in vllm_policy.capabilities
+    scorer, _ = load_scorer(ServerConfig(backend="vllm"), vllm_policy)  # the shipped heads
+    controlled = get_strategy("controlled")
+    request = DecodeRequest(ChatPrompt("Name a hobby."), SamplingParams(temperature=0.8, max_tokens=16, seed=1),
+                            parse_weights({"positivity": 1.0}, scorer.objective_names))
+    steered = controlled.decode(request, controlled.Params(num_candidates=3, block_tokens=8, value_source="heads"),
+                                vllm_policy, scorer)
+    assert steered.details["blocks"] >= 1
     prompt = ChatPrompt("Describe a quiet morning.")
     partial = vllm_policy.begin(prompt, SamplingParams(temperature=0.9, max_tokens=16, seed=2))
     blocks = vllm_policy.extend(vllm_policy.select(vllm_policy.extend(partial, 2, 6), [1]), 3, 5)

@@ -100,9 +100,9 @@ def test_tokenwise_with_tiny_strength_stays_close_to_pi_ref(tiny_policy, guided)
 def test_heads_source_without_a_head_for_a_weighted_objective_is_failed_precondition(tiny_policy, letter_scorer):
     partial_heads = ValueGuidedScorer(letter_scorer, value_heads(tiny_policy.hidden_size, ("e_count",)))
     heads = get_strategy("controlled").Params(value_source="heads")
-    with pytest.raises(FailedPrecondition, match=r"value_source 'heads' cannot estimate 'o_count'"):
+    with pytest.raises(FailedPrecondition, match=r"^controlled.value_source: 'heads' cannot estimate 'o_count'"):
         run(tiny_policy, partial_heads, {"o_count": 1.0}, heads)
-    with pytest.raises(FailedPrecondition, match=r"value_source 'heads' cannot estimate 'e_count'"):
+    with pytest.raises(FailedPrecondition, match=r"^controlled.value_source: 'heads' cannot estimate 'e_count'"):
         run(tiny_policy, letter_scorer, {"e_count": 1.0}, heads)
     # Objectives with zero weight need no head, and are not scored on prefix text either: the
     # only call into the o_count objective is the final scoring of the finished response.

@@ -76,8 +76,8 @@ def test_long_responses_underflow_to_the_bound_and_point_masses_to_zero():
     assert best_of_n_kl_bound(1) == 0.0
 
 
-def test_design_md_variant_would_exceed_the_bound():
-    # DESIGN.md wrote the atom term as eps_n log(1/eps); at n=2, eps=0.5 that is above the bound,
+def test_the_log_one_over_eps_variant_would_exceed_the_bound():
+    # A variant writes the atom term as eps_n log(1/eps); at n=2, eps=0.5 that is above the bound,
     # so it cannot be a KL of best-of-n. The implemented estimator stays below.
     n, eps = 2, 0.5
     eps_n = 1 - (1 - eps) ** n

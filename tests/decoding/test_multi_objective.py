@@ -125,14 +125,14 @@ def test_robust_respects_lower_bounds_and_the_allowed_objectives(tiny_policy, th
 
 def test_robust_with_heads_needs_a_head_for_every_objective_the_adversary_weights(tiny_policy, letter_scorer):
     partial = ValueGuidedScorer(letter_scorer, value_heads(tiny_policy.hidden_size, ("e_count",)))
-    with pytest.raises(FailedPrecondition, match=r"robust: value_source 'heads' cannot estimate 'o_count'"):
+    with pytest.raises(FailedPrecondition, match=r"^robust.value_source: 'heads' cannot estimate 'o_count'"):
         run(tiny_policy, partial, "robust", robust_params(value_source="heads"))
     # Restricted to the covered objective, it runs.
     result, _ = run(tiny_policy, partial, "robust", robust_params(objectives=["e_count"], num_candidates=3,
                                                                   block_tokens=8, value_source="heads"))
     assert result.details["mean_w*[e_count]"] == pytest.approx(1.0)
     mod = get_strategy("multi_objective").Params(value_source="heads")
-    with pytest.raises(FailedPrecondition, match=r"multi_objective: value_source 'heads' cannot estimate 'o_count'"):
+    with pytest.raises(FailedPrecondition, match=r"^multi_objective.value_source: 'heads' cannot estimate 'o_count'"):
         run(tiny_policy, partial, "multi_objective", mod, weights={"o_count": 1.0})
 
 

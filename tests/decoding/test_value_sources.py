@@ -72,9 +72,10 @@ def test_heads_source_reads_the_hidden_states(tiny_policy, letter_scorer):
     # heads on the tiny model's real decoding: every block's estimate is the head's prediction.
     e_count = letter_scorer._objectives[0]
     e_count.calls.clear()
-    blocks_of(tiny_policy, guided, "controlled", {"e_count": 1.0}, num_candidates=3, block_tokens=5,
-              value_source="heads")
+    result, _ = blocks_of(tiny_policy, guided, "controlled", {"e_count": 1.0}, num_candidates=3, block_tokens=5,
+                          value_source="heads")
     assert e_count.calls == [1]  # only the final response: no prefix text was scored
+    assert result.usage.scored_texts == 1
 
 
 def test_auto_picks_each_objectives_best_measured_source(tiny_policy, letter_scorer):
@@ -107,7 +108,8 @@ class _NoHiddenStates:
 
 def test_heads_on_a_backend_without_hidden_states_is_failed_precondition(tiny_policy, letter_scorer):
     guided = ValueGuidedScorer(letter_scorer, measured_heads(tiny_policy.hidden_size, {}))
-    with pytest.raises(FailedPrecondition, match=r"value heads for \['e_count'\] read hidden states"):
+    with pytest.raises(FailedPrecondition,
+                       match=r"^controlled.value_source: value heads for \['e_count'\] read hidden states"):
         ValueEstimator.resolve("controlled", PROMPT, _NoHiddenStates(), guided, ["e_count"], "heads")
     estimator = ValueEstimator.resolve("controlled", PROMPT, _NoHiddenStates(), guided, ["e_count"], "prefix")
     assert estimator.sources == {"e_count": "prefix"}
@@ -123,3 +125,14 @@ def test_estimator_counts_its_work_into_usage(tiny_policy, letter_scorer):
     assert list(values[:, 1]) == [t.count("o") for t in texts]
     assert np.array_equal(standardised, values, equal_nan=True)  # no statistics: identity
     assert (usage.scorer_calls, usage.scored_texts) == (1, 4) and usage.phase_seconds["value"] >= 0
+
+
+def test_prefix_texts_are_cut_like_the_final_response(tiny_policy, letter_scorer):
+    sampling = SamplingParams(temperature=1.0, max_tokens=12, seed=4, stop=("e",))
+    blocks = tiny_policy.extend(tiny_policy.begin(ChatPrompt(PROMPT), sampling), 6, 6)
+    texts = tiny_policy.partial_texts(blocks)
+    assert texts == [tiny_policy.completion(blocks, row).text for row in range(blocks.rows)]
+    assert not any("e" in t for t in texts)
+    values, _ = ValueEstimator.resolve("controlled", PROMPT, tiny_policy, letter_scorer, ["e_count"], "prefix")(
+        blocks, Usage())
+    assert list(values[:, 0]) == [0] * blocks.rows

@@ -102,3 +102,28 @@ def test_server_info_says_which_value_source_serves_each_objective(tiny_policy, 
     assert objectives["harmlessness"].auto_value_source == "prefix"
     narrower = ServerConfig(port=0, objectives=("positivity",), value_heads=str(path))
     assert set(load_scorer(narrower, tiny_policy)[0].value_sources) == {"positivity"}
+
+
+@pytest.mark.parametrize("heads_accuracy, shadow", [(0.9, True), (0.6, False)])
+def test_a_shadow_is_loaded_only_when_auto_sends_an_objective_to_the_heads(tiny_policy, tmp_path, monkeypatch,
+                                                                           heads_accuracy, shadow):
+    import alignd.server.app as app
+
+    asked = []
+    monkeypatch.setattr(app, "_ensure_hidden_states", lambda config, field, policy: asked.append(field))
+    meta = HeadMetadata("value", "tiny", tiny_policy.hidden_size, ["positivity"], [0.0], [1.0],
+                        metrics={"positivity@50%_heads_pair_accuracy": heads_accuracy,
+                                 "positivity@50%_prefix_pair_accuracy": 0.75})
+    path = Head(meta).save(tmp_path / "value_heads")
+    scorer, _ = load_scorer(ServerConfig(objectives=("positivity",), value_heads=str(path)), tiny_policy)
+    assert scorer.value_sources["positivity"].auto == ("heads" if shadow else "prefix")
+    assert asked == (["value_heads"] if shadow else [])
+
+
+def test_auto_trusts_a_measurement_only_when_every_source_was_measured():
+    from alignd.rewardmodels.value_sources import pick_auto
+
+    assert pick_auto("x", ("heads", "prefix"), {"heads": 0.9, "prefix": 0.7}) == "heads"
+    assert pick_auto("x", ("heads", "prefix"), {"heads": 0.48}) == "prefix"
+    assert pick_auto("x", ("heads", "prefix"), {"heads": float("nan"), "prefix": 0.6}) == "prefix"
+    assert pick_auto("x", ("prefix",), {}) == "prefix"

@@ -155,8 +155,8 @@ def test_ranking_pairs_share_a_prompt_and_a_prefix_length():
     first, second = pairs.sample(2000, torch.Generator().manual_seed(0))
     for a, b in zip(first.tolist(), second.tolist()):
         assert owner[a] != owner[b] and prompts[owner[a]] == prompts[owner[b]] != "c"
-        assert position[a] == position[b] <= min(lengths[owner[a]], lengths[owner[b]])
-    assert {position[a] for a in first.tolist()} == set(range(5))  # every shared length is drawn
+        assert 1 <= position[a] == position[b] <= min(lengths[owner[a]], lengths[owner[b]])
+    assert {position[a] for a in first.tolist()} == set(range(1, 5))  # every shared length is drawn
 
 
 def test_ranking_loss_rewards_the_final_rewards_order_and_ignores_ties():
