@@ -29,7 +29,7 @@ from alignd.backends.features import prefix_features  # noqa: E402
 from alignd.backends.loading import load_policy  # noqa: E402
 from alignd.rewardmodels.builtin import build_scorer  # noqa: E402
 from alignd.rewardmodels.heads import Head  # noqa: E402
-from alignd.rewardmodels.value_sources import HEADS, PREFIX, RANKING_FRACTION, pick_auto  # noqa: E402
+from alignd.rewardmodels.value_sources import HEADS, PREFIX, RANKING_FRACTION, pair_accuracy_key, pick_auto  # noqa: E402
 from alignd.training.data import read_jsonl  # noqa: E402
 from alignd.training.ranking import objective_conflicts, prompt_groups  # noqa: E402
 from alignd.training.value_trainer import FRACTIONS, ValueReport, evaluate_source, prefix_source_values  # noqa: E402
@@ -63,14 +63,17 @@ def main() -> None:
     print(f"{len(rows)} rollouts of {len(groups)} prompts from {args.rollouts}; heads {heads_path}")
     print(report.table())
 
-    print(f"\nwithin-prompt pair accuracy at {RANKING_FRACTION:.0%} of the response, and what auto picks:")
+    print(f"\nwithin-prompt pair accuracy at {RANKING_FRACTION:.0%} of the response here, and the source `auto` "
+          f"serves (chosen from the figures stored with the heads, measured on held-out training prompts):")
     picks = {}
     for name in objectives:
-        measured = {r["source"]: r["pairs"] for r in report_rows
-                    if r["objective"] == name and r["fraction"] == RANKING_FRACTION}
-        picks[name] = pick_auto(name, (HEADS, PREFIX), measured)
-        cells = "  ".join(f"{s} {v:.3f}" for s, v in measured.items())
-        print(f"  {name:<14} {cells}   auto: {picks[name]}")
+        here = [r for r in report_rows if r["objective"] == name and r["fraction"] == RANKING_FRACTION]
+        stored = {s: head.metadata.metrics[pair_accuracy_key(name, s)] for s in (HEADS, PREFIX)
+                  if pair_accuracy_key(name, s) in head.metadata.metrics}
+        picks[name] = pick_auto(name, (HEADS, PREFIX), stored)
+        cells = "  ".join(f"{r['source']} {r['pairs']:.3f}" for r in here)
+        kept = "  ".join(f"{s} {v:.3f}" for s, v in stored.items())
+        print(f"  {name:<14} {cells}  ({here[0]['pair_count']} pairs)   stored: {kept}   auto: {picks[name]}")
 
     conflicts, spread = objective_conflicts(groups, truth)
     print("\nfinal rewards among responses to the same prompt: correlation (negative = conflict), spread")

@@ -89,13 +89,14 @@ def evaluate_source(source: str, groups: list[list[int]], truth: np.ndarray, gue
     """Report rows of one source at one prefix fraction: guess and truth are [N, G]."""
     rows = []
     for g, name in enumerate(objectives):
+        accuracy, pair_count = pair_accuracy(groups, truth[:, g], guess[:, g])
         rows.append({
             "source": source, "objective": name, "fraction": fraction,
             "mse": float(np.mean((guess[:, g] - truth[:, g]) ** 2)),
             "baseline_mse": float(np.mean((mean[g] - truth[:, g]) ** 2)),
             "corr": _nan_to_zero(pearson(guess[:, g], truth[:, g])),
             "spearman": within_prompt_spearman(groups, truth[:, g], guess[:, g]),
-            "pairs": pair_accuracy(groups, truth[:, g], guess[:, g])[0],
+            "pairs": accuracy, "pair_count": pair_count,
         })
     return rows
 
