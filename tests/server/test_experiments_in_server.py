@@ -291,12 +291,13 @@ def test_invalid_experiments_are_refused_at_creation(ab_client, arms, field):
 
 
 def test_an_arm_this_server_cannot_serve_is_refused_naming_it(ab_client):
-    # The tiny test server has no value heads: controlled decoding could never run.
+    # The tiny test server has no value heads: controlled decoding on heads could never run.
     with pytest.raises(AligndClientError) as error:
-        ab_client.create_experiment("needs-heads", [{"name": "a", "strategy": "sample", "split": 0.5},
-                                                    {"name": "steered", "strategy": "controlled", "split": 0.5}])
+        ab_client.create_experiment("needs-heads", [
+            {"name": "a", "strategy": "sample", "split": 0.5},
+            {"name": "steered", "strategy": "controlled", "value_source": "heads", "split": 0.5}])
     assert error.value.code == grpc.StatusCode.FAILED_PRECONDITION
-    assert error.value.details.startswith("arms[1]: arm 'steered'") and "value heads" in error.value.details
+    assert error.value.details.startswith("arms[1]: arm 'steered'") and "controlled.value_source" in error.value.details
 
 
 def test_admin_rpcs_are_refused_unless_enabled(tiny_policy, module_letter_scorer, tmp_path):

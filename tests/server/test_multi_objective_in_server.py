@@ -68,7 +68,10 @@ def test_server_info_describes_the_new_parameters(client):
     robust = {p.name: p for p in info["robust"].parameters}
     assert robust["objectives"].type == "list[str]" and robust["min_weights"].type == "map[str,float]"
     assert robust["solver"].choices == ["fast", "cvxpy"] and robust["strength"].default_value == "1.0"
-    assert set(info["multi_objective"].requires) == {"sample", "extend", "hidden_states"}
+    # Hidden states are needed only by the heads value source, checked per request.
+    assert set(info["multi_objective"].requires) == {"sample", "extend"}
+    assert info["robust"].parameters[-1].name == "value_source"
+    assert info["robust"].parameters[-1].choices == ["auto", "heads", "prefix"]
 
 
 @pytest.mark.parametrize(
@@ -84,7 +87,8 @@ def test_server_info_describes_the_new_parameters(client):
      ({"weights": {"fluency": 1.0}}, grpc.StatusCode.INVALID_ARGUMENT, "weights[fluency]"),
      ({"temperature": 0.0}, grpc.StatusCode.INVALID_ARGUMENT, "sampling.temperature"),
      # Harmlessness has no value head here, and the adversary weighs every objective by default.
-     ({}, grpc.StatusCode.FAILED_PRECONDITION, "robust needs value heads for ['harmlessness']")],
+     ({"value_source": "heads"}, grpc.StatusCode.FAILED_PRECONDITION,
+      "robust.value_source: 'heads' cannot estimate 'harmlessness'")],
 )
 def test_bad_robust_requests_name_the_field(client, options, code, field):
     with pytest.raises(AligndClientError) as error:
