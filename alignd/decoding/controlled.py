@@ -11,8 +11,8 @@ give V.
 
 V are value estimates from each objective's value source (value heads on the hidden states, or the
 objective's own scorer on the partial text; `value_source`), put on a common scale (z-scores with
-the final-reward statistics stored with the heads) so that weights compare objectives alike. Final rewards are the objectives' own
-scores of the finished text.
+the final-reward statistics stored with the heads) so that weights compare objectives alike.
+Final rewards are the objectives' own scores of the finished text.
 """
 
 from __future__ import annotations
