@@ -85,9 +85,7 @@ class ControlledStrategy(Strategy):
         return finish(request, scored[0], scored, kl, usage, started)
 
     def _values(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> ValueEstimator:
-        """Estimates for the objectives with positive weight (only those are estimated)."""
-        wanted = [n for n, w in request.weights.as_dict().items() if w > 0]
-        return ValueEstimator.resolve(self.name, request.prompt.user, policy, scorer, wanted, params.value_source)
+        return ValueEstimator.for_weighted(self.name, request, policy, scorer, params.value_source)
 
     def _tokenwise(self, request, params, policy, partial, usage, started, values: ValueEstimator):
         generator = make_generator(request.sampling.seed, "cpu")

@@ -48,5 +48,4 @@ class MultiObjectiveStrategy(Strategy):
                                 choose=weighted_argmax(request.weights.vector))
 
     def _values(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> ValueEstimator:
-        weighted = [n for n, w in request.weights.as_dict().items() if w > 0]
-        return ValueEstimator.resolve(self.name, request.prompt.user, policy, scorer, weighted, params.value_source)
+        return ValueEstimator.for_weighted(self.name, request, policy, scorer, params.value_source)

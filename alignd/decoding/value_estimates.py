@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from alignd.backends.base import Capability, PartialResponses, Policy
-from alignd.decoding.base import Usage
+from alignd.decoding.base import DecodeRequest, Usage
 from alignd.decoding.params import param
 from alignd.errors import FailedPrecondition
 from alignd.rewardmodels.base import Scorer
@@ -48,6 +48,13 @@ class ValueEstimator:
                 f"{strategy}.value_source: value heads for {heads} read hidden states, which {type(policy).__name__} "
                 f"does not give (use 'prefix')")
         return cls(scorer, policy, prompt, sources)
+
+    @classmethod
+    def for_weighted(cls, strategy: str, request: DecodeRequest, policy: Policy, scorer: Scorer,
+                     value_source: str) -> ValueEstimator:
+        """Estimates for the objectives with a positive weight in the request (only those steer)."""
+        weighted = [n for n, w in request.weights.as_dict().items() if w > 0]
+        return cls.resolve(strategy, request.prompt.user, policy, scorer, weighted, value_source)
 
     def __call__(self, partial: PartialResponses, usage: Usage) -> tuple[np.ndarray, np.ndarray]:
         """(value estimates on each objective's scale [R, G], the same on the common scale); NaN

@@ -81,12 +81,11 @@ class Scorer(ABC):
         other = {s for s in sources.values() if s != PREFIX}
         if other:
             raise ValueError(f"{type(self).__name__} has no value source {sorted(other)}")
-        wanted = list(sources)
-        if wanted:
+        if sources:
             if prefixes is None:
-                raise ValueError(f"objectives {wanted} are estimated from the prefix text, which was not given")
-            values[:, [self.objective_names.index(n) for n in wanted]] = self.score_objectives(
-                [prompt] * len(prefixes), prefixes, wanted)
+                raise ValueError(f"objectives {list(sources)} are estimated from the prefix text, which was not given")
+            values[:, [self.objective_names.index(n) for n in sources]] = self.score_objectives(
+                [prompt] * len(prefixes), prefixes, list(sources))
         return values
 
 
