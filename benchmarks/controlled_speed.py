@@ -26,11 +26,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import served_policy_and_scorer  # noqa: E402
+from common import served_policy_and_scorer
 
-from alignd.backends.base import ChatPrompt, SamplingParams  # noqa: E402
-from alignd.decoding.base import DecodeRequest, get_strategy  # noqa: E402
-from alignd.decoding.weights import parse_weights  # noqa: E402
+from alignd.backends.base import ChatPrompt, SamplingParams
+from alignd.decoding.base import DecodeRequest, get_strategy
+from alignd.decoding.weights import parse_weights
 
 PROMPTS = [
     "Give me three tips for staying focused while studying.",
@@ -77,7 +77,10 @@ def main() -> None:
     variants = {
         "alignd controlled (KV reuse)": (controlled, params, policy),
         "alignd controlled, prefix values": (
-            controlled, controlled.Params(num_candidates=8, block_tokens=8, value_source="prefix"), policy),
+            controlled,
+            controlled.Params(num_candidates=8, block_tokens=8, value_source="prefix"),
+            policy,
+        ),
         "re-encode per candidate": (controlled, params, Reencoding(policy, per_candidate=True)),
         "re-encode per block": (controlled, params, Reencoding(policy, per_candidate=False)),
         "best_of_n n=8": (best_of_n, best_of_n.Params(n=8), policy),
@@ -102,19 +105,27 @@ def main() -> None:
 
     base = times["alignd controlled (KV reuse)"]
     ratio = {name: statistics.median(t / b for t, b in zip(times[name], base)) for name in variants}
-    print(f"model {policy.model_name} on {policy.device}; K=8, B=8, 64 tokens; {len(PROMPTS)} prompts x "
-          f"{args.rounds} rounds")
+    print(
+        f"model {policy.model_name} on {policy.device}; K=8, B=8, 64 tokens; {len(PROMPTS)} prompts x "
+        f"{args.rounds} rounds"
+    )
     print(f"\n{'method':<30} {'median s':>9} {'gen tokens':>11} {'LM fwd tokens':>14} {'x controlled':>13}")
     for name in variants:
-        print(f"{name:<30} {statistics.median(times[name]):>9.2f} {statistics.mean(tokens[name]):>11.0f} "
-              f"{statistics.mean(forward[name]):>14.0f} {ratio[name]:>13.2f}")
+        print(
+            f"{name:<30} {statistics.median(times[name]):>9.2f} {statistics.mean(tokens[name]):>11.0f} "
+            f"{statistics.mean(forward[name]):>14.0f} {ratio[name]:>13.2f}"
+        )
     print(f"\nre-encode per candidate / controlled = {ratio['re-encode per candidate']:.2f}   (target >= 2)")
     print(f"controlled / best_of_n n=8           = {1 / ratio['best_of_n n=8']:.2f}   (target <= 1.5)")
     print(f"prefix values / heads                = {ratio['alignd controlled, prefix values']:.2f}   (target <= 1.25)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"seconds": times, "generated_tokens": tokens, "lm_forward_tokens": forward,
-                               "ratio_to_controlled": ratio}, indent=2))
+    out.write_text(
+        json.dumps(
+            {"seconds": times, "generated_tokens": tokens, "lm_forward_tokens": forward, "ratio_to_controlled": ratio},
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 

@@ -24,12 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import prompt_set, served_policy_and_scorer  # noqa: E402
+from common import prompt_set, served_policy_and_scorer
 
-from alignd.backends.base import ChatPrompt, SamplingParams  # noqa: E402
-from alignd.backends.cpu_matmul import SmallBatchLinear  # noqa: E402
-from alignd.decoding.base import DecodeRequest, get_strategy  # noqa: E402
-from alignd.decoding.weights import parse_weights  # noqa: E402
+from alignd.backends.base import ChatPrompt, SamplingParams
+from alignd.backends.cpu_matmul import SmallBatchLinear
+from alignd.decoding.base import DecodeRequest, get_strategy
+from alignd.decoding.weights import parse_weights
 
 
 def switch(model: torch.nn.Module, small_batch: bool) -> None:
@@ -42,7 +42,7 @@ def side_by_side(model: torch.nn.Module, measure, rounds: int = 3) -> dict[bool,
     """Median of `rounds` measurements each way, the two products alternating."""
     times: dict[bool, list[float]] = {False: [], True: []}
     for round_ in range(rounds):
-        for small in ((False, True) if round_ % 2 == 0 else (True, False)):
+        for small in (False, True) if round_ % 2 == 0 else (True, False):
             switch(model, small)
             times[small].append(measure())
     return {small: statistics.median(values) for small, values in times.items()}
@@ -82,27 +82,36 @@ def main() -> None:
     for rows in (1, 2, 4, 8, 16, 32):
         timings = side_by_side(model, lambda: step_ms(policy, ChatPrompt(prompts[0]), rows))
         results["decode_step_ms"][rows] = {"torch": timings[False], "small_batch": timings[True]}
-        print(f"{rows:>3} rows{'':<14}{timings[False]:>10.1f}{timings[True]:>16.1f}{timings[False] / timings[True]:>15.2f}")
+        print(
+            f"{rows:>3} rows{'':<14}{timings[False]:>10.1f}{timings[True]:>16.1f}{timings[False] / timings[True]:>15.2f}"
+        )
     for tokens in (16, 64, 128, 256):
         timings = side_by_side(model, lambda: prefill_ms(model, tokens))
         results["prefill_ms"][tokens] = {"torch": timings[False], "small_batch": timings[True]}
-        print(f"prefill {tokens:>3} tokens{'':<7}{timings[False]:>10.1f}{timings[True]:>16.1f}"
-              f"{timings[False] / timings[True]:>15.2f}")
+        print(
+            f"prefill {tokens:>3} tokens{'':<7}{timings[False]:>10.1f}{timings[True]:>16.1f}"
+            f"{timings[False] / timings[True]:>15.2f}"
+        )
 
     sample, best_of_n, linear = get_strategy("sample"), get_strategy("best_of_n"), get_strategy("linear_alignment")
-    arms = {"sample": (sample, sample.Params()), "best_of_n n=8": (best_of_n, best_of_n.Params(n=8)),
-            "linear_alignment": (linear, linear.Params())}
+    arms = {
+        "sample": (sample, sample.Params()),
+        "best_of_n n=8": (best_of_n, best_of_n.Params(n=8)),
+        "linear_alignment": (linear, linear.Params()),
+    }
     weights = parse_weights({}, scorer.objective_names)
     per_token = {(arm, small): [] for arm in arms for small in (False, True)}
     for index, text in enumerate(prompts):
         sampling = SamplingParams(temperature=0.5, top_p=0.8, max_tokens=64, seed=index)
         for arm, (strategy, params) in arms.items():
-            for small in ((False, True) if index % 2 == 0 else (True, False)):
+            for small in (False, True) if index % 2 == 0 else (True, False):
                 switch(model, small)
                 result = strategy.decode(DecodeRequest(ChatPrompt(text), sampling, weights), params, policy, scorer)
                 per_token[arm, small].append(result.usage.wall_seconds / max(result.usage.generated_tokens, 1))
-    print(f"\n{'request (64 tokens)':<22}{'torch s/tok':>12}{'small s/tok':>13}{'torch / small':>15}"
-          f"{'vs sample, small':>18}")
+    print(
+        f"\n{'request (64 tokens)':<22}{'torch s/tok':>12}{'small s/tok':>13}{'torch / small':>15}"
+        f"{'vs sample, small':>18}"
+    )
     for arm in arms:
         slow, fast = statistics.median(per_token[arm, False]), statistics.median(per_token[arm, True])
         versus = statistics.median(a / b for a, b in zip(per_token[arm, True], per_token["sample", True]))

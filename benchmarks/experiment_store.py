@@ -24,10 +24,23 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def _record(i: int) -> RequestRecord:
-    return RequestRecord(f"r{i}", "bench", "a" if i % 2 else "b", f"user-{i}", time.time(), "best_of_n", {"n": 8},
-                         {"temperature": 0.7, "max_tokens": 64}, {"relevance": 0.5, "harmlessness": 0.5},
-                         {"relevance": 0.61, "positivity": 0.4, "harmlessness": 0.97, "conciseness": 1.0}, 0.79, 2.5,
-                         30, 512, "length")
+    return RequestRecord(
+        f"r{i}",
+        "bench",
+        "a" if i % 2 else "b",
+        f"user-{i}",
+        time.time(),
+        "best_of_n",
+        {"n": 8},
+        {"temperature": 0.7, "max_tokens": 64},
+        {"relevance": 0.5, "harmlessness": 0.5},
+        {"relevance": 0.61, "positivity": 0.4, "harmlessness": 0.97, "conciseness": 1.0},
+        0.79,
+        2.5,
+        30,
+        512,
+        "length",
+    )
 
 
 async def _run(path: Path, records: int, concurrency: int, batch_size: int) -> tuple[float, list[float]]:
@@ -61,17 +74,23 @@ def main() -> None:
     rows = {}
     with tempfile.TemporaryDirectory(dir=RESULTS.parent) as folder:
         for name, batch_size in (("group commit (batch <= 256)", 256), ("one write per commit", 1)):
-            elapsed, waits = asyncio.run(_run(Path(folder) / f"{batch_size}.sqlite", args.records, args.concurrency,
-                                              batch_size))
-            rows[name] = {"records_per_second": args.records / elapsed, "wait_p50_ms": 1000 * _p(waits, 50),
-                          "wait_p95_ms": 1000 * _p(waits, 95)}
+            elapsed, waits = asyncio.run(
+                _run(Path(folder) / f"{batch_size}.sqlite", args.records, args.concurrency, batch_size)
+            )
+            rows[name] = {
+                "records_per_second": args.records / elapsed,
+                "wait_p50_ms": 1000 * _p(waits, 50),
+                "wait_p95_ms": 1000 * _p(waits, 95),
+            }
     print(f"{args.records} records, {args.concurrency} concurrent handlers, SQLite WAL synchronous=FULL")
     print(f"{'mode':<30}{'records/s':>12}{'wait p50 ms':>14}{'wait p95 ms':>14}")
     for name, row in rows.items():
         print(f"{name:<30}{row['records_per_second']:>12.0f}{row['wait_p50_ms']:>14.2f}{row['wait_p95_ms']:>14.2f}")
     group, single = rows.values()
-    print(f"\ngroup commit / one per commit: throughput x{group['records_per_second'] / single['records_per_second']:.1f}, "
-          f"p95 wait x{group['wait_p95_ms'] / single['wait_p95_ms']:.2f}")
+    print(
+        f"\ngroup commit / one per commit: throughput x{group['records_per_second'] / single['records_per_second']:.1f}, "
+        f"p95 wait x{group['wait_p95_ms'] / single['wait_p95_ms']:.2f}"
+    )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "experiment_store.json").write_text(json.dumps(rows, indent=2))
 

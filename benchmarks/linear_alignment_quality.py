@@ -25,11 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import mean_ci, prompt_set, served_policy_and_scorer  # noqa: E402
+from common import mean_ci, prompt_set, served_policy_and_scorer
 
-from alignd.backends.base import ChatPrompt, SamplingParams  # noqa: E402
-from alignd.decoding.base import DecodeRequest, get_strategy  # noqa: E402
-from alignd.decoding.weights import parse_weights  # noqa: E402
+from alignd.backends.base import ChatPrompt, SamplingParams
+from alignd.decoding.base import DecodeRequest, get_strategy
+from alignd.decoding.weights import parse_weights
 
 
 def main() -> None:
@@ -37,8 +37,12 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="first N eval prompts (0: all)")
     parser.add_argument("--principle", default="Answer kindly and positively.")
     parser.add_argument("--alpha", type=float, nargs="+", default=[3.0], help="one arm per alpha")
-    parser.add_argument("--split", default="eval", choices=("eval", "train"),
-                        help="train: investigate without touching the held-out prompts")
+    parser.add_argument(
+        "--split",
+        default="eval",
+        choices=("eval", "train"),
+        help="train: investigate without touching the held-out prompts",
+    )
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--seeds", type=int, default=1, help="decodes per prompt and arm")
     parser.add_argument("--placement", default="system", choices=("system", "user"), help="where the principle goes")
@@ -52,11 +56,18 @@ def main() -> None:
     sample, linear = get_strategy("sample"), get_strategy("linear_alignment")
     arms = {
         "sample": (sample, sample.Params()),
-        "principle only (alpha=0)": (linear, linear.Params(principle=args.principle, alpha=0.0,
-                                                            placement=args.placement)),
-        **{f"linear_alignment alpha={a:g}": (linear, linear.Params(principle=args.principle, alpha=a,
-                                                                   placement=args.placement))
-           for a in args.alpha if a != 0},
+        "principle only (alpha=0)": (
+            linear,
+            linear.Params(principle=args.principle, alpha=0.0, placement=args.placement),
+        ),
+        **{
+            f"linear_alignment alpha={a:g}": (
+                linear,
+                linear.Params(principle=args.principle, alpha=a, placement=args.placement),
+            )
+            for a in args.alpha
+            if a != 0
+        },
     }
     defaults = linear.default_sampling(SamplingParams())
     overrides = {k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p)) if v is not None}
@@ -84,10 +95,15 @@ def main() -> None:
         print(f"\r{index + 1}/{len(prompts)} prompts", end="", file=sys.stderr)
     print(file=sys.stderr)
 
-    print(f"\n{len(prompts)} {args.split} prompts x {args.seeds} seeds, {args.tokens} new tokens, "
-          f"T={defaults.temperature}, top-p={defaults.top_p}, principle {args.principle!r} in the {args.placement} turn")
-    print(f"{'arm':<28}" + "".join(f"{n[:12]:>18}" for n in names) + f"{'positivity vs sample':>24}"
-          f"{'support':>9}{'changed':>9}{'s/token ratio':>15}")
+    print(
+        f"\n{len(prompts)} {args.split} prompts x {args.seeds} seeds, {args.tokens} new tokens, "
+        f"T={defaults.temperature}, top-p={defaults.top_p}, principle {args.principle!r} in the {args.placement} turn"
+    )
+    print(
+        f"{'arm':<28}" + "".join(f"{n[:12]:>18}" for n in names) + f"{'positivity vs sample':>24}"
+        f"{'support':>9}{'changed':>9}{'s/token ratio':>15}"
+    )
+
     def paired(arm: str, other: str, objective: str) -> tuple[float, float]:
         """Mean per-prompt difference arm - other in one objective, with its 95% half-width."""
         return mean_ci([a[objective] - b[objective] for a, b in zip(rewards[arm], rewards[other])])
@@ -98,30 +114,53 @@ def main() -> None:
         diff = paired(arm, "sample", "positivity")
         ratio = statistics.median(a / b for a, b in zip(per_token[arm], per_token["sample"]))
         seen = {k: statistics.mean(v) for k, v in diagnostics[arm].items() if v}
-        table[arm] = {"objectives": {n: {"mean": m, "ci95": h} for n, (m, h) in cells.items()},
-                      "positivity_vs_sample": {"mean": diff[0], "ci95": diff[1]},
-                      "seconds_per_token_ratio_vs_sample": ratio, "rewards": rewards[arm], **seen}
+        table[arm] = {
+            "objectives": {n: {"mean": m, "ci95": h} for n, (m, h) in cells.items()},
+            "positivity_vs_sample": {"mean": diff[0], "ci95": diff[1]},
+            "seconds_per_token_ratio_vs_sample": ratio,
+            "rewards": rewards[arm],
+            **seen,
+        }
         versus = "" if arm == "sample" else f"{diff[0]:+.4f} +- {diff[1]:.4f}"
         support = f"{seen['mean_support_tokens']:.2f}" if seen else ""
         changed = f"{seen['overridden_fraction']:.3f}" if seen else ""
-        print(f"{arm:<28}" + "".join(f"{m:>+9.3f} +-{h:.3f}" for m, h in cells.values()) + f"{versus:>24}"
-              f"{support:>9}{changed:>9}{ratio:>15.3f}")
+        print(
+            f"{arm:<28}" + "".join(f"{m:>+9.3f} +-{h:.3f}" for m, h in cells.values()) + f"{versus:>24}"
+            f"{support:>9}{changed:>9}{ratio:>15.3f}"
+        )
     for arm in list(arms)[2:]:
         over_prompt = paired(arm, "principle only (alpha=0)", "positivity")
         relevance = paired(arm, "sample", "relevance")
         table[arm]["positivity_vs_principle_only"] = {"mean": over_prompt[0], "ci95": over_prompt[1]}
         table[arm]["relevance_vs_sample"] = {"mean": relevance[0], "ci95": relevance[1]}
-        print(f"{arm}: positivity vs principle only {over_prompt[0]:+.4f} +- {over_prompt[1]:.4f}, "
-              f"relevance vs sample {relevance[0]:+.4f} +- {relevance[1]:.4f}")
-    print("\nsupport: mean top-p support size per step; changed: share of steps whose argmax the "
-          "extrapolation changed.\ns/token ratio: median over decodes of (seconds per generated token) / "
-          "(the same for sample), side by side; target <= 1.6")
+        print(
+            f"{arm}: positivity vs principle only {over_prompt[0]:+.4f} +- {over_prompt[1]:.4f}, "
+            f"relevance vs sample {relevance[0]:+.4f} +- {relevance[1]:.4f}"
+        )
+    print(
+        "\nsupport: mean top-p support size per step; changed: share of steps whose argmax the "
+        "extrapolation changed.\ns/token ratio: median over decodes of (seconds per generated token) / "
+        "(the same for sample), side by side; target <= 1.6"
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"split": args.split, "prompts": len(prompts), "seeds": args.seeds,
-                               "tokens": args.tokens, "temperature": defaults.temperature,
-                               "top_p": defaults.top_p, "principle": args.principle, "placement": args.placement,
-                               "alpha": args.alpha, "arms": table}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "split": args.split,
+                "prompts": len(prompts),
+                "seeds": args.seeds,
+                "tokens": args.tokens,
+                "temperature": defaults.temperature,
+                "top_p": defaults.top_p,
+                "principle": args.principle,
+                "placement": args.placement,
+                "alpha": args.alpha,
+                "arms": table,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 

@@ -29,11 +29,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import mean_ci, prompt_set, served_policy_and_scorer  # noqa: E402
+from common import mean_ci, prompt_set, served_policy_and_scorer
 
-from alignd.backends.base import ChatPrompt, SamplingParams  # noqa: E402
-from alignd.decoding.base import DecodeRequest, get_strategy  # noqa: E402
-from alignd.decoding.weights import parse_weights  # noqa: E402
+from alignd.backends.base import ChatPrompt, SamplingParams
+from alignd.decoding.base import DecodeRequest, get_strategy
+from alignd.decoding.weights import parse_weights
 
 
 def methods(strength: float, k: int, b: int, objectives: tuple[str, ...], source: str) -> dict:
@@ -44,8 +44,11 @@ def methods(strength: float, k: int, b: int, objectives: tuple[str, ...], source
         f"best_of_n n={k}": (best_of_n, best_of_n.Params(n=k)),
         f"multi_objective K={k} B={b}": (mod, mod.Params(num_candidates=k, block_tokens=b, value_source=source)),
         f"robust K={k} B={b} lambda={strength:g}": (
-            robust, robust.Params(num_candidates=k, block_tokens=b, strength=strength, objectives=objectives,
-                                  value_source=source)),
+            robust,
+            robust.Params(
+                num_candidates=k, block_tokens=b, strength=strength, objectives=objectives, value_source=source
+            ),
+        ),
     }
 
 
@@ -56,12 +59,21 @@ def main() -> None:
     parser.add_argument("--strength", type=float, default=1.0, help="robust's lambda")
     parser.add_argument("--candidates", type=int, default=8, help="K for the blockwise methods, n for best_of_n")
     parser.add_argument("--block-tokens", type=int, default=8)
-    parser.add_argument("--objectives", nargs="+", default=["relevance", "positivity"],
-                        help="the objectives weighted uniformly (MOD, best_of_n) and open to the adversary (robust)")
+    parser.add_argument(
+        "--objectives",
+        nargs="+",
+        default=["relevance", "positivity"],
+        help="the objectives weighted uniformly (MOD, best_of_n) and open to the adversary (robust)",
+    )
     parser.add_argument("--value-source", default="auto", choices=("auto", "heads", "prefix"))
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--only", nargs="+", default=None, metavar="STRATEGY",
-                        help="run only these strategies (multi_objective is always run: the reference)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="STRATEGY",
+        help="run only these strategies (multi_objective is always run: the reference)",
+    )
     parser.add_argument("--out", default="benchmarks/results/multi_objective_quality.json")
     args = parser.parse_args()
     prompts = prompt_set(args.split, args.limit)
@@ -94,9 +106,11 @@ def main() -> None:
         print(f"\r{index + 1}/{len(prompts)} prompts, {time.perf_counter() - started:.0f} s", end="", file=sys.stderr)
     print(file=sys.stderr)
 
-    print(f"\n{len(prompts)} {args.split} prompts, {args.tokens} new tokens, temperature 0.7, uniform weights over "
-          f"{args.objectives}, value source {args.value_source}; worst = min over {args.objectives} of the z-score "
-          f"(final-reward statistics stored with the value heads)")
+    print(
+        f"\n{len(prompts)} {args.split} prompts, {args.tokens} new tokens, temperature 0.7, uniform weights over "
+        f"{args.objectives}, value source {args.value_source}; worst = min over {args.objectives} of the z-score "
+        f"(final-reward statistics stored with the value heads)"
+    )
     header = "".join(f"{n[:12]:>18}" for n in names)
     print(f"{'method':<32}{header}{'worst z':>18}{'worst vs MOD':>18}{'s/request':>10}{'tokens':>8}")
     mod_name = next(m for m in chosen if m.startswith("multi_objective"))
@@ -118,8 +132,10 @@ def main() -> None:
         }
         cells = "".join(f"{m:>+9.3f} +-{h:.3f}" for m, h in per_objective.values())
         versus = "" if name == mod_name else f"{diff:+.3f} +-{diff_half:.3f}"
-        print(f"{name:<32}{cells}{worst_mean:>+10.3f} +-{worst_half:.3f}{versus:>18}"
-              f"{table[name]['seconds_per_request']:>10.2f}{table[name]['generated_tokens']:>8.0f}")
+        print(
+            f"{name:<32}{cells}{worst_mean:>+10.3f} +-{worst_half:.3f}{versus:>18}"
+            f"{table[name]['seconds_per_request']:>10.2f}{table[name]['generated_tokens']:>8.0f}"
+        )
     robust_name = next(m for m in chosen if m.startswith("robust"))
     ratio = table[robust_name]["seconds_per_request"] / table[mod_name]["seconds_per_request"]
     per_block_ms = 1e3 * sum(choose_seconds) / max(blocks, 1)
@@ -127,10 +143,22 @@ def main() -> None:
     print(f"robust weight solve + choice per block     = {per_block_ms:.3f} ms over {blocks} blocks")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"split": args.split, "prompts": len(prompts), "tokens": args.tokens,
-                               "strength": args.strength, "objectives": args.objectives,
-                               "value_source": args.value_source, "methods": table,
-                               "robust_over_mod_time": ratio, "choose_ms_per_block": per_block_ms}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "split": args.split,
+                "prompts": len(prompts),
+                "tokens": args.tokens,
+                "strength": args.strength,
+                "objectives": args.objectives,
+                "value_source": args.value_source,
+                "methods": table,
+                "robust_over_mod_time": ratio,
+                "choose_ms_per_block": per_block_ms,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 

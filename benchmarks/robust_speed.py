@@ -20,13 +20,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from alignd.decoding.worst_case import WeightSet, solve_cvxpy, solve_fast  # noqa: E402
+from alignd.decoding.worst_case import WeightSet, solve_cvxpy, solve_fast
 
 
 def solver_table(solves: int) -> float:
     rng = np.random.default_rng(0)
-    print(f"{'G':>3} {'K':>3} {'lambda':>7} {'fast median ms':>15} {'fast p95 ms':>12} {'iterations p95':>15} "
-          f"{'cvxpy median ms':>16}")
+    print(
+        f"{'G':>3} {'K':>3} {'lambda':>7} {'fast median ms':>15} {'fast p95 ms':>12} {'iterations p95':>15} "
+        f"{'cvxpy median ms':>16}"
+    )
     worst_p95 = 0.0
     for g in (2, 4, 6, 8, 10):
         for k in (4, 8, 16):
@@ -46,8 +48,10 @@ def solver_table(solves: int) -> float:
                     cvxpy_times.append(time.perf_counter() - started)
                 p95 = float(np.percentile(times, 95)) * 1e3
                 worst_p95 = max(worst_p95, p95)
-                print(f"{g:>3} {k:>3} {strength:>7g} {statistics.median(times) * 1e3:>15.3f} {p95:>12.3f} "
-                      f"{np.percentile(iterations, 95):>15.0f} {statistics.median(cvxpy_times) * 1e3:>16.2f}")
+                print(
+                    f"{g:>3} {k:>3} {strength:>7g} {statistics.median(times) * 1e3:>15.3f} {p95:>12.3f} "
+                    f"{np.percentile(iterations, 95):>15.0f} {statistics.median(cvxpy_times) * 1e3:>16.2f}"
+                )
     print(f"\nworst 95th percentile of the fast solver: {worst_p95:.3f} ms (target < 2 ms for G <= 10, K <= 16)")
     return worst_p95
 
@@ -73,10 +77,14 @@ def decode_ratio(prompts: int) -> None:
             if name == "robust":
                 solve_ms.append(1e3 * result.usage.phase_seconds["choose"] / result.details["blocks"])
         ratios.append(pair["robust"] / pair["multi_objective"])
-        print(f"prompt {index}: multi_objective {pair['multi_objective']:.2f} s, robust {pair['robust']:.2f} s, "
-              f"ratio {ratios[-1]:.3f}")
-    print(f"\nrobust / multi_objective, median of {len(ratios)} pairs = {statistics.median(ratios):.3f} "
-          f"(target <= 1.2); robust's choice per block {statistics.median(solve_ms):.3f} ms")
+        print(
+            f"prompt {index}: multi_objective {pair['multi_objective']:.2f} s, robust {pair['robust']:.2f} s, "
+            f"ratio {ratios[-1]:.3f}"
+        )
+    print(
+        f"\nrobust / multi_objective, median of {len(ratios)} pairs = {statistics.median(ratios):.3f} "
+        f"(target <= 1.2); robust's choice per block {statistics.median(solve_ms):.3f} ms"
+    )
 
 
 def main() -> None:

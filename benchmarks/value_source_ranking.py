@@ -24,15 +24,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from alignd import models  # noqa: E402
-from alignd.backends.features import prefix_features  # noqa: E402
-from alignd.backends.loading import load_policy  # noqa: E402
-from alignd.rewardmodels.builtin import build_scorer  # noqa: E402
-from alignd.rewardmodels.heads import Head  # noqa: E402
-from alignd.rewardmodels.value_sources import HEADS, PREFIX, RANKING_FRACTION, pair_accuracy_key, pick_auto  # noqa: E402
-from alignd.training.data import read_jsonl  # noqa: E402
-from alignd.training.ranking import objective_conflicts, prompt_groups  # noqa: E402
-from alignd.training.value_trainer import FRACTIONS, ValueReport, evaluate_source, prefix_source_values  # noqa: E402
+from alignd import models
+from alignd.backends.features import prefix_features
+from alignd.backends.loading import load_policy
+from alignd.rewardmodels.builtin import build_scorer
+from alignd.rewardmodels.heads import Head
+from alignd.rewardmodels.value_sources import HEADS, PREFIX, RANKING_FRACTION, pair_accuracy_key, pick_auto
+from alignd.training.data import read_jsonl
+from alignd.training.ranking import objective_conflicts, prompt_groups
+from alignd.training.value_trainer import FRACTIONS, ValueReport, evaluate_source, prefix_source_values
 
 
 def main() -> None:
@@ -43,8 +43,14 @@ def main() -> None:
     args = parser.parse_args()
     rows = list(read_jsonl(args.rollouts, {"prompt": str, "token_ids": list, "rewards": dict}))
     policy = load_policy(models.DEFAULT_MODEL)
-    heads_path = args.heads or str(Path(__file__).resolve().parents[1] / "alignd" / "data" / "heads"
-                                   / policy.model_name / "value_heads.safetensors")
+    heads_path = args.heads or str(
+        Path(__file__).resolve().parents[1]
+        / "alignd"
+        / "data"
+        / "heads"
+        / policy.model_name
+        / "value_heads.safetensors"
+    )
     head = Head.load(heads_path)
     objectives = head.objectives
     scorer = build_scorer(objectives)
@@ -55,21 +61,27 @@ def main() -> None:
     report_rows = []
     for fraction in FRACTIONS:
         at = torch.stack([s[round(fraction * (len(s) - 1))] for s in states])
-        report_rows += evaluate_source(HEADS, groups, truth, head.predict(at).double().numpy(), fraction,
-                                       objectives, mean)
+        report_rows += evaluate_source(
+            HEADS, groups, truth, head.predict(at).double().numpy(), fraction, objectives, mean
+        )
         scored = prefix_source_values(policy, scorer, rows, fraction, objectives)
         report_rows += evaluate_source(PREFIX, groups, truth, scored, fraction, objectives, mean)
     report = ValueReport(report_rows)
     print(f"{len(rows)} rollouts of {len(groups)} prompts from {args.rollouts}; heads {heads_path}")
     print(report.table())
 
-    print(f"\nwithin-prompt pair accuracy at {RANKING_FRACTION:.0%} of the response here, and the source `auto` "
-          f"serves (chosen from the figures stored with the heads, measured on held-out training prompts):")
+    print(
+        f"\nwithin-prompt pair accuracy at {RANKING_FRACTION:.0%} of the response here, and the source `auto` "
+        f"serves (chosen from the figures stored with the heads, measured on held-out training prompts):"
+    )
     picks = {}
     for name in objectives:
         here = [r for r in report_rows if r["objective"] == name and r["fraction"] == RANKING_FRACTION]
-        stored = {s: head.metadata.metrics[pair_accuracy_key(name, s)] for s in (HEADS, PREFIX)
-                  if pair_accuracy_key(name, s) in head.metadata.metrics}
+        stored = {
+            s: head.metadata.metrics[pair_accuracy_key(name, s)]
+            for s in (HEADS, PREFIX)
+            if pair_accuracy_key(name, s) in head.metadata.metrics
+        }
         picks[name] = pick_auto(name, (HEADS, PREFIX), stored)
         cells = "  ".join(f"{r['source']} {r['pairs']:.3f}" for r in here)
         kept = "  ".join(f"{s} {v:.3f}" for s, v in stored.items())
@@ -83,10 +95,20 @@ def main() -> None:
         print(f"{name:<14}{cells}{spread[a]:>10.4f}{truth[:, a].std():>12.4f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rollouts": args.rollouts, "heads": heads_path, "rows": report_rows,
-                               "auto": picks, "objectives": objectives,
-                               "within_prompt_correlation": conflicts.tolist(),
-                               "within_prompt_spread": spread.tolist()}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "rollouts": args.rollouts,
+                "heads": heads_path,
+                "rows": report_rows,
+                "auto": picks,
+                "objectives": objectives,
+                "within_prompt_correlation": conflicts.tolist(),
+                "within_prompt_spread": spread.tolist(),
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 

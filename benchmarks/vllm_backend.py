@@ -27,6 +27,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     args = parser.parse_args()
 
+    from common import prompt_set
+
     from alignd import models
     from alignd.backends.base import ChatPrompt, SamplingParams
     from alignd.backends.transformers_policy import TransformersPolicy
@@ -36,7 +38,6 @@ def main() -> None:
     from alignd.decoding.params import Limits, validate_params
     from alignd.decoding.weights import parse_weights
     from alignd.server.app import load_scorer
-    from common import prompt_set
 
     checkpoint = models.resolve(models.DEFAULT_MODEL)
     transformers = TransformersPolicy(checkpoint, model_name=models.DEFAULT_MODEL, device="cpu")
@@ -49,19 +50,26 @@ def main() -> None:
         chosen = get_strategy(strategy)
         request = DecodeRequest(prompt, SamplingParams(**{**sampling.__dict__, "seed": seed}), weights)
         started = time.perf_counter()
-        result = chosen.decode(request, validate_params(strategy, chosen.Params, dict(params), Limits()), policy,
-                               scorer)
+        result = chosen.decode(
+            request, validate_params(strategy, chosen.Params, dict(params), Limits()), policy, scorer
+        )
         return time.perf_counter() - started, result
 
     rows: dict[str, object] = {}
 
     def engine(caching: bool) -> VLLMPolicy:
         started = time.perf_counter()
-        policy = VLLMPolicy(checkpoint, model_name=models.DEFAULT_MODEL,
-                            options=VLLMOptions(max_model_len=2048, enable_prefix_caching=caching))
+        policy = VLLMPolicy(
+            checkpoint,
+            model_name=models.DEFAULT_MODEL,
+            options=VLLMOptions(max_model_len=2048, enable_prefix_caching=caching),
+        )
         policy.attach_hidden_states(transformers)  # what load_scorer does when value heads are served
-        print(f"vLLM engine (prefix caching {'on' if caching else 'off'}) started in "
-              f"{time.perf_counter() - started:.0f} s", flush=True)
+        print(
+            f"vLLM engine (prefix caching {'on' if caching else 'off'}) started in "
+            f"{time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
         return policy
 
     # 1. best_of_n on both backends, alternating which goes first.
@@ -106,24 +114,33 @@ def main() -> None:
             if caching:
                 reference.append(run("controlled", controlled_params, transformers, guided, prompt, seed=i)[0])
         hit = (vllm.prompt_tokens_cached - cached) / max(vllm.prompt_tokens_seen - seen, 1)
-        controlled["on" if caching else "off"] = {"median_seconds": statistics.median(times), "prefix_cache_hit_rate": hit}
+        controlled["on" if caching else "off"] = {
+            "median_seconds": statistics.median(times),
+            "prefix_cache_hit_rate": hit,
+        }
     vllm.close()
     controlled["transformers"] = {"median_seconds": statistics.median(reference)}
     rows["controlled"] = controlled
     rows["controlled_caching_off_over_on"] = controlled["off"]["median_seconds"] / controlled["on"]["median_seconds"]
 
     print(f"\n{len(prompts)} held-out prompts, {args.tokens} tokens, T=0.7, SmolLM2-135M float32, this CPU")
-    print(f"best_of_n n=8            vLLM {rows['best_of_n_seconds']['vllm']:.2f} s   transformers "
-          f"{rows['best_of_n_seconds']['transformers']:.2f} s   vLLM / transformers = "
-          f"{rows['best_of_n_vllm_over_transformers']:.2f} (median of per-prompt ratios)")
+    print(
+        f"best_of_n n=8            vLLM {rows['best_of_n_seconds']['vllm']:.2f} s   transformers "
+        f"{rows['best_of_n_seconds']['transformers']:.2f} s   vLLM / transformers = "
+        f"{rows['best_of_n_vllm_over_transformers']:.2f} (median of per-prompt ratios)"
+    )
     for key in ("on", "off"):
         c = controlled[key]
-        print(f"controlled K=8 B=8 vLLM, prefix caching {key:<3}  {c['median_seconds']:.2f} s   prefix-cache hit rate "
-              f"{c['prefix_cache_hit_rate']:.2f}")
+        print(
+            f"controlled K=8 B=8 vLLM, prefix caching {key:<3}  {c['median_seconds']:.2f} s   prefix-cache hit rate "
+            f"{c['prefix_cache_hit_rate']:.2f}"
+        )
     print(f"controlled K=8 B=8 transformers             {controlled['transformers']['median_seconds']:.2f} s")
     print(f"controlled: caching off / on = {rows['controlled_caching_off_over_on']:.2f}")
-    print(f"16 requests (32 tokens): sequential {sequential:.2f} s, concurrent {concurrent:.2f} s, "
-          f"sequential / concurrent = {rows['sequential_over_concurrent']:.2f}")
+    print(
+        f"16 requests (32 tokens): sequential {sequential:.2f} s, concurrent {concurrent:.2f} s, "
+        f"sequential / concurrent = {rows['sequential_over_concurrent']:.2f}"
+    )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "vllm_backend.json").write_text(json.dumps(rows, indent=2))
 

@@ -25,8 +25,11 @@ def test_serve_with_a_bad_config_file_exits_with_one_line(tmp_path):
     config = tmp_path / "bad.toml"
     config.write_text("workerz = 3\n")
     done = run_cli("serve", "--config", str(config))
-    assert done.returncode == 2 and done.stderr.strip() == "alignd: error: workerz: unknown setting; known: " + \
-        done.stderr.strip().split("known: ", 1)[1]
+    assert (
+        done.returncode == 2
+        and done.stderr.strip()
+        == "alignd: error: workerz: unknown setting; known: " + done.stderr.strip().split("known: ", 1)[1]
+    )
 
 
 def test_generate_against_no_server_is_a_one_line_unavailable_error():
@@ -37,7 +40,10 @@ def test_generate_against_no_server_is_a_one_line_unavailable_error():
 
 def test_weights_option_parses_pairs():
     assert _parse_weights(["relevance=0.7,positivity=0.2", "harmlessness=0.1"]) == {
-        "relevance": 0.7, "positivity": 0.2, "harmlessness": 0.1}
+        "relevance": 0.7,
+        "positivity": 0.2,
+        "harmlessness": 0.1,
+    }
     with pytest.raises(SystemExit):
         _parse_weights(["relevance"])
 
@@ -65,9 +71,14 @@ def test_param_option_parses_typed_values():
     from alignd.cli import _parse_params
 
     assert _parse_params(["num_candidates=8", "strength=0.5", "mode=tokenwise"]) == {
-        "num_candidates": 8, "strength": 0.5, "mode": "tokenwise"}
+        "num_candidates": 8,
+        "strength": 0.5,
+        "mode": "tokenwise",
+    }
     # Lists and maps (robust.objectives, robust.min_weights) are JSON.
     assert _parse_params(['objectives=["relevance", "harmlessness"]', 'min_weights={"harmlessness": 0.2}']) == {
-        "objectives": ["relevance", "harmlessness"], "min_weights": {"harmlessness": 0.2}}
+        "objectives": ["relevance", "harmlessness"],
+        "min_weights": {"harmlessness": 0.2},
+    }
     with pytest.raises(SystemExit, match="min_weights: not valid JSON"):
         _parse_params(["min_weights={harmlessness: 0.2}"])

@@ -26,11 +26,15 @@ def test_no_file_gives_the_embedded_defaults():
 
 @pytest.mark.parametrize(
     "text, message",
-    [("prot = 1\n", "prot: unknown setting"), ("[limits]\nmax_n = 3\n", "limits.max_n: unknown setting"),
-     ("limits = 3\n", "limits: must be a table"), ("port = \n", "alignd.toml"),
-     ('small_batch_matmul = "no"\n', "small_batch_matmul: must be true or false"),
-     ("admin_rpcs = 1\n", "admin_rpcs: must be true or false"),
-     ("admin_rpcs = [false]\n", "admin_rpcs: must be true or false")],
+    [
+        ("prot = 1\n", "prot: unknown setting"),
+        ("[limits]\nmax_n = 3\n", "limits.max_n: unknown setting"),
+        ("limits = 3\n", "limits: must be a table"),
+        ("port = \n", "alignd.toml"),
+        ('small_batch_matmul = "no"\n', "small_batch_matmul: must be true or false"),
+        ("admin_rpcs = 1\n", "admin_rpcs: must be true or false"),
+        ("admin_rpcs = [false]\n", "admin_rpcs: must be true or false"),
+    ],
 )
 def test_config_errors_are_one_line_naming_the_setting(tmp_path, text, message):
     path = tmp_path / "alignd.toml"

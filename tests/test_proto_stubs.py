@@ -12,8 +12,16 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_committed_stubs_match_the_proto(tmp_path):
     pytest.importorskip("grpc_tools")
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'proto'}", f"--python_out={tmp_path}",
-         f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", str(ROOT / "proto/alignd/v1/alignd.proto")],
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{ROOT / 'proto'}",
+            f"--python_out={tmp_path}",
+            f"--pyi_out={tmp_path}",
+            f"--grpc_python_out={tmp_path}",
+            str(ROOT / "proto/alignd/v1/alignd.proto"),
+        ],
         check=True,
     )
     for name in ("alignd_pb2.py", "alignd_pb2.pyi", "alignd_pb2_grpc.py"):
@@ -23,8 +31,14 @@ def test_committed_stubs_match_the_proto(tmp_path):
 
 
 # Proto field types that carry each params-dataclass type.
-_PROTO_TYPES = {"int": "TYPE_INT32", "float": "TYPE_DOUBLE", "bool": "TYPE_BOOL", "str": "TYPE_STRING",
-                "list[str]": "TYPE_STRING", "map[str,float]": "TYPE_MESSAGE"}
+_PROTO_TYPES = {
+    "int": "TYPE_INT32",
+    "float": "TYPE_DOUBLE",
+    "bool": "TYPE_BOOL",
+    "str": "TYPE_STRING",
+    "list[str]": "TYPE_STRING",
+    "map[str,float]": "TYPE_MESSAGE",
+}
 
 
 def test_every_strategy_parameter_has_its_proto_field():

@@ -156,12 +156,15 @@ class Policy(ABC):
     def _missing(self, capability: Capability) -> FailedPrecondition:
         return FailedPrecondition(f"backend {type(self).__name__} lacks the capability {capability.value!r}")
 
-    def begin(self, prompt: ChatPrompt, sampling: SamplingParams, cancel: threading.Event | None = None) -> PartialResponses:
+    def begin(
+        self, prompt: ChatPrompt, sampling: SamplingParams, cancel: threading.Event | None = None
+    ) -> PartialResponses:
         """One empty response with the prompt encoded, ready to extend."""
         raise self._missing(Capability.EXTEND)
 
-    def begin_many(self, prompts: Sequence[ChatPrompt], sampling: SamplingParams,
-                   cancel: threading.Event | None = None) -> PartialResponses:
+    def begin_many(
+        self, prompts: Sequence[ChatPrompt], sampling: SamplingParams, cancel: threading.Event | None = None
+    ) -> PartialResponses:
         """One empty response per prompt (row i continues prompts[i]), prefilled in one batch."""
         raise self._missing(Capability.EXTEND)
 
@@ -191,8 +194,13 @@ class Policy(ABC):
         """Append given tokens: row r gets one child per token in tokens[r], in order."""
         raise self._missing(Capability.TOKENWISE)
 
-    def append(self, partial: PartialResponses, tokens: Sequence[int], logprobs: Sequence[float],
-               cancel: threading.Event | None = None) -> PartialResponses:
+    def append(
+        self,
+        partial: PartialResponses,
+        tokens: Sequence[int],
+        logprobs: Sequence[float],
+        cancel: threading.Event | None = None,
+    ) -> PartialResponses:
         """Append tokens[r] to every unfinished row r in place (one forward for all rows), recording
         logprobs[r] as its log pi_ref; returns `partial`."""
         raise self._missing(Capability.TOKENWISE)

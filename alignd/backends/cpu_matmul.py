@@ -25,8 +25,12 @@ class SmallBatchLinear(torch.nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-        if not 0 < rows <= ROWS_LIMIT or x.device.type != "cpu" or x.dtype != torch.float32 \
-                or self.weight.dtype != torch.float32:
+        if (
+            not 0 < rows <= ROWS_LIMIT
+            or x.device.type != "cpu"
+            or x.dtype != torch.float32
+            or self.weight.dtype != torch.float32
+        ):
             return F.linear(x, self.weight, self.bias)
         flat = x.reshape(rows, x.shape[-1])
         # W @ flat^T takes MKL's fast path only when flat is row-major (flat^T a transposed view).

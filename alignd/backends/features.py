@@ -11,7 +11,6 @@ from tqdm import tqdm
 
 from alignd.backends.base import ChatPrompt, Policy
 
-
 CHUNK_ROWS = 16
 
 
@@ -34,8 +33,9 @@ def prefix_features(policy: Policy, rows: Sequence[dict], progress: bool = True)
     return features
 
 
-def response_features(policy: Policy, prompts: Sequence[str], responses: Sequence[str],
-                      progress: bool = False) -> torch.Tensor:
+def response_features(
+    policy: Policy, prompts: Sequence[str], responses: Sequence[str], progress: bool = False
+) -> torch.Tensor:
     """Hidden state after the whole response text, [N, H]: what a reward head reads."""
     rows = [{"prompt": p, "token_ids": policy.tokenize(r) if r else []} for p, r in zip(prompts, responses)]
     return torch.stack([states[-1] for states in prefix_features(policy, rows, progress)])

@@ -10,8 +10,15 @@ from alignd.backends.base import Policy
 BACKENDS = ("transformers", "vllm")
 
 
-def load_policy(model: str, *, backend: str = "transformers", device: str = "auto", dtype: str = "float32",
-                vllm_options: Any = None, small_batch_matmul: bool = True) -> Policy:
+def load_policy(
+    model: str,
+    *,
+    backend: str = "transformers",
+    device: str = "auto",
+    dtype: str = "float32",
+    vllm_options: Any = None,
+    small_batch_matmul: bool = True,
+) -> Policy:
     """Raises alignd.errors.ModelNotFound for an unknown model, ValueError for a bad backend,
     alignd.backends.vllm.EngineStartError when the vLLM engine does not start."""
     if backend not in BACKENDS:
@@ -24,5 +31,6 @@ def load_policy(model: str, *, backend: str = "transformers", device: str = "aut
         return VLLMPolicy(checkpoint, model_name=name, dtype=dtype, options=vllm_options or VLLMOptions())
     from alignd.backends.transformers_policy import TransformersPolicy
 
-    return TransformersPolicy(checkpoint, model_name=name, device=device, dtype=dtype,
-                              small_batch_matmul=small_batch_matmul)
+    return TransformersPolicy(
+        checkpoint, model_name=name, device=device, dtype=dtype, small_batch_matmul=small_batch_matmul
+    )

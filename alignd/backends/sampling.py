@@ -34,7 +34,9 @@ def reference_logprobs(logits: torch.Tensor, sampling: SamplingParams) -> torch.
     return torch.log_softmax(scores, dim=-1)
 
 
-def draw(logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def draw(
+    logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row; return (token ids [B], their log pi_ref [B])."""
     if sampling.greedy:
         tokens = torch.argmax(logits, dim=-1)

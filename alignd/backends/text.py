@@ -68,14 +68,19 @@ def eos_token_ids(tokenizer, model_config: Any) -> set[int]:
     return ids
 
 
-def response_text(detokenize: Callable[[Sequence[int]], str], ids: Sequence[int], eos_ids: Collection[int],
-                  stops: Sequence[str]) -> str:
+def response_text(
+    detokenize: Callable[[Sequence[int]], str], ids: Sequence[int], eos_ids: Collection[int], stops: Sequence[str]
+) -> str:
     """A response's text: a final EOS dropped, cut before the first stop sequence."""
     return cut_at_stop(detokenize(_without_eos(ids, eos_ids)), stops)
 
 
-def response_texts(detokenize_many: Callable[[Sequence[Sequence[int]]], list[str]], rows: Sequence[Sequence[int]],
-                   eos_ids: Collection[int], stops: Sequence[str]) -> list[str]:
+def response_texts(
+    detokenize_many: Callable[[Sequence[Sequence[int]]], list[str]],
+    rows: Sequence[Sequence[int]],
+    eos_ids: Collection[int],
+    stops: Sequence[str],
+) -> list[str]:
     """`response_text` of several rows, decoded in one batch."""
     return [cut_at_stop(text, stops) for text in detokenize_many([_without_eos(ids, eos_ids) for ids in rows])]
 

@@ -110,12 +110,17 @@ class TransformersPolicy(TokenizerText, Policy):
 
     def _forward(self, partial: _Partial, input_ids: torch.Tensor, positions: torch.Tensor) -> None:
         out = self.model(
-            input_ids=input_ids, attention_mask=partial.attention, position_ids=positions,
-            past_key_values=partial.cache, use_cache=True, output_hidden_states=True, logits_to_keep=1,
+            input_ids=input_ids,
+            attention_mask=partial.attention,
+            position_ids=positions,
+            past_key_values=partial.cache,
+            use_cache=True,
+            output_hidden_states=True,
+            logits_to_keep=1,
         )
         partial.logits = out.logits[:, -1, :]
         partial.hidden[torch.tensor(partial.live, device=self._device)] = out.hidden_states[-1][:, -1, :].float()
-        partial.forward_tokens += int(partial.attention[:, -input_ids.shape[1]:].sum())
+        partial.forward_tokens += int(partial.attention[:, -input_ids.shape[1] :].sum())
 
     def _begin(self, prompts: Sequence[ChatPrompt], sampling: SamplingParams) -> _Partial:
         encoded = self.tokenizer(
@@ -125,10 +130,17 @@ class TransformersPolicy(TokenizerText, Policy):
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         rows = len(prompts)
         partial = _Partial(
-            prompt=prompts[0], sampling=sampling, prompt_tokens=int(attention.sum()),
-            token_ids=[[] for _ in range(rows)], token_logprobs=[[] for _ in range(rows)], finish=[None] * rows,
+            prompt=prompts[0],
+            sampling=sampling,
+            prompt_tokens=int(attention.sum()),
+            token_ids=[[] for _ in range(rows)],
+            token_logprobs=[[] for _ in range(rows)],
+            finish=[None] * rows,
             hidden=torch.zeros((rows, self.hidden_size), device=self._device),
-            live=list(range(rows)), cache=DynamicCache(), attention=attention, next_position=positions[:, -1] + 1,
+            live=list(range(rows)),
+            cache=DynamicCache(),
+            attention=attention,
+            next_position=positions[:, -1] + 1,
             generator=make_generator(sampling.seed, self._device),
         )
         self._forward(partial, encoded["input_ids"], positions)
@@ -141,17 +153,22 @@ class TransformersPolicy(TokenizerText, Policy):
         kept = [i for i, row in enumerate(rows) if row in cache_index]
         gather = torch.tensor([cache_index[rows[i]] for i in kept], dtype=torch.long, device=self._device)
         selected = _Partial(
-            prompt=partial.prompt, sampling=partial.sampling, prompt_tokens=partial.prompt_tokens,
+            prompt=partial.prompt,
+            sampling=partial.sampling,
+            prompt_tokens=partial.prompt_tokens,
             token_ids=[list(partial.token_ids[r]) for r in rows],
             token_logprobs=[list(partial.token_logprobs[r]) for r in rows],
             finish=[partial.finish[r] for r in rows],
             hidden=partial.hidden[torch.tensor(list(rows), dtype=torch.long, device=self._device)],
-            forward_tokens=partial.forward_tokens, live=kept, generator=partial.generator,
+            forward_tokens=partial.forward_tokens,
+            live=kept,
+            generator=partial.generator,
         )
         if kept:
             # Copying cache rows is a memory gather: the prefix is not run through the model again.
             identity = gather.numel() == len(partial.live) and bool(
-                torch.equal(gather, torch.arange(len(partial.live), device=self._device)))
+                torch.equal(gather, torch.arange(len(partial.live), device=self._device))
+            )
             selected.cache = partial.cache if share and identity else _copy_cache(partial.cache, gather)
             selected.attention = partial.attention[gather]
             selected.next_position = partial.next_position[gather]
@@ -226,15 +243,17 @@ class TransformersPolicy(TokenizerText, Policy):
         completions = [self.completion(partial, row) for row in range(partial.rows)]
         return SampleBatch(
             completions=[completions[i * n : (i + 1) * n] for i in range(len(prompts))],
-            prompt_tokens=prompt_tokens, forward_tokens=partial.forward_tokens,
+            prompt_tokens=prompt_tokens,
+            forward_tokens=partial.forward_tokens,
         )
 
     def begin(self, prompt: ChatPrompt, sampling: SamplingParams, cancel: threading.Event | None = None) -> _Partial:
         return self.begin_many([prompt], sampling, cancel)
 
     @torch.inference_mode()
-    def begin_many(self, prompts: Sequence[ChatPrompt], sampling: SamplingParams,
-                   cancel: threading.Event | None = None) -> _Partial:
+    def begin_many(
+        self, prompts: Sequence[ChatPrompt], sampling: SamplingParams, cancel: threading.Event | None = None
+    ) -> _Partial:
         if not prompts:
             raise ValueError("begin_many needs at least one prompt")
         with self._lock:
@@ -262,8 +281,11 @@ class TransformersPolicy(TokenizerText, Policy):
         result = torch.full((partial.rows, vocab), float("-inf"), device=self._device)
         if partial.live:
             sampling = partial.sampling
-            live_logprobs = (torch.log_softmax(partial.logits.float(), dim=-1) if sampling.greedy
-                             else reference_logprobs(partial.logits, sampling))
+            live_logprobs = (
+                torch.log_softmax(partial.logits.float(), dim=-1)
+                if sampling.greedy
+                else reference_logprobs(partial.logits, sampling)
+            )
             result[torch.tensor(partial.live, device=self._device)] = live_logprobs
         return result
 
@@ -276,8 +298,9 @@ class TransformersPolicy(TokenizerText, Policy):
         return result
 
     @torch.inference_mode()
-    def append(self, partial: _Partial, tokens: Sequence[int], logprobs: Sequence[float],
-               cancel: threading.Event | None = None) -> _Partial:
+    def append(
+        self, partial: _Partial, tokens: Sequence[int], logprobs: Sequence[float], cancel: threading.Event | None = None
+    ) -> _Partial:
         with self._lock:
             _check(cancel)
             if partial.live:
@@ -287,7 +310,9 @@ class TransformersPolicy(TokenizerText, Policy):
             return partial
 
     @torch.inference_mode()
-    def branch(self, partial: _Partial, tokens: Sequence[Sequence[int]], cancel: threading.Event | None = None) -> _Partial:
+    def branch(
+        self, partial: _Partial, tokens: Sequence[Sequence[int]], cancel: threading.Event | None = None
+    ) -> _Partial:
         with self._lock:
             _check(cancel)
             parents = [r for r, row_tokens in enumerate(tokens) for _ in row_tokens]
@@ -312,16 +337,23 @@ class TransformersPolicy(TokenizerText, Policy):
             width = int(lengths.max()) if partial.live else 0
             if width == 0:
                 return partial
-            ids = torch.full((len(partial.live), width), self.tokenizer.pad_token_id, dtype=torch.long,
-                             device=self._device)
+            ids = torch.full(
+                (len(partial.live), width), self.tokenizer.pad_token_id, dtype=torch.long, device=self._device
+            )
             for i, row in enumerate(partial.live):
                 ids[i, : len(tokens[row])] = torch.tensor(tokens[row], dtype=torch.long)
             offsets = torch.arange(width, device=self._device)
             fed = (offsets < lengths[:, None]).long()
             partial.attention = torch.cat([partial.attention, fed], dim=-1)
-            out = self.model(input_ids=ids, attention_mask=partial.attention,
-                             position_ids=partial.next_position[:, None] + offsets, past_key_values=partial.cache,
-                             use_cache=True, output_hidden_states=True, logits_to_keep=1)
+            out = self.model(
+                input_ids=ids,
+                attention_mask=partial.attention,
+                position_ids=partial.next_position[:, None] + offsets,
+                past_key_values=partial.cache,
+                use_cache=True,
+                output_hidden_states=True,
+                logits_to_keep=1,
+            )
             fed_rows = (lengths > 0).nonzero().squeeze(-1)
             last = out.hidden_states[-1][fed_rows, lengths[fed_rows] - 1].float()
             partial.hidden[torch.tensor(partial.live, device=self._device)[fed_rows]] = last
@@ -350,8 +382,13 @@ class TransformersPolicy(TokenizerText, Policy):
         attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=self._device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         with self._lock:
-            out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                             output_hidden_states=True, logits_to_keep=1)
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention,
+                position_ids=positions,
+                output_hidden_states=True,
+                logits_to_keep=1,
+            )
         hidden = out.hidden_states[-1].float()
         # Row t of each result: the state after t response tokens, i.e. at prompt position -1 + t.
         return [hidden[i, width - len(r) - 1 :, :].clone() for i, r in enumerate(responses)]
@@ -368,4 +405,3 @@ def _copy_cache(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
     for index, layer in enumerate(cache.layers):
         copied.update(layer.keys[rows], layer.values[rows], index)
     return copied
-

@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from alignd.backends.base import (
-    Capability, ChatPrompt, Completion, FinishReason, PartialResponses, Policy, SampleBatch, SamplingParams,
+    Capability,
+    ChatPrompt,
+    Completion,
+    FinishReason,
+    PartialResponses,
+    Policy,
+    SampleBatch,
+    SamplingParams,
 )
 from alignd.backends.text import TokenizerText, eos_token_ids, response_text, response_texts, stop_window
 from alignd.errors import Cancelled
@@ -74,8 +81,15 @@ class _Partial(PartialResponses):
 class VLLMPolicy(TokenizerText, Policy):
     capabilities = frozenset({Capability.SAMPLE, Capability.EXTEND})
 
-    def __init__(self, checkpoint: str | Path, *, model_name: str | None = None, dtype: str = "float32",
-                 options: VLLMOptions = VLLMOptions(), seed: int = 0) -> None:
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        *,
+        model_name: str | None = None,
+        dtype: str = "float32",
+        options: VLLMOptions = VLLMOptions(),
+        seed: int = 0,
+    ) -> None:
         # vLLM reports usage statistics over the network unless told not to; a server should not.
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
         try:
@@ -98,11 +112,16 @@ class VLLMPolicy(TokenizerText, Policy):
             utilization = CPU_MEMORY_UTILIZATION if utilization is None else utilization
             block_size = CPU_BLOCK_SIZE if block_size is None else block_size
         args = dict(
-            model=str(checkpoint), tokenizer=str(checkpoint), dtype=dtype, seed=seed,
+            model=str(checkpoint),
+            tokenizer=str(checkpoint),
+            dtype=dtype,
+            seed=seed,
             # KL figures need log pi_ref under the sampling distribution, not the raw model's.
             logprobs_mode="processed_logprobs",
-            enable_prefix_caching=options.enable_prefix_caching, enforce_eager=options.enforce_eager,
-            tensor_parallel_size=options.tensor_parallel_size, pipeline_parallel_size=options.pipeline_parallel_size,
+            enable_prefix_caching=options.enable_prefix_caching,
+            enforce_eager=options.enforce_eager,
+            tensor_parallel_size=options.tensor_parallel_size,
+            pipeline_parallel_size=options.pipeline_parallel_size,
             data_parallel_size=options.data_parallel_size,
         )
         for name in ("max_model_len", "max_num_seqs"):
@@ -124,8 +143,9 @@ class VLLMPolicy(TokenizerText, Policy):
             self.engine = asyncio.run_coroutine_threadsafe(start(), self._loop).result()
         except Exception as error:
             self._stop_loop()
-            raise EngineStartError(f"vLLM engine failed to start: {type(error).__name__}: {error} "
-                                   "(the engine's log above has the cause)") from None
+            raise EngineStartError(
+                f"vLLM engine failed to start: {type(error).__name__}: {error} (the engine's log above has the cause)"
+            ) from None
         self.context_length = int(self.engine.model_config.max_model_len)
         hf_config = getattr(self.engine.model_config, "hf_config", None)
         self.eos_token_ids = eos_token_ids(self.tokenizer, hf_config)
@@ -165,8 +185,15 @@ class VLLMPolicy(TokenizerText, Policy):
 
         return EngineSampling(
             # vLLM refuses n > 1 when greedy; the n greedy answers are one answer, read n times.
-            n=1 if sampling.greedy else n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k, max_tokens=max_tokens,
-            stop=list(sampling.stop) or None, seed=seed, logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY,
+            n=1 if sampling.greedy else n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            max_tokens=max_tokens,
+            stop=list(sampling.stop) or None,
+            seed=seed,
+            logprobs=0,
+            output_kind=RequestOutputKind.FINAL_ONLY,
         )
 
     async def _generate(self, prompt_ids: list[int], params) -> Any:
@@ -214,8 +241,9 @@ class VLLMPolicy(TokenizerText, Policy):
 
     # -- Policy interface -------------------------------------------------------------------------
 
-    def sample(self, prompts: Sequence[ChatPrompt], n: int, sampling: SamplingParams,
-               cancel: threading.Event | None = None) -> SampleBatch:
+    def sample(
+        self, prompts: Sequence[ChatPrompt], n: int, sampling: SamplingParams, cancel: threading.Event | None = None
+    ) -> SampleBatch:
         if n < 1 or not prompts:
             raise ValueError("sample needs at least one prompt and n >= 1")
         encoded = [self.tokenize(self.render(p)) for p in prompts]
@@ -235,8 +263,9 @@ class VLLMPolicy(TokenizerText, Policy):
     def begin(self, prompt: ChatPrompt, sampling: SamplingParams, cancel: threading.Event | None = None) -> _Partial:
         return self.begin_many([prompt], sampling, cancel)
 
-    def begin_many(self, prompts: Sequence[ChatPrompt], sampling: SamplingParams,
-                   cancel: threading.Event | None = None) -> _Partial:
+    def begin_many(
+        self, prompts: Sequence[ChatPrompt], sampling: SamplingParams, cancel: threading.Event | None = None
+    ) -> _Partial:
         # Nothing runs yet: the first extend sends the prompts, and prefix caching keeps them.
         if not prompts:
             raise ValueError("begin_many needs at least one prompt")
@@ -244,10 +273,18 @@ class VLLMPolicy(TokenizerText, Policy):
         ids = [self.tokenize(self.render(p)) for p in prompts]
         rows = len(prompts)
         shadow = self._shadow.begin_many(prompts, sampling, cancel) if self._shadow is not None else None
-        return _Partial(prompt=prompts[0], sampling=sampling, prompt_tokens=sum(len(i) for i in ids),
-                        token_ids=[[] for _ in range(rows)], token_logprobs=[[] for _ in range(rows)],
-                        finish=[None] * rows, hidden=shadow.hidden if shadow is not None else None, prompt_ids=ids,
-                        forward_tokens=shadow.forward_tokens if shadow is not None else 0, shadow=shadow)
+        return _Partial(
+            prompt=prompts[0],
+            sampling=sampling,
+            prompt_tokens=sum(len(i) for i in ids),
+            token_ids=[[] for _ in range(rows)],
+            token_logprobs=[[] for _ in range(rows)],
+            finish=[None] * rows,
+            hidden=shadow.hidden if shadow is not None else None,
+            prompt_ids=ids,
+            forward_tokens=shadow.forward_tokens if shadow is not None else 0,
+            shadow=shadow,
+        )
 
     def extend(self, partial: _Partial, k: int, block_tokens: int, cancel: threading.Event | None = None) -> _Partial:
         if k < 1 or block_tokens < 1:
@@ -259,19 +296,32 @@ class VLLMPolicy(TokenizerText, Policy):
             left = sampling.max_tokens - len(partial.token_ids[r])
             # Every block draws fresh: a seeded request would repeat its first block's draws.
             seed = None if sampling.seed is None else hash((sampling.seed, partial.blocks, r)) & 0x7FFFFFFF
-            requests.append((partial.prompt_ids[r] + partial.token_ids[r],
-                             self._params(sampling, k, min(block_tokens, left), seed)))
+            requests.append(
+                (partial.prompt_ids[r] + partial.token_ids[r], self._params(sampling, k, min(block_tokens, left), seed))
+            )
         outputs = dict(zip(live, self._run_all(requests, cancel)))
-        children = _Partial(prompt=partial.prompt, sampling=sampling, prompt_tokens=partial.prompt_tokens,
-                            token_ids=[], token_logprobs=[], finish=[], hidden=None,
-                            forward_tokens=partial.forward_tokens, blocks=partial.blocks + 1)
+        children = _Partial(
+            prompt=partial.prompt,
+            sampling=sampling,
+            prompt_tokens=partial.prompt_tokens,
+            token_ids=[],
+            token_logprobs=[],
+            finish=[],
+            hidden=None,
+            forward_tokens=partial.forward_tokens,
+            blocks=partial.blocks + 1,
+        )
         for r in range(partial.rows):
             output = outputs.get(r)
             if output is not None:
                 children.forward_tokens += len(output.prompt_token_ids) - int(output.num_cached_tokens or 0)
             choices = self._choices(output, k) if output is not None else [None] * k
             for choice in choices:
-                tokens, logprobs, finish = list(partial.token_ids[r]), list(partial.token_logprobs[r]), partial.finish[r]
+                tokens, logprobs, finish = (
+                    list(partial.token_ids[r]),
+                    list(partial.token_logprobs[r]),
+                    partial.finish[r],
+                )
                 if choice is not None:
                     new_ids, new_logprobs, engine_finish = self._completion(choice)
                     tokens += new_ids
@@ -286,7 +336,7 @@ class VLLMPolicy(TokenizerText, Policy):
             # The shadow copies each parent's cache to its k children and reads the new tokens.
             shadow = self._shadow.select(partial.shadow, [r for r in range(partial.rows) for _ in range(k)])
             before = shadow.forward_tokens
-            new = [ids[len(partial.token_ids[c // k]):] for c, ids in enumerate(children.token_ids)]
+            new = [ids[len(partial.token_ids[c // k]) :] for c, ids in enumerate(children.token_ids)]
             children.shadow = self._shadow.feed_tokens(shadow, new)
             children.hidden = children.shadow.hidden
             children.forward_tokens += children.shadow.forward_tokens - before
@@ -299,7 +349,7 @@ class VLLMPolicy(TokenizerText, Policy):
             return FinishReason.STOP
         if sampling.stop:
             # A stop sequence may straddle two blocks, where the engine (seeing one block) misses it.
-            tail = self.detokenize(tokens[-stop_window(sampling.stop) * 2:])
+            tail = self.detokenize(tokens[-stop_window(sampling.stop) * 2 :])
             if engine_finish == FinishReason.STOP or any(s in tail for s in sampling.stop):
                 return FinishReason.STOP
         elif engine_finish == FinishReason.STOP:
@@ -311,12 +361,17 @@ class VLLMPolicy(TokenizerText, Policy):
     def select(self, partial: _Partial, rows: Sequence[int]) -> _Partial:
         shadow = self._shadow.select(partial.shadow, rows) if partial.shadow is not None else None
         return _Partial(
-            prompt=partial.prompt, sampling=partial.sampling, prompt_tokens=partial.prompt_tokens,
+            prompt=partial.prompt,
+            sampling=partial.sampling,
+            prompt_tokens=partial.prompt_tokens,
             token_ids=[list(partial.token_ids[r]) for r in rows],
             token_logprobs=[list(partial.token_logprobs[r]) for r in rows],
-            finish=[partial.finish[r] for r in rows], hidden=shadow.hidden if shadow is not None else None,
-            forward_tokens=partial.forward_tokens, prompt_ids=[partial.prompt_ids[r] for r in rows],
-            blocks=partial.blocks, shadow=shadow,
+            finish=[partial.finish[r] for r in rows],
+            hidden=shadow.hidden if shadow is not None else None,
+            forward_tokens=partial.forward_tokens,
+            prompt_ids=[partial.prompt_ids[r] for r in rows],
+            blocks=partial.blocks,
+            shadow=shadow,
         )
 
     def partial_texts(self, partial: PartialResponses) -> list[str]:

@@ -2,11 +2,32 @@
 
 from alignd.clients.client import AligndClient, AligndClientError, AsyncAligndClient
 from alignd.clients.types import (
-    KL, ArmReport, CandidateResult, Comparison, ExperimentReport, Generation, MeanEstimate, Progress, RateEstimate,
-    Scored, Usage,
+    KL,
+    ArmReport,
+    CandidateResult,
+    Comparison,
+    ExperimentReport,
+    Generation,
+    MeanEstimate,
+    Progress,
+    RateEstimate,
+    Scored,
+    Usage,
 )
 
 __all__ = [
-    "AligndClient", "AligndClientError", "ArmReport", "AsyncAligndClient", "CandidateResult", "Comparison",
-    "ExperimentReport", "Generation", "KL", "MeanEstimate", "Progress", "RateEstimate", "Scored", "Usage",
+    "KL",
+    "AligndClient",
+    "AligndClientError",
+    "ArmReport",
+    "AsyncAligndClient",
+    "CandidateResult",
+    "Comparison",
+    "ExperimentReport",
+    "Generation",
+    "MeanEstimate",
+    "Progress",
+    "RateEstimate",
+    "Scored",
+    "Usage",
 ]

@@ -24,8 +24,17 @@ from typing import Any
 import grpc
 
 from alignd.clients.types import (
-    KL, ArmReport, CandidateResult, Comparison, ExperimentReport, Generation, MeanEstimate, Progress, RateEstimate,
-    Scored, Usage,
+    KL,
+    ArmReport,
+    CandidateResult,
+    Comparison,
+    ExperimentReport,
+    Generation,
+    MeanEstimate,
+    Progress,
+    RateEstimate,
+    Scored,
+    Usage,
 )
 from alignd.v1 import alignd_pb2 as pb
 from alignd.v1 import alignd_pb2_grpc as pb_grpc
@@ -44,9 +53,17 @@ class AligndClientError(Exception):
 
 
 def build_request(
-    prompt: str, *, strategy: str = "", weights: Mapping[str, float] | None = None, system_prompt: str = "",
-    raw_prompt: bool = False, return_candidates: bool = False, request_id: str = "", experiment: str = "",
-    subject: str = "", **options: Any,
+    prompt: str,
+    *,
+    strategy: str = "",
+    weights: Mapping[str, float] | None = None,
+    system_prompt: str = "",
+    raw_prompt: bool = False,
+    return_candidates: bool = False,
+    request_id: str = "",
+    experiment: str = "",
+    subject: str = "",
+    **options: Any,
 ) -> pb.GenerateRequest:
     """A GenerateRequest from keyword arguments: sampling keywords go to `sampling`, the rest are
     the strategy's parameters (its message in the `params` oneof). With `experiment`, leave the
@@ -55,9 +72,16 @@ def build_request(
     for k in _SAMPLING_FIELDS:
         options.pop(k, None)
     request = pb.GenerateRequest(
-        prompt=prompt, strategy=strategy, weights=dict(weights or {}), system_prompt=system_prompt,
-        raw_prompt=raw_prompt, return_candidates=return_candidates, request_id=request_id, experiment=experiment,
-        subject=subject, sampling=pb.SamplingParams(**sampling),
+        prompt=prompt,
+        strategy=strategy,
+        weights=dict(weights or {}),
+        system_prompt=system_prompt,
+        raw_prompt=raw_prompt,
+        return_candidates=return_candidates,
+        request_id=request_id,
+        experiment=experiment,
+        subject=subject,
+        sampling=pb.SamplingParams(**sampling),
     )
     params = {k: v for k, v in options.items() if v is not None}
     oneof_fields = {f.name for f in pb.GenerateRequest.DESCRIPTOR.oneofs_by_name["params"].fields}
@@ -80,12 +104,24 @@ def _candidate(c: pb.Candidate) -> CandidateResult:
 def generation_from(message: pb.GenerateResponse) -> Generation:
     u = message.usage
     return Generation(
-        request_id=message.request_id, strategy=message.strategy, model=message.model, text=message.text,
-        finish_reason=message.finish_reason, rewards=dict(message.rewards), weighted_score=message.weighted_score,
+        request_id=message.request_id,
+        strategy=message.strategy,
+        model=message.model,
+        text=message.text,
+        finish_reason=message.finish_reason,
+        rewards=dict(message.rewards),
+        weighted_score=message.weighted_score,
         weights=dict(message.weights),
         kl=[KL(k.name, _KL_KIND.get(k.kind, "unspecified"), k.nats, k.description) for k in message.kl],
-        usage=Usage(u.prompt_tokens, u.generated_tokens, u.lm_forward_tokens, u.scorer_calls, u.wall_seconds,
-                    dict(u.phase_seconds), u.scored_texts),
+        usage=Usage(
+            u.prompt_tokens,
+            u.generated_tokens,
+            u.lm_forward_tokens,
+            u.scorer_calls,
+            u.wall_seconds,
+            dict(u.phase_seconds),
+            u.scored_texts,
+        ),
         token_ids=list(message.token_ids),
         candidates=[_candidate(c) for c in message.candidates],
         details=dict(message.details),
@@ -95,9 +131,17 @@ def generation_from(message: pb.GenerateResponse) -> Generation:
 
 
 def progress_from(message: pb.Progress) -> Progress:
-    return Progress(message.phase, message.step, message.message, message.elapsed_seconds,
-                    [_candidate(c) for c in message.candidates], dict(message.weights), message.worst_objective,
-                    message.worst_value, list(message.instructions))
+    return Progress(
+        message.phase,
+        message.step,
+        message.message,
+        message.elapsed_seconds,
+        [_candidate(c) for c in message.candidates],
+        dict(message.weights),
+        message.worst_objective,
+        message.worst_value,
+        list(message.instructions),
+    )
 
 
 def event_from(event: pb.GenerateEvent) -> Progress | Generation:
@@ -113,11 +157,20 @@ def _scored(response: pb.ScoreResponse) -> list[Scored]:
     return [Scored(dict(s.rewards), s.weighted_score) for s in response.scores]
 
 
-def feedback_request(request_id: str, *, thumbs_up: bool | None = None, rating: float | None = None,
-                     preferred_over: str | None = None, key: str = "") -> pb.FeedbackRequest:
+def feedback_request(
+    request_id: str,
+    *,
+    thumbs_up: bool | None = None,
+    rating: float | None = None,
+    preferred_over: str | None = None,
+    key: str = "",
+) -> pb.FeedbackRequest:
     """Exactly one of thumbs_up, rating, preferred_over (another request id of the experiment)."""
-    given = {k: v for k, v in (("thumbs_up", thumbs_up), ("rating", rating), ("preferred_over", preferred_over))
-             if v is not None}
+    given = {
+        k: v
+        for k, v in (("thumbs_up", thumbs_up), ("rating", rating), ("preferred_over", preferred_over))
+        if v is not None
+    }
     if len(given) != 1:
         raise TypeError(f"feedback takes exactly one of thumbs_up, rating, preferred_over; got {sorted(given)}")
     return pb.FeedbackRequest(request_id=request_id, key=key, **given)
@@ -147,15 +200,30 @@ def report_from(message: pb.ExperimentReport) -> ExperimentReport:
     return ExperimentReport(
         name=message.experiment.name,
         arms=[
-            ArmReport(a.name, a.strategy, a.split, a.requests, a.subjects,
-                      {k: _mean(v) for k, v in sorted(a.rewards.items())}, _mean(a.weighted_score),
-                      a.latency_p50_seconds, a.latency_p95_seconds, _mean(a.generated_tokens), _rate(a.thumbs_up),
-                      _mean(a.rating), _rate(a.preference_wins))
+            ArmReport(
+                a.name,
+                a.strategy,
+                a.split,
+                a.requests,
+                a.subjects,
+                {k: _mean(v) for k, v in sorted(a.rewards.items())},
+                _mean(a.weighted_score),
+                a.latency_p50_seconds,
+                a.latency_p95_seconds,
+                _mean(a.generated_tokens),
+                _rate(a.thumbs_up),
+                _mean(a.rating),
+                _rate(a.preference_wins),
+            )
             for a in message.arms
         ],
-        comparisons=[Comparison(c.arm, c.baseline, c.metric, c.test, c.difference, c.low, c.high, c.p_value,
-                                c.significant) for c in message.comparisons],
-        requests=message.requests, feedback=message.feedback, generated_unix=message.generated_unix,
+        comparisons=[
+            Comparison(c.arm, c.baseline, c.metric, c.test, c.difference, c.low, c.high, c.p_value, c.significant)
+            for c in message.comparisons
+        ],
+        requests=message.requests,
+        feedback=message.feedback,
+        generated_unix=message.generated_unix,
     )
 
 
@@ -166,8 +234,9 @@ def _error(error: grpc.RpcError) -> AligndClientError:
 class AligndClient:
     """Blocking client. `timeout` (seconds) applies to every call unless overridden."""
 
-    def __init__(self, target: str = "localhost:50051", *, timeout: float | None = None,
-                 channel: grpc.Channel | None = None) -> None:
+    def __init__(
+        self, target: str = "localhost:50051", *, timeout: float | None = None, channel: grpc.Channel | None = None
+    ) -> None:
         self._channel = channel or grpc.insecure_channel(target)
         self._stub = pb_grpc.AligndStub(self._channel)
         self.timeout = timeout
@@ -181,32 +250,51 @@ class AligndClient:
     def close(self) -> None:
         self._channel.close()
 
-    def generate(self, prompt: str, *, strategy: str = "sample", timeout: float | None = None, **options: Any) -> Generation:
+    def generate(
+        self, prompt: str, *, strategy: str = "sample", timeout: float | None = None, **options: Any
+    ) -> Generation:
         request = build_request(prompt, strategy=strategy, **options)
         return generation_from(self._call(self._stub.Generate, request, timeout))
 
-    def generate_stream(self, prompt: str, *, strategy: str = "sample", timeout: float | None = None,
-                        **options: Any) -> Iterator[Progress | Generation]:
+    def generate_stream(
+        self, prompt: str, *, strategy: str = "sample", timeout: float | None = None, **options: Any
+    ) -> Iterator[Progress | Generation]:
         """Progress events as they happen, then the final Generation."""
         try:
-            for event in self._stub.GenerateStream(build_request(prompt, strategy=strategy, **options),
-                                                   timeout=timeout or self.timeout):
+            for event in self._stub.GenerateStream(
+                build_request(prompt, strategy=strategy, **options), timeout=timeout or self.timeout
+            ):
                 yield event_from(event)
         except grpc.RpcError as error:
             raise _error(error) from None
 
-    def score(self, prompt: str, responses: Sequence[str], weights: Mapping[str, float] | None = None,
-              *, timeout: float | None = None) -> list[Scored]:
+    def score(
+        self,
+        prompt: str,
+        responses: Sequence[str],
+        weights: Mapping[str, float] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> list[Scored]:
         return _scored(self._call(self._stub.Score, _score_request(prompt, responses, weights), timeout))
 
     def server_info(self, *, timeout: float | None = None) -> pb.ServerInfo:
         return self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout)
 
-    def feedback(self, request_id: str, *, thumbs_up: bool | None = None, rating: float | None = None,
-                 preferred_over: str | None = None, key: str = "", timeout: float | None = None) -> bool:
+    def feedback(
+        self,
+        request_id: str,
+        *,
+        thumbs_up: bool | None = None,
+        rating: float | None = None,
+        preferred_over: str | None = None,
+        key: str = "",
+        timeout: float | None = None,
+    ) -> bool:
         """Feedback on an experiment request; True when it replaced earlier feedback (same key)."""
-        message = feedback_request(request_id, thumbs_up=thumbs_up, rating=rating, preferred_over=preferred_over,
-                                   key=key)
+        message = feedback_request(
+            request_id, thumbs_up=thumbs_up, rating=rating, preferred_over=preferred_over, key=key
+        )
         return self._call(self._stub.RecordFeedback, message, timeout).replaced
 
     def report(self, name: str, *, timeout: float | None = None) -> ExperimentReport:
@@ -219,8 +307,9 @@ class AligndClient:
     def experiments(self, *, timeout: float | None = None) -> list[pb.Experiment]:
         return list(self._call(self._stub.ListExperiments, pb.ListExperimentsRequest(), timeout).experiments)
 
-    def create_experiment(self, name: str, arms: Sequence[Mapping[str, Any]], *, description: str = "",
-                          timeout: float | None = None) -> pb.Experiment:
+    def create_experiment(
+        self, name: str, arms: Sequence[Mapping[str, Any]], *, description: str = "", timeout: float | None = None
+    ) -> pb.Experiment:
         """Admin RPC (the server needs admin_rpcs = true). See `experiment_message` for `arms`."""
         return self.create_experiment_message(experiment_message(name, arms, description), timeout=timeout)
 
@@ -251,32 +340,50 @@ class AsyncAligndClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def generate(self, prompt: str, *, strategy: str = "sample", timeout: float | None = None,
-                       **options: Any) -> Generation:
+    async def generate(
+        self, prompt: str, *, strategy: str = "sample", timeout: float | None = None, **options: Any
+    ) -> Generation:
         request = build_request(prompt, strategy=strategy, **options)
         return generation_from(await self._call(self._stub.Generate, request, timeout))
 
-    async def generate_stream(self, prompt: str, *, strategy: str = "sample", timeout: float | None = None,
-                              **options: Any) -> AsyncIterator[Progress | Generation]:
+    async def generate_stream(
+        self, prompt: str, *, strategy: str = "sample", timeout: float | None = None, **options: Any
+    ) -> AsyncIterator[Progress | Generation]:
         try:
-            async for event in self._stub.GenerateStream(build_request(prompt, strategy=strategy, **options),
-                                                         timeout=timeout or self.timeout):
+            async for event in self._stub.GenerateStream(
+                build_request(prompt, strategy=strategy, **options), timeout=timeout or self.timeout
+            ):
                 yield event_from(event)
         except grpc.RpcError as error:
             raise _error(error) from None
 
-    async def score(self, prompt: str, responses: Sequence[str], weights: Mapping[str, float] | None = None,
-                    *, timeout: float | None = None) -> list[Scored]:
+    async def score(
+        self,
+        prompt: str,
+        responses: Sequence[str],
+        weights: Mapping[str, float] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> list[Scored]:
         return _scored(await self._call(self._stub.Score, _score_request(prompt, responses, weights), timeout))
 
     async def server_info(self, *, timeout: float | None = None) -> pb.ServerInfo:
         return await self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout)
 
-    async def feedback(self, request_id: str, *, thumbs_up: bool | None = None, rating: float | None = None,
-                       preferred_over: str | None = None, key: str = "", timeout: float | None = None) -> bool:
+    async def feedback(
+        self,
+        request_id: str,
+        *,
+        thumbs_up: bool | None = None,
+        rating: float | None = None,
+        preferred_over: str | None = None,
+        key: str = "",
+        timeout: float | None = None,
+    ) -> bool:
         """Feedback on an experiment request; True when it replaced earlier feedback (same key)."""
-        message = feedback_request(request_id, thumbs_up=thumbs_up, rating=rating, preferred_over=preferred_over,
-                                   key=key)
+        message = feedback_request(
+            request_id, thumbs_up=thumbs_up, rating=rating, preferred_over=preferred_over, key=key
+        )
         return (await self._call(self._stub.RecordFeedback, message, timeout)).replaced
 
     async def report(self, name: str, *, timeout: float | None = None) -> ExperimentReport:
@@ -289,8 +396,9 @@ class AsyncAligndClient:
     async def experiments(self, *, timeout: float | None = None) -> list[pb.Experiment]:
         return list((await self._call(self._stub.ListExperiments, pb.ListExperimentsRequest(), timeout)).experiments)
 
-    async def create_experiment(self, name: str, arms: Sequence[Mapping[str, Any]], *, description: str = "",
-                                timeout: float | None = None) -> pb.Experiment:
+    async def create_experiment(
+        self, name: str, arms: Sequence[Mapping[str, Any]], *, description: str = "", timeout: float | None = None
+    ) -> pb.Experiment:
         """Admin RPC (the server needs admin_rpcs = true). See `experiment_message` for `arms`."""
         return await self.create_experiment_message(experiment_message(name, arms, description), timeout=timeout)
 

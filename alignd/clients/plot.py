@@ -17,8 +17,12 @@ def _panels(report: ExperimentReport) -> list[tuple[str, list[MeanEstimate | Rat
     arms = report.arms
     panels: list[tuple[str, list[MeanEstimate | RateEstimate]]] = [("weighted score", [a.weighted_score for a in arms])]
     for objective in sorted({o for a in arms for o in a.rewards}):
-        panels.append((f"reward: {objective}", [a.rewards.get(objective, MeanEstimate(math.nan, math.nan, math.nan, 0))
-                                                for a in arms]))
+        panels.append(
+            (
+                f"reward: {objective}",
+                [a.rewards.get(objective, MeanEstimate(math.nan, math.nan, math.nan, 0)) for a in arms],
+            )
+        )
     if any(a.thumbs_up.trials for a in arms):
         panels.append(("thumbs-up rate", [a.thumbs_up for a in arms]))
     if any(a.rating.count for a in arms):
@@ -59,17 +63,29 @@ def plot_report(report: ExperimentReport, path: str | Path) -> Path:
         axis.set_title(title)
     latency = axes.flat[len(panels)]
     width = 0.38
-    latency.bar([p - width / 2 for p in positions], [a.latency_p50_seconds for a in report.arms], width, label="p50",
-                color="#a9d18e")
-    latency.bar([p + width / 2 for p in positions], [a.latency_p95_seconds for a in report.arms], width, label="p95",
-                color="#548235")
+    latency.bar(
+        [p - width / 2 for p in positions],
+        [a.latency_p50_seconds for a in report.arms],
+        width,
+        label="p50",
+        color="#a9d18e",
+    )
+    latency.bar(
+        [p + width / 2 for p in positions],
+        [a.latency_p95_seconds for a in report.arms],
+        width,
+        label="p95",
+        color="#548235",
+    )
     latency.set_xticks(positions, names)
     latency.set_title("latency (s)")
     latency.legend()
-    for axis in list(axes.flat)[len(panels) + 1:]:
+    for axis in list(axes.flat)[len(panels) + 1 :]:
         axis.axis("off")
-    figure.suptitle(f"experiment {report.name}: {report.requests} requests, {report.feedback} feedback "
-                    "(bars: mean or rate, whiskers: 95% interval)")
+    figure.suptitle(
+        f"experiment {report.name}: {report.requests} requests, {report.feedback} feedback "
+        "(bars: mean or rate, whiskers: 95% interval)"
+    )
     figure.tight_layout()
     out = Path(path)
     figure.savefig(out, dpi=110)

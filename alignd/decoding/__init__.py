@@ -1,7 +1,13 @@
 """Decoding strategies. Importing this package registers the built-in ones."""
 
 from alignd.decoding import (  # noqa: F401  (registration)
-    best_of_n, controlled, evolutionary, linear_alignment, multi_objective, robust, sample,
+    best_of_n,
+    controlled,
+    evolutionary,
+    linear_alignment,
+    multi_objective,
+    robust,
+    sample,
 )
 from alignd.decoding.base import STRATEGIES, DecodeRequest, DecodeResult, Strategy, get_strategy
 

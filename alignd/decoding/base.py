@@ -180,8 +180,13 @@ def score_candidates(
 
 
 def finish(
-    request: DecodeRequest, chosen: ScoredCandidate, candidates: list[ScoredCandidate], kl: list[KLEstimate],
-    usage: Usage, started: float, details: dict[str, float] | None = None,
+    request: DecodeRequest,
+    chosen: ScoredCandidate,
+    candidates: list[ScoredCandidate],
+    kl: list[KLEstimate],
+    usage: Usage,
+    started: float,
+    details: dict[str, float] | None = None,
 ) -> DecodeResult:
     """Assemble the result for the chosen candidate."""
     chosen.selected = True
@@ -199,7 +204,13 @@ def finish(
     )
 
 
-def report(request: DecodeRequest, phase: str, step: int, message: str, started: float,
-           candidates: list[ScoredCandidate] | None = None) -> None:
+def report(
+    request: DecodeRequest,
+    phase: str,
+    step: int,
+    message: str,
+    started: float,
+    candidates: list[ScoredCandidate] | None = None,
+) -> None:
     if request.on_progress is not None:
         request.on_progress(ProgressEvent(phase, step, message, time.perf_counter() - started, candidates or []))

@@ -15,7 +15,15 @@ import numpy as np
 
 from alignd.backends.base import Policy
 from alignd.decoding.base import (
-    DecodeRequest, DecodeResult, KLEstimate, Strategy, Usage, draw_candidates, finish, register, report,
+    DecodeRequest,
+    DecodeResult,
+    KLEstimate,
+    Strategy,
+    Usage,
+    draw_candidates,
+    finish,
+    register,
+    report,
     score_candidates,
 )
 from alignd.decoding.kl import best_of_n_kl_bound, best_of_n_kl_estimate
@@ -45,11 +53,15 @@ class BestOfNStrategy(Strategy):
         log_eps = 0.0 if request.sampling.greedy else best.completion.logprob
         kl = [
             KLEstimate(
-                "best_of_n_bound", "upper_bound", best_of_n_kl_bound(params.n),
+                "best_of_n_bound",
+                "upper_bound",
+                best_of_n_kl_bound(params.n),
                 "log n - (n-1)/n: an upper bound on KL(best-of-n || pi_ref), not its value",
             ),
             KLEstimate(
-                "beirami_estimator", "estimate", best_of_n_kl_estimate(params.n, min(log_eps, 0.0)),
+                "beirami_estimator",
+                "estimate",
+                best_of_n_kl_estimate(params.n, min(log_eps, 0.0)),
                 "Beirami et al. (2024) estimator from eps = pi_ref(selected response | prompt)",
             ),
         ]

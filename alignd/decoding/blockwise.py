@@ -16,7 +16,14 @@ import numpy as np
 
 from alignd.backends.base import Completion, FinishReason, PartialResponses, Policy
 from alignd.decoding.base import (
-    DecodeRequest, DecodeResult, KLEstimate, ProgressEvent, ScoredCandidate, Usage, finish, score_candidates,
+    DecodeRequest,
+    DecodeResult,
+    KLEstimate,
+    ProgressEvent,
+    ScoredCandidate,
+    Usage,
+    finish,
+    score_candidates,
 )
 from alignd.decoding.kl import best_of_n_kl_bound, best_of_n_kl_estimate
 from alignd.decoding.value_estimates import ValueEstimator
@@ -51,15 +58,26 @@ def refuse_greedy(request: DecodeRequest, strategy: str) -> None:
 
 def weighted_argmax(weights: np.ndarray) -> Chooser:
     """The fixed-weights rule of controlled decoding and MOD: keep argmax_k w^T V_k."""
+
     def choose(standardised: np.ndarray) -> BlockChoice:
         scores = np.nan_to_num(standardised, nan=0.0) @ weights  # NaN only where w = 0
         return BlockChoice(int(np.argmax(scores)), scores, weights)
+
     return choose
 
 
-def decode_blockwise(request: DecodeRequest, policy: Policy, scorer: Scorer, *, strategy: str, num_candidates: int,
-                     block_tokens: int, values: ValueEstimator, choose: Chooser,
-                     details: Callable[[BlockwiseRun, np.ndarray], dict[str, float]] | None = None) -> DecodeResult:
+def decode_blockwise(
+    request: DecodeRequest,
+    policy: Policy,
+    scorer: Scorer,
+    *,
+    strategy: str,
+    num_candidates: int,
+    block_tokens: int,
+    values: ValueEstimator,
+    choose: Chooser,
+    details: Callable[[BlockwiseRun, np.ndarray], dict[str, float]] | None = None,
+) -> DecodeResult:
     """A whole blockwise decode: prefill, the block loop, the final text scored by the objectives.
     `details(run, final_rewards)` adds strategy-specific figures to the result."""
     refuse_greedy(request, strategy)
@@ -68,17 +86,35 @@ def decode_blockwise(request: DecodeRequest, policy: Policy, scorer: Scorer, *, 
     with usage.phase("prefill"):
         partial = policy.begin(request.prompt, request.sampling, request.cancel)
     usage.prompt_tokens = partial.prompt_tokens
-    run = decode_blocks(request, policy, partial, usage, started, num_candidates=num_candidates,
-                        block_tokens=block_tokens, values=values, choose=choose)
+    run = decode_blocks(
+        request,
+        policy,
+        partial,
+        usage,
+        started,
+        num_candidates=num_candidates,
+        block_tokens=block_tokens,
+        values=values,
+        choose=choose,
+    )
     usage.lm_forward_tokens = run.partial.forward_tokens
     scored = score_candidates(request, scorer, [policy.completion(run.partial, 0)], usage)
     extra = details(run, scored[0].rewards) if details is not None else {}
     return finish(request, scored[0], scored, run.kl, usage, started, {"blocks": float(run.blocks), **extra})
 
 
-def decode_blocks(request: DecodeRequest, policy: Policy, partial: PartialResponses, usage: Usage,
-                  started: float, *, num_candidates: int, block_tokens: int, values: ValueEstimator,
-                  choose: Chooser) -> BlockwiseRun:
+def decode_blocks(
+    request: DecodeRequest,
+    policy: Policy,
+    partial: PartialResponses,
+    usage: Usage,
+    started: float,
+    *,
+    num_candidates: int,
+    block_tokens: int,
+    values: ValueEstimator,
+    choose: Chooser,
+) -> BlockwiseRun:
     """Run the loop from `partial` (one row). The estimator's objectives are estimated for every
     block; the stream reports the chosen block's worst among them on the common scale."""
     names = request.weights.names
@@ -103,25 +139,42 @@ def decode_blocks(request: DecodeRequest, policy: Policy, partial: PartialRespon
         estimate += best_of_n_kl_estimate(k, min(block_logprob, 0.0))
         if request.on_progress is not None:
             candidates = [
-                ScoredCandidate(block_completion(policy, blocks, row, before), estimates[row], float(choice.scores[row]),
-                                row == choice.pick)
+                ScoredCandidate(
+                    block_completion(policy, blocks, row, before),
+                    estimates[row],
+                    float(choice.scores[row]),
+                    row == choice.pick,
+                )
                 for row in range(k)
             ]
             chosen = standardised[choice.pick]
             worst = min((names.index(n) for n in objectives), key=lambda g: chosen[g])
-            request.on_progress(ProgressEvent(
-                "block", run.blocks,
-                f"block {run.blocks}: chose {choice.pick + 1}/{k}, w.V {choice.scores[choice.pick]:+.3f}: "
-                f"{candidates[choice.pick].completion.text!r}",
-                time.perf_counter() - started, candidates,
-                weights={n: float(w) for n, w in zip(names, choice.weights)},
-                worst_objective=names[worst], worst_value=float(chosen[worst]),
-            ))
+            request.on_progress(
+                ProgressEvent(
+                    "block",
+                    run.blocks,
+                    f"block {run.blocks}: chose {choice.pick + 1}/{k}, w.V {choice.scores[choice.pick]:+.3f}: "
+                    f"{candidates[choice.pick].completion.text!r}",
+                    time.perf_counter() - started,
+                    candidates,
+                    weights={n: float(w) for n, w in zip(names, choice.weights)},
+                    worst_objective=names[worst],
+                    worst_value=float(chosen[worst]),
+                )
+            )
     run.kl = [
-        KLEstimate("blockwise_bound", "upper_bound", run.blocks * best_of_n_kl_bound(k),
-                   f"{run.blocks} blocks x (log K - (K-1)/K), K={k}: an upper bound"),
-        KLEstimate("blockwise_estimate", "estimate", estimate,
-                   "sum over blocks of Beirami et al.'s best-of-K estimate at each chosen block's pi_ref"),
+        KLEstimate(
+            "blockwise_bound",
+            "upper_bound",
+            run.blocks * best_of_n_kl_bound(k),
+            f"{run.blocks} blocks x (log K - (K-1)/K), K={k}: an upper bound",
+        ),
+        KLEstimate(
+            "blockwise_estimate",
+            "estimate",
+            estimate,
+            "sum over blocks of Beirami et al.'s best-of-K estimate at each chosen block's pi_ref",
+        ),
     ]
     return run
 
@@ -129,5 +182,6 @@ def decode_blocks(request: DecodeRequest, policy: Policy, partial: PartialRespon
 def block_completion(policy: Policy, partial: PartialResponses, row: int, start: int) -> Completion:
     """The tokens of `row` from position `start` on, as a Completion (for progress events)."""
     ids = partial.token_ids[row][start:]
-    return Completion(policy.detokenize(ids), ids, partial.token_logprobs[row][start:],
-                      partial.finish[row] or FinishReason.LENGTH)
+    return Completion(
+        policy.detokenize(ids), ids, partial.token_logprobs[row][start:], partial.finish[row] or FinishReason.LENGTH
+    )

@@ -26,7 +26,15 @@ import torch
 from alignd.backends.base import Capability, Policy
 from alignd.backends.sampling import make_generator
 from alignd.decoding.base import (
-    DecodeRequest, DecodeResult, KLEstimate, ScoredCandidate, Strategy, Usage, finish, register, report,
+    DecodeRequest,
+    DecodeResult,
+    KLEstimate,
+    ScoredCandidate,
+    Strategy,
+    Usage,
+    finish,
+    register,
+    report,
     score_candidates,
 )
 from alignd.decoding.blockwise import block_completion, decode_blockwise, refuse_greedy, weighted_argmax
@@ -39,19 +47,21 @@ from alignd.rewardmodels.base import Scorer
 @register
 class ControlledStrategy(Strategy):
     name = "controlled"
-    description = ("Controlled decoding with value estimates: blockwise best-of-K blocks by w^T V, or tokenwise "
-                   "pi_ref * exp(lambda w^T V) over the top-k tokens.")
+    description = (
+        "Controlled decoding with value estimates: blockwise best-of-K blocks by w^T V, or tokenwise "
+        "pi_ref * exp(lambda w^T V) over the top-k tokens."
+    )
     requires = frozenset({Capability.SAMPLE, Capability.EXTEND})
 
     @dataclass(frozen=True)
     class Params:
         mode: str = param("blockwise", "blockwise or tokenwise", choices=("blockwise", "tokenwise"))
-        num_candidates: int = param(8, "K: candidate blocks drawn per step (blockwise)", min=2,
-                                    limit="max_candidates")
+        num_candidates: int = param(8, "K: candidate blocks drawn per step (blockwise)", min=2, limit="max_candidates")
         block_tokens: int = param(8, "B: tokens per block (blockwise)", min=1, limit="max_tokens")
         strength: float = param(1.0, "lambda: tilt exp(lambda w^T V) of pi_ref (tokenwise)", above=0.0, max=1e4)
-        token_candidates: int = param(10, "k: candidate tokens from pi_ref's top-k (tokenwise)", min=2,
-                                      limit="max_candidates")
+        token_candidates: int = param(
+            10, "k: candidate tokens from pi_ref's top-k (tokenwise)", min=2, limit="max_candidates"
+        )
         value_source: str = value_source_param()
 
     def rows(self, params: Params) -> int:
@@ -64,16 +74,25 @@ class ControlledStrategy(Strategy):
         refuse_greedy(request, "controlled decoding")
         self._values(request, params, policy, scorer)
         if params.mode == "tokenwise" and Capability.TOKENWISE not in policy.capabilities:
-            raise FailedPrecondition(f"tokenwise controlled decoding needs the backend capability 'tokenwise', "
-                                     f"which {type(policy).__name__} lacks")
+            raise FailedPrecondition(
+                f"tokenwise controlled decoding needs the backend capability 'tokenwise', "
+                f"which {type(policy).__name__} lacks"
+            )
 
     def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
         self.check(request, params, policy, scorer)  # fails before any work when a value source cannot serve
         values = self._values(request, params, policy, scorer)
         if params.mode == "blockwise":
-            return decode_blockwise(request, policy, scorer, strategy="controlled decoding",
-                                    num_candidates=params.num_candidates, block_tokens=params.block_tokens,
-                                    values=values, choose=weighted_argmax(request.weights.vector))
+            return decode_blockwise(
+                request,
+                policy,
+                scorer,
+                strategy="controlled decoding",
+                num_candidates=params.num_candidates,
+                block_tokens=params.block_tokens,
+                values=values,
+                choose=weighted_argmax(request.weights.vector),
+            )
         started = time.perf_counter()
         usage = Usage()
         with usage.phase("prefill"):
@@ -107,12 +126,24 @@ class ControlledStrategy(Strategy):
             partial = policy.select(children, [pick])
             step += 1
             if request.on_progress is not None:
-                candidates = [ScoredCandidate(block_completion(policy, children, row, len(children.token_ids[row]) - 1),
-                                              estimates[row], float(scores[row]), row == pick)
-                              for row in range(children.rows)]
-                report(request, "token", step, f"token {step}: {candidates[pick].completion.text!r}", started,
-                       candidates)
-        kl = [KLEstimate("tokenwise_estimate", "estimate", max(kl_sum, 0.0),
-                         "sum over steps of KL(tilted top-k || pi_ref) along the decoded path")]
+                candidates = [
+                    ScoredCandidate(
+                        block_completion(policy, children, row, len(children.token_ids[row]) - 1),
+                        estimates[row],
+                        float(scores[row]),
+                        row == pick,
+                    )
+                    for row in range(children.rows)
+                ]
+                report(
+                    request, "token", step, f"token {step}: {candidates[pick].completion.text!r}", started, candidates
+                )
+        kl = [
+            KLEstimate(
+                "tokenwise_estimate",
+                "estimate",
+                max(kl_sum, 0.0),
+                "sum over steps of KL(tilted top-k || pi_ref) along the decoded path",
+            )
+        ]
         return partial, kl
-

@@ -26,7 +26,14 @@ import numpy as np
 
 from alignd.backends.base import Capability, ChatPrompt, Completion, Policy
 from alignd.decoding.base import (
-    DecodeRequest, DecodeResult, ProgressEvent, ScoredCandidate, Strategy, Usage, finish, register,
+    DecodeRequest,
+    DecodeResult,
+    ProgressEvent,
+    ScoredCandidate,
+    Strategy,
+    Usage,
+    finish,
+    register,
 )
 from alignd.decoding.params import param
 from alignd.errors import InvalidArgument
@@ -43,8 +50,10 @@ _LIST_ITEM = re.compile(r"^\s*(?:\d+\s*[.):]|[-*\u2022])\s*(.+?)\s*$")
 @register
 class EvolutionaryStrategy(Strategy):
     name = "evolutionary"
-    description = ("DARWIN: the policy mutates the instruction into variants, one beam per variant; every m tokens "
-                   "beams outside the top-k by reward are replaced by copies of top beams; a few mutation cycles.")
+    description = (
+        "DARWIN: the policy mutates the instruction into variants, one beam per variant; every m tokens "
+        "beams outside the top-k by reward are replaced by copies of top beams; a few mutation cycles."
+    )
     requires = frozenset({Capability.SAMPLE, Capability.EXTEND})
     sampling_defaults = {"temperature": 0.7, "top_k": 40}
 
@@ -62,8 +71,9 @@ class EvolutionaryStrategy(Strategy):
     def check(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> None:
         super().check(request, params, policy, scorer)
         if params.keep_top >= params.beams:
-            raise InvalidArgument("evolutionary.keep_top",
-                                  f"{params.keep_top} must be below evolutionary.beams ({params.beams})")
+            raise InvalidArgument(
+                "evolutionary.keep_top", f"{params.keep_top} must be below evolutionary.beams ({params.beams})"
+            )
 
     def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
         self.check(request, params, policy, scorer)
@@ -80,8 +90,9 @@ class _Beam:
 class _Search:
     """One request's search state: the archive, the best beam, usage."""
 
-    def __init__(self, request: DecodeRequest, params: EvolutionaryStrategy.Params, policy: Policy,
-                 scorer: Scorer) -> None:
+    def __init__(
+        self, request: DecodeRequest, params: EvolutionaryStrategy.Params, policy: Policy, scorer: Scorer
+    ) -> None:
         self.request, self.params, self.policy, self.scorer = request, params, policy, scorer
         self.original = request.prompt.user
         # instruction -> best weighted reward its beams reached at any scoring round (a beam replaced
@@ -106,14 +117,24 @@ class _Search:
             beams = self._exploit(instructions, cycle)
             self.finals.extend(beams)
             best = max(beams, key=lambda b: b.candidate.weighted_score)
-            self._report("cycle", cycle, f"cycle {cycle}: best {best.candidate.weighted_score:+.4f} under "
-                         f"{best.instruction!r}", [b.candidate for b in beams], [b.instruction for b in beams])
+            self._report(
+                "cycle",
+                cycle,
+                f"cycle {cycle}: best {best.candidate.weighted_score:+.4f} under {best.instruction!r}",
+                [b.candidate for b in beams],
+                [b.instruction for b in beams],
+            )
         winner = max(self.finals, key=lambda b: b.candidate.weighted_score)
-        details = {"cycles": float(self.params.cycles), "replacement_rounds": float(self.rounds),
-                   "mutation_fallbacks": float(self.fallbacks), "instructions_tried": float(len(self.archive)),
-                   "winner_is_original_instruction": float(winner.instruction == self.original)}
-        return finish(self.request, winner.candidate, [b.candidate for b in self.finals], [], usage, self.started,
-                      details)
+        details = {
+            "cycles": float(self.params.cycles),
+            "replacement_rounds": float(self.rounds),
+            "mutation_fallbacks": float(self.fallbacks),
+            "instructions_tried": float(len(self.archive)),
+            "winner_is_original_instruction": float(winner.instruction == self.original),
+        }
+        return finish(
+            self.request, winner.candidate, [b.candidate for b in self.finals], [], usage, self.started, details
+        )
 
     # -- exploration ------------------------------------------------------------------------------
 
@@ -122,8 +143,12 @@ class _Search:
         unfilled slots keep the original instruction."""
         per_parent = -(-count // len(parents))
         prompts = [ChatPrompt(MUTATION_PROMPT.format(count=per_parent, instruction=p)) for p in parents]
-        sampling = dataclasses.replace(self.request.sampling, max_tokens=self.params.mutation_tokens, stop=(),
-                                       seed=_derive(self.request.sampling.seed, 2 * cycle))
+        sampling = dataclasses.replace(
+            self.request.sampling,
+            max_tokens=self.params.mutation_tokens,
+            stop=(),
+            seed=_derive(self.request.sampling.seed, 2 * cycle),
+        )
         batch = self.policy.sample(prompts, 1, sampling, self.request.cancel)
         self.usage.generated_tokens += sum(len(c[0].token_ids) for c in batch.completions)
         self.usage.lm_forward_tokens += batch.forward_tokens
@@ -144,8 +169,9 @@ class _Search:
         prompt = request.prompt
         sampling = dataclasses.replace(request.sampling, seed=_derive(request.sampling.seed, 2 * cycle + 1))
         with usage.phase("prefill"):
-            partial = policy.begin_many([ChatPrompt(i, prompt.system, prompt.raw) for i in instructions], sampling,
-                                        request.cancel)
+            partial = policy.begin_many(
+                [ChatPrompt(i, prompt.system, prompt.raw) for i in instructions], sampling, request.cancel
+            )
         owner = list(range(len(instructions)))  # instruction of each row
         keep = self.params.keep_top
         while True:
@@ -167,14 +193,21 @@ class _Search:
             for j, row in enumerate(replaced):
                 rows[row] = top[j % keep]  # copies of the best beams first
             candidates = [ScoredCandidate(c, rewards[r], float(scores[r]), r in top) for r, c in enumerate(completions)]
-            self._report("replace", self.rounds, f"round {self.rounds}: kept beams {sorted(top)}, replaced {replaced} "
-                         f"by copies of {[rows[r] for r in replaced]}", candidates,
-                         [instructions[o] for o in owner])
+            self._report(
+                "replace",
+                self.rounds,
+                f"round {self.rounds}: kept beams {sorted(top)}, replaced {replaced} "
+                f"by copies of {[rows[r] for r in replaced]}",
+                candidates,
+                [instructions[o] for o in owner],
+            )
             partial = policy.select(partial, rows)
             owner = [owner[r] for r in rows]
         usage.lm_forward_tokens += partial.forward_tokens
-        return [_Beam(instructions[owner[r]], ScoredCandidate(c, rewards[r], float(scores[r])))
-                for r, c in enumerate(completions)]
+        return [
+            _Beam(instructions[owner[r]], ScoredCandidate(c, rewards[r], float(scores[r])))
+            for r, c in enumerate(completions)
+        ]
 
     def _score(self, completions: list[Completion]) -> tuple[np.ndarray, np.ndarray]:
         """Rewards [R, G] of the (partial) responses against the original instruction, and w^T r."""
@@ -184,11 +217,15 @@ class _Search:
         self.usage.scored_texts += len(completions)
         return rewards, self.request.weights.weighted(rewards)
 
-    def _report(self, phase: str, step: int, message: str, candidates: list[ScoredCandidate],
-                instructions: list[str]) -> None:
+    def _report(
+        self, phase: str, step: int, message: str, candidates: list[ScoredCandidate], instructions: list[str]
+    ) -> None:
         if self.request.on_progress is not None:
-            self.request.on_progress(ProgressEvent(phase, step, message, time.perf_counter() - self.started,
-                                                   candidates, instructions=instructions))
+            self.request.on_progress(
+                ProgressEvent(
+                    phase, step, message, time.perf_counter() - self.started, candidates, instructions=instructions
+                )
+            )
 
 
 def parse_variants(reply: str, original: str, seen: set[str]) -> list[str]:
@@ -213,4 +250,3 @@ def parse_variants(reply: str, original: str, seen: set[str]) -> list[str]:
 def _derive(seed: int | None, salt: int) -> int | None:
     """A per-phase seed from the request's, so a seeded request is reproducible end to end."""
     return None if seed is None else (seed * 1_000_003 + salt) % (2**63)
-

@@ -28,33 +28,49 @@ import torch
 from alignd.backends.base import Capability, ChatPrompt, Policy
 from alignd.backends.sampling import make_generator, reference_logprobs
 from alignd.decoding.base import (
-    DecodeRequest, DecodeResult, KLEstimate, Strategy, Usage, finish, register, report, score_candidates,
+    DecodeRequest,
+    DecodeResult,
+    KLEstimate,
+    Strategy,
+    Usage,
+    finish,
+    register,
+    report,
+    score_candidates,
 )
 from alignd.decoding.params import param
 from alignd.errors import InvalidArgument
 from alignd.rewardmodels.base import Scorer
 
-DEFAULT_PRINCIPLE = ("You are a helpful, honest and harmless assistant. Answer the question directly and "
-                     "accurately, in a kind and respectful tone, and do not help with anything dangerous.")
+DEFAULT_PRINCIPLE = (
+    "You are a helpful, honest and harmless assistant. Answer the question directly and "
+    "accurately, in a kind and respectful tone, and do not help with anything dangerous."
+)
 PROGRESS_EVERY = 16  # tokens between stream events
 
 
 @register
 class LinearAlignmentStrategy(Strategy):
     name = "linear_alignment"
-    description = ("Linear alignment: decode with and without a preference principle in lock-step and sample "
-                   "from z_p + alpha (z_p - z_0) within the top-p support of the principled distribution.")
+    description = (
+        "Linear alignment: decode with and without a preference principle in lock-step and sample "
+        "from z_p + alpha (z_p - z_0) within the top-p support of the principled distribution."
+    )
     requires = frozenset({Capability.SAMPLE, Capability.EXTEND, Capability.TOKENWISE})
     sampling_defaults = {"temperature": 0.5, "top_p": 0.8}
 
     @dataclass(frozen=True)
     class Params:
         principle: str = param(DEFAULT_PRINCIPLE, "the preference principle", min=1, max=2000)
-        placement: str = param("system", "where the principle goes: system (the system prompt, as in the paper) or "
-                               "user (after the user's message, where small models follow instructions better)",
-                               choices=("system", "user"))
-        alpha: float = param(3.0, "alpha: z_hat = z_p + alpha (z_p - z_0); 0 decodes under the principle alone",
-                             min=0.0, max=100.0)
+        placement: str = param(
+            "system",
+            "where the principle goes: system (the system prompt, as in the paper) or "
+            "user (after the user's message, where small models follow instructions better)",
+            choices=("system", "user"),
+        )
+        alpha: float = param(
+            3.0, "alpha: z_hat = z_p + alpha (z_p - z_0); 0 decodes under the principle alone", min=0.0, max=100.0
+        )
 
     def rows(self, params: Params) -> int:
         return 2
@@ -64,8 +80,11 @@ class LinearAlignmentStrategy(Strategy):
         principled = with_principle(request.prompt, params.principle, default_system, params.placement)
         length = policy.count_tokens(policy.render(principled)) + request.sampling.max_tokens
         if policy.context_length is not None and length > policy.context_length:
-            raise InvalidArgument("linear_alignment.principle", f"prompt with the principle + max_tokens is {length} "
-                                  f"tokens, over the model's context of {policy.context_length}")
+            raise InvalidArgument(
+                "linear_alignment.principle",
+                f"prompt with the principle + max_tokens is {length} "
+                f"tokens, over the model's context of {policy.context_length}",
+            )
         started = time.perf_counter()
         usage = Usage()
         sampling = request.sampling
@@ -107,21 +126,34 @@ class LinearAlignmentStrategy(Strategy):
                 partial = policy.append(partial, [token, token], [logprob, logprob], request.cancel)
                 usage.generated_tokens += 1
                 if usage.generated_tokens % PROGRESS_EVERY == 0:
-                    report(request, "tokens", usage.generated_tokens, f"{usage.generated_tokens} tokens: "
-                           f"{policy.completion(partial, 0).text!r}", started)
+                    report(
+                        request,
+                        "tokens",
+                        usage.generated_tokens,
+                        f"{usage.generated_tokens} tokens: {policy.completion(partial, 0).text!r}",
+                        started,
+                    )
         usage.lm_forward_tokens = partial.forward_tokens
         scored = score_candidates(request, scorer, [policy.completion(partial, 0)], usage)
-        estimate = KLEstimate("linear_alignment_estimate", "estimate", max(kl, 0.0),
-                              "sum over steps of KL(aligned next-token distribution || the model without the "
-                              "principle at the same temperature) along the decoded path")
+        estimate = KLEstimate(
+            "linear_alignment_estimate",
+            "estimate",
+            max(kl, 0.0),
+            "sum over steps of KL(aligned next-token distribution || the model without the "
+            "principle at the same temperature) along the decoded path",
+        )
         steps = max(usage.generated_tokens, 1)
-        details = {"alpha": params.alpha, "mean_support_tokens": support_tokens / steps,
-                   "overridden_fraction": overridden / steps}
+        details = {
+            "alpha": params.alpha,
+            "mean_support_tokens": support_tokens / steps,
+            "overridden_fraction": overridden / steps,
+        }
         return finish(request, scored[0], scored, [estimate], usage, started, details)
 
 
-def with_principle(prompt: ChatPrompt, principle: str, default_system: str | None = None,
-                   placement: str = "system") -> ChatPrompt:
+def with_principle(
+    prompt: ChatPrompt, principle: str, default_system: str | None = None, placement: str = "system"
+) -> ChatPrompt:
     """The prompt with the principle appended to its system prompt, or to the user's message
     (placement "user"); raw prompts get it before their text either way. Without a system prompt
     of its own, a system principle follows the chat template's default one, so that the two
@@ -143,5 +175,5 @@ def template_system(policy: Policy, prompt: ChatPrompt) -> str | None:
     plain = policy.render(prompt)
     before, found, after = policy.render(ChatPrompt(prompt.user, marker)).partition(marker)
     if found and plain.startswith(before) and plain.endswith(after) and len(plain) > len(before) + len(after):
-        return plain[len(before):len(plain) - len(after)]
+        return plain[len(before) : len(plain) - len(after)]
     return None

@@ -23,8 +23,10 @@ from alignd.rewardmodels.base import Scorer
 @register
 class MultiObjectiveStrategy(Strategy):
     name = "multi_objective"
-    description = ("Multi-objective decoding (MOD): K blocks of B tokens per step, keep the best by the request's "
-                   "weights over standardised value estimates.")
+    description = (
+        "Multi-objective decoding (MOD): K blocks of B tokens per step, keep the best by the request's "
+        "weights over standardised value estimates."
+    )
     requires = frozenset({Capability.SAMPLE, Capability.EXTEND})
 
     @dataclass(frozen=True)
@@ -43,9 +45,16 @@ class MultiObjectiveStrategy(Strategy):
 
     def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
         self.check(request, params, policy, scorer)
-        return decode_blockwise(request, policy, scorer, strategy=self.name, num_candidates=params.num_candidates,
-                                block_tokens=params.block_tokens, values=self._values(request, params, policy, scorer),
-                                choose=weighted_argmax(request.weights.vector))
+        return decode_blockwise(
+            request,
+            policy,
+            scorer,
+            strategy=self.name,
+            num_candidates=params.num_candidates,
+            block_tokens=params.block_tokens,
+            values=self._values(request, params, policy, scorer),
+            choose=weighted_argmax(request.weights.vector),
+        )
 
     def _values(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> ValueEstimator:
         return ValueEstimator.for_weighted(self.name, request, policy, scorer, params.value_source)

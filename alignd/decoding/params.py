@@ -32,8 +32,14 @@ class Limits:
 
 
 def param(
-    default: Any, help: str, *, min: float | None = None, max: float | None = None, limit: str | None = None,
-    above: float | None = None, choices: tuple[str, ...] | None = None,
+    default: Any,
+    help: str,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    limit: str | None = None,
+    above: float | None = None,
+    choices: tuple[str, ...] | None = None,
 ):
     """A strategy parameter: `limit` names a `Limits` field that caps the value at request time;
     `above` is an exclusive lower bound; `choices` lists the allowed strings. Lists are tuples of
@@ -45,8 +51,14 @@ def param(
 
 
 # Annotation of a parameter -> the type name clients see in GetServerInfo.
-_TYPE_NAMES = {"int": "int", "float": "float", "bool": "bool", "str": "str", "tuple[str, ...]": "list[str]",
-               "dict[str, float]": "map[str,float]"}
+_TYPE_NAMES = {
+    "int": "int",
+    "float": "float",
+    "bool": "bool",
+    "str": "str",
+    "tuple[str, ...]": "list[str]",
+    "dict[str, float]": "map[str,float]",
+}
 
 
 def type_name(field: dataclasses.Field) -> str:
@@ -170,7 +182,7 @@ def _number_map(label: str, value: Any, low: float | None, high: float | None) -
         entry = f"{label}[{key}]"
         if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
             raise InvalidArgument(entry, f"must be a finite number, got {number!r}")
-        if low is not None and number < low or high is not None and number > high:
+        if (low is not None and number < low) or (high is not None and number > high):
             raise InvalidArgument(entry, f"must be in [{low:g}, {high:g}], got {number}")
         checked[key] = float(number)
     return checked

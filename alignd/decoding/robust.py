@@ -35,25 +35,34 @@ from alignd.rewardmodels.base import Scorer
 @register
 class RobustStrategy(Strategy):
     name = "robust"
-    description = ("Robust multi-objective decoding (RMOD): per block, worst-case weights w* from a convex program "
-                   "over the value estimates of K blocks, keep argmax_k w*.V_k.")
+    description = (
+        "Robust multi-objective decoding (RMOD): per block, worst-case weights w* from a convex program "
+        "over the value estimates of K blocks, keep argmax_k w*.V_k."
+    )
     requires = frozenset({Capability.SAMPLE, Capability.EXTEND})
 
     @dataclass(frozen=True)
     class Params:
         num_candidates: int = param(8, "K: candidate blocks drawn per step", min=2, limit="max_candidates")
         block_tokens: int = param(8, "B: tokens per block", min=1, limit="max_tokens")
-        strength: float = param(1.0, "lambda: small puts w* on the worst objective on average, large gives minimax "
-                                "weights", above=0.0, max=1e4)
-        solver: str = param("fast", "worst-case weight solver: fast (projected Newton) or cvxpy (Clarabel)",
-                            choices=("fast", "cvxpy"))
+        strength: float = param(
+            1.0,
+            "lambda: small puts w* on the worst objective on average, large gives minimax weights",
+            above=0.0,
+            max=1e4,
+        )
+        solver: str = param(
+            "fast", "worst-case weight solver: fast (projected Newton) or cvxpy (Clarabel)", choices=("fast", "cvxpy")
+        )
         objectives: tuple[str, ...] = param((), "objectives the adversary may weight; empty: all")
-        min_weights: dict[str, float] = param({}, "lower bounds on the adversary's weights per objective, "
-                                              "summing to at most 1", min=0.0, max=1.0)
+        min_weights: dict[str, float] = param(
+            {}, "lower bounds on the adversary's weights per objective, summing to at most 1", min=0.0, max=1.0
+        )
         value_source: str = value_source_param()
 
-    def _values(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer,
-                feasible: WeightSet) -> ValueEstimator:
+    def _values(
+        self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer, feasible: WeightSet
+    ) -> ValueEstimator:
         """Estimates for every objective the adversary may weight."""
         adversary = [n for n, allowed in zip(scorer.objective_names, feasible.allowed) if allowed]
         return ValueEstimator.resolve(self.name, request.prompt.user, policy, scorer, adversary, params.value_source)
@@ -71,17 +80,26 @@ class RobustStrategy(Strategy):
         names = scorer.objective_names
         feasible = weight_set(params, names)
         chooser = WorstCaseChooser(params, feasible)
-        return decode_blockwise(request, policy, scorer, strategy=self.name, num_candidates=params.num_candidates,
-                                block_tokens=params.block_tokens,
-                                values=self._values(request, params, policy, scorer, feasible), choose=chooser,
-                                details=lambda run, rewards: chooser.details(run, names, scorer, rewards))
+        return decode_blockwise(
+            request,
+            policy,
+            scorer,
+            strategy=self.name,
+            num_candidates=params.num_candidates,
+            block_tokens=params.block_tokens,
+            values=self._values(request, params, policy, scorer, feasible),
+            choose=chooser,
+            details=lambda run, rewards: chooser.details(run, names, scorer, rewards),
+        )
 
 
 def weight_set(params: RobustStrategy.Params, names: tuple[str, ...]) -> WeightSet:
     """The adversary's feasible weights from the request; errors name the parameter."""
     for i, name in enumerate(params.objectives):
         if name not in names:
-            raise InvalidArgument(f"robust.objectives[{i}]", f"unknown objective {name!r}; this server scores {list(names)}")
+            raise InvalidArgument(
+                f"robust.objectives[{i}]", f"unknown objective {name!r}; this server scores {list(names)}"
+            )
     allowed = np.array([not params.objectives or n in params.objectives for n in names])
     lower = np.zeros(len(names))
     for name, bound in params.min_weights.items():
@@ -113,8 +131,9 @@ class WorstCaseChooser:
         scores = values @ solution.weights
         return BlockChoice(int(np.argmax(scores)), scores, solution.weights)
 
-    def details(self, run: BlockwiseRun, names: tuple[str, ...], scorer: Scorer,
-                rewards: np.ndarray) -> dict[str, float]:
+    def details(
+        self, run: BlockwiseRun, names: tuple[str, ...], scorer: Scorer, rewards: np.ndarray
+    ) -> dict[str, float]:
         """Mean w* over the blocks, and the final text's worst objective on the common scale."""
         mean = np.mean(run.weights, axis=0) if run.weights else np.zeros(len(names))
         final = scorer.standardise(rewards[None, :])[0]

@@ -7,7 +7,15 @@ from dataclasses import dataclass
 
 from alignd.backends.base import Policy
 from alignd.decoding.base import (
-    DecodeRequest, DecodeResult, KLEstimate, Strategy, Usage, draw_candidates, finish, register, score_candidates,
+    DecodeRequest,
+    DecodeResult,
+    KLEstimate,
+    Strategy,
+    Usage,
+    draw_candidates,
+    finish,
+    register,
+    score_candidates,
 )
 from alignd.rewardmodels.base import Scorer
 

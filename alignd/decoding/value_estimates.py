@@ -23,9 +23,13 @@ from alignd.rewardmodels.value_sources import CHOICES, HEADS, PREFIX, resolve
 
 def value_source_param():
     """The `value_source` parameter every value-guided strategy declares."""
-    return param("auto", "where value estimates come from: auto (per objective, the best measured within-prompt "
-                 "ranking), heads (value heads on hidden states) or prefix (the objective's scorer on the "
-                 "partial text)", choices=CHOICES)
+    return param(
+        "auto",
+        "where value estimates come from: auto (per objective, the best measured within-prompt "
+        "ranking), heads (value heads on hidden states) or prefix (the objective's scorer on the "
+        "partial text)",
+        choices=CHOICES,
+    )
 
 
 @dataclass(frozen=True)
@@ -36,8 +40,9 @@ class ValueEstimator:
     sources: dict[str, str]  # objective -> source
 
     @classmethod
-    def resolve(cls, strategy: str, prompt: str, policy: Policy, scorer: Scorer, objectives: Sequence[str],
-                value_source: str) -> ValueEstimator:
+    def resolve(
+        cls, strategy: str, prompt: str, policy: Policy, scorer: Scorer, objectives: Sequence[str], value_source: str
+    ) -> ValueEstimator:
         """`strategy` is the strategy's name. FailedPrecondition (naming `<strategy>.value_source`)
         when a named source cannot estimate one of `objectives`, or heads are asked of a backend
         that gives no hidden states."""
@@ -46,12 +51,14 @@ class ValueEstimator:
             heads = sorted(n for n, s in sources.items() if s == HEADS)
             raise FailedPrecondition(
                 f"{strategy}.value_source: value heads for {heads} read hidden states, which {type(policy).__name__} "
-                f"does not give (use 'prefix')")
+                f"does not give (use 'prefix')"
+            )
         return cls(scorer, policy, prompt, sources)
 
     @classmethod
-    def for_weighted(cls, strategy: str, request: DecodeRequest, policy: Policy, scorer: Scorer,
-                     value_source: str) -> ValueEstimator:
+    def for_weighted(
+        cls, strategy: str, request: DecodeRequest, policy: Policy, scorer: Scorer, value_source: str
+    ) -> ValueEstimator:
         """Estimates for the objectives with a positive weight in the request (only those steer)."""
         weighted = [n for n, w in request.weights.as_dict().items() if w > 0]
         return cls.resolve(strategy, request.prompt.user, policy, scorer, weighted, value_source)

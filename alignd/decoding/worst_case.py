@@ -55,7 +55,7 @@ class WeightSet:
 @dataclass(frozen=True)
 class Solution:
     weights: np.ndarray  # w* [G]
-    value: float         # F(w*)
+    value: float  # F(w*)
     solver: str
     iterations: int = 0
 
@@ -67,15 +67,19 @@ def game_value(values: np.ndarray, weights: np.ndarray, strength: float) -> floa
     return float((top + math.log(np.exp(z - top).mean())) / strength)
 
 
-def solve(values: np.ndarray, strength: float, feasible: WeightSet, solver: str = "fast",
-          warm: np.ndarray | None = None) -> Solution:
+def solve(
+    values: np.ndarray, strength: float, feasible: WeightSet, solver: str = "fast", warm: np.ndarray | None = None
+) -> Solution:
     """w* with the named solver; a cvxpy failure falls back to the fast solver (logged)."""
     if solver == "cvxpy":
         try:
             return solve_cvxpy(values, strength, feasible)
-        except Exception as error:  # noqa: BLE001 - any solver failure must not reach the client
-            log.warning("cvxpy could not solve the worst-case weights (%s: %s); using the fast solver",
-                        type(error).__name__, error)
+        except Exception as error:
+            log.warning(
+                "cvxpy could not solve the worst-case weights (%s: %s); using the fast solver",
+                type(error).__name__,
+                error,
+            )
     return solve_fast(values, strength, feasible, warm)
 
 
@@ -91,7 +95,7 @@ def solve_fast(values: np.ndarray, strength: float, feasible: WeightSet, warm: n
         w = feasible.lower.copy()
         w[active] += slack / active.size if slack > 0 else 0.0
         return Solution(w, game_value(values, w, strength), "fast")
-    scaled = slack * values[:, active]          # z_k(u) = offset_k + scaled_k . u
+    scaled = slack * values[:, active]  # z_k(u) = offset_k + scaled_k . u
     offset = values @ feasible.lower
     log_k = math.log(values.shape[0])
 

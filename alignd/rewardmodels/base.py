@@ -69,7 +69,11 @@ class Scorer(ABC):
         return values
 
     def estimate_values(
-        self, prompt: str, prefixes: Sequence[str] | None, hidden: Any | None, sources: Mapping[str, str],
+        self,
+        prompt: str,
+        prefixes: Sequence[str] | None,
+        hidden: Any | None,
+        sources: Mapping[str, str],
     ) -> np.ndarray:
         """Estimated final rewards V_g of R partial responses to one prompt, [R, G] on each
         objective's scale; NaN in the columns of objectives not in `sources` (name -> source).
@@ -85,7 +89,8 @@ class Scorer(ABC):
             if prefixes is None:
                 raise ValueError(f"objectives {list(sources)} are estimated from the prefix text, which was not given")
             values[:, [self.objective_names.index(n) for n in sources]] = self.score_objectives(
-                [prompt] * len(prefixes), prefixes, list(sources))
+                [prompt] * len(prefixes), prefixes, list(sources)
+            )
         return values
 
 

@@ -26,8 +26,9 @@ class ValueGuidedScorer(Scorer):
         # Heads trained for more objectives than this server scores serve the ones it does.
         self.covered = [o for o in value_heads.objectives if o in names]
         if not self.covered:
-            raise HeadError(f"value heads predict {value_heads.objectives}, none of which this server scores "
-                            f"{list(names)}")
+            raise HeadError(
+                f"value heads predict {value_heads.objectives}, none of which this server scores {list(names)}"
+            )
         self.base = base
         self.value_heads = value_heads
         # For each covered objective: its scorer column and its head output.
@@ -46,8 +47,11 @@ class ValueGuidedScorer(Scorer):
         metrics = self.value_heads.metadata.metrics
         for name in self.covered:
             available = (HEADS, *sources[name].available)
-            measured = {s: float(metrics[pair_accuracy_key(name, s)])
-                        for s in available if pair_accuracy_key(name, s) in metrics}
+            measured = {
+                s: float(metrics[pair_accuracy_key(name, s)])
+                for s in available
+                if pair_accuracy_key(name, s) in metrics
+            }
             sources[name] = ObjectiveValueSources(name, available, pick_auto(name, available, measured), measured)
         return sources
 
@@ -55,11 +59,14 @@ class ValueGuidedScorer(Scorer):
         return self.base.score(prompts, responses)
 
     def estimate_values(
-        self, prompt: str, prefixes: Sequence[str] | None, hidden: Any | None, sources: Mapping[str, str],
+        self,
+        prompt: str,
+        prefixes: Sequence[str] | None,
+        hidden: Any | None,
+        sources: Mapping[str, str],
     ) -> np.ndarray:
         by_heads = [n for n, s in sources.items() if s == HEADS]
-        values = self.base.estimate_values(prompt, prefixes, hidden,
-                                           {n: s for n, s in sources.items() if s != HEADS})
+        values = self.base.estimate_values(prompt, prefixes, hidden, {n: s for n, s in sources.items() if s != HEADS})
         if by_heads:
             if hidden is None:
                 raise HeadError("value heads need the policy's hidden states for the prefixes")

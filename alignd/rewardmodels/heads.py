@@ -43,8 +43,9 @@ class Head(nn.Module):
         self.metadata = metadata
         outputs = len(metadata.objectives)
         if metadata.width:
-            self.net = nn.Sequential(nn.Linear(metadata.hidden_size, metadata.width), nn.GELU(),
-                                     nn.Linear(metadata.width, outputs))
+            self.net = nn.Sequential(
+                nn.Linear(metadata.hidden_size, metadata.width), nn.GELU(), nn.Linear(metadata.width, outputs)
+            )
         else:
             self.net = nn.Sequential(nn.Linear(metadata.hidden_size, outputs))
         self.register_buffer("mean", torch.tensor(metadata.mean, dtype=torch.float32))

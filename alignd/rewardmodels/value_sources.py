@@ -56,8 +56,9 @@ def pick_auto(objective: str, available: Sequence[str], measured: Mapping[str, f
     return PREFIX if PREFIX in available else available[0]
 
 
-def resolve(catalogue: Mapping[str, ObjectiveValueSources], objectives: Sequence[str], requested: str,
-            field: str) -> dict[str, str]:
+def resolve(
+    catalogue: Mapping[str, ObjectiveValueSources], objectives: Sequence[str], requested: str, field: str
+) -> dict[str, str]:
     """The source serving each objective for a request asking for `requested` (a value of
     CHOICES, already validated); FailedPrecondition naming `field` when a named source cannot
     serve one."""
@@ -68,6 +69,7 @@ def resolve(catalogue: Mapping[str, ObjectiveValueSources], objectives: Sequence
         if source not in entry.available:
             raise FailedPrecondition(
                 f"{field}: {requested!r} cannot estimate {name!r} (available: "
-                f"{list(entry.available)}; value heads are loaded for none or other objectives)")
+                f"{list(entry.available)}; value heads are loaded for none or other objectives)"
+            )
         sources[name] = source
     return sources

@@ -14,9 +14,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from alignd.backends.base import Policy
-from alignd.config import ConfigError, ServerConfig
 from alignd.backends.loading import load_policy
 from alignd.backends.vllm import EngineStartError
+from alignd.config import ConfigError, ServerConfig
 from alignd.rewardmodels.base import Scorer
 from alignd.rewardmodels.heads import Head, HeadError
 from alignd.server.metrics import Metrics
@@ -100,8 +100,15 @@ def _ensure_hidden_states(config: ServerConfig, field: str, policy: Policy) -> N
 
     log.info("heads read hidden states from a transformers shadow of %s (the backend gives none)", checkpoint)
     device = "cpu" if policy.device == "cpu" else config.device
-    attach(TransformersPolicy(checkpoint, model_name=policy.model_name, device=device, dtype=config.dtype,
-                              small_batch_matmul=config.small_batch_matmul))
+    attach(
+        TransformersPolicy(
+            checkpoint,
+            model_name=policy.model_name,
+            device=device,
+            dtype=config.dtype,
+            small_batch_matmul=config.small_batch_matmul,
+        )
+    )
 
 
 @dataclass
@@ -118,8 +125,9 @@ class RunningServer:
         await self.service.aclose()
 
 
-async def start_server(policy: Policy, scorer: Scorer, config: ServerConfig,
-                       heads: list[tuple[str, Head]] | None = None) -> RunningServer:
+async def start_server(
+    policy: Policy, scorer: Scorer, config: ServerConfig, heads: list[tuple[str, Head]] | None = None
+) -> RunningServer:
     """Bind and start; `config.port` 0 picks a free port (see RunningServer.port)."""
     metrics = Metrics()
     service = AligndService(policy, scorer, config, metrics, heads or [])
@@ -145,8 +153,14 @@ async def start_server(policy: Policy, scorer: Scorer, config: ServerConfig,
 async def serve(config: ServerConfig) -> None:
     """Load everything, serve until SIGTERM or SIGINT, then drain."""
     try:
-        policy = load_policy(config.model, backend=config.backend, device=config.device, dtype=config.dtype,
-                             vllm_options=config.vllm, small_batch_matmul=config.small_batch_matmul)
+        policy = load_policy(
+            config.model,
+            backend=config.backend,
+            device=config.device,
+            dtype=config.dtype,
+            vllm_options=config.vllm,
+            small_batch_matmul=config.small_batch_matmul,
+        )
     except (ValueError, EngineStartError) as error:
         raise ConfigError(str(error)) from None
     scorer, heads = load_scorer(config, policy)

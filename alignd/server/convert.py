@@ -44,8 +44,10 @@ def parse_sampling(message: pb.SamplingParams, defaults: SamplingParams, limits:
     values = {f.name: v for f, v in message.ListFields() if f.name != "stop"}
     temperature = values.get("temperature", defaults.temperature)
     if not (temperature == 0 or MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
-        raise InvalidArgument("sampling.temperature",
-                              f"must be 0 (greedy) or in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], got {temperature}")
+        raise InvalidArgument(
+            "sampling.temperature",
+            f"must be 0 (greedy) or in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], got {temperature}",
+        )
     top_p = values.get("top_p", defaults.top_p)
     if not math.isfinite(top_p) or not 0 < top_p <= 1:
         raise InvalidArgument("sampling.top_p", f"must be in (0, 1], got {top_p}")
@@ -57,19 +59,26 @@ def parse_sampling(message: pb.SamplingParams, defaults: SamplingParams, limits:
         raise InvalidArgument("sampling.max_tokens", f"must be in [1, {limits.max_tokens}], got {max_tokens}")
     stop = tuple(message.stop) if message.stop else defaults.stop
     if len(stop) > limits.max_stop_sequences:
-        raise InvalidArgument("sampling.stop", f"{len(stop)} stop sequences, over the limit of {limits.max_stop_sequences}")
+        raise InvalidArgument(
+            "sampling.stop", f"{len(stop)} stop sequences, over the limit of {limits.max_stop_sequences}"
+        )
     for i, sequence in enumerate(stop):
         if not sequence:
             raise InvalidArgument(f"sampling.stop[{i}]", "must not be empty")
         if len(sequence) > limits.max_stop_chars:
-            raise InvalidArgument(f"sampling.stop[{i}]", f"{len(sequence)} characters, over the limit of {limits.max_stop_chars}")
+            raise InvalidArgument(
+                f"sampling.stop[{i}]", f"{len(sequence)} characters, over the limit of {limits.max_stop_chars}"
+            )
     seed = values.get("seed", defaults.seed)
     return SamplingParams(float(temperature), float(top_p), int(top_k), int(max_tokens), stop, seed)
 
 
 def parse_generate(
-    request: pb.GenerateRequest, objective_names: tuple[str, ...], default_weights: Mapping[str, float],
-    default_sampling: SamplingParams, limits: Limits,
+    request: pb.GenerateRequest,
+    objective_names: tuple[str, ...],
+    default_weights: Mapping[str, float],
+    default_sampling: SamplingParams,
+    limits: Limits,
 ) -> ParsedGenerate:
     check_text("prompt", request.prompt, limits.max_prompt_chars, required=True)
     check_text("system_prompt", request.system_prompt, limits.max_prompt_chars, required=False)
@@ -104,10 +113,14 @@ def _plain(value: Any) -> Any:
 def candidate_message(names: tuple[str, ...], candidate: ScoredCandidate) -> pb.Candidate:
     c = candidate.completion
     return pb.Candidate(
-        text=c.text, token_ids=c.token_ids, finish_reason=c.finish_reason.value,
+        text=c.text,
+        token_ids=c.token_ids,
+        finish_reason=c.finish_reason.value,
         # NaN marks an objective that was not estimated (zero weight): leave it out.
         rewards={n: float(v) for n, v in zip(names, candidate.rewards) if not math.isnan(v)},
-        weighted_score=candidate.weighted_score, logprob=c.logprob, selected=candidate.selected,
+        weighted_score=candidate.weighted_score,
+        logprob=c.logprob,
+        selected=candidate.selected,
     )
 
 
@@ -124,11 +137,18 @@ def result_message(
         rewards=result.rewards,
         weighted_score=result.weighted_score,
         weights=weights.as_dict(),
-        kl=[pb.KLEstimate(name=k.name, kind=_KL_KINDS[k.kind], nats=k.nats, description=k.description) for k in result.kl],
+        kl=[
+            pb.KLEstimate(name=k.name, kind=_KL_KINDS[k.kind], nats=k.nats, description=k.description)
+            for k in result.kl
+        ],
         candidates=[candidate_message(weights.names, c) for c in result.candidates],
         usage=pb.Usage(
-            prompt_tokens=u.prompt_tokens, generated_tokens=u.generated_tokens, lm_forward_tokens=u.lm_forward_tokens,
-            scorer_calls=u.scorer_calls, scored_texts=u.scored_texts, wall_seconds=u.wall_seconds,
+            prompt_tokens=u.prompt_tokens,
+            generated_tokens=u.generated_tokens,
+            lm_forward_tokens=u.lm_forward_tokens,
+            scorer_calls=u.scorer_calls,
+            scored_texts=u.scored_texts,
+            wall_seconds=u.wall_seconds,
             phase_seconds=u.phase_seconds,
         ),
         model=model,
@@ -139,9 +159,14 @@ def result_message(
 def progress_message(names: tuple[str, ...], event: ProgressEvent) -> pb.GenerateEvent:
     return pb.GenerateEvent(
         progress=pb.Progress(
-            phase=event.phase, step=event.step, message=event.message, elapsed_seconds=event.elapsed_seconds,
+            phase=event.phase,
+            step=event.step,
+            message=event.message,
+            elapsed_seconds=event.elapsed_seconds,
             candidates=[candidate_message(names, c) for c in event.candidates],
-            weights=event.weights, worst_objective=event.worst_objective, worst_value=event.worst_value,
+            weights=event.weights,
+            worst_objective=event.worst_objective,
+            worst_value=event.worst_value,
             instructions=event.instructions,
         )
     )
@@ -149,8 +174,11 @@ def progress_message(names: tuple[str, ...], event: ProgressEvent) -> pb.Generat
 
 def parameter_message(description: ParamDescription) -> pb.ParameterInfo:
     message = pb.ParameterInfo(
-        name=description.name, type=description.type, default_value=_default_text(description.default),
-        description=description.help, choices=list(description.choices or ()),
+        name=description.name,
+        type=description.type,
+        default_value=_default_text(description.default),
+        description=description.help,
+        choices=list(description.choices or ()),
     )
     if description.min is not None:
         message.min_value = float(description.min)

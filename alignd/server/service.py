@@ -28,9 +28,9 @@ from alignd.errors import AligndError, InvalidArgument, PermissionDenied
 from alignd.rewardmodels.base import Scorer
 from alignd.rewardmodels.heads import Head
 from alignd.server import convert
-from alignd.server.request_fields import requested_strategy
 from alignd.server.experiments.registry import Experiments, Routed
 from alignd.server.metrics import Metrics
+from alignd.server.request_fields import requested_strategy
 from alignd.v1 import alignd_pb2 as pb
 from alignd.v1 import alignd_pb2_grpc as pb_grpc
 
@@ -38,8 +38,14 @@ log = logging.getLogger("alignd.server")
 
 
 class AligndService(pb_grpc.AligndServicer):
-    def __init__(self, policy: Policy, scorer: Scorer, config: ServerConfig, metrics: Metrics | None = None,
-                 heads: list[tuple[str, Head]] | None = None) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        scorer: Scorer,
+        config: ServerConfig,
+        metrics: Metrics | None = None,
+        heads: list[tuple[str, Head]] | None = None,
+    ) -> None:
         self.policy = policy
         self.heads = heads or []
         self.scorer = scorer
@@ -76,8 +82,9 @@ class AligndService(pb_grpc.AligndServicer):
         """Admission control, metrics, and the mapping of errors to status codes."""
         if self._pending >= self.config.max_pending:
             self.metrics.requests.labels(method, strategy, "RESOURCE_EXHAUSTED").inc()
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"server busy: {self._pending} requests pending (max_pending)")
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"server busy: {self._pending} requests pending (max_pending)"
+            )
         self._pending += 1
         self.metrics.pending.set(self._pending)
         started = time.perf_counter()
@@ -116,8 +123,9 @@ class AligndService(pb_grpc.AligndServicer):
         request.CopyFrom(template)
         request.prompt = "arm check"
         parsed = self._parse(request)
-        parsed.strategy.check(DecodeRequest(parsed.prompt, parsed.sampling, parsed.weights), parsed.params,
-                              self.policy, self.scorer)
+        parsed.strategy.check(
+            DecodeRequest(parsed.prompt, parsed.sampling, parsed.weights), parsed.params, self.policy, self.scorer
+        )
         self._check_budget(parsed, prompt_tokens=0)
 
     def _label_and_route(self, request: pb.GenerateRequest) -> tuple[str, Routed | AligndError | None]:
@@ -130,16 +138,23 @@ class AligndService(pb_grpc.AligndServicer):
         name = routed.arm.strategy if routed else requested_strategy(request)
         return self._strategy_label(name), routed
 
-    async def _route(self, request: pb.GenerateRequest,
-                     routing: Routed | AligndError | None) -> tuple[Routed | None, pb.GenerateRequest, str]:
+    async def _route(
+        self, request: pb.GenerateRequest, routing: Routed | AligndError | None
+    ) -> tuple[Routed | None, pb.GenerateRequest, str]:
         """The experiment arm serving the request (if it names one), the request to decode, its id."""
         routed = await self.experiments.route_refreshed(request, routing)
         if routed is not None and request.request_id:
             await self.experiments.check_new_request_id(request.request_id)
         return routed, routed.request if routed else request, request.request_id or uuid.uuid4().hex
 
-    async def _finish(self, routed: Routed | None, parsed: convert.ParsedGenerate, result: DecodeResult,
-                      request_id: str, started: float) -> pb.GenerateResponse:
+    async def _finish(
+        self,
+        routed: Routed | None,
+        parsed: convert.ParsedGenerate,
+        result: DecodeResult,
+        request_id: str,
+        started: float,
+    ) -> pb.GenerateResponse:
         """The response; an experiment request is recorded (committed) before it is answered."""
         response = self._response(parsed, result, request_id)
         if routed is not None:
@@ -148,13 +163,16 @@ class AligndService(pb_grpc.AligndServicer):
         return response
 
     def _decode(
-        self, parsed: convert.ParsedGenerate, on_progress: Callable[[ProgressEvent], None] | None,
+        self,
+        parsed: convert.ParsedGenerate,
+        on_progress: Callable[[ProgressEvent], None] | None,
         cancel: threading.Event,
     ) -> DecodeResult:
         parsed.strategy.check_policy(self.policy)
         self._check_budget(parsed)
-        request = DecodeRequest(parsed.prompt, parsed.sampling, parsed.weights, parsed.return_candidates, on_progress,
-                                cancel)
+        request = DecodeRequest(
+            parsed.prompt, parsed.sampling, parsed.weights, parsed.return_candidates, on_progress, cancel
+        )
         result = parsed.strategy.decode(request, parsed.params, self.policy, self.scorer)
         self.metrics.generated_tokens.labels(parsed.strategy.name).inc(result.usage.generated_tokens)
         return result
@@ -166,14 +184,20 @@ class AligndService(pb_grpc.AligndServicer):
         length = prompt_tokens + parsed.sampling.max_tokens
         context = self.policy.context_length
         if context is not None and length > context:
-            raise InvalidArgument("sampling.max_tokens", f"prompt ({prompt_tokens} tokens) + max_tokens "
-                                  f"({parsed.sampling.max_tokens}) exceeds the model's context of {context}")
+            raise InvalidArgument(
+                "sampling.max_tokens",
+                f"prompt ({prompt_tokens} tokens) + max_tokens "
+                f"({parsed.sampling.max_tokens}) exceeds the model's context of {context}",
+            )
         rows = parsed.strategy.rows(parsed.params)
         budget = self.config.limits.max_batch_tokens
         if rows * length > budget:
-            raise InvalidArgument("sampling.max_tokens", f"{rows} sequences x ({prompt_tokens} prompt + "
-                                  f"{parsed.sampling.max_tokens} new) tokens = {rows * length} exceeds the server's "
-                                  f"max_batch_tokens {budget}; use fewer candidates or tokens")
+            raise InvalidArgument(
+                "sampling.max_tokens",
+                f"{rows} sequences x ({prompt_tokens} prompt + "
+                f"{parsed.sampling.max_tokens} new) tokens = {rows * length} exceeds the server's "
+                f"max_batch_tokens {budget}; use fewer candidates or tokens",
+            )
 
     def _response(self, parsed: convert.ParsedGenerate, result: DecodeResult, request_id: str) -> pb.GenerateResponse:
         return convert.result_message(result, request_id, parsed.strategy.name, self.policy.model_name, parsed.weights)
@@ -233,7 +257,9 @@ class AligndService(pb_grpc.AligndServicer):
             if not request.responses:
                 raise InvalidArgument("responses", "at least one response is required")
             if len(request.responses) > limits.max_score_responses:
-                raise InvalidArgument("responses", f"{len(request.responses)} responses, over the limit of {limits.max_score_responses}")
+                raise InvalidArgument(
+                    "responses", f"{len(request.responses)} responses, over the limit of {limits.max_score_responses}"
+                )
             for i, text in enumerate(request.responses):
                 convert.check_text(f"responses[{i}]", text, limits.max_prompt_chars, required=False)
             weights = parse_weights(dict(request.weights), self.objective_names, self.default_weights)
@@ -273,24 +299,32 @@ class AligndService(pb_grpc.AligndServicer):
     def _server_info(self) -> pb.ServerInfo:
         c, s, limits = self.config, self.config.default_sampling, self.config.limits
         sources = self.scorer.value_sources
-        sampling = pb.SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                                     max_tokens=s.max_tokens, stop=list(s.stop))
+        sampling = pb.SamplingParams(
+            temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_tokens, stop=list(s.stop)
+        )
         return pb.ServerInfo(
             version=__version__,
             model=self.policy.model_name,
             backend=c.backend,
             device=self.policy.device,
             objectives=[
-                pb.ObjectiveInfo(name=o.name, description=o.description, min_value=o.min_value, max_value=o.max_value,
-                                 higher_is_better=o.higher_is_better, default_weight=self.default_weights[o.name],
-                                 value_sources=list(sources[o.name].available),
-                                 auto_value_source=sources[o.name].auto,
-                                 value_source_pair_accuracy=dict(sources[o.name].pair_accuracy))
+                pb.ObjectiveInfo(
+                    name=o.name,
+                    description=o.description,
+                    min_value=o.min_value,
+                    max_value=o.max_value,
+                    higher_is_better=o.higher_is_better,
+                    default_weight=self.default_weights[o.name],
+                    value_sources=list(sources[o.name].available),
+                    auto_value_source=sources[o.name].auto,
+                    value_source_pair_accuracy=dict(sources[o.name].pair_accuracy),
+                )
                 for o in self.scorer.objectives
             ],
             strategies=[
                 pb.StrategyInfo(
-                    name=strategy.name, description=strategy.description,
+                    name=strategy.name,
+                    description=strategy.description,
                     parameters=[convert.parameter_message(d) for d in describe_params(strategy.Params, limits)],
                     requires=sorted(r.value for r in strategy.requires),
                     sampling_defaults=pb.SamplingParams(**strategy.sampling_defaults),
@@ -298,17 +332,25 @@ class AligndService(pb_grpc.AligndServicer):
                 for strategy in sorted(STRATEGIES.values(), key=lambda st: st.name)
             ],
             limits=pb.Limits(
-                max_prompt_chars=limits.max_prompt_chars, max_tokens=limits.max_tokens,
-                max_candidates=limits.max_candidates, max_stop_sequences=limits.max_stop_sequences,
-                max_stop_chars=limits.max_stop_chars, max_score_responses=limits.max_score_responses,
+                max_prompt_chars=limits.max_prompt_chars,
+                max_tokens=limits.max_tokens,
+                max_candidates=limits.max_candidates,
+                max_stop_sequences=limits.max_stop_sequences,
+                max_stop_chars=limits.max_stop_chars,
+                max_score_responses=limits.max_score_responses,
                 max_batch_tokens=limits.max_batch_tokens,
             ),
             default_sampling=sampling,
             capabilities=sorted(cap.value for cap in self.policy.capabilities),
             heads=[
-                pb.HeadInfo(kind=h.metadata.kind, path=path, base_model=h.metadata.base_model,
-                            objectives=h.objectives, data_hash=h.metadata.data_hash,
-                            metrics={k: float(v) for k, v in h.metadata.metrics.items()})
+                pb.HeadInfo(
+                    kind=h.metadata.kind,
+                    path=path,
+                    base_model=h.metadata.base_model,
+                    objectives=h.objectives,
+                    data_hash=h.metadata.data_hash,
+                    metrics={k: float(v) for k, v in h.metadata.metrics.items()},
+                )
                 for path, h in self.heads
             ],
         )

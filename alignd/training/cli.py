@@ -24,7 +24,9 @@ def run_rollouts(config: RolloutsConfig) -> None:
     policy = load_policy(config.model, device=config.device)
     scorer = build_scorer(config.objectives, device=policy.device)
     rows: list[dict] = []
-    count = write_jsonl(config.output, (rows.append(r) or r for r in generate_rollouts(policy, scorer, prompts, config)))
+    count = write_jsonl(
+        config.output, (rows.append(r) or r for r in generate_rollouts(policy, scorer, prompts, config))
+    )
     means = {o: np.mean([r["rewards"][o] for r in rows]) for o in config.objectives}
     print(f"wrote {count} rollouts for {len(prompts)} prompts to {config.output}")
     print("mean rewards: " + "  ".join(f"{o}={m:+.4f}" for o, m in means.items()))
@@ -50,8 +52,10 @@ def run_reward(config: RewardConfig) -> None:
     policy = load_policy(config.model, device=config.device)
     head, metrics = train_reward_head(policy, config)
     path = head.save(config.output)
-    print(f"pairwise accuracy: train {metrics['train_accuracy']:.3f}, held-out {metrics['eval_accuracy']:.3f} "
-          f"({metrics['eval_pairs']} pairs)")
+    print(
+        f"pairwise accuracy: train {metrics['train_accuracy']:.3f}, held-out {metrics['eval_accuracy']:.3f} "
+        f"({metrics['eval_pairs']} pairs)"
+    )
     print(f"wrote {path} and {path.with_suffix('.json')}")
 
 
@@ -74,8 +78,9 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="train value heads, reward heads, make rollouts and pairs")
     actions = train.add_subparsers(dest="action", required=True)
     for name, config_cls, runner, help_text in COMMANDS:
-        parser = actions.add_parser(name, help=help_text, description=help_text,
-                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        parser = actions.add_parser(
+            name, help=help_text, description=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        )
         add_options(parser, config_cls)
         parser.set_defaults(func=_runner(config_cls, runner))
 

@@ -45,7 +45,7 @@ def read_jsonl(path: str | Path, required: dict[str, type | tuple[type, ...]]) -
             for name, kind in required.items():
                 if name not in row:
                     raise DataError(f"{path}:{number}: missing field {name!r}")
-                if not isinstance(row[name], kind) or isinstance(row[name], bool) and kind is not bool:
+                if not isinstance(row[name], kind) or (isinstance(row[name], bool) and kind is not bool):
                     raise DataError(f"{path}:{number}: field {name!r} has the wrong type")
             yield row
 

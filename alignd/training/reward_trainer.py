@@ -17,9 +17,9 @@ import torch
 from tqdm import tqdm
 
 from alignd.backends.base import Policy
+from alignd.backends.features import response_features
 from alignd.rewardmodels.heads import Head, HeadMetadata
 from alignd.training.data import DataError, data_hash, read_jsonl
-from alignd.backends.features import response_features
 from alignd.training.options import option
 
 PAIR_FIELDS = {"prompt": str, "chosen": str, "rejected": str}
@@ -82,14 +82,21 @@ def train_reward_head(policy: Policy, config: RewardConfig, progress: bool = Tru
 
     def encode(rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         prompts = [r["prompt"] for r in rows]
-        return (response_features(policy, prompts, [r["chosen"] for r in rows], progress),
-                response_features(policy, prompts, [r["rejected"] for r in rows], progress))
+        return (
+            response_features(policy, prompts, [r["chosen"] for r in rows], progress),
+            response_features(policy, prompts, [r["rejected"] for r in rows], progress),
+        )
 
     train_chosen, train_rejected = encode(train)
     held_chosen, held_rejected = encode(held)
     metadata = HeadMetadata(
-        kind="reward", base_model=policy.model_name, hidden_size=train_chosen.shape[1], objectives=[config.name],
-        mean=[0.0], std=[1.0], width=config.width,
+        kind="reward",
+        base_model=policy.model_name,
+        hidden_size=train_chosen.shape[1],
+        objectives=[config.name],
+        mean=[0.0],
+        std=[1.0],
+        width=config.width,
         data_hash=data_hash([config.pairs] + ([config.eval_pairs] if config.eval_pairs else [])),
     )
     head = Head(metadata)
@@ -102,8 +109,11 @@ def train_reward_head(policy: Policy, config: RewardConfig, progress: bool = Tru
         loss.backward()
         optimiser.step()
     head.eval()
-    metrics = {"train_accuracy": _accuracy(head, train_chosen, train_rejected),
-               "eval_accuracy": _accuracy(head, held_chosen, held_rejected),
-               "train_pairs": len(train), "eval_pairs": len(held)}
+    metrics = {
+        "train_accuracy": _accuracy(head, train_chosen, train_rejected),
+        "eval_accuracy": _accuracy(head, held_chosen, held_rejected),
+        "train_pairs": len(train),
+        "eval_pairs": len(held),
+    }
     head.metadata.metrics = metrics
     return head, metrics

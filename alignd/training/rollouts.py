@@ -25,18 +25,21 @@ class RolloutsConfig:
     temperature: float = option(0.7, "sampling temperature of pi_ref")
     top_p: float = option(1.0, "nucleus sampling of pi_ref")
     seed: int = option(0, "base seed; batch i uses seed + i")
-    objectives: tuple[str, ...] = option(("relevance", "positivity", "harmlessness", "conciseness"),
-                                         "objectives to score")
+    objectives: tuple[str, ...] = option(
+        ("relevance", "positivity", "harmlessness", "conciseness"), "objectives to score"
+    )
     device: str = option("auto", "auto | cpu | cuda")
 
 
-def generate_rollouts(policy: Policy, scorer: Scorer, prompts: Sequence[str], config: RolloutsConfig,
-                      progress: bool = True) -> Iterator[dict]:
+def generate_rollouts(
+    policy: Policy, scorer: Scorer, prompts: Sequence[str], config: RolloutsConfig, progress: bool = True
+) -> Iterator[dict]:
     """Rows {"prompt", "response", "token_ids", "finish_reason", "rewards": {objective: r}}."""
     batches = [prompts[i : i + config.prompts_per_batch] for i in range(0, len(prompts), config.prompts_per_batch)]
     for index, batch in enumerate(tqdm(batches, desc="rollouts", unit="batch", disable=not progress)):
-        sampling = SamplingParams(temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens,
-                                  seed=config.seed + index)
+        sampling = SamplingParams(
+            temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens, seed=config.seed + index
+        )
         sampled = policy.sample([ChatPrompt(p) for p in batch], config.samples_per_prompt, sampling)
         pairs = [(prompt, c) for prompt, group in zip(batch, sampled.completions) for c in group]
         rewards = scorer.score([p for p, _ in pairs], [c.text for _, c in pairs])

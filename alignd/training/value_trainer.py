@@ -50,10 +50,14 @@ class ValueConfig:
     batch_size: int = option(1024, "prefixes per optimisation step")
     learning_rate: float = option(1e-3, "AdamW learning rate")
     weight_decay: float = option(1e-2, "AdamW weight decay")
-    ranking_weight: float = option(1.0, "weight of the within-prompt pairwise ranking loss beside the regression "
-                                   "(0: regression only, as CD-FUDGE)")
-    prefix_source: bool = option(True, "also measure the prefix source (each objective's scorer on the partial "
-                                 "text) on the held-out rollouts, for the server's `auto` choice")
+    ranking_weight: float = option(
+        1.0, "weight of the within-prompt pairwise ranking loss beside the regression (0: regression only, as CD-FUDGE)"
+    )
+    prefix_source: bool = option(
+        True,
+        "also measure the prefix source (each objective's scorer on the partial "
+        "text) on the held-out rollouts, for the server's `auto` choice",
+    )
     seed: int = option(0, "seed for initialisation, shuffling and the held-out split")
 
 
@@ -64,11 +68,15 @@ class ValueReport:
     rows: list[dict]  # {"source", "objective", "fraction", "mse", "baseline_mse", "corr", "spearman", "pairs"}
 
     def table(self) -> str:
-        lines = [f"{'source':<7} {'objective':<14} {'prefix':>6} {'mse':>9} {'mean-mse':>9} {'corr':>7} "
-                 f"{'in-prompt rho':>13} {'pairs ordered':>13}"]
+        lines = [
+            f"{'source':<7} {'objective':<14} {'prefix':>6} {'mse':>9} {'mean-mse':>9} {'corr':>7} "
+            f"{'in-prompt rho':>13} {'pairs ordered':>13}"
+        ]
         for r in self.rows:
-            lines.append(f"{r['source']:<7} {r['objective']:<14} {r['fraction']:>6.0%} {r['mse']:>9.4f} "
-                         f"{r['baseline_mse']:>9.4f} {r['corr']:>7.3f} {r['spearman']:>13.3f} {r['pairs']:>13.3f}")
+            lines.append(
+                f"{r['source']:<7} {r['objective']:<14} {r['fraction']:>6.0%} {r['mse']:>9.4f} "
+                f"{r['baseline_mse']:>9.4f} {r['corr']:>7.3f} {r['spearman']:>13.3f} {r['pairs']:>13.3f}"
+            )
         return "\n".join(lines)
 
     def metrics(self) -> dict[str, float]:
@@ -84,20 +92,32 @@ class ValueReport:
         return {k: v for k, v in flat.items() if np.isfinite(v)}
 
 
-def evaluate_source(source: str, groups: list[list[int]], truth: np.ndarray, guess: np.ndarray, fraction: float,
-                    objectives: list[str], mean: np.ndarray) -> list[dict]:
+def evaluate_source(
+    source: str,
+    groups: list[list[int]],
+    truth: np.ndarray,
+    guess: np.ndarray,
+    fraction: float,
+    objectives: list[str],
+    mean: np.ndarray,
+) -> list[dict]:
     """Report rows of one source at one prefix fraction: guess and truth are [N, G]."""
     rows = []
     for g, name in enumerate(objectives):
         accuracy, pair_count = pair_accuracy(groups, truth[:, g], guess[:, g])
-        rows.append({
-            "source": source, "objective": name, "fraction": fraction,
-            "mse": float(np.mean((guess[:, g] - truth[:, g]) ** 2)),
-            "baseline_mse": float(np.mean((mean[g] - truth[:, g]) ** 2)),
-            "corr": _nan_to_zero(pearson(guess[:, g], truth[:, g])),
-            "spearman": within_prompt_spearman(groups, truth[:, g], guess[:, g]),
-            "pairs": accuracy, "pair_count": pair_count,
-        })
+        rows.append(
+            {
+                "source": source,
+                "objective": name,
+                "fraction": fraction,
+                "mse": float(np.mean((guess[:, g] - truth[:, g]) ** 2)),
+                "baseline_mse": float(np.mean((mean[g] - truth[:, g]) ** 2)),
+                "corr": _nan_to_zero(pearson(guess[:, g], truth[:, g])),
+                "spearman": within_prompt_spearman(groups, truth[:, g], guess[:, g]),
+                "pairs": accuracy,
+                "pair_count": pair_count,
+            }
+        )
     return rows
 
 
@@ -146,8 +166,10 @@ class RankingPairs:
         self.last = lengths - 1  # the longest prefix of each rollout
         groups = [g for g in prompt_groups(prompts) if len(g) > 1]
         if not groups:
-            raise DataError("the ranking loss needs several rollouts per prompt (sample them with "
-                            "--samples-per-prompt >= 2, or train without it: --ranking-weight 0)")
+            raise DataError(
+                "the ranking loss needs several rollouts per prompt (sample them with "
+                "--samples-per-prompt >= 2, or train without it: --ranking-weight 0)"
+            )
         self.sizes = torch.tensor([len(g) for g in groups])
         self.members = torch.zeros((len(groups), int(self.sizes.max())), dtype=torch.long)
         for i, group in enumerate(groups):
@@ -165,8 +187,9 @@ class RankingPairs:
         return self.offsets[a] + t, self.offsets[b] + t
 
 
-def ranking_loss(predicted_a: torch.Tensor, predicted_b: torch.Tensor, target_a: torch.Tensor,
-                 target_b: torch.Tensor) -> torch.Tensor:
+def ranking_loss(
+    predicted_a: torch.Tensor, predicted_b: torch.Tensor, target_a: torch.Tensor, target_b: torch.Tensor
+) -> torch.Tensor:
     """Mean over pairs and objectives of -log sigmoid(sign(r_a - r_b) (V_a - V_b)); pairs whose
     final rewards tie carry no order and are left out."""
     order = torch.sign(target_a - target_b)
@@ -176,16 +199,18 @@ def ranking_loss(predicted_a: torch.Tensor, predicted_b: torch.Tensor, target_a:
     return torch.nn.functional.softplus(-order * (predicted_a - predicted_b))[decided].mean()
 
 
-def prefix_source_values(policy: Policy, scorer: Scorer, rows: list[dict], fraction: float,
-                         objectives: list[str]) -> np.ndarray:
+def prefix_source_values(
+    policy: Policy, scorer: Scorer, rows: list[dict], fraction: float, objectives: list[str]
+) -> np.ndarray:
     """The `prefix` source on held-out rollouts: each objective's scorer on the text of the first
     round(fraction * T) tokens of each response, [N, G] (one batched call per objective)."""
     texts = [policy.detokenize(row["token_ids"][: round(fraction * len(row["token_ids"]))]) for row in rows]
     return scorer.score_objectives([row["prompt"] for row in rows], texts, objectives)
 
 
-def train_value_heads(policy: Policy, config: ValueConfig, progress: bool = True,
-                      scorer: Scorer | None = None) -> tuple[Head, ValueReport]:
+def train_value_heads(
+    policy: Policy, config: ValueConfig, progress: bool = True, scorer: Scorer | None = None
+) -> tuple[Head, ValueReport]:
     """Train the heads; the report covers the `prefix` source too when `scorer` is given."""
     if not config.ranking_weight >= 0:
         raise DataError(f"ranking_weight must be >= 0, got {config.ranking_weight}")
@@ -204,8 +229,13 @@ def train_value_heads(policy: Policy, config: ValueConfig, progress: bool = True
     pairs = RankingPairs([r["prompt"] for r in train_rows], train_states) if config.ranking_weight > 0 else None
 
     metadata = HeadMetadata(
-        kind="value", base_model=policy.model_name, hidden_size=x.shape[1], objectives=objectives,
-        mean=mean.tolist(), std=std.tolist(), width=config.width,
+        kind="value",
+        base_model=policy.model_name,
+        hidden_size=x.shape[1],
+        objectives=objectives,
+        mean=mean.tolist(),
+        std=std.tolist(),
+        width=config.width,
         data_hash=data_hash([config.rollouts] + ([config.eval_rollouts] if config.eval_rollouts else [])),
     )
     head = Head(metadata)
@@ -235,9 +265,13 @@ def train_value_heads(policy: Policy, config: ValueConfig, progress: bool = True
         if scorable:
             scored = prefix_source_values(policy, scorer, eval_rows, fraction, scorable)
             columns = [objectives.index(o) for o in scorable]
-            report_rows += evaluate_source(PREFIX, groups, y_eval[:, columns], scored, fraction, scorable,
-                                           mean[columns])
+            report_rows += evaluate_source(
+                PREFIX, groups, y_eval[:, columns], scored, fraction, scorable, mean[columns]
+            )
     report = ValueReport(report_rows)
-    head.metadata.metrics = report.metrics() | {"train_rollouts": len(train_rows), "eval_rollouts": len(eval_rows),
-                                                "eval_prompts": len(groups)}
+    head.metadata.metrics = report.metrics() | {
+        "train_rollouts": len(train_rows),
+        "eval_rollouts": len(eval_rows),
+        "eval_prompts": len(groups),
+    }
     return head, report

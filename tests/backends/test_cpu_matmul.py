@@ -82,8 +82,9 @@ def test_gradients_flow_like_nn_linear():
 def test_cpu_policies_switch_every_linear_unless_asked_not_to():
     tokenizer = tiny_tokenizer()
     fast = TransformersPolicy(model=tiny_model(len(tokenizer)), tokenizer=tokenizer, device="cpu")
-    plain = TransformersPolicy(model=tiny_model(len(tokenizer)), tokenizer=tokenizer, device="cpu",
-                               small_batch_matmul=False)
+    plain = TransformersPolicy(
+        model=tiny_model(len(tokenizer)), tokenizer=tokenizer, device="cpu", small_batch_matmul=False
+    )
     kinds = {type(m) for m in fast.model.modules() if isinstance(m, torch.nn.Linear)}
     assert kinds == {SmallBatchLinear}
     assert not any(isinstance(m, SmallBatchLinear) for m in plain.model.modules())

@@ -114,5 +114,5 @@ def test_feeding_sampled_tokens_reproduces_the_hidden_states_of_decoding(tiny_po
     # and it keeps following: one more block on the first row
     shadow_row, decoded_row = tiny_policy.select(shadow, [0]), tiny_policy.select(decoded, [0])
     more = tiny_policy.extend(decoded_row, 1, 4)
-    tiny_policy.feed_tokens(shadow_row, [more.token_ids[0][len(decoded_row.token_ids[0]):]])
+    tiny_policy.feed_tokens(shadow_row, [more.token_ids[0][len(decoded_row.token_ids[0]) :]])
     assert torch.allclose(shadow_row.hidden, more.hidden, atol=1e-4)

@@ -31,8 +31,9 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=32)
 def vllm_policy():
     from alignd.backends.vllm import VLLMOptions, VLLMPolicy
 
-    policy = VLLMPolicy(models.resolve(models.DEFAULT_MODEL), model_name=models.DEFAULT_MODEL,
-                        options=VLLMOptions(max_model_len=2048))
+    policy = VLLMPolicy(
+        models.resolve(models.DEFAULT_MODEL), model_name=models.DEFAULT_MODEL, options=VLLMOptions(max_model_len=2048)
+    )
     yield policy
     policy.close()
 
@@ -67,8 +68,9 @@ def test_sample_reports_reference_logprobs_and_is_seeded(vllm_policy):
 
 def test_greedy_with_several_answers_gives_the_same_answer_each_time(vllm_policy):
     # vLLM refuses n > 1 when greedy; the backend asks once and repeats it, as transformers would draw it.
-    (answers,) = vllm_policy.sample([ChatPrompt("Name a fruit.")], 3,
-                                    SamplingParams(temperature=0.0, max_tokens=8)).completions
+    (answers,) = vllm_policy.sample(
+        [ChatPrompt("Name a fruit.")], 3, SamplingParams(temperature=0.0, max_tokens=8)
+    ).completions
     assert len(answers) == 3 and len({tuple(a.token_ids) for a in answers}) == 1
 
 
@@ -79,8 +81,9 @@ def test_blocks_find_their_prefix_in_the_engine_cache(vllm_policy):
     seen, cached = vllm_policy.prompt_tokens_seen, vllm_policy.prompt_tokens_cached
     for _ in range(3):
         blocks = vllm_policy.extend(partial, 4, 8)
-        assert blocks.rows == 4 and all(ids[:len(partial.token_ids[0])] == partial.token_ids[0]
-                                        for ids in blocks.token_ids)
+        assert blocks.rows == 4 and all(
+            ids[: len(partial.token_ids[0])] == partial.token_ids[0] for ids in blocks.token_ids
+        )
         partial = vllm_policy.select(blocks, [0])
     # Each block re-sends prompt + prefix; the engine holds all of it but the last partial KV block.
     hit_rate = (vllm_policy.prompt_tokens_cached - cached) / (vllm_policy.prompt_tokens_seen - seen)
@@ -94,8 +97,12 @@ def test_a_cancelled_request_is_aborted_in_the_engine(vllm_policy):
 
     def run():
         try:
-            vllm_policy.sample([ChatPrompt("Tell me a very long story.")], 8,
-                               SamplingParams(temperature=1.0, max_tokens=1500, seed=1), cancel)
+            vllm_policy.sample(
+                [ChatPrompt("Tell me a very long story.")],
+                8,
+                SamplingParams(temperature=1.0, max_tokens=1500, seed=1),
+                cancel,
+            )
         except Cancelled as error:
             errors.append(error)
 
@@ -121,8 +128,9 @@ def vllm_server(vllm_policy):
     from tests.server.conftest import running_server
 
     # No value heads: value-guided strategies score partial texts, which needs no shadow model.
-    config = ServerConfig(backend="vllm", port=0, value_heads="",
-                          default_sampling=SamplingParams(max_tokens=24, temperature=0.8))
+    config = ServerConfig(
+        backend="vllm", port=0, value_heads="", default_sampling=SamplingParams(max_tokens=24, temperature=0.8)
+    )
     scorer, heads = load_scorer(config, vllm_policy)
     with running_server(vllm_policy, scorer, config, heads) as running:
         yield running
@@ -134,15 +142,23 @@ def vllm_client(vllm_server):
         yield client
 
 
-@pytest.mark.parametrize("strategy, options", [
-    ("best_of_n", dict(n=4)),
-    ("controlled", dict(num_candidates=4, block_tokens=8)),
-    ("multi_objective", dict(num_candidates=4, block_tokens=8)),
-    ("robust", dict(num_candidates=4, block_tokens=8, strength=1.0)),
-])
+@pytest.mark.parametrize(
+    "strategy, options",
+    [
+        ("best_of_n", dict(n=4)),
+        ("controlled", dict(num_candidates=4, block_tokens=8)),
+        ("multi_objective", dict(num_candidates=4, block_tokens=8)),
+        ("robust", dict(num_candidates=4, block_tokens=8, strength=1.0)),
+    ],
+)
 def test_strategies_run_end_to_end_on_vllm_through_the_server(vllm_client, strategy, options):
-    out = vllm_client.generate("Give me one tip for sleeping well.", strategy=strategy, seed=5,
-                               weights={"relevance": 0.5, "positivity": 0.5}, **options)
+    out = vllm_client.generate(
+        "Give me one tip for sleeping well.",
+        strategy=strategy,
+        seed=5,
+        weights={"relevance": 0.5, "positivity": 0.5},
+        **options,
+    )
     assert out.text.strip() and out.usage.generated_tokens >= len(out.token_ids) > 0
     assert set(out.rewards) == {"relevance", "positivity", "harmlessness", "conciseness"}
     if strategy != "best_of_n":
@@ -153,8 +169,15 @@ def test_prefix_values_need_no_shadow_and_heads_without_one_are_refused(vllm_cli
     from alignd.backends.base import Capability
 
     assert Capability.HIDDEN_STATES not in vllm_policy.capabilities
-    out = vllm_client.generate("Give me one tip for sleeping well.", strategy="controlled", value_source="prefix",
-                               weights={"relevance": 1.0}, num_candidates=4, block_tokens=8, seed=3)
+    out = vllm_client.generate(
+        "Give me one tip for sleeping well.",
+        strategy="controlled",
+        value_source="prefix",
+        weights={"relevance": 1.0},
+        num_candidates=4,
+        block_tokens=8,
+        seed=3,
+    )
     assert out.details["blocks"] >= 1 and out.usage.scored_texts >= 4 * out.details["blocks"]
     with pytest.raises(AligndClientError) as error:
         vllm_client.generate("Hello.", strategy="robust", value_source="heads")
@@ -174,10 +197,14 @@ def test_the_shadow_gives_the_hidden_states_of_the_engine_s_tokens(vllm_server, 
     assert Capability.HIDDEN_STATES in vllm_policy.capabilities
     scorer, _ = load_scorer(ServerConfig(backend="vllm"), vllm_policy)  # the shipped heads
     controlled = get_strategy("controlled")
-    request = DecodeRequest(ChatPrompt("Name a hobby."), SamplingParams(temperature=0.8, max_tokens=16, seed=1),
-                            parse_weights({"positivity": 1.0}, scorer.objective_names))
-    steered = controlled.decode(request, controlled.Params(num_candidates=3, block_tokens=8, value_source="heads"),
-                                vllm_policy, scorer)
+    request = DecodeRequest(
+        ChatPrompt("Name a hobby."),
+        SamplingParams(temperature=0.8, max_tokens=16, seed=1),
+        parse_weights({"positivity": 1.0}, scorer.objective_names),
+    )
+    steered = controlled.decode(
+        request, controlled.Params(num_candidates=3, block_tokens=8, value_source="heads"), vllm_policy, scorer
+    )
     assert steered.details["blocks"] >= 1
     prompt = ChatPrompt("Describe a quiet morning.")
     partial = vllm_policy.begin(prompt, SamplingParams(temperature=0.9, max_tokens=16, seed=2))
@@ -187,10 +214,13 @@ def test_the_shadow_gives_the_hidden_states_of_the_engine_s_tokens(vllm_server, 
         assert torch.allclose(blocks.hidden[row], state, atol=1e-3), row
 
 
-@pytest.mark.parametrize("strategy, options, capability", [
-    ("linear_alignment", {}, "tokenwise"),
-    ("controlled", dict(mode="tokenwise"), "tokenwise"),
-])
+@pytest.mark.parametrize(
+    "strategy, options, capability",
+    [
+        ("linear_alignment", {}, "tokenwise"),
+        ("controlled", dict(mode="tokenwise"), "tokenwise"),
+    ],
+)
 def test_strategies_needing_per_token_control_are_refused_naming_it(vllm_client, strategy, options, capability):
     with pytest.raises(AligndClientError) as error:
         vllm_client.generate("Hello.", strategy=strategy, **options)
@@ -210,8 +240,12 @@ def test_sixteen_concurrent_requests_share_the_engine(vllm_client, vllm_policy):
     watcher.start()
     try:
         with ThreadPoolExecutor(16) as pool:
-            outs = list(pool.map(lambda i: vllm_client.generate(f"Say a word about the number {i}.", max_tokens=16,
-                                                                seed=i), range(16)))
+            outs = list(
+                pool.map(
+                    lambda i: vllm_client.generate(f"Say a word about the number {i}.", max_tokens=16, seed=i),
+                    range(16),
+                )
+            )
     finally:
         done.set()
         watcher.join()
@@ -224,8 +258,23 @@ def test_an_engine_that_cannot_start_stops_serve_with_one_line(tmp_path):
     import sys
 
     # More memory than the machine can give: the engine's worker refuses at start-up.
-    result = subprocess.run([sys.executable, "-m", "alignd.cli", "serve", "--backend", "vllm", "--port", "0",
-                             "--gpu-memory-utilization", "0.99"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alignd.cli",
+            "serve",
+            "--backend",
+            "vllm",
+            "--port",
+            "0",
+            "--gpu-memory-utilization",
+            "0.99",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("alignd: error: vLLM engine failed to start"), last

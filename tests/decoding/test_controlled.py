@@ -19,8 +19,9 @@ SAMPLING = SamplingParams(temperature=1.0, max_tokens=20, seed=13)
 
 def value_heads(hidden_size: int, objectives=("e_count", "o_count"), seed: int = 0) -> Head:
     torch.manual_seed(seed)
-    head = Head(HeadMetadata("value", "tiny", hidden_size, list(objectives), [1.0] * len(objectives),
-                             [2.0] * len(objectives)))
+    head = Head(
+        HeadMetadata("value", "tiny", hidden_size, list(objectives), [1.0] * len(objectives), [2.0] * len(objectives))
+    )
     return head.eval()
 
 
@@ -31,8 +32,12 @@ def guided(tiny_policy, letter_scorer):
 
 def run(policy, scorer, weights, params=None, sampling=SAMPLING, events=None):
     strategy = get_strategy("controlled")
-    request = DecodeRequest(ChatPrompt("tell me about bread"), sampling, parse_weights(weights, scorer.objective_names),
-                            on_progress=events.append if events is not None else None)
+    request = DecodeRequest(
+        ChatPrompt("tell me about bread"),
+        sampling,
+        parse_weights(weights, scorer.objective_names),
+        on_progress=events.append if events is not None else None,
+    )
     return strategy.decode(request, params or strategy.Params(), policy, scorer)
 
 
@@ -75,8 +80,9 @@ def test_tokenwise_with_large_strength_follows_the_value_argmax(tiny_policy, gui
     strategy = get_strategy("controlled")
     events = []
     params = strategy.Params(mode="tokenwise", strength=1e4, token_candidates=5)
-    result = run(tiny_policy, guided, {"e_count": 1.0}, params, SamplingParams(temperature=1.0, max_tokens=6, seed=1),
-                 events)
+    result = run(
+        tiny_policy, guided, {"e_count": 1.0}, params, SamplingParams(temperature=1.0, max_tokens=6, seed=1), events
+    )
     steps = [e for e in events if e.phase == "token"]
     assert len(steps) == len(result.token_ids)
     for event in steps:
@@ -92,8 +98,13 @@ def test_tokenwise_with_tiny_strength_stays_close_to_pi_ref(tiny_policy, guided)
     params = get_strategy("controlled").Params(mode="tokenwise", strength=1e-6, token_candidates=1000)
     result = run(tiny_policy, guided, {"e_count": 1.0}, params, SamplingParams(temperature=1.0, max_tokens=4, seed=1))
     assert result.kl[0].nats < 1e-4
-    truncated = run(tiny_policy, guided, {"e_count": 1.0}, get_strategy("controlled").Params(
-        mode="tokenwise", strength=1e-6, token_candidates=5), SamplingParams(temperature=1.0, max_tokens=4, seed=1))
+    truncated = run(
+        tiny_policy,
+        guided,
+        {"e_count": 1.0},
+        get_strategy("controlled").Params(mode="tokenwise", strength=1e-6, token_candidates=5),
+        SamplingParams(temperature=1.0, max_tokens=4, seed=1),
+    )
     assert truncated.kl[0].nats > result.kl[0].nats
 
 
@@ -119,14 +130,20 @@ def test_greedy_controlled_decoding_is_refused(tiny_policy, guided):
 
 @pytest.mark.parametrize(
     "values, field",
-    [({"num_candidates": 1}, "controlled.num_candidates"), ({"block_tokens": 0}, "controlled.block_tokens"),
-     ({"strength": 0.0}, "controlled.strength"), ({"strength": -1.0}, "controlled.strength"),
-     ({"strength": math.inf}, "controlled.strength"), ({"token_candidates": 1}, "controlled.token_candidates"),
-     ({"mode": "beam"}, "controlled.mode"), ({"num_candidates": 65}, "controlled.num_candidates"),
-     ({"value_source": "oracle"}, "controlled.value_source"), ({"value_source": 1}, "controlled.value_source")],
+    [
+        ({"num_candidates": 1}, "controlled.num_candidates"),
+        ({"block_tokens": 0}, "controlled.block_tokens"),
+        ({"strength": 0.0}, "controlled.strength"),
+        ({"strength": -1.0}, "controlled.strength"),
+        ({"strength": math.inf}, "controlled.strength"),
+        ({"token_candidates": 1}, "controlled.token_candidates"),
+        ({"mode": "beam"}, "controlled.mode"),
+        ({"num_candidates": 65}, "controlled.num_candidates"),
+        ({"value_source": "oracle"}, "controlled.value_source"),
+        ({"value_source": 1}, "controlled.value_source"),
+    ],
 )
 def test_bad_controlled_params_are_invalid_argument(values, field):
     with pytest.raises(InvalidArgument) as error:
         validate_params("controlled", get_strategy("controlled").Params, dict(values), Limits())
     assert error.value.field == field
-

@@ -15,8 +15,12 @@ from alignd.rewardmodels.objective_scorer import ObjectiveScorer
 from tests.conftest import CountingObjective
 
 ORIGINAL = "tell me about bread"
-VARIANTS = ["Describe how bread is made at home.", "Explain the history of bread briefly.",
-            "List three kinds of bread and what sets them apart.", "Give a short overview of bread."]
+VARIANTS = [
+    "Describe how bread is made at home.",
+    "Explain the history of bread briefly.",
+    "List three kinds of bread and what sets them apart.",
+    "Give a short overview of bread.",
+]
 
 
 class ScriptedMutations:
@@ -54,18 +58,28 @@ def run(policy, scorer, chosen, max_tokens=24, seed=3):
     strategy = get_strategy("evolutionary")
     events = []
     sampling = strategy.default_sampling(SamplingParams(max_tokens=max_tokens, seed=seed))
-    request = DecodeRequest(ChatPrompt(ORIGINAL), sampling, parse_weights({}, scorer.objective_names),
-                            return_candidates=True, on_progress=events.append)
+    request = DecodeRequest(
+        ChatPrompt(ORIGINAL),
+        sampling,
+        parse_weights({}, scorer.objective_names),
+        return_candidates=True,
+        on_progress=events.append,
+    )
     return strategy.decode(request, chosen, policy, scorer), events
 
 
 def test_parse_variants_reads_numbered_and_bulleted_lists():
-    reply = ('Sure! Here are rewrites:\n1. "Describe how bread is made at home."\n2) Explain bread.\n'
-             "3: tell me about bread\n- Instruction 4: List three kinds of bread.\n* x\n4. Describe how bread is "
-             "made at home.\nSome closing words.")
+    reply = (
+        'Sure! Here are rewrites:\n1. "Describe how bread is made at home."\n2) Explain bread.\n'
+        "3: tell me about bread\n- Instruction 4: List three kinds of bread.\n* x\n4. Describe how bread is "
+        "made at home.\nSome closing words."
+    )
     seen = {ORIGINAL}
     assert parse_variants(reply, ORIGINAL, seen) == [
-        "Describe how bread is made at home.", "Explain bread.", "List three kinds of bread."]
+        "Describe how bread is made at home.",
+        "Explain bread.",
+        "List three kinds of bread.",
+    ]
     assert parse_variants("no list at all", ORIGINAL, set()) == []
     assert parse_variants("1. " + "very long " * 100, ORIGINAL, set()) == []
 
@@ -88,8 +102,7 @@ def test_mutations_become_beams_and_rewards_use_the_original_instruction(tiny_po
 
 def test_replacement_keeps_the_top_beams_and_copies_keep_their_instruction(tiny_policy, letter_scorer):
     policy = ScriptedMutations(tiny_policy, "\n".join(f"{i + 1}. {v}" for i, v in enumerate(VARIANTS)))
-    result, events = run(policy, letter_scorer, params(beams=5, replace_every=6, keep_top=2, cycles=1),
-                         max_tokens=24)
+    result, events = run(policy, letter_scorer, params(beams=5, replace_every=6, keep_top=2, cycles=1), max_tokens=24)
     rounds = [e for e in events if e.phase == "replace"]
     assert 1 <= len(rounds) == result.details["replacement_rounds"] <= 3
     for event, following in zip(rounds, rounds[1:] + [next(e for e in events if e.phase == "cycle")]):
@@ -129,10 +142,15 @@ def test_authors_defaults():
 
 @pytest.mark.parametrize(
     "values, field",
-    [({"beams": 1}, "evolutionary.beams"), ({"replace_every": 0}, "evolutionary.replace_every"),
-     ({"cycles": 0}, "evolutionary.cycles"), ({"keep_top": 0}, "evolutionary.keep_top"),
-     ({"cycles": 11}, "evolutionary.cycles"), ({"beams": 65}, "evolutionary.beams"),
-     ({"beams": math.nan}, "evolutionary.beams")],
+    [
+        ({"beams": 1}, "evolutionary.beams"),
+        ({"replace_every": 0}, "evolutionary.replace_every"),
+        ({"cycles": 0}, "evolutionary.cycles"),
+        ({"keep_top": 0}, "evolutionary.keep_top"),
+        ({"cycles": 11}, "evolutionary.cycles"),
+        ({"beams": 65}, "evolutionary.beams"),
+        ({"beams": math.nan}, "evolutionary.beams"),
+    ],
 )
 def test_bad_evolutionary_params_are_invalid_argument(values, field):
     with pytest.raises(InvalidArgument) as error:

@@ -25,8 +25,12 @@ def sampling(**overrides):
 
 def run(policy, scorer, params, sampling_params, events=None):
     strategy = get_strategy("linear_alignment")
-    request = DecodeRequest(PROMPT, sampling_params, parse_weights({}, scorer.objective_names),
-                            on_progress=events.append if events is not None else None)
+    request = DecodeRequest(
+        PROMPT,
+        sampling_params,
+        parse_weights({}, scorer.objective_names),
+        on_progress=events.append if events is not None else None,
+    )
     return strategy.decode(request, params, policy, scorer)
 
 
@@ -140,8 +144,8 @@ def test_the_chat_templates_default_system_prompt_is_found(tiny_policy):
     tokenizer = tiny_policy.tokenizer
     original = tokenizer.chat_template
     tokenizer.chat_template = (
-        "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are Tiny.<|im_end|>\n{% endif %}"
-        + original)
+        "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are Tiny.<|im_end|>\n{% endif %}" + original
+    )
     try:
         assert template_system(tiny_policy, PROMPT) == "You are Tiny."
         assert template_system(tiny_policy, ChatPrompt("x", "own")) is None
@@ -151,10 +155,16 @@ def test_the_chat_templates_default_system_prompt_is_found(tiny_policy):
 
 @pytest.mark.parametrize(
     "values, field",
-    [({"principle": ""}, "linear_alignment.principle"), ({"principle": "   "}, "linear_alignment.principle"),
-     ({"principle": "x" * 2001}, "linear_alignment.principle"), ({"alpha": math.nan}, "linear_alignment.alpha"),
-     ({"alpha": math.inf}, "linear_alignment.alpha"), ({"alpha": -1.0}, "linear_alignment.alpha"),
-     ({"alpha": 101.0}, "linear_alignment.alpha"), ({"placement": "assistant"}, "linear_alignment.placement")],
+    [
+        ({"principle": ""}, "linear_alignment.principle"),
+        ({"principle": "   "}, "linear_alignment.principle"),
+        ({"principle": "x" * 2001}, "linear_alignment.principle"),
+        ({"alpha": math.nan}, "linear_alignment.alpha"),
+        ({"alpha": math.inf}, "linear_alignment.alpha"),
+        ({"alpha": -1.0}, "linear_alignment.alpha"),
+        ({"alpha": 101.0}, "linear_alignment.alpha"),
+        ({"placement": "assistant"}, "linear_alignment.placement"),
+    ],
 )
 def test_bad_linear_alignment_params_are_invalid_argument(values, field):
     with pytest.raises(InvalidArgument) as error:

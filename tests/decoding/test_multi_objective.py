@@ -30,8 +30,12 @@ def three(tiny_policy):
 def run(policy, scorer, strategy, params=None, weights=None, sampling=SAMPLING):
     events = []
     chosen = get_strategy(strategy)
-    request = DecodeRequest(ChatPrompt("tell me about bread"), sampling,
-                            parse_weights(weights or {}, scorer.objective_names), on_progress=events.append)
+    request = DecodeRequest(
+        ChatPrompt("tell me about bread"),
+        sampling,
+        parse_weights(weights or {}, scorer.objective_names),
+        on_progress=events.append,
+    )
     result = chosen.decode(request, params or chosen.Params(), policy, scorer)
     return result, [e for e in events if e.phase == "block"]
 
@@ -112,8 +116,9 @@ def test_robust_huge_lambda_plays_the_minimax_weights(tiny_policy, three):
 
 
 def test_robust_respects_lower_bounds_and_the_allowed_objectives(tiny_policy, three):
-    params = robust_params(num_candidates=4, block_tokens=6, objectives=["e_count", "o_count"],
-                           min_weights={"o_count": 0.4})
+    params = robust_params(
+        num_candidates=4, block_tokens=6, objectives=["e_count", "o_count"], min_weights={"o_count": 0.4}
+    )
     result, blocks = run(tiny_policy, three, "robust", params)
     for event in blocks:
         assert event.weights["a_count"] == 0.0
@@ -128,8 +133,12 @@ def test_robust_with_heads_needs_a_head_for_every_objective_the_adversary_weight
     with pytest.raises(FailedPrecondition, match=r"^robust.value_source: 'heads' cannot estimate 'o_count'"):
         run(tiny_policy, partial, "robust", robust_params(value_source="heads"))
     # Restricted to the covered objective, it runs.
-    result, _ = run(tiny_policy, partial, "robust", robust_params(objectives=["e_count"], num_candidates=3,
-                                                                  block_tokens=8, value_source="heads"))
+    result, _ = run(
+        tiny_policy,
+        partial,
+        "robust",
+        robust_params(objectives=["e_count"], num_candidates=3, block_tokens=8, value_source="heads"),
+    )
     assert result.details["mean_w*[e_count]"] == pytest.approx(1.0)
     mod = get_strategy("multi_objective").Params(value_source="heads")
     with pytest.raises(FailedPrecondition, match=r"^multi_objective.value_source: 'heads' cannot estimate 'o_count'"):
@@ -144,14 +153,20 @@ def test_greedy_blockwise_decoding_is_refused(tiny_policy, three, strategy):
 
 @pytest.mark.parametrize(
     "values, field",
-    [({"num_candidates": 1}, "robust.num_candidates"), ({"strength": 0.0}, "robust.strength"),
-     ({"strength": -2.0}, "robust.strength"), ({"strength": math.inf}, "robust.strength"),
-     ({"strength": math.nan}, "robust.strength"), ({"solver": "ecos"}, "robust.solver"),
-     ({"min_weights": {"e_count": -0.1}}, "robust.min_weights[e_count]"),
-     ({"min_weights": {"e_count": 1.5}}, "robust.min_weights[e_count]"),
-     ({"min_weights": {"e_count": math.nan}}, "robust.min_weights[e_count]"),
-     ({"objectives": ["e_count", "e_count"]}, "robust.objectives[1]"),
-     ({"objectives": [""]}, "robust.objectives[0]"), ({"objectives": "e_count"}, "robust.objectives")],
+    [
+        ({"num_candidates": 1}, "robust.num_candidates"),
+        ({"strength": 0.0}, "robust.strength"),
+        ({"strength": -2.0}, "robust.strength"),
+        ({"strength": math.inf}, "robust.strength"),
+        ({"strength": math.nan}, "robust.strength"),
+        ({"solver": "ecos"}, "robust.solver"),
+        ({"min_weights": {"e_count": -0.1}}, "robust.min_weights[e_count]"),
+        ({"min_weights": {"e_count": 1.5}}, "robust.min_weights[e_count]"),
+        ({"min_weights": {"e_count": math.nan}}, "robust.min_weights[e_count]"),
+        ({"objectives": ["e_count", "e_count"]}, "robust.objectives[1]"),
+        ({"objectives": [""]}, "robust.objectives[0]"),
+        ({"objectives": "e_count"}, "robust.objectives"),
+    ],
 )
 def test_bad_robust_params_are_invalid_argument(values, field):
     with pytest.raises(InvalidArgument) as error:
@@ -161,10 +176,12 @@ def test_bad_robust_params_are_invalid_argument(values, field):
 
 @pytest.mark.parametrize(
     "values, field",
-    [({"objectives": ["e_count", "fluency"]}, "robust.objectives[1]"),
-     ({"min_weights": {"fluency": 0.1}}, "robust.min_weights[fluency]"),
-     ({"objectives": ["e_count"], "min_weights": {"o_count": 0.1}}, "robust.min_weights[o_count]"),
-     ({"min_weights": {"e_count": 0.7, "o_count": 0.6}}, "robust.min_weights")],
+    [
+        ({"objectives": ["e_count", "fluency"]}, "robust.objectives[1]"),
+        ({"min_weights": {"fluency": 0.1}}, "robust.min_weights[fluency]"),
+        ({"objectives": ["e_count"], "min_weights": {"o_count": 0.1}}, "robust.min_weights[o_count]"),
+        ({"min_weights": {"e_count": 0.7, "o_count": 0.6}}, "robust.min_weights"),
+    ],
 )
 def test_robust_params_that_need_the_objectives_are_checked_before_decoding(tiny_policy, three, values, field):
     with pytest.raises(InvalidArgument) as error:

@@ -13,7 +13,9 @@ NAMES = ("relevance", "positivity", "harmlessness", "conciseness")
 
 def test_weights_are_normalised_and_unnamed_objectives_get_zero():
     w = parse_weights({"relevance": 0.6, "harmlessness": 0.2}, NAMES)
-    assert w.as_dict() == pytest.approx({"relevance": 0.75, "positivity": 0.0, "harmlessness": 0.25, "conciseness": 0.0})
+    assert w.as_dict() == pytest.approx(
+        {"relevance": 0.75, "positivity": 0.0, "harmlessness": 0.25, "conciseness": 0.0}
+    )
     assert w.weighted(np.array([[1.0, 5.0, 2.0, 9.0]]))[0] == pytest.approx(0.75 + 0.5)
 
 

@@ -11,14 +11,22 @@ SAMPLING = SamplingParams(temperature=1.0, max_tokens=20, seed=21)
 
 
 def request(scorer, weights=None, **kwargs):
-    return DecodeRequest(ChatPrompt("tell me about bread"), kwargs.pop("sampling", SAMPLING),
-                         parse_weights(weights or {}, scorer.objective_names), **kwargs)
+    return DecodeRequest(
+        ChatPrompt("tell me about bread"),
+        kwargs.pop("sampling", SAMPLING),
+        parse_weights(weights or {}, scorer.objective_names),
+        **kwargs,
+    )
 
 
 def test_best_of_n_returns_the_argmax_of_the_weighted_score(tiny_policy, letter_scorer):
     strategy = get_strategy("best_of_n")
-    result = strategy.decode(request(letter_scorer, {"e_count": 1.0}, return_candidates=True),
-                             strategy.Params(n=6), tiny_policy, letter_scorer)
+    result = strategy.decode(
+        request(letter_scorer, {"e_count": 1.0}, return_candidates=True),
+        strategy.Params(n=6),
+        tiny_policy,
+        letter_scorer,
+    )
     assert len(result.candidates) == 6
     best = max(result.candidates, key=lambda c: c.weighted_score)
     assert result.text == best.completion.text and best.selected
@@ -48,8 +56,9 @@ def test_best_of_n_weights_change_the_choice(tiny_policy, letter_scorer):
 
 def test_best_of_n_reports_both_kl_figures_labelled(tiny_policy, letter_scorer):
     strategy = get_strategy("best_of_n")
-    result = strategy.decode(request(letter_scorer, return_candidates=True), strategy.Params(n=4),
-                             tiny_policy, letter_scorer)
+    result = strategy.decode(
+        request(letter_scorer, return_candidates=True), strategy.Params(n=4), tiny_policy, letter_scorer
+    )
     kl = {k.name: k for k in result.kl}
     assert kl["best_of_n_bound"].kind == "upper_bound"
     assert kl["best_of_n_bound"].nats == pytest.approx(math.log(4) - 3 / 4)
@@ -69,8 +78,9 @@ def test_greedy_best_of_n_has_zero_estimated_kl(tiny_policy, letter_scorer):
 def test_sample_reports_rewards_and_exact_zero_kl(tiny_policy, letter_scorer):
     strategy = get_strategy("sample")
     events = []
-    result = strategy.decode(request(letter_scorer, on_progress=events.append), strategy.Params(), tiny_policy,
-                             letter_scorer)
+    result = strategy.decode(
+        request(letter_scorer, on_progress=events.append), strategy.Params(), tiny_policy, letter_scorer
+    )
     assert [(k.kind, k.nats) for k in result.kl] == [("exact", 0.0)]
     assert result.rewards["e_count"] == result.text.count("e")
     assert result.finish_reason in {"stop", "length"}

@@ -18,23 +18,26 @@ PROMPT = "tell me about bread"
 
 def measured_heads(hidden_size: int, metrics: dict[str, float]) -> Head:
     torch.manual_seed(0)
-    return Head(HeadMetadata("value", "tiny", hidden_size, ["e_count", "o_count"], [1.0, 1.0], [2.0, 2.0],
-                             metrics=metrics)).eval()
+    return Head(
+        HeadMetadata("value", "tiny", hidden_size, ["e_count", "o_count"], [1.0, 1.0], [2.0, 2.0], metrics=metrics)
+    ).eval()
 
 
 def blocks_of(policy, scorer, strategy, weights, **params):
     events = []
     chosen = get_strategy(strategy)
-    request = DecodeRequest(ChatPrompt(PROMPT), SAMPLING, parse_weights(weights, scorer.objective_names),
-                            on_progress=events.append)
+    request = DecodeRequest(
+        ChatPrompt(PROMPT), SAMPLING, parse_weights(weights, scorer.objective_names), on_progress=events.append
+    )
     result = chosen.decode(request, chosen.Params(**params), policy, scorer)
     return result, [e for e in events if e.phase == "block"]
 
 
 @pytest.mark.parametrize("strategy", ["controlled", "multi_objective"])
 def test_prefix_source_scores_each_candidates_whole_partial_text(tiny_policy, letter_scorer, strategy):
-    result, blocks = blocks_of(tiny_policy, letter_scorer, strategy, {"e_count": 1.0}, num_candidates=4,
-                               block_tokens=5, value_source="prefix")
+    result, blocks = blocks_of(
+        tiny_policy, letter_scorer, strategy, {"e_count": 1.0}, num_candidates=4, block_tokens=5, value_source="prefix"
+    )
     assert len(blocks) >= 2
     chosen_ids: list[int] = []
     for event in blocks:
@@ -53,8 +56,15 @@ def test_prefix_source_scores_each_candidates_whole_partial_text(tiny_policy, le
 def test_prefix_source_scores_all_candidates_of_a_step_in_one_call(tiny_policy, letter_scorer):
     e_count = letter_scorer._objectives[0]
     e_count.calls.clear()
-    result, blocks = blocks_of(tiny_policy, letter_scorer, "controlled", {"e_count": 1.0}, num_candidates=4,
-                               block_tokens=5, value_source="prefix")
+    result, blocks = blocks_of(
+        tiny_policy,
+        letter_scorer,
+        "controlled",
+        {"e_count": 1.0},
+        num_candidates=4,
+        block_tokens=5,
+        value_source="prefix",
+    )
     # One batched call of K texts per block, then the final response.
     assert e_count.calls == [4] * len(blocks) + [1]
     assert result.usage.scored_texts == 4 * len(blocks) + 1
@@ -72,15 +82,20 @@ def test_heads_source_reads_the_hidden_states(tiny_policy, letter_scorer):
     # heads on the tiny model's real decoding: every block's estimate is the head's prediction.
     e_count = letter_scorer._objectives[0]
     e_count.calls.clear()
-    result, _ = blocks_of(tiny_policy, guided, "controlled", {"e_count": 1.0}, num_candidates=3, block_tokens=5,
-                          value_source="heads")
+    result, _ = blocks_of(
+        tiny_policy, guided, "controlled", {"e_count": 1.0}, num_candidates=3, block_tokens=5, value_source="heads"
+    )
     assert e_count.calls == [1]  # only the final response: no prefix text was scored
     assert result.usage.scored_texts == 1
 
 
 def test_auto_picks_each_objectives_best_measured_source(tiny_policy, letter_scorer):
-    metrics = {"e_count@50%_heads_pair_accuracy": 0.81, "e_count@50%_prefix_pair_accuracy": 0.62,
-               "o_count@50%_heads_pair_accuracy": 0.52, "o_count@50%_prefix_pair_accuracy": 0.77}
+    metrics = {
+        "e_count@50%_heads_pair_accuracy": 0.81,
+        "e_count@50%_prefix_pair_accuracy": 0.62,
+        "o_count@50%_heads_pair_accuracy": 0.52,
+        "o_count@50%_prefix_pair_accuracy": 0.77,
+    }
     guided = ValueGuidedScorer(letter_scorer, measured_heads(tiny_policy.hidden_size, metrics))
     sources = guided.value_sources
     assert (sources["e_count"].auto, sources["o_count"].auto) == ("heads", "prefix")
@@ -108,8 +123,9 @@ class _NoHiddenStates:
 
 def test_heads_on_a_backend_without_hidden_states_is_failed_precondition(tiny_policy, letter_scorer):
     guided = ValueGuidedScorer(letter_scorer, measured_heads(tiny_policy.hidden_size, {}))
-    with pytest.raises(FailedPrecondition,
-                       match=r"^controlled.value_source: value heads for \['e_count'\] read hidden states"):
+    with pytest.raises(
+        FailedPrecondition, match=r"^controlled.value_source: value heads for \['e_count'\] read hidden states"
+    ):
         ValueEstimator.resolve("controlled", PROMPT, _NoHiddenStates(), guided, ["e_count"], "heads")
     estimator = ValueEstimator.resolve("controlled", PROMPT, _NoHiddenStates(), guided, ["e_count"], "prefix")
     assert estimator.sources == {"e_count": "prefix"}
@@ -134,5 +150,6 @@ def test_prefix_texts_are_cut_like_the_final_response(tiny_policy, letter_scorer
     assert texts == [tiny_policy.completion(blocks, row).text for row in range(blocks.rows)]
     assert not any("e" in t for t in texts)
     values, _ = ValueEstimator.resolve("controlled", PROMPT, tiny_policy, letter_scorer, ["e_count"], "prefix")(
-        blocks, Usage())
+        blocks, Usage()
+    )
     assert list(values[:, 0]) == [0] * blocks.rows

@@ -17,13 +17,13 @@ def random_instance(rng: np.random.Generator, case: int):
     strength = float(10 ** rng.uniform(-2, 1.7))
     values = rng.normal(size=(k, g)) * rng.uniform(0.1, 3.0)
     if case % 5 == 0:
-        values[:, 1] = values[:, 0]              # two objectives tied on every block
+        values[:, 1] = values[:, 0]  # two objectives tied on every block
     if case % 7 == 0:
-        values[1] = values[0]                    # two identical blocks
+        values[1] = values[0]  # two identical blocks
     if case % 11 == 0:
-        values[:] = values[0]                    # all blocks alike: every w is optimal
+        values[:] = values[0]  # all blocks alike: every w is optimal
     if case % 13 == 0:
-        values = np.round(values)                # many ties
+        values = np.round(values)  # many ties
     feasible = WeightSet.simplex(g)
     if case % 3 == 0:
         allowed = rng.random(g) < 0.6

@@ -39,7 +39,10 @@ def start_serve(tmp_path: Path, *args: str, timeout: float = 180) -> ServerProce
     log = tmp_path / "serve.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "alignd.cli", "serve", "--port", "0", *args],
-        stdout=subprocess.PIPE, stderr=log.open("w"), text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=log.open("w"),
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

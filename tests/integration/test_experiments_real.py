@@ -57,8 +57,14 @@ def test_an_experiment_end_to_end_feedback_and_report(tmp_path):
         with AligndClient(server.target, timeout=120) as client:
             subjects = [f"user-{i}" for i in range(24)]
             with ThreadPoolExecutor(3) as pool:
-                served = list(pool.map(lambda s: client.generate("Suggest a name for a cat.", strategy="",
-                                                                 experiment="sample-vs-bon", subject=s), subjects))
+                served = list(
+                    pool.map(
+                        lambda s: client.generate(
+                            "Suggest a name for a cat.", strategy="", experiment="sample-vs-bon", subject=s
+                        ),
+                        subjects,
+                    )
+                )
             assert [g.arm for g in served] == [_expected_arm(s) for s in subjects]
             assert {g.strategy for g in served if g.arm == "bon4"} <= {"best_of_n"}
             sent = {"thumbs": {"sample": [0, 0], "bon4": [0, 0]}, "ratings": {"sample": 0, "bon4": 0}}
@@ -99,8 +105,23 @@ def test_an_experiment_end_to_end_feedback_and_report(tmp_path):
             assert {"weighted_score", "thumbs_up", "rating", "preference"} <= metrics
 
         out = tmp_path / "report.png"
-        cli = subprocess.run([sys.executable, "-m", "alignd.cli", "experiments", "report", "sample-vs-bon",
-                              "--target", server.target, "--plot", str(out)], capture_output=True, text=True, timeout=120)
+        cli = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "alignd.cli",
+                "experiments",
+                "report",
+                "sample-vs-bon",
+                "--target",
+                server.target,
+                "--plot",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert cli.returncode == 0, cli.stderr
         assert "bon4" in cli.stdout and "welch_t" in cli.stdout
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -121,8 +142,13 @@ def test_sigkill_while_recording_loses_no_answered_request(tmp_path):
             i = 0
             while not stop_sending.is_set():
                 try:
-                    g = client.generate("Say hello.", strategy="", experiment="sample-vs-bon",
-                                        subject=f"crash-{worker}-{i}", max_tokens=4)
+                    g = client.generate(
+                        "Say hello.",
+                        strategy="",
+                        experiment="sample-vs-bon",
+                        subject=f"crash-{worker}-{i}",
+                        max_tokens=4,
+                    )
                 except AligndClientError:
                     return  # the server is gone
                 with lock:
@@ -160,8 +186,12 @@ def test_sigkill_while_recording_loses_no_answered_request(tmp_path):
 def test_a_bad_arm_in_the_config_stops_serve_with_one_line_naming_it(tmp_path):
     config = tmp_path / "bad.toml"
     config.write_text(CONFIG.format(store=tmp_path / "s.sqlite").replace("params = { n = 4 }", "params = { n = 0 }"))
-    result = subprocess.run([sys.executable, "-m", "alignd.cli", "serve", "--port", "0", "--config", str(config)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "alignd.cli", "serve", "--port", "0", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("alignd: error: experiments[0]") and "'bon4'" in last and "best_of_n.n" in last

@@ -23,9 +23,26 @@ OBJECTIVES = {"relevance", "positivity", "harmlessness", "conciseness"}
 
 def test_cli_best_of_8_prints_an_answer_four_rewards_and_both_kl_figures(real_server):
     done = subprocess.run(
-        [sys.executable, "-m", "alignd.cli", "generate", PROMPT, "--strategy", "best_of_n", "--n", "8",
-         "--max-tokens", "48", "--seed", "1", "--target", real_server.target],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "alignd.cli",
+            "generate",
+            PROMPT,
+            "--strategy",
+            "best_of_n",
+            "--n",
+            "8",
+            "--max-tokens",
+            "48",
+            "--seed",
+            "1",
+            "--target",
+            real_server.target,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     out = done.stdout
@@ -39,15 +56,18 @@ def test_cli_best_of_8_prints_an_answer_four_rewards_and_both_kl_figures(real_se
 
 def test_best_of_n_answer_is_on_topic_and_beats_or_ties_every_candidate(real_server):
     with AligndClient(real_server.target, timeout=300) as client:
-        out = client.generate(PROMPT, strategy="best_of_n", n=8, max_tokens=48, seed=2, return_candidates=True,
-                              weights={"relevance": 1.0})
+        out = client.generate(
+            PROMPT, strategy="best_of_n", n=8, max_tokens=48, seed=2, return_candidates=True, weights={"relevance": 1.0}
+        )
     assert set(out.rewards) == OBJECTIVES
     assert out.rewards["relevance"] > 0.4, out.text  # coherent and on topic, not noise
     assert out.rewards["relevance"] == max(c.rewards["relevance"] for c in out.candidates)
     kl = {k.name: k for k in out.kl}
     assert 0.0 <= kl["beirami_estimator"].nats <= kl["best_of_n_bound"].nats
-    assert out.usage.prompt_tokens > 0 and out.usage.lm_forward_tokens < 8 * out.usage.prompt_tokens + \
-        out.usage.generated_tokens
+    assert (
+        out.usage.prompt_tokens > 0
+        and out.usage.lm_forward_tokens < 8 * out.usage.prompt_tokens + out.usage.generated_tokens
+    )
 
 
 def test_same_seed_same_output_on_the_real_model(real_server):
@@ -65,10 +85,14 @@ def test_stream_on_the_real_model(real_server):
 
 def test_health_serving_and_reflection_lists_the_service(real_server):
     with grpc.insecure_channel(real_server.target) as channel:
-        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="alignd.v1.Alignd"),
-                                                          timeout=10).status
+        status = (
+            health_pb2_grpc.HealthStub(channel)
+            .Check(health_pb2.HealthCheckRequest(service="alignd.v1.Alignd"), timeout=10)
+            .status
+        )
         replies = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
         names = {s.name for reply in replies for s in reply.list_services_response.service}
     assert status == health_pb2.HealthCheckResponse.SERVING
     assert "alignd.v1.Alignd" in names
@@ -76,9 +100,11 @@ def test_health_serving_and_reflection_lists_the_service(real_server):
 
 def test_bad_input_on_the_real_server_then_it_keeps_serving(real_server):
     with AligndClient(real_server.target, timeout=300) as client:
-        for kwargs, field in [(dict(weights={"relevance": float("nan")}), "weights[relevance]"),
-                              (dict(strategy="best_of_n", n=100000), "best_of_n.n"),
-                              (dict(max_tokens=10**6), "sampling.max_tokens")]:
+        for kwargs, field in [
+            (dict(weights={"relevance": float("nan")}), "weights[relevance]"),
+            (dict(strategy="best_of_n", n=100000), "best_of_n.n"),
+            (dict(max_tokens=10**6), "sampling.max_tokens"),
+        ]:
             with pytest.raises(AligndClientError) as error:
                 client.generate("hi", **kwargs)
             assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT and error.value.details.startswith(field)
@@ -105,31 +131,59 @@ def test_shipped_value_heads_load_and_controlled_decoding_runs(real_server):
         info = client.server_info()
         (value,) = [h for h in info.heads if h.kind == "value"]
         assert set(value.objectives) == OBJECTIVES and value.base_model == "smollm2-135m-instruct"
-        events = list(client.generate_stream(PROMPT, strategy="controlled", weights={"positivity": 1.0},
-                                             num_candidates=4, block_tokens=8, max_tokens=24, seed=3))
+        events = list(
+            client.generate_stream(
+                PROMPT,
+                strategy="controlled",
+                weights={"positivity": 1.0},
+                num_candidates=4,
+                block_tokens=8,
+                max_tokens=24,
+                seed=3,
+            )
+        )
         out = events[-1]
         assert isinstance(out, Generation) and set(out.rewards) == OBJECTIVES
         blocks = [e for e in events[:-1] if e.phase == "block"]
         assert 1 <= len(blocks) <= 3 and all(len(e.candidates) == 4 for e in blocks)
         assert {k.name for k in out.kl} == {"blockwise_bound", "blockwise_estimate"}
         assert out.usage.lm_forward_tokens <= out.usage.prompt_tokens + out.usage.generated_tokens
-        tokenwise = client.generate(PROMPT, strategy="controlled", mode="tokenwise", token_candidates=4, strength=1.0,
-                                    weights={"relevance": 1.0}, max_tokens=6, seed=3)
+        tokenwise = client.generate(
+            PROMPT,
+            strategy="controlled",
+            mode="tokenwise",
+            token_candidates=4,
+            strength=1.0,
+            weights={"relevance": 1.0},
+            max_tokens=6,
+            seed=3,
+        )
         assert tokenwise.kl[0].name == "tokenwise_estimate" and len(tokenwise.token_ids) <= 6
         with pytest.raises(AligndClientError) as error:
             client.generate(PROMPT, strategy="controlled", mode="tokenwise", token_candidates=1)
         assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT and error.value.details.startswith(
-            "controlled.token_candidates")
+            "controlled.token_candidates"
+        )
 
 
 def test_multi_objective_and_robust_run_on_the_shipped_heads(real_server):
     with AligndClient(real_server.target, timeout=300) as client:
-        mod = client.generate(PROMPT, strategy="multi_objective", num_candidates=4, block_tokens=8, max_tokens=16,
-                              seed=5)
+        mod = client.generate(
+            PROMPT, strategy="multi_objective", num_candidates=4, block_tokens=8, max_tokens=16, seed=5
+        )
         assert set(mod.rewards) == OBJECTIVES and mod.details["blocks"] in (1, 2)
         assert mod.weights == {name: 0.25 for name in OBJECTIVES}
-        events = list(client.generate_stream(PROMPT, strategy="robust", num_candidates=4, block_tokens=8,
-                                             max_tokens=16, seed=5, min_weights={"relevance": 0.2}))
+        events = list(
+            client.generate_stream(
+                PROMPT,
+                strategy="robust",
+                num_candidates=4,
+                block_tokens=8,
+                max_tokens=16,
+                seed=5,
+                min_weights={"relevance": 0.2},
+            )
+        )
         robust = events[-1]
         assert isinstance(robust, Generation) and set(robust.rewards) == OBJECTIVES
         blocks = [e for e in events[:-1] if e.phase == "block"]
@@ -141,17 +195,35 @@ def test_multi_objective_and_robust_run_on_the_shipped_heads(real_server):
         with pytest.raises(AligndClientError) as error:
             client.generate(PROMPT, strategy="robust", min_weights={"relevance": 0.8, "positivity": 0.3})
         assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT and error.value.details.startswith(
-            "robust.min_weights:")
+            "robust.min_weights:"
+        )
 
 
 def test_linear_alignment_and_evolutionary_run_on_the_real_model(real_server):
     with AligndClient(real_server.target, timeout=300) as client:
-        aligned = client.generate(PROMPT, strategy="linear_alignment", principle="Answer kindly and positively.",
-                                  alpha=3.0, max_tokens=12, seed=2)
+        aligned = client.generate(
+            PROMPT,
+            strategy="linear_alignment",
+            principle="Answer kindly and positively.",
+            alpha=3.0,
+            max_tokens=12,
+            seed=2,
+        )
         assert set(aligned.rewards) == OBJECTIVES and 1 <= len(aligned.token_ids) <= 12
         assert aligned.kl[0].name == "linear_alignment_estimate" and aligned.kl[0].nats >= 0
-        events = list(client.generate_stream(PROMPT, strategy="evolutionary", beams=3, keep_top=1, replace_every=6,
-                                             cycles=1, max_tokens=12, mutation_tokens=96, seed=2))
+        events = list(
+            client.generate_stream(
+                PROMPT,
+                strategy="evolutionary",
+                beams=3,
+                keep_top=1,
+                replace_every=6,
+                cycles=1,
+                max_tokens=12,
+                mutation_tokens=96,
+                seed=2,
+            )
+        )
         out = events[-1]
         assert isinstance(out, Generation) and set(out.rewards) == OBJECTIVES
         (mutation,) = [e for e in events[:-1] if e.phase == "mutation"]

@@ -35,8 +35,10 @@ def test_relevance_batch_equals_one_by_one_with_several_prompts(scorer):
 
 
 def test_positivity_follows_sentiment():
-    happy, sad, neutral = PositivityObjective().score([PROMPT] * 3, [
-        "This is wonderful, I love it, thank you!", "This is awful and I hate it.", "The box is on the table."])
+    happy, sad, neutral = PositivityObjective().score(
+        [PROMPT] * 3,
+        ["This is wonderful, I love it, thank you!", "This is awful and I hate it.", "The box is on the table."],
+    )
     assert -1.0 <= sad < neutral < happy <= 1.0
 
 

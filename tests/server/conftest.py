@@ -7,8 +7,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from alignd.clients import AligndClient
 from alignd.backends.base import SamplingParams
+from alignd.clients import AligndClient
 from alignd.config import ServerConfig
 from alignd.decoding.params import Limits
 from alignd.server.app import RunningServer, start_server
@@ -29,8 +29,9 @@ def running_server(policy, scorer, config: ServerConfig, heads=None) -> Iterator
         thread.join(10)
 
 
-TEST_LIMITS = Limits(max_prompt_chars=200, max_tokens=32, max_candidates=8, max_stop_sequences=2, max_stop_chars=5,
-                     max_score_responses=4)
+TEST_LIMITS = Limits(
+    max_prompt_chars=200, max_tokens=32, max_candidates=8, max_stop_sequences=2, max_stop_chars=5, max_score_responses=4
+)
 
 
 @pytest.fixture(scope="module")

@@ -19,15 +19,27 @@ EXPERIMENT = {
     "name": "bon-vs-sample",
     "arms": [
         {"name": "control", "strategy": "sample", "split": 0.5},
-        {"name": "bon4", "strategy": "best_of_n", "params": {"n": 4}, "split": 0.5,
-         "weights": {"e_count": 1.0, "o_count": 0.0}, "sampling": {"temperature": 1.0}},
+        {
+            "name": "bon4",
+            "strategy": "best_of_n",
+            "params": {"n": 4},
+            "split": 0.5,
+            "weights": {"e_count": 1.0, "o_count": 0.0},
+            "sampling": {"temperature": 1.0},
+        },
     ],
 }
 
 
 def _config(store, **overrides) -> ServerConfig:
-    values = dict(port=0, limits=TEST_LIMITS, default_sampling=SamplingParams(max_tokens=8), workers=2,
-                  experiments=(EXPERIMENT,), experiment_store=str(store))
+    values = dict(
+        port=0,
+        limits=TEST_LIMITS,
+        default_sampling=SamplingParams(max_tokens=8),
+        workers=2,
+        experiments=(EXPERIMENT,),
+        experiment_store=str(store),
+    )
     values.update(overrides)
     return ServerConfig(**values)
 
@@ -51,8 +63,11 @@ def ab_client(ab_server):
 
 def _rows(store_path, experiment="bon-vs-sample"):
     with sqlite3.connect(store_path) as connection:
-        return connection.execute("SELECT request_id, arm, subject, strategy, params, rewards, weighted_score, "
-                                  "weights FROM requests WHERE experiment = ?", (experiment,)).fetchall()
+        return connection.execute(
+            "SELECT request_id, arm, subject, strategy, params, rewards, weighted_score, "
+            "weights FROM requests WHERE experiment = ?",
+            (experiment,),
+        ).fetchall()
 
 
 def test_subject_is_served_by_its_hashed_arm_and_the_request_is_recorded(ab_client, ab_server, store_path):
@@ -83,8 +98,10 @@ def test_stream_requests_are_recorded_before_the_result_arrives(ab_client, store
 
 
 def test_feedback_is_idempotent_per_key_and_counted_in_the_report(ab_client):
-    ab_client.create_experiment("feedback-counts", [{"name": "a", "strategy": "sample", "split": 0.5},
-                                                    {"name": "b", "strategy": "sample", "split": 0.5}])
+    ab_client.create_experiment(
+        "feedback-counts",
+        [{"name": "a", "strategy": "sample", "split": 0.5}, {"name": "b", "strategy": "sample", "split": 0.5}],
+    )
     a = ab_client.generate("tell me", strategy="", experiment="feedback-counts", subject="fb-a")
     assert ab_client.feedback(a.request_id, thumbs_up=True) is False
     assert ab_client.feedback(a.request_id, thumbs_up=False) is True  # changed vote replaces
@@ -112,8 +129,11 @@ def test_the_response_waits_for_its_record_to_commit(ab_server, ab_client, monke
 
     monkeypatch.setattr(ab_server.service.experiments, "record", gated_record)
     answers = []
-    caller = threading.Thread(target=lambda: answers.append(
-        ab_client.generate("hi", strategy="", experiment="bon-vs-sample", subject="gated")))
+    caller = threading.Thread(
+        target=lambda: answers.append(
+            ab_client.generate("hi", strategy="", experiment="bon-vs-sample", subject="gated")
+        )
+    )
     caller.start()
     assert entered.wait(30)
     clock.sleep(0.3)
@@ -135,8 +155,11 @@ def test_pairwise_preference_is_one_record_per_pair(ab_client, ab_server, store_
     assert ab_client.feedback(second.request_id, preferred_over=first.request_id) is False
     assert ab_client.feedback(first.request_id, preferred_over=second.request_id) is True
     with sqlite3.connect(store_path) as connection:
-        rows = connection.execute("SELECT request_id, other_request_id, value FROM feedback WHERE kind = 'preference'"
-                                  " AND (request_id = ? OR request_id = ?)", (first.request_id, second.request_id)).fetchall()
+        rows = connection.execute(
+            "SELECT request_id, other_request_id, value FROM feedback WHERE kind = 'preference'"
+            " AND (request_id = ? OR request_id = ?)",
+            (first.request_id, second.request_id),
+        ).fetchall()
     assert len(rows) == 1
     winner = rows[0][0] if rows[0][2] == 1.0 else rows[0][1]
     assert winner == first.request_id  # the later judgment stands
@@ -161,13 +184,20 @@ def test_report_counts_and_means_match_the_stored_rows(ab_client, store_path):
     assert {c.test for c in report.comparisons if c.metric == "weighted_score"} == {"welch_t"}
 
 
-@pytest.mark.parametrize("options, code, field", [
-    (dict(experiment="nope", subject="u"), grpc.StatusCode.NOT_FOUND, "experiment"),
-    (dict(experiment="bon-vs-sample"), grpc.StatusCode.INVALID_ARGUMENT, "subject"),
-    (dict(subject="u"), grpc.StatusCode.INVALID_ARGUMENT, "subject"),
-    (dict(experiment="bon-vs-sample", subject="u", strategy="best_of_n"), grpc.StatusCode.INVALID_ARGUMENT, "strategy"),
-    (dict(experiment="bon-vs-sample", subject="x" * 300), grpc.StatusCode.INVALID_ARGUMENT, "subject"),
-])
+@pytest.mark.parametrize(
+    "options, code, field",
+    [
+        (dict(experiment="nope", subject="u"), grpc.StatusCode.NOT_FOUND, "experiment"),
+        (dict(experiment="bon-vs-sample"), grpc.StatusCode.INVALID_ARGUMENT, "subject"),
+        (dict(subject="u"), grpc.StatusCode.INVALID_ARGUMENT, "subject"),
+        (
+            dict(experiment="bon-vs-sample", subject="u", strategy="best_of_n"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "strategy",
+        ),
+        (dict(experiment="bon-vs-sample", subject="x" * 300), grpc.StatusCode.INVALID_ARGUMENT, "subject"),
+    ],
+)
 def test_bad_experiment_requests_are_refused_naming_the_field(ab_client, options, code, field):
     options.setdefault("strategy", "")
     with pytest.raises(AligndClientError) as error:
@@ -178,8 +208,10 @@ def test_bad_experiment_requests_are_refused_naming_the_field(ab_client, options
 def test_a_field_the_arm_sets_cannot_be_overridden(ab_client, ab_server):
     spec = ab_server.service.experiments._specs["bon-vs-sample"]
     subject = next(f"w-{i}" for i in range(100) if spec.arm_for(f"w-{i}").name == "bon4")
-    for options, field in ((dict(weights={"e_count": 0.5, "o_count": 0.5}), "weights"),
-                           (dict(temperature=0.5), "sampling.temperature")):
+    for options, field in (
+        (dict(weights={"e_count": 0.5, "o_count": 0.5}), "weights"),
+        (dict(temperature=0.5), "sampling.temperature"),
+    ):
         with pytest.raises(AligndClientError) as error:
             ab_client.generate("hello", strategy="", experiment="bon-vs-sample", subject=subject, **options)
         assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT and error.value.details.startswith(field)
@@ -201,14 +233,17 @@ def recorded_id(ab_server):
         return c.generate("a", strategy="", experiment="bon-vs-sample", subject="fb-target").request_id
 
 
-@pytest.mark.parametrize("kwargs, code, field", [
-    (dict(request_id="never-served", thumbs_up=True), grpc.StatusCode.NOT_FOUND, "request_id"),
-    (dict(request_id="", thumbs_up=True), grpc.StatusCode.INVALID_ARGUMENT, "request_id"),
-    (dict(rating=float("nan")), grpc.StatusCode.INVALID_ARGUMENT, "rating"),
-    (dict(preferred_over="SELF"), grpc.StatusCode.INVALID_ARGUMENT, "preferred_over"),
-    (dict(preferred_over="never-served"), grpc.StatusCode.NOT_FOUND, "preferred_over"),
-    (dict(thumbs_up=True, key="k" * 101), grpc.StatusCode.INVALID_ARGUMENT, "key"),
-])
+@pytest.mark.parametrize(
+    "kwargs, code, field",
+    [
+        (dict(request_id="never-served", thumbs_up=True), grpc.StatusCode.NOT_FOUND, "request_id"),
+        (dict(request_id="", thumbs_up=True), grpc.StatusCode.INVALID_ARGUMENT, "request_id"),
+        (dict(rating=float("nan")), grpc.StatusCode.INVALID_ARGUMENT, "rating"),
+        (dict(preferred_over="SELF"), grpc.StatusCode.INVALID_ARGUMENT, "preferred_over"),
+        (dict(preferred_over="never-served"), grpc.StatusCode.NOT_FOUND, "preferred_over"),
+        (dict(thumbs_up=True, key="k" * 101), grpc.StatusCode.INVALID_ARGUMENT, "key"),
+    ],
+)
 def test_bad_feedback_is_refused_naming_the_field(ab_client, recorded_id, kwargs, code, field):
     request_id = kwargs.pop("request_id", recorded_id)
     if kwargs.get("preferred_over") == "SELF":
@@ -222,9 +257,8 @@ def test_feedback_without_a_kind_is_refused(ab_server):
     from alignd.v1 import alignd_pb2 as pb
     from alignd.v1 import alignd_pb2_grpc as pb_grpc
 
-    with grpc.insecure_channel(f"127.0.0.1:{ab_server.port}") as channel:
-        with pytest.raises(grpc.RpcError) as error:
-            pb_grpc.AligndStub(channel).RecordFeedback(pb.FeedbackRequest(request_id="x"), timeout=10)
+    with grpc.insecure_channel(f"127.0.0.1:{ab_server.port}") as channel, pytest.raises(grpc.RpcError) as error:
+        pb_grpc.AligndStub(channel).RecordFeedback(pb.FeedbackRequest(request_id="x"), timeout=10)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and error.value.details().startswith("feedback")
 
 
@@ -234,8 +268,9 @@ def test_unknown_experiment_report_is_not_found(ab_client):
     assert error.value.code == grpc.StatusCode.NOT_FOUND
 
 
-def test_an_experiment_created_on_one_replica_is_served_by_another(ab_client, tiny_policy, module_letter_scorer,
-                                                                    store_path):
+def test_an_experiment_created_on_one_replica_is_served_by_another(
+    ab_client, tiny_policy, module_letter_scorer, store_path
+):
     with running_server(tiny_policy, module_letter_scorer, _config(store_path)) as other:
         ab_client.create_experiment("made-elsewhere", [{"name": "a", "split": 0.5}, {"name": "b", "split": 0.5}])
         with AligndClient(f"127.0.0.1:{other.port}", timeout=60) as second:
@@ -245,8 +280,10 @@ def test_an_experiment_created_on_one_replica_is_served_by_another(ab_client, ti
 
 
 def test_created_experiment_serves_and_survives_a_restart(ab_client, tiny_policy, module_letter_scorer, store_path):
-    arms = [{"name": "greedy", "strategy": "sample", "temperature": 0.0, "split": 0.25},
-            {"name": "bon2", "strategy": "best_of_n", "n": 2, "split": 0.75}]
+    arms = [
+        {"name": "greedy", "strategy": "sample", "temperature": 0.0, "split": 0.25},
+        {"name": "bon2", "strategy": "best_of_n", "n": 2, "split": 0.75},
+    ]
     created = ab_client.create_experiment("greedy-vs-bon2", arms)
     assert created.source == "rpc" and [a.name for a in created.arms] == ["greedy", "bon2"]
     out = ab_client.generate("hello", strategy="", experiment="greedy-vs-bon2", subject="u1")
@@ -263,26 +300,56 @@ def test_created_experiment_serves_and_survives_a_restart(ab_client, tiny_policy
             assert again.arm == out.arm
 
 
-@pytest.mark.parametrize("arms, field", [
-    ([{"name": "a", "strategy": "sample", "split": 0.5}, {"name": "b", "strategy": "sample", "split": 0.6}], "arms"),
-    ([{"name": "a", "strategy": "sample", "split": -0.5}, {"name": "b", "strategy": "sample", "split": 1.5}],
-     "arms[0].split"),
-    ([{"name": "a", "strategy": "sample", "split": 0.5}, {"name": "a", "strategy": "sample", "split": 0.5}],
-     "arms[1].name"),
-    ([{"name": "a", "strategy": "sample", "split": 0.5}, {"name": "b", "strategy": "nope", "split": 0.5}],
-     "arms[1].request.strategy"),
-    ([{"name": "a", "strategy": "sample", "split": 0.5}, {"name": "b", "strategy": "best_of_n", "n": 0, "split": 0.5}],
-     "arms[1].request.best_of_n.n"),
-    ([{"name": "a", "strategy": "sample", "split": 0.5},
-      {"name": "b", "strategy": "sample", "weights": {"nope": 1.0}, "split": 0.5}], "arms[1].request.weights"),
-    ([{"name": "only", "strategy": "sample", "split": 1.0}], "arms"),
-    ([{"name": "a", "strategy": "sample", "split": 0.5},
-      {"name": "b", "strategy": "evolutionary", "beams": 3, "keep_top": 3, "split": 0.5}],
-     "arms[1].request.evolutionary.keep_top"),
-    ([{"name": "a", "strategy": "sample", "split": 0.5},
-      {"name": "b", "strategy": "multi_objective", "temperature": 0.0, "split": 0.5}],
-     "arms[1].request.sampling.temperature"),
-])
+@pytest.mark.parametrize(
+    "arms, field",
+    [
+        (
+            [{"name": "a", "strategy": "sample", "split": 0.5}, {"name": "b", "strategy": "sample", "split": 0.6}],
+            "arms",
+        ),
+        (
+            [{"name": "a", "strategy": "sample", "split": -0.5}, {"name": "b", "strategy": "sample", "split": 1.5}],
+            "arms[0].split",
+        ),
+        (
+            [{"name": "a", "strategy": "sample", "split": 0.5}, {"name": "a", "strategy": "sample", "split": 0.5}],
+            "arms[1].name",
+        ),
+        (
+            [{"name": "a", "strategy": "sample", "split": 0.5}, {"name": "b", "strategy": "nope", "split": 0.5}],
+            "arms[1].request.strategy",
+        ),
+        (
+            [
+                {"name": "a", "strategy": "sample", "split": 0.5},
+                {"name": "b", "strategy": "best_of_n", "n": 0, "split": 0.5},
+            ],
+            "arms[1].request.best_of_n.n",
+        ),
+        (
+            [
+                {"name": "a", "strategy": "sample", "split": 0.5},
+                {"name": "b", "strategy": "sample", "weights": {"nope": 1.0}, "split": 0.5},
+            ],
+            "arms[1].request.weights",
+        ),
+        ([{"name": "only", "strategy": "sample", "split": 1.0}], "arms"),
+        (
+            [
+                {"name": "a", "strategy": "sample", "split": 0.5},
+                {"name": "b", "strategy": "evolutionary", "beams": 3, "keep_top": 3, "split": 0.5},
+            ],
+            "arms[1].request.evolutionary.keep_top",
+        ),
+        (
+            [
+                {"name": "a", "strategy": "sample", "split": 0.5},
+                {"name": "b", "strategy": "multi_objective", "temperature": 0.0, "split": 0.5},
+            ],
+            "arms[1].request.sampling.temperature",
+        ),
+    ],
+)
 def test_invalid_experiments_are_refused_at_creation(ab_client, arms, field):
     with pytest.raises(AligndClientError) as error:
         ab_client.create_experiment("bad", arms)
@@ -293,9 +360,13 @@ def test_invalid_experiments_are_refused_at_creation(ab_client, arms, field):
 def test_an_arm_this_server_cannot_serve_is_refused_naming_it(ab_client):
     # The tiny test server has no value heads: controlled decoding on heads could never run.
     with pytest.raises(AligndClientError) as error:
-        ab_client.create_experiment("needs-heads", [
-            {"name": "a", "strategy": "sample", "split": 0.5},
-            {"name": "steered", "strategy": "controlled", "value_source": "heads", "split": 0.5}])
+        ab_client.create_experiment(
+            "needs-heads",
+            [
+                {"name": "a", "strategy": "sample", "split": 0.5},
+                {"name": "steered", "strategy": "controlled", "value_source": "heads", "split": 0.5},
+            ],
+        )
     assert error.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert error.value.details.startswith("arms[1]: arm 'steered'") and "controlled.value_source" in error.value.details
 
@@ -309,15 +380,18 @@ def test_admin_rpcs_are_refused_unless_enabled(tiny_policy, module_letter_scorer
 
 
 def test_a_bad_configured_arm_stops_start_up_naming_it(tiny_policy, module_letter_scorer, tmp_path):
-    bad = {"name": "cfg", "arms": [{"name": "ok", "strategy": "sample", "split": 0.5},
-                                   {"name": "broken", "strategy": "best_of_n", "params": {"m": 3}, "split": 0.5}]}
+    bad = {
+        "name": "cfg",
+        "arms": [
+            {"name": "ok", "strategy": "sample", "split": 0.5},
+            {"name": "broken", "strategy": "best_of_n", "params": {"m": 3}, "split": 0.5},
+        ],
+    }
     with pytest.raises(ConfigError) as error:
-        with running_server(tiny_policy, module_letter_scorer,
-                            _config(tmp_path / "s.sqlite", experiments=(bad,))):
+        with running_server(tiny_policy, module_letter_scorer, _config(tmp_path / "s.sqlite", experiments=(bad,))):
             pass
     message = str(error.value)
     assert "\n" not in message and "'broken'" in message and "best_of_n.m" in message
-
 
 
 def test_cli_creates_lists_reports_plots_and_sends_feedback(ab_server, ab_client, tmp_path, capsys):
@@ -325,9 +399,11 @@ def test_cli_creates_lists_reports_plots_and_sends_feedback(ab_server, ab_client
 
     target = f"127.0.0.1:{ab_server.port}"
     spec = tmp_path / "experiments.toml"
-    spec.write_text('[[experiments]]\nname = "cli-exp"\n'
-                    '[[experiments.arms]]\nname = "a"\nstrategy = "sample"\nsplit = 0.5\n'
-                    '[[experiments.arms]]\nname = "b"\nstrategy = "best_of_n"\nparams = { n = 2 }\nsplit = 0.5\n')
+    spec.write_text(
+        '[[experiments]]\nname = "cli-exp"\n'
+        '[[experiments.arms]]\nname = "a"\nstrategy = "sample"\nsplit = 0.5\n'
+        '[[experiments.arms]]\nname = "b"\nstrategy = "best_of_n"\nparams = { n = 2 }\nsplit = 0.5\n'
+    )
     assert main(["experiments", "create", str(spec), "--target", target]) == 0
     assert main(["experiments", "list", "--target", target]) == 0
     assert "cli-exp" in capsys.readouterr().out

@@ -20,8 +20,15 @@ from tests.server.conftest import TEST_LIMITS, running_server
 
 
 def test_generate_best_of_n_returns_rewards_kl_and_usage(client):
-    out = client.generate("tell me about bread", strategy="best_of_n", n=4, weights={"e_count": 1.0},
-                          max_tokens=12, seed=3, return_candidates=True)
+    out = client.generate(
+        "tell me about bread",
+        strategy="best_of_n",
+        n=4,
+        weights={"e_count": 1.0},
+        max_tokens=12,
+        seed=3,
+        return_candidates=True,
+    )
     assert out.strategy == "best_of_n" and out.model == "tiny"
     assert set(out.rewards) == {"e_count", "o_count"}
     assert out.weights == {"e_count": 1.0, "o_count": 0.0}
@@ -41,8 +48,10 @@ def test_same_seed_same_output_through_the_server(client):
 def test_strategy_given_only_by_its_params_message(server):
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = pb_grpc.AligndStub(channel)
-        response = stub.Generate(pb.GenerateRequest(prompt="hi", best_of_n=pb.BestOfNParams(n=2),
-                                                    sampling=pb.SamplingParams(max_tokens=4)), timeout=30)
+        response = stub.Generate(
+            pb.GenerateRequest(prompt="hi", best_of_n=pb.BestOfNParams(n=2), sampling=pb.SamplingParams(max_tokens=4)),
+            timeout=30,
+        )
     assert response.strategy == "best_of_n" and len(response.kl) == 2
 
 
@@ -122,16 +131,20 @@ def test_bad_input_is_invalid_argument_naming_the_field_and_the_server_keeps_ser
 def test_params_for_another_strategy_are_refused(server):
     request = build_request("hi", strategy="best_of_n", n=2)
     request.strategy = "sample"
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        with pytest.raises(grpc.RpcError) as error:
-            pb_grpc.AligndStub(channel).Generate(request, timeout=10)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel, pytest.raises(grpc.RpcError) as error:
+        pb_grpc.AligndStub(channel).Generate(request, timeout=10)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.value.details().startswith("params:")
 
 
 @pytest.mark.parametrize(
     "prompt, responses, field",
-    [("", ["a"], "prompt"), ("q", [], "responses"), ("q", ["a"] * 5, "responses"), ("q", ["a", "x" * 201], "responses[1]")],
+    [
+        ("", ["a"], "prompt"),
+        ("q", [], "responses"),
+        ("q", ["a"] * 5, "responses"),
+        ("q", ["a", "x" * 201], "responses[1]"),
+    ],
 )
 def test_bad_score_requests_name_the_field(client, prompt, responses, field):
     with pytest.raises(AligndClientError) as error:
@@ -162,9 +175,9 @@ def test_unexpected_failures_are_internal_and_the_server_survives(tiny_policy):
 
 
 def test_admission_queue_full_is_resource_exhausted(tiny_policy):
+    from alignd.clients import AligndClient
     from alignd.rewardmodels.base import Objective, ObjectiveInfo
     from alignd.rewardmodels.objective_scorer import ObjectiveScorer
-    from alignd.clients import AligndClient
 
     release = threading.Event()
     entered = threading.Event()
@@ -202,8 +215,11 @@ def test_defaults_outside_the_limits_fail_at_start_up(tiny_policy, module_letter
     from alignd.server.service import AligndService
 
     with pytest.raises(ConfigError, match=r"^default_sampling\.max_tokens:"):
-        AligndService(tiny_policy, module_letter_scorer,
-                      ServerConfig(limits=Limits(max_tokens=8), default_sampling=SamplingParams(max_tokens=16)))
+        AligndService(
+            tiny_policy,
+            module_letter_scorer,
+            ServerConfig(limits=Limits(max_tokens=8), default_sampling=SamplingParams(max_tokens=16)),
+        )
     with pytest.raises(ConfigError, match=r"^default_weights\[nope\]:"):
         AligndService(tiny_policy, module_letter_scorer, ServerConfig(default_weights={"nope": 1.0}))
 
@@ -249,8 +265,10 @@ def test_a_stream_abandoned_after_its_first_event_stops_decoding(tiny_policy, mo
 
     with long_greedy_server(tiny_policy, module_letter_scorer) as (running, steps):
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            call = pb_grpc.AligndStub(channel).GenerateStream(pb.GenerateRequest(
-                prompt="hi", sampling=pb.SamplingParams(temperature=0.0, max_tokens=3000)), timeout=60)
+            call = pb_grpc.AligndStub(channel).GenerateStream(
+                pb.GenerateRequest(prompt="hi", sampling=pb.SamplingParams(temperature=0.0, max_tokens=3000)),
+                timeout=60,
+            )
             time.sleep(0.3)
             call.cancel()
     assert len(steps) < 1500

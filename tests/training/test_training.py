@@ -25,9 +25,29 @@ def tiny_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def rollouts(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "rollouts.jsonl"
-    code = main(["train", "rollouts", "--model", str(tiny_checkpoint), "--device", "cpu", "--limit", "6",
-                 "--samples-per-prompt", "4", "--max-tokens", "12", "--temperature", "1.0",
-                 "--objectives", "positivity", "conciseness", "--output", str(out)])
+    code = main(
+        [
+            "train",
+            "rollouts",
+            "--model",
+            str(tiny_checkpoint),
+            "--device",
+            "cpu",
+            "--limit",
+            "6",
+            "--samples-per-prompt",
+            "4",
+            "--max-tokens",
+            "12",
+            "--temperature",
+            "1.0",
+            "--objectives",
+            "positivity",
+            "conciseness",
+            "--output",
+            str(out),
+        ]
+    )
     assert code == 0
     return out
 
@@ -48,8 +68,26 @@ def test_rollouts_are_scored_jsonl(rollouts):
 
 def test_value_training_writes_loadable_heads_and_a_report(rollouts, tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "value_heads.safetensors"
-    code = main(["train", "value", "--rollouts", str(rollouts), "--model", str(tiny_checkpoint), "--device", "cpu",
-                 "--epochs", "3", "--width", "16", "--eval-fraction", "0.34", "--output", str(out)])
+    code = main(
+        [
+            "train",
+            "value",
+            "--rollouts",
+            str(rollouts),
+            "--model",
+            str(tiny_checkpoint),
+            "--device",
+            "cpu",
+            "--epochs",
+            "3",
+            "--width",
+            "16",
+            "--eval-fraction",
+            "0.34",
+            "--output",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     for objective in ("positivity", "conciseness"):
@@ -81,14 +119,22 @@ def test_value_training_writes_loadable_heads_and_a_report(rollouts, tiny_checkp
         with AligndClient(f"127.0.0.1:{running.port}", timeout=60) as client:
             (info,) = client.server_info().heads
             assert info.kind == "value" and info.path == str(out) and "positivity@50%_mse" in info.metrics
-            steered = client.generate("hi", strategy="controlled", weights={"conciseness": 1.0}, max_tokens=8,
-                                      num_candidates=2, block_tokens=4)
+            steered = client.generate(
+                "hi",
+                strategy="controlled",
+                weights={"conciseness": 1.0},
+                max_tokens=8,
+                num_candidates=2,
+                block_tokens=4,
+            )
             assert set(steered.rewards) == {"positivity", "conciseness"}
 
 
 def test_pairs_from_rollouts_rank_by_the_objective(rollouts, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
-    assert main(["train", "pairs", "--rollouts", str(rollouts), "--objective", "conciseness", "--output", str(pairs)]) == 0
+    assert (
+        main(["train", "pairs", "--rollouts", str(rollouts), "--objective", "conciseness", "--output", str(pairs)]) == 0
+    )
     by_prompt = {}
     for row in read_jsonl(rollouts, {"prompt": str, "response": str, "rewards": dict}):
         by_prompt.setdefault(row["prompt"], {})[row["response"]] = row["rewards"]["conciseness"]
@@ -101,14 +147,58 @@ def test_reward_head_learns_a_held_out_preference(tiny_checkpoint, tmp_path, cap
     # Distinct pairs whose preferred answer always ends in the same polite words: a linear head
     # on the final hidden state can pick that up and must generalise to unseen pairs.
     pairs = tmp_path / "pairs.jsonl"
-    topics = ["bread", "dogs", "rain", "music", "tea", "maps", "boats", "snow", "chess", "bees",
-              "glass", "kites", "salt", "clocks", "ferns", "owls", "soap", "rope", "jam", "ink"]
-    rows = [{"prompt": f"tell me about {t}", "chosen": f"{t} is nice. thank you, that is wonderful",
-             "rejected": f"{t} is nice. stop here"} for t in topics]
+    topics = [
+        "bread",
+        "dogs",
+        "rain",
+        "music",
+        "tea",
+        "maps",
+        "boats",
+        "snow",
+        "chess",
+        "bees",
+        "glass",
+        "kites",
+        "salt",
+        "clocks",
+        "ferns",
+        "owls",
+        "soap",
+        "rope",
+        "jam",
+        "ink",
+    ]
+    rows = [
+        {
+            "prompt": f"tell me about {t}",
+            "chosen": f"{t} is nice. thank you, that is wonderful",
+            "rejected": f"{t} is nice. stop here",
+        }
+        for t in topics
+    ]
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "rm.safetensors"
-    code = main(["train", "reward", "--pairs", str(pairs), "--model", str(tiny_checkpoint), "--device", "cpu",
-                 "--epochs", "60", "--eval-fraction", "0.25", "--name", "rm_polite", "--output", str(out)])
+    code = main(
+        [
+            "train",
+            "reward",
+            "--pairs",
+            str(pairs),
+            "--model",
+            str(tiny_checkpoint),
+            "--device",
+            "cpu",
+            "--epochs",
+            "60",
+            "--eval-fraction",
+            "0.25",
+            "--name",
+            "rm_polite",
+            "--output",
+            str(out),
+        ]
+    )
     assert code == 0
     assert "pairwise accuracy: train" in capsys.readouterr().out
     head = Head.load(out)
@@ -206,9 +296,14 @@ def test_value_training_measures_both_sources_within_prompts_for_auto(tiny_polic
         batch = tiny_policy.sample([ChatPrompt(prompt)], 8, SamplingParams(temperature=1.0, max_tokens=16, seed=index))
         completions = batch.completions[0]
         rewards = letter_scorer.score([prompt] * 8, [c.text for c in completions])
-        rows += [{"prompt": prompt, "token_ids": c.token_ids,
-                  "rewards": dict(zip(letter_scorer.objective_names, map(float, r)))}
-                 for c, r in zip(completions, rewards)]
+        rows += [
+            {
+                "prompt": prompt,
+                "token_ids": c.token_ids,
+                "rewards": dict(zip(letter_scorer.objective_names, map(float, r))),
+            }
+            for c, r in zip(completions, rewards)
+        ]
     write_jsonl(tmp_path / "rollouts.jsonl", rows)
     config = ValueConfig(rollouts=str(tmp_path / "rollouts.jsonl"), eval_fraction=0.5, epochs=2, ranking_weight=1.0)
     head, report = train_value_heads(tiny_policy, config, progress=False, scorer=letter_scorer)

@@ -55,7 +55,10 @@ class ExperimentSpec:
 
     def to_message(self) -> pb.Experiment:
         return pb.Experiment(
-            name=self.name, description=self.description, source=self.source, created_unix=self.created_unix,
+            name=self.name,
+            description=self.description,
+            source=self.source,
+            created_unix=self.created_unix,
             arms=[pb.Arm(name=a.name, split=a.split, request=a.request) for a in self.arms],
         )
 
@@ -97,12 +100,15 @@ def validate_experiment(message: pb.Experiment, check_arm, source: str, created_
         seen.add(arm.name)
         if not math.isfinite(arm.split) or arm.split < 0:
             raise InvalidArgument(f"{label}.split", f"arm {arm.name!r}: must be a finite share >= 0, got {arm.split}")
-        extra = sorted(f.name for f, _ in arm.request.ListFields() if f.name not in ARM_FIELDS
-                       and f.containing_oneof is None)
+        extra = sorted(
+            f.name for f, _ in arm.request.ListFields() if f.name not in ARM_FIELDS and f.containing_oneof is None
+        )
         if extra:
-            raise InvalidArgument(f"{label}.request.{extra[0]}",
-                                  f"arm {arm.name!r}: an arm sets only strategy, params, weights, sampling and "
-                                  "system_prompt; the request brings the rest")
+            raise InvalidArgument(
+                f"{label}.request.{extra[0]}",
+                f"arm {arm.name!r}: an arm sets only strategy, params, weights, sampling and "
+                "system_prompt; the request brings the rest",
+            )
         try:
             check_arm(arm.request)
         except InvalidArgument as error:
@@ -113,7 +119,10 @@ def validate_experiment(message: pb.Experiment, check_arm, source: str, created_
     if abs(total - 1.0) > SPLIT_TOLERANCE:
         raise InvalidArgument("arms", f"the splits sum to {total:g}; they must sum to 1")
     return ExperimentSpec(
-        name=message.name, description=message.description, source=source, created_unix=created_unix,
+        name=message.name,
+        description=message.description,
+        source=source,
+        created_unix=created_unix,
         arms=tuple(ArmSpec(a.name, a.split, _copy(a.request)) for a in message.arms),
     )
 
@@ -142,7 +151,9 @@ def _arm_from_config(arm: Any, label: str) -> pb.Arm:
     name = str(arm.get("name", ""))
     unknown = sorted(set(arm) - set(CONFIG_ARM_KEYS))
     if unknown:
-        raise InvalidArgument(f"{label}.{unknown[0]}", f"arm {name!r}: unknown setting; known: {sorted(CONFIG_ARM_KEYS)}")
+        raise InvalidArgument(
+            f"{label}.{unknown[0]}", f"arm {name!r}: unknown setting; known: {sorted(CONFIG_ARM_KEYS)}"
+        )
     strategy = str(arm.get("strategy", "sample"))
     body: dict[str, Any] = {"strategy": strategy}
     for key in ARM_FIELDS[1:]:
@@ -158,8 +169,9 @@ def _arm_from_config(arm: Any, label: str) -> pb.Arm:
         known_params = {f.name for f in getattr(pb.GenerateRequest(), strategy).DESCRIPTOR.fields}
         for key in params:
             if key not in known_params:
-                raise InvalidArgument(f"{label}.{strategy}.{key}",
-                                      f"arm {name!r}: unknown parameter; known: {sorted(known_params)}")
+                raise InvalidArgument(
+                    f"{label}.{strategy}.{key}", f"arm {name!r}: unknown parameter; known: {sorted(known_params)}"
+                )
         body[strategy] = params
     request = pb.GenerateRequest()
     try:

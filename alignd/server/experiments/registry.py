@@ -20,7 +20,12 @@ from alignd.config import ConfigError, ServerConfig, experiment_store_path
 from alignd.decoding.base import DecodeResult
 from alignd.errors import AligndError, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from alignd.server.experiments.definitions import (
-    ArmSpec, ExperimentSpec, check_subject, experiment_from_config, serve_by_arm, validate_experiment,
+    ArmSpec,
+    ExperimentSpec,
+    check_subject,
+    experiment_from_config,
+    serve_by_arm,
+    validate_experiment,
 )
 from alignd.server.experiments.report import build_report
 from alignd.server.experiments.store import ExperimentStore, Feedback, RequestRecord
@@ -50,8 +55,9 @@ class Experiments:
         self._specs: dict[str, ExperimentSpec] = {}
 
     @classmethod
-    async def open(cls, config: ServerConfig, metrics: Metrics,
-                   check_arm: Callable[[pb.GenerateRequest], None]) -> Experiments:
+    async def open(
+        cls, config: ServerConfig, metrics: Metrics, check_arm: Callable[[pb.GenerateRequest], None]
+    ) -> Experiments:
         """Validate the configured experiments (ConfigError naming the arm), open the store, save
         the configured definitions and load the ones created over RPC earlier."""
         configured: list[ExperimentSpec] = []
@@ -85,8 +91,11 @@ class Experiments:
                 continue
             if earlier is not None:
                 # Same name, new arms: earlier records stay and are reported with the new arms.
-                log.warning("experiment %r: the config changes its stored definition (%s); records so far are kept",
-                            spec.name, earlier.source)
+                log.warning(
+                    "experiment %r: the config changes its stored definition (%s); records so far are kept",
+                    spec.name,
+                    earlier.source,
+                )
             spec = dataclasses.replace(spec, created_unix=time.time())
             await store.save_experiment(spec.name, definition, "config", spec.created_unix, replace=True)
             experiments._specs[spec.name] = spec
@@ -104,8 +113,9 @@ class Experiments:
                 continue
             try:
                 message = json_format.Parse(stored.definition, pb.Experiment(), ignore_unknown_fields=True)
-                self._specs[stored.name] = validate_experiment(message, self._check_arm, stored.source,
-                                                               stored.created_unix)
+                self._specs[stored.name] = validate_experiment(
+                    message, self._check_arm, stored.source, stored.created_unix
+                )
             except (json_format.ParseError, InvalidArgument, FailedPrecondition) as error:
                 # Created for another model, objective set or version: keep its records, do not serve it.
                 log.warning("stored experiment %r cannot be served here and is skipped: %s", stored.name, error)
@@ -157,17 +167,29 @@ class Experiments:
         if await self._require_store().has_request(request_id):
             raise AlreadyExists(f"request_id: {request_id!r} is already recorded")
 
-    async def record(self, routed: Routed, parsed, result: DecodeResult, request_id: str,
-                     latency_seconds: float) -> None:
+    async def record(
+        self, routed: Routed, parsed, result: DecodeResult, request_id: str, latency_seconds: float
+    ) -> None:
         """Store what was served; returns once it is committed (the response may then be sent)."""
-        await self._require_store().record_request(RequestRecord(
-            request_id=request_id, experiment=routed.experiment.name, arm=routed.arm.name, subject=routed.subject,
-            created_unix=time.time(), strategy=parsed.strategy.name, params=dataclasses.asdict(parsed.params),
-            sampling=dataclasses.asdict(parsed.sampling), weights=parsed.weights.as_dict(),
-            rewards={k: float(v) for k, v in result.rewards.items()}, weighted_score=float(result.weighted_score),
-            latency_seconds=latency_seconds, prompt_tokens=result.usage.prompt_tokens,
-            generated_tokens=result.usage.generated_tokens, finish_reason=result.finish_reason,
-        ))
+        await self._require_store().record_request(
+            RequestRecord(
+                request_id=request_id,
+                experiment=routed.experiment.name,
+                arm=routed.arm.name,
+                subject=routed.subject,
+                created_unix=time.time(),
+                strategy=parsed.strategy.name,
+                params=dataclasses.asdict(parsed.params),
+                sampling=dataclasses.asdict(parsed.sampling),
+                weights=parsed.weights.as_dict(),
+                rewards={k: float(v) for k, v in result.rewards.items()},
+                weighted_score=float(result.weighted_score),
+                latency_seconds=latency_seconds,
+                prompt_tokens=result.usage.prompt_tokens,
+                generated_tokens=result.usage.generated_tokens,
+                finish_reason=result.finish_reason,
+            )
+        )
 
     # -- feedback, reports, admin ----------------------------------------------------------
 

@@ -20,7 +20,14 @@ import numpy as np
 
 from alignd.server.experiments.definitions import ExperimentSpec
 from alignd.server.experiments.statistics import (
-    Difference, MeanInterval, Proportion, binomial_test, mean_interval, percentile, two_proportion_test, welch_test,
+    Difference,
+    MeanInterval,
+    Proportion,
+    binomial_test,
+    mean_interval,
+    percentile,
+    two_proportion_test,
+    welch_test,
     wilson_interval,
 )
 from alignd.server.experiments.store import ExperimentRows
@@ -91,14 +98,25 @@ def _mean(interval: MeanInterval) -> pb.MeanEstimate:
 
 
 def _rate(proportion: Proportion) -> pb.RateEstimate:
-    return pb.RateEstimate(successes=proportion.successes, trials=proportion.trials, rate=proportion.rate,
-                           low=proportion.low, high=proportion.high)
+    return pb.RateEstimate(
+        successes=proportion.successes,
+        trials=proportion.trials,
+        rate=proportion.rate,
+        low=proportion.low,
+        high=proportion.high,
+    )
 
 
 def _comparison(arm: str, baseline: str, metric: str, result: Difference) -> pb.ArmComparison:
     return pb.ArmComparison(
-        arm=arm, baseline=baseline, metric=metric, test=result.test, difference=result.difference,
-        low=result.low, high=result.high, p_value=result.p_value,
+        arm=arm,
+        baseline=baseline,
+        metric=metric,
+        test=result.test,
+        difference=result.difference,
+        low=result.low,
+        high=result.high,
+        p_value=result.p_value,
         significant=bool(not math.isnan(result.p_value) and result.p_value < SIGNIFICANCE),
     )
 
@@ -106,22 +124,32 @@ def _comparison(arm: str, baseline: str, metric: str, result: Difference) -> pb.
 def build_report(experiment: ExperimentSpec, rows: ExperimentRows) -> pb.ExperimentReport:
     arms = _collect(rows, [a.name for a in experiment.arms])
     objectives = sorted({o for data in arms.values() for o in data.rewards})
-    report = pb.ExperimentReport(experiment=experiment.to_message(), requests=len(rows.requests),
-                                 feedback=len(rows.feedback), generated_unix=time.time())
+    report = pb.ExperimentReport(
+        experiment=experiment.to_message(),
+        requests=len(rows.requests),
+        feedback=len(rows.feedback),
+        generated_unix=time.time(),
+    )
     for name, data in arms.items():
         spec = experiment.arm(name)
         ups = int(sum(data.thumbs))
-        report.arms.append(pb.ArmReport(
-            name=name, strategy=spec.strategy if spec else "(no longer in the experiment)",
-            split=spec.split if spec else 0.0, requests=len(data.latency), subjects=len(data.subjects),
-            rewards={o: _mean(mean_interval(data.rewards[o])) for o in objectives},
-            weighted_score=_mean(mean_interval(data.weighted)),
-            latency_p50_seconds=percentile(data.latency, 50), latency_p95_seconds=percentile(data.latency, 95),
-            generated_tokens=_mean(mean_interval(data.tokens)),
-            thumbs_up=_rate(wilson_interval(ups, len(data.thumbs))),
-            rating=_mean(mean_interval(data.ratings)),
-            preference_wins=_rate(wilson_interval(data.preference_wins, data.preference_trials)),
-        ))
+        report.arms.append(
+            pb.ArmReport(
+                name=name,
+                strategy=spec.strategy if spec else "(no longer in the experiment)",
+                split=spec.split if spec else 0.0,
+                requests=len(data.latency),
+                subjects=len(data.subjects),
+                rewards={o: _mean(mean_interval(data.rewards[o])) for o in objectives},
+                weighted_score=_mean(mean_interval(data.weighted)),
+                latency_p50_seconds=percentile(data.latency, 50),
+                latency_p95_seconds=percentile(data.latency, 95),
+                generated_tokens=_mean(mean_interval(data.tokens)),
+                thumbs_up=_rate(wilson_interval(ups, len(data.thumbs))),
+                rating=_mean(mean_interval(data.ratings)),
+                preference_wins=_rate(wilson_interval(data.preference_wins, data.preference_trials)),
+            )
+        )
     baseline_name = experiment.arms[0].name
     base = arms[baseline_name]
     for name, data in arms.items():
@@ -133,12 +161,16 @@ def build_report(experiment: ExperimentSpec, rows: ExperimentRows) -> pb.Experim
         if data.ratings or base.ratings:
             metrics.append("rating")
         for metric in metrics:
-            compare(_comparison(name, baseline_name, metric,
-                                welch_test(data.subject_means(metric), base.subject_means(metric))))
+            compare(
+                _comparison(
+                    name, baseline_name, metric, welch_test(data.subject_means(metric), base.subject_means(metric))
+                )
+            )
         if data.thumbs or base.thumbs:
             if max(data.most_per_subject("thumbs_up"), base.most_per_subject("thumbs_up")) <= 1:
-                result = two_proportion_test(int(sum(data.thumbs)), len(data.thumbs),
-                                             int(sum(base.thumbs)), len(base.thumbs))
+                result = two_proportion_test(
+                    int(sum(data.thumbs)), len(data.thumbs), int(sum(base.thumbs)), len(base.thumbs)
+                )
             else:  # several thumbs per subject are not independent trials
                 result = welch_test(data.subject_means("thumbs_up"), base.subject_means("thumbs_up"))
             compare(_comparison(name, baseline_name, "thumbs_up", result))

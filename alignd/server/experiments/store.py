@@ -121,8 +121,15 @@ def _connect(path: str) -> sqlite3.Connection:
 
 
 class ExperimentStore:
-    def __init__(self, path: str | Path, metrics: Metrics | None = None, *, queue_size: int = 1024,
-                 batch_size: int = 256, write_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        metrics: Metrics | None = None,
+        *,
+        queue_size: int = 1024,
+        batch_size: int = 256,
+        write_timeout: float = 30.0,
+    ) -> None:
         self.path = str(path)
         self.metrics = metrics or Metrics()
         self.batch_size = batch_size
@@ -147,8 +154,9 @@ class ExperimentStore:
         connection.execute("PRAGMA foreign_keys = ON")
         version = connection.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise Unavailable(f"experiment store: schema version {version} is newer than this server's "
-                              f"{SCHEMA_VERSION}")
+            raise Unavailable(
+                f"experiment store: schema version {version} is newer than this server's {SCHEMA_VERSION}"
+            )
         connection.executescript(SCHEMA)
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -181,10 +189,23 @@ class ExperimentStore:
             try:
                 connection.execute(
                     "INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (record.request_id, record.experiment, record.arm, record.subject, record.created_unix,
-                     record.strategy, json.dumps(record.params), json.dumps(record.sampling),
-                     json.dumps(record.weights), json.dumps(record.rewards), record.weighted_score,
-                     record.latency_seconds, record.prompt_tokens, record.generated_tokens, record.finish_reason),
+                    (
+                        record.request_id,
+                        record.experiment,
+                        record.arm,
+                        record.subject,
+                        record.created_unix,
+                        record.strategy,
+                        json.dumps(record.params),
+                        json.dumps(record.sampling),
+                        json.dumps(record.weights),
+                        json.dumps(record.rewards),
+                        record.weighted_score,
+                        record.latency_seconds,
+                        record.prompt_tokens,
+                        record.generated_tokens,
+                        record.finish_reason,
+                    ),
                 )
             except sqlite3.IntegrityError as error:
                 if error.sqlite_errorname == "SQLITE_CONSTRAINT_PRIMARYKEY":
@@ -203,28 +224,38 @@ class ExperimentStore:
             if feedback.kind == "preference":
                 other_experiment = _experiment_of(connection, feedback.preferred_over, "preferred_over")
                 if other_experiment != experiment:
-                    raise InvalidArgument("preferred_over", f"request {feedback.preferred_over!r} belongs to experiment "
-                                          f"{other_experiment!r}, not {experiment!r}")
+                    raise InvalidArgument(
+                        "preferred_over",
+                        f"request {feedback.preferred_over!r} belongs to experiment "
+                        f"{other_experiment!r}, not {experiment!r}",
+                    )
                 # One row per unordered pair, so "A over B" then "B over A" replaces, not contradicts.
                 request_id, other = sorted((feedback.request_id, feedback.preferred_over))
                 value = 1.0 if request_id == feedback.request_id else 0.0
             identity = (request_id, feedback.kind, feedback.key, other)
-            replaced = connection.execute(
-                "SELECT 1 FROM feedback WHERE request_id = ? AND kind = ? AND key = ? AND other_request_id = ?",
-                identity).fetchone() is not None
-            connection.execute("INSERT OR REPLACE INTO feedback VALUES (?, ?, ?, ?, ?, ?)",
-                               (*identity, value, time.time()))
+            replaced = (
+                connection.execute(
+                    "SELECT 1 FROM feedback WHERE request_id = ? AND kind = ? AND key = ? AND other_request_id = ?",
+                    identity,
+                ).fetchone()
+                is not None
+            )
+            connection.execute(
+                "INSERT OR REPLACE INTO feedback VALUES (?, ?, ?, ?, ?, ?)", (*identity, value, time.time())
+            )
             return replaced
 
         return await self._submit(write)
 
-    async def save_experiment(self, name: str, definition: str, source: str, created_unix: float,
-                              *, replace: bool) -> None:
+    async def save_experiment(
+        self, name: str, definition: str, source: str, created_unix: float, *, replace: bool
+    ) -> None:
         def write(connection: sqlite3.Connection) -> None:
             verb = "INSERT OR REPLACE" if replace else "INSERT"
             try:
-                connection.execute(f"{verb} INTO experiments VALUES (?, ?, ?, ?)",
-                                   (name, definition, source, created_unix))
+                connection.execute(
+                    f"{verb} INTO experiments VALUES (?, ?, ?, ?)", (name, definition, source, created_unix)
+                )
             except sqlite3.IntegrityError as error:
                 if error.sqlite_errorname == "SQLITE_CONSTRAINT_PRIMARYKEY":
                     raise AlreadyExists(f"name: an experiment named {name!r} exists") from None
@@ -318,12 +349,16 @@ class ExperimentStore:
         return await asyncio.get_running_loop().run_in_executor(self._read_threads, run)
 
     async def has_request(self, request_id: str) -> bool:
-        return await self._read(lambda c: c.execute("SELECT 1 FROM requests WHERE request_id = ?",
-                                                    (request_id,)).fetchone() is not None)
+        return await self._read(
+            lambda c: c.execute("SELECT 1 FROM requests WHERE request_id = ?", (request_id,)).fetchone() is not None
+        )
 
     async def experiments(self) -> list[StoredExperiment]:
-        rows = await self._read(lambda c: c.execute(
-            "SELECT name, definition, source, created_unix FROM experiments ORDER BY created_unix, name").fetchall())
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT name, definition, source, created_unix FROM experiments ORDER BY created_unix, name"
+            ).fetchall()
+        )
         return [StoredExperiment(*row) for row in rows]
 
     async def rows(self, experiment: str) -> ExperimentRows:
@@ -333,12 +368,15 @@ class ExperimentStore:
                 (arm, subject, json.loads(rewards), math.nan if score is None else score, latency, tokens)
                 for arm, subject, rewards, score, latency, tokens in connection.execute(
                     "SELECT arm, subject, rewards, weighted_score, latency_seconds, generated_tokens "
-                    "FROM requests WHERE experiment = ? ORDER BY created_unix", (experiment,))
+                    "FROM requests WHERE experiment = ? ORDER BY created_unix",
+                    (experiment,),
+                )
             ]
             feedback = connection.execute(
                 "SELECT r.arm, r.subject, f.kind, f.value, o.arm FROM feedback f JOIN requests r USING (request_id) "
                 "LEFT JOIN requests o ON o.request_id = f.other_request_id WHERE r.experiment = ?",
-                (experiment,)).fetchall()
+                (experiment,),
+            ).fetchall()
             connection.execute("COMMIT")
             return ExperimentRows(requests, feedback)
 

@@ -18,8 +18,23 @@ from alignd.server.metrics import Metrics
 
 
 def record(request_id: str, experiment: str = "exp", arm: str = "a", score: float = 0.5) -> RequestRecord:
-    return RequestRecord(request_id, experiment, arm, f"subject-{request_id}", 1.0, "sample", {}, {"temperature": 0.7},
-                         {"r": 1.0}, {"r": score}, score, 0.01, 3, 4, "length")
+    return RequestRecord(
+        request_id,
+        experiment,
+        arm,
+        f"subject-{request_id}",
+        1.0,
+        "sample",
+        {},
+        {"temperature": 0.7},
+        {"r": 1.0},
+        {"r": score},
+        score,
+        0.01,
+        3,
+        4,
+        "length",
+    )
 
 
 def run(coroutine_function, path, **store_options):
@@ -59,8 +74,12 @@ def test_concurrent_writes_share_commits(tmp_path):
 def test_a_refused_write_does_not_undo_the_others_in_its_batch(tmp_path):
     async def mixed(store):
         await store.record_request(record("dup"))
-        return await asyncio.gather(store.record_request(record("x1")), store.record_request(record("dup")),
-                                    store.record_request(record("x2")), return_exceptions=True)
+        return await asyncio.gather(
+            store.record_request(record("x1")),
+            store.record_request(record("dup")),
+            store.record_request(record("x2")),
+            return_exceptions=True,
+        )
 
     results = run(mixed, tmp_path / "s.sqlite")
     assert results[0] is None and isinstance(results[1], AlreadyExists) and results[2] is None
@@ -83,7 +102,8 @@ def test_feedback_replaces_per_identity_and_checks_requests(tmp_path):
             store.record_feedback(Feedback("zzz", "thumbs", 1.0)),
             store.record_feedback(Feedback("a", "preference", 1.0, preferred_over="zzz")),
             store.record_feedback(Feedback("a", "preference", 1.0, preferred_over="c")),
-            return_exceptions=True)
+            return_exceptions=True,
+        )
         return replaced, errors, await store.rows("exp")
 
     replaced, errors, rows = run(scenario, tmp_path / "s.sqlite")
@@ -93,8 +113,9 @@ def test_feedback_replaces_per_identity_and_checks_requests(tmp_path):
     assert isinstance(errors[2], InvalidArgument) and errors[2].field == "preferred_over"
     with sqlite3.connect(tmp_path / "s.sqlite") as connection:
         thumbs = connection.execute("SELECT key, value FROM feedback WHERE kind = 'thumbs' ORDER BY key").fetchall()
-        preference = connection.execute("SELECT request_id, other_request_id, value FROM feedback "
-                                         "WHERE kind = 'preference'").fetchall()
+        preference = connection.execute(
+            "SELECT request_id, other_request_id, value FROM feedback WHERE kind = 'preference'"
+        ).fetchall()
     assert thumbs == [("", 0.0), ("rater", 1.0)]
     assert preference == [("a", "b", 1.0)]  # one row per pair; the last judgment (a over b) stands
     assert len(rows.requests) == 2 and len(rows.feedback) == 3
@@ -171,23 +192,25 @@ def test_a_store_from_a_newer_schema_is_refused(tmp_path):
 def test_a_score_that_is_not_finite_is_stored_as_null_and_read_back_as_nan(tmp_path):
     import math
 
-    nan_record = RequestRecord("nan", "exp", "a", "s", 1.0, "sample", {}, {}, {"r": 1.0}, {"r": math.nan}, math.nan,
-                               0.01, 3, 4, "length")
+    nan_record = RequestRecord(
+        "nan", "exp", "a", "s", 1.0, "sample", {}, {}, {"r": 1.0}, {"r": math.nan}, math.nan, 0.01, 3, 4, "length"
+    )
 
     async def scenario(store):
         await store.record_request(nan_record)
         return await store.rows("exp")
 
     rows = run(scenario, tmp_path / "s.sqlite")
-    (arm, subject, rewards, weighted, latency, tokens), = rows.requests
+    ((arm, subject, rewards, weighted, latency, tokens),) = rows.requests
     assert math.isnan(weighted) and math.isnan(rewards["r"])
 
 
 def test_a_failing_write_is_answered_and_the_writer_keeps_going(tmp_path):
     from alignd.errors import Unavailable
 
-    broken = RequestRecord("bad", "exp", "a", "s", 1.0, "sample", {"not json": {1, 2}}, {}, {}, {}, 0.0, 0.01, 3, 4,
-                           "length")
+    broken = RequestRecord(
+        "bad", "exp", "a", "s", 1.0, "sample", {"not json": {1, 2}}, {}, {}, {}, 0.0, 0.01, 3, 4, "length"
+    )
 
     async def scenario(store):
         first = await asyncio.gather(store.record_request(broken), return_exceptions=True)
