@@ -157,14 +157,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         experiment=args.experiment,
         subject=args.subject,
     )
-    strategy = "" if args.experiment else args.strategy
     options.update(_parse_params(args.param))
     if args.n is not None:
         options["n"] = args.n
     try:
         with AligndClient(args.target, timeout=args.timeout) as client:
             if args.stream:
-                for event in client.generate_stream(args.prompt, strategy=strategy, **options):
+                for event in client.generate_stream(args.prompt, strategy=args.strategy, **options):
                     if isinstance(event, Generation):
                         _print_generation(event, args.json)
                     else:
@@ -179,7 +178,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                             file=sys.stderr,
                         )
             else:
-                _print_generation(client.generate(args.prompt, strategy=strategy, **options), args.json)
+                _print_generation(client.generate(args.prompt, strategy=args.strategy, **options), args.json)
     except AligndClientError as error:
         return _fail(str(error))
     except TypeError as error:
@@ -201,8 +200,19 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_ready(value: Any) -> Any:
+    """Non-finite floats as the strings protobuf's JSON uses ("Infinity", "NaN"): strict JSON has none."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_ready(v) for v in value]
+    return value
+
+
 def cmd_info(args: argparse.Namespace) -> int:
-    from google.protobuf import json_format
+    from dataclasses import asdict
 
     from alignd.clients import AligndClient, AligndClientError
 
@@ -211,7 +221,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             info = client.server_info()
     except AligndClientError as error:
         return _fail(str(error))
-    print(json.dumps(json_format.MessageToDict(info, preserving_proto_field_name=True), indent=2))
+    print(json.dumps(_json_ready(asdict(info)), indent=2))
     return 0
 
 
@@ -317,7 +327,8 @@ def _create_experiments(client, path: str) -> int:
     from alignd.server.experiments.definitions import experiment_from_config
 
     try:
-        tables = tomllib.loads(open(path).read()).get("experiments", [])
+        with open(path, "rb") as file:
+            tables = tomllib.load(file).get("experiments", [])
     except (OSError, tomllib.TOMLDecodeError) as error:
         return _fail(f"{path}: {error}")
     if not tables:
@@ -412,7 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="decode a response with a strategy")
     generate.add_argument("prompt")
     client_options(generate)
-    generate.add_argument("--strategy", default="sample")
+    generate.add_argument(
+        "--strategy", default="", help="decoding strategy (default: the server's, sample; with --experiment: the arm's)"
+    )
     generate.add_argument("--experiment", default="", help="A/B experiment: its arm chooses the strategy")
     generate.add_argument("--subject", default="", help="stable user id (with --experiment)")
     generate.add_argument("--n", type=int, help="candidates (best_of_n)")

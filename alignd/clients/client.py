@@ -9,11 +9,14 @@ Imports only grpc and the generated stubs, never torch::
         print(out.text, out.rewards, out.kl)
 
 Strategy parameters are keyword arguments (``n=8``); sampling settings have their own keywords.
-Server errors raise `AligndClientError` with the gRPC status code and the server's message.
+Without ``strategy`` the server decodes with its default (``sample``). Server errors raise
+`AligndClientError` with the gRPC status code and the server's message. ``client.server_info()``
+returns a `ServerInfo` (model, objectives, strategies with their parameters, limits).
 
 A/B experiments: ``client.generate(prompt, experiment="bon-vs-sample", subject="user-42")`` is
-served by the subject's arm (``out.arm``); ``client.feedback(out.request_id, thumbs_up=True)``;
-``client.report("bon-vs-sample")`` returns an `ExperimentReport`.
+served by the subject's arm (``out.arm``), which chooses the strategy (name none);
+``client.feedback(out.request_id, thumbs_up=True)``; ``client.report("bon-vs-sample")`` returns
+an `ExperimentReport`.
 """
 
 from __future__ import annotations
@@ -30,10 +33,17 @@ from alignd.clients.types import (
     Comparison,
     ExperimentReport,
     Generation,
+    HeadInfo,
     MeanEstimate,
+    ObjectiveInfo,
+    ParameterInfo,
     Progress,
     RateEstimate,
+    SamplingSettings,
     Scored,
+    ServerInfo,
+    ServerLimits,
+    StrategyInfo,
     Usage,
 )
 from alignd.v1 import alignd_pb2 as pb
@@ -66,8 +76,8 @@ def build_request(
     **options: Any,
 ) -> pb.GenerateRequest:
     """A GenerateRequest from keyword arguments: sampling keywords go to `sampling`, the rest are
-    the strategy's parameters (its message in the `params` oneof). With `experiment`, leave the
-    strategy empty: the subject's arm chooses it."""
+    the strategy's parameters (its message in the `params` oneof). An empty strategy leaves the
+    choice to the server: its default, or with `experiment` the subject's arm."""
     sampling = {k: options.pop(k) for k in _SAMPLING_FIELDS if options.get(k) is not None}
     for k in _SAMPLING_FIELDS:
         options.pop(k, None)
@@ -92,6 +102,8 @@ def build_request(
             message.CopyFrom(type(message)(**params))
         except ValueError as error:
             raise TypeError(f"strategy {strategy!r}: {error}") from None
+    elif params and not strategy:
+        raise TypeError(f"parameters {sorted(params)} given without a strategy: name the strategy they are for")
     elif params:
         raise TypeError(f"parameters {sorted(params)} given, but strategy {strategy!r} has no parameter message")
     return request
@@ -166,7 +178,7 @@ def feedback_request(
     key: str = "",
 ) -> pb.FeedbackRequest:
     """Exactly one of thumbs_up, rating, preferred_over (another request id of the experiment)."""
-    given = {
+    given: dict[str, Any] = {
         k: v
         for k, v in (("thumbs_up", thumbs_up), ("rating", rating), ("preferred_over", preferred_over))
         if v is not None
@@ -227,6 +239,90 @@ def report_from(message: pb.ExperimentReport) -> ExperimentReport:
     )
 
 
+def _sampling_settings(message: pb.SamplingParams) -> SamplingSettings:
+    """Only the fields the server set (proto3 `optional`): unset ones stay None."""
+
+    def given(name: str) -> Any:
+        return getattr(message, name) if message.HasField(name) else None
+
+    return SamplingSettings(
+        temperature=given("temperature"),
+        top_p=given("top_p"),
+        top_k=given("top_k"),
+        max_tokens=given("max_tokens"),
+        stop=list(message.stop),
+        seed=given("seed"),
+    )
+
+
+def _parameter(p: pb.ParameterInfo) -> ParameterInfo:
+    return ParameterInfo(
+        name=p.name,
+        type=p.type,
+        default_value=p.default_value,
+        description=p.description,
+        min_value=p.min_value if p.HasField("min_value") else None,
+        max_value=p.max_value if p.HasField("max_value") else None,
+        choices=list(p.choices),
+    )
+
+
+def server_info_from(message: pb.ServerInfo) -> ServerInfo:
+    limits = message.limits
+    return ServerInfo(
+        version=message.version,
+        model=message.model,
+        backend=message.backend,
+        device=message.device,
+        objectives=[
+            ObjectiveInfo(
+                name=o.name,
+                description=o.description,
+                min_value=o.min_value,
+                max_value=o.max_value,
+                higher_is_better=o.higher_is_better,
+                default_weight=o.default_weight,
+                value_sources=list(o.value_sources),
+                auto_value_source=o.auto_value_source,
+                value_source_pair_accuracy=dict(sorted(o.value_source_pair_accuracy.items())),
+            )
+            for o in message.objectives
+        ],
+        strategies=[
+            StrategyInfo(
+                name=s.name,
+                description=s.description,
+                parameters=[_parameter(p) for p in s.parameters],
+                requires=list(s.requires),
+                sampling_defaults=_sampling_settings(s.sampling_defaults),
+            )
+            for s in message.strategies
+        ],
+        limits=ServerLimits(
+            max_prompt_chars=limits.max_prompt_chars,
+            max_tokens=limits.max_tokens,
+            max_candidates=limits.max_candidates,
+            max_stop_sequences=limits.max_stop_sequences,
+            max_stop_chars=limits.max_stop_chars,
+            max_score_responses=limits.max_score_responses,
+            max_batch_tokens=limits.max_batch_tokens,
+        ),
+        default_sampling=_sampling_settings(message.default_sampling),
+        capabilities=list(message.capabilities),
+        heads=[
+            HeadInfo(
+                kind=h.kind,
+                path=h.path,
+                base_model=h.base_model,
+                objectives=list(h.objectives),
+                data_hash=h.data_hash,
+                metrics=dict(sorted(h.metrics.items())),
+            )
+            for h in message.heads
+        ],
+    )
+
+
 def _error(error: grpc.RpcError) -> AligndClientError:
     return AligndClientError(error.code(), error.details() or "")
 
@@ -250,14 +346,14 @@ class AligndClient:
     def close(self) -> None:
         self._channel.close()
 
-    def generate(
-        self, prompt: str, *, strategy: str = "sample", timeout: float | None = None, **options: Any
-    ) -> Generation:
+    def generate(self, prompt: str, *, strategy: str = "", timeout: float | None = None, **options: Any) -> Generation:
+        """Decode with `strategy` ("": the server's default, or the arm's with `experiment`);
+        `options` are `build_request`'s keywords (sampling, strategy parameters, weights, ...)."""
         request = build_request(prompt, strategy=strategy, **options)
         return generation_from(self._call(self._stub.Generate, request, timeout))
 
     def generate_stream(
-        self, prompt: str, *, strategy: str = "sample", timeout: float | None = None, **options: Any
+        self, prompt: str, *, strategy: str = "", timeout: float | None = None, **options: Any
     ) -> Iterator[Progress | Generation]:
         """Progress events as they happen, then the final Generation."""
         try:
@@ -278,8 +374,8 @@ class AligndClient:
     ) -> list[Scored]:
         return _scored(self._call(self._stub.Score, _score_request(prompt, responses, weights), timeout))
 
-    def server_info(self, *, timeout: float | None = None) -> pb.ServerInfo:
-        return self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout)
+    def server_info(self, *, timeout: float | None = None) -> ServerInfo:
+        return server_info_from(self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout))
 
     def feedback(
         self,
@@ -341,13 +437,13 @@ class AsyncAligndClient:
         await self._channel.close()
 
     async def generate(
-        self, prompt: str, *, strategy: str = "sample", timeout: float | None = None, **options: Any
+        self, prompt: str, *, strategy: str = "", timeout: float | None = None, **options: Any
     ) -> Generation:
         request = build_request(prompt, strategy=strategy, **options)
         return generation_from(await self._call(self._stub.Generate, request, timeout))
 
     async def generate_stream(
-        self, prompt: str, *, strategy: str = "sample", timeout: float | None = None, **options: Any
+        self, prompt: str, *, strategy: str = "", timeout: float | None = None, **options: Any
     ) -> AsyncIterator[Progress | Generation]:
         try:
             async for event in self._stub.GenerateStream(
@@ -367,8 +463,8 @@ class AsyncAligndClient:
     ) -> list[Scored]:
         return _scored(await self._call(self._stub.Score, _score_request(prompt, responses, weights), timeout))
 
-    async def server_info(self, *, timeout: float | None = None) -> pb.ServerInfo:
-        return await self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout)
+    async def server_info(self, *, timeout: float | None = None) -> ServerInfo:
+        return server_info_from(await self._call(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout))
 
     async def feedback(
         self,

@@ -139,3 +139,94 @@ class ExperimentReport:
 
     def arm(self, name: str) -> ArmReport:
         return next(a for a in self.arms if a.name == name)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Sampling settings used where a request leaves them unset; None (or no stop sequences): not set."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    max_tokens: int | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class ObjectiveInfo:
+    name: str
+    description: str
+    min_value: float
+    max_value: float
+    higher_is_better: bool
+    default_weight: float
+    # Value sources for the value-guided strategies ("heads", "prefix"), the one `value_source =
+    # "auto"` picks, and each source's pair accuracy measured when the heads were trained.
+    value_sources: list[str] = field(default_factory=list)
+    auto_value_source: str = ""
+    value_source_pair_accuracy: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ParameterInfo:
+    name: str
+    type: str
+    default_value: str
+    description: str
+    min_value: float | None = None  # None: unbounded
+    max_value: float | None = None
+    choices: list[str] = field(default_factory=list)  # allowed values of a string parameter
+
+
+@dataclass(frozen=True)
+class StrategyInfo:
+    name: str
+    description: str
+    parameters: list[ParameterInfo]
+    requires: list[str]  # backend capabilities it needs
+    sampling_defaults: SamplingSettings  # over ServerInfo.default_sampling
+
+    def parameter(self, name: str) -> ParameterInfo:
+        return next(p for p in self.parameters if p.name == name)
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    max_prompt_chars: int
+    max_tokens: int
+    max_candidates: int
+    max_stop_sequences: int
+    max_stop_chars: int
+    max_score_responses: int
+    max_batch_tokens: int  # sequences x (prompt + max_tokens) per request
+
+
+@dataclass(frozen=True)
+class HeadInfo:
+    kind: str  # "value" or "reward"
+    path: str
+    base_model: str
+    objectives: list[str]  # one per output
+    data_hash: str
+    metrics: dict[str, float]  # evaluation at training time
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    version: str
+    model: str
+    backend: str
+    device: str
+    objectives: list[ObjectiveInfo]
+    strategies: list[StrategyInfo]
+    limits: ServerLimits
+    default_sampling: SamplingSettings
+    capabilities: list[str]
+    heads: list[HeadInfo] = field(default_factory=list)
+
+    def objective(self, name: str) -> ObjectiveInfo:
+        return next(o for o in self.objectives if o.name == name)
+
+    def strategy(self, name: str) -> StrategyInfo:
+        return next(s for s in self.strategies if s.name == name)

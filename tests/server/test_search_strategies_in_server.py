@@ -6,20 +6,20 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from alignd.clients import AligndClientError, Generation, Progress
+from alignd.clients import AligndClientError, Generation, Progress, SamplingSettings
 
 
 def test_server_info_lists_each_strategys_sampling_defaults(client):
     strategies = {s.name: s for s in client.server_info().strategies}
     linear = strategies["linear_alignment"]
     assert (linear.sampling_defaults.temperature, linear.sampling_defaults.top_p) == pytest.approx((0.5, 0.8))
-    assert linear.sampling_defaults.HasField("temperature") and not linear.sampling_defaults.HasField("top_k")
+    assert linear.sampling_defaults.top_k is None  # unset: the server's default applies
     evolutionary = strategies["evolutionary"]
     assert (evolutionary.sampling_defaults.temperature, evolutionary.sampling_defaults.top_k) == (
         pytest.approx(0.7),
         40,
     )
-    assert not strategies["sample"].sampling_defaults.ListFields()
+    assert strategies["sample"].sampling_defaults == SamplingSettings()
     assert set(linear.requires) == {"sample", "extend", "tokenwise"}
 
 
