@@ -6,14 +6,18 @@ it needs; a policy that lacks one is refused with FAILED_PRECONDITION before any
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from alignd.errors import FailedPrecondition
+
+if TYPE_CHECKING:  # strategies use these types without importing torch
+    import torch
 
 
 class Capability(str, enum.Enum):
@@ -57,6 +61,9 @@ class ChatPrompt:
     user: str
     system: str | None = None
     raw: bool = False
+    # The rendered prompt's token ids, once `Policy.encode` has tokenized it: a request is
+    # tokenized once and its ids travel with it to every backend call.
+    token_ids: tuple[int, ...] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -82,7 +89,6 @@ class SampleBatch:
     completions: list[list[Completion]]
     prompt_tokens: list[int]  # tokens of each rendered prompt
     forward_tokens: int  # tokens pushed through the model (prompts once + every decode step)
-    extras: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,10 +106,10 @@ class PartialResponses:
     # log pi_ref of each token under the sampling distribution, as in Completion
     token_logprobs: list[list[float]]
     finish: list[FinishReason | None]  # None while the row can still grow
-    # Final-layer hidden state after the last token fed to the model, a torch.Tensor [R, H]: the
-    # prompt's last token for an empty response; a finished row's final token (EOS, or the one
-    # that hit max_tokens) is never fed. None when the backend cannot give it for free.
-    hidden: Any | None
+    # Final-layer hidden state after the last token fed to the model, [R, H]: the prompt's last
+    # token for an empty response; a finished row's final token (EOS, or the one that hit
+    # max_tokens) is never fed. None when the backend cannot give it for free.
+    hidden: torch.Tensor | None
     forward_tokens: int = 0  # tokens pushed through the model for this request so far
 
     @property
@@ -136,6 +142,19 @@ class Policy(ABC):
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
+
+    def encode(self, prompt: ChatPrompt) -> ChatPrompt:
+        """The prompt with its token ids (rendered and tokenized once; an encoded prompt is
+        returned as it is)."""
+        if prompt.token_ids is not None:
+            return prompt
+        return dataclasses.replace(prompt, token_ids=tuple(self.tokenize(self.render(prompt))))
+
+    def prompt_ids(self, prompt: ChatPrompt) -> list[int]:
+        """Token ids of the rendered prompt, reusing those it carries."""
+        ids = self.encode(prompt).token_ids
+        assert ids is not None
+        return list(ids)
 
     @abstractmethod
     def detokenize(self, token_ids: Sequence[int]) -> str:
@@ -179,13 +198,13 @@ class Policy(ABC):
         """Keep these rows (repeats allowed), in this order."""
         raise self._missing(Capability.EXTEND)
 
-    def next_token_logprobs(self, partial: PartialResponses) -> Any:
-        """log pi_ref of the next token for every live row, a torch.Tensor [R, V] (-inf outside the
+    def next_token_logprobs(self, partial: PartialResponses) -> torch.Tensor:
+        """log pi_ref of the next token for every live row, [R, V] (-inf outside the
         sampling support; rows that finished are all -inf)."""
         raise self._missing(Capability.TOKENWISE)
 
-    def next_token_logits(self, partial: PartialResponses) -> Any:
-        """Raw next-token logits for every row, a float32 torch.Tensor [R, V] (finished rows -inf)."""
+    def next_token_logits(self, partial: PartialResponses) -> torch.Tensor:
+        """Raw next-token logits for every row, float32 [R, V] (finished rows -inf)."""
         raise self._missing(Capability.TOKENWISE)
 
     def branch(
@@ -214,7 +233,7 @@ class Policy(ABC):
         decode all rows in one batch."""
         return [self.completion(partial, row).text for row in range(partial.rows)]
 
-    def prefix_hidden_states(self, prompt: ChatPrompt, responses: Sequence[Sequence[int]]) -> list[Any]:
+    def prefix_hidden_states(self, prompt: ChatPrompt, responses: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         """Teacher-forced hidden states for training value heads: for each response of length T a
         tensor [T + 1, H], row t the state after t response tokens (the same states `extend`
         reports during decoding)."""

@@ -30,9 +30,9 @@ from alignd.backends.base import (
     SamplingParams,
 )
 from alignd.backends.cpu_matmul import use_small_batch_linears
-from alignd.backends.sampling import draw, make_generator, reference_logprobs
 from alignd.backends.text import TokenizerText, eos_token_ids, response_text, response_texts, stop_window
 from alignd.errors import Cancelled
+from alignd.sampling import draw, make_generator, reference_logprobs
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -99,7 +99,7 @@ class TransformersPolicy(TokenizerText, Policy):
         # One forward pass at a time: the server calls from worker threads, and interleaving two
         # requests' steps on 2 cores only slows both.
         self._lock = threading.RLock()
-        self._tokenizer_lock = self._lock  # `_begin` pads with the tokenizer under the model's lock
+        self._tokenizer_lock = self._lock  # one lock: tokenizer calls come from several worker threads
 
     # -- text ---------------------------------------------------------------------------------
 
@@ -123,10 +123,7 @@ class TransformersPolicy(TokenizerText, Policy):
         partial.forward_tokens += int(partial.attention[:, -input_ids.shape[1] :].sum())
 
     def _begin(self, prompts: Sequence[ChatPrompt], sampling: SamplingParams) -> _Partial:
-        encoded = self.tokenizer(
-            [self.render(p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False
-        ).to(self._device)
-        attention = encoded["attention_mask"]
+        input_ids, attention = self._left_padded([self.prompt_ids(p) for p in prompts])
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         rows = len(prompts)
         partial = _Partial(
@@ -143,8 +140,16 @@ class TransformersPolicy(TokenizerText, Policy):
             next_position=positions[:, -1] + 1,
             generator=make_generator(sampling.seed, self._device),
         )
-        self._forward(partial, encoded["input_ids"], positions)
+        self._forward(partial, input_ids, positions)
         return partial
+
+    def _left_padded(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids [B, width] left-padded with the pad token, and their attention mask."""
+        width = max(len(s) for s in sequences)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(s)) + list(s) for s in sequences], device=self._device)
+        attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=self._device)
+        return input_ids, attention
 
     def _select(self, partial: _Partial, rows: Sequence[int], *, share: bool = False) -> _Partial:
         """The given rows as a new partial. Its cache is a copy unless `share` (the caller drops
@@ -374,12 +379,10 @@ class TransformersPolicy(TokenizerText, Policy):
 
     @torch.inference_mode()
     def prefix_hidden_states(self, prompt: ChatPrompt, responses: Sequence[Sequence[int]]) -> list[torch.Tensor]:
-        prompt_ids = self.tokenize(self.render(prompt))
+        prompt_ids = self.prompt_ids(prompt)
         sequences = [prompt_ids + list(r) for r in responses]
         width = max(len(s) for s in sequences)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences], device=self._device)
-        attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=self._device)
+        input_ids, attention = self._left_padded(sequences)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         with self._lock:
             out = self.model(

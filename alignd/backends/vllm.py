@@ -246,7 +246,7 @@ class VLLMPolicy(TokenizerText, Policy):
     ) -> SampleBatch:
         if n < 1 or not prompts:
             raise ValueError("sample needs at least one prompt and n >= 1")
-        encoded = [self.tokenize(self.render(p)) for p in prompts]
+        encoded = [self.prompt_ids(p) for p in prompts]
         params = self._params(sampling, n, sampling.max_tokens, sampling.seed)
         outputs = self._run_all([(ids, params) for ids in encoded], cancel)
         completions, forward = [], 0
@@ -270,7 +270,8 @@ class VLLMPolicy(TokenizerText, Policy):
         if not prompts:
             raise ValueError("begin_many needs at least one prompt")
         _check(cancel)
-        ids = [self.tokenize(self.render(p)) for p in prompts]
+        prompts = [self.encode(p) for p in prompts]  # the shadow reuses the ids
+        ids = [self.prompt_ids(p) for p in prompts]
         rows = len(prompts)
         shadow = self._shadow.begin_many(prompts, sampling, cancel) if self._shadow is not None else None
         return _Partial(

@@ -1,11 +1,18 @@
-"""The Strategy interface, its request and result types, and the strategy registry.
+"""The Strategy interface, its request and result types, the per-request DecodeContext, and the
+strategy registry.
 
-A strategy is pure algorithm code over a Policy and a Scorer: it imports
-only the interfaces, never a concrete backend or the server.
+A strategy is pure algorithm code over a Policy and a Scorer: it imports only the interfaces,
+never a concrete backend, the server or torch (tensor steps live in `alignd.sampling`).
+
+A request's life: `Strategy.prepare` refuses what cannot be served (capabilities, parameter
+combinations, value sources) before any work and returns the decode to run; the decode gets a
+`DecodeContext`, through which every model and scorer call is made, counted and timed, and
+progress is reported.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
@@ -13,11 +20,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
-from alignd.backends.base import Capability, ChatPrompt, Completion, Policy, SamplingParams
+from alignd.backends.base import Capability, ChatPrompt, Completion, PartialResponses, Policy, SamplingParams
 from alignd.decoding.weights import PreferenceWeights
 from alignd.errors import FailedPrecondition, InvalidArgument
 from alignd.rewardmodels.base import Scorer
@@ -96,13 +103,152 @@ class DecodeResult:
     details: dict[str, float] = field(default_factory=dict)  # strategy-specific figures
 
 
-class Strategy(ABC):
-    """A decoding strategy: `decode(request, params, policy, scorer) -> DecodeResult`."""
+P = TypeVar("P")
+
+
+class DecodeContext:
+    """One request being decoded: its request, the policy and scorer, what it cost so far, and the
+    progress stream. Strategies call the model and the scorer through it so that usage counting,
+    phase timing and cancellation live in one place."""
+
+    def __init__(self, request: DecodeRequest, policy: Policy, scorer: Scorer) -> None:
+        self.request = request
+        self.policy = policy
+        self.scorer = scorer
+        self.usage = Usage()
+        self.started = time.perf_counter()
+        if request.prompt.token_ids is not None:
+            self.usage.prompt_tokens = len(request.prompt.token_ids)
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def phase(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return self.usage.phase(name)
+
+    def report(
+        self, phase: str, step: int, message: str, candidates: Sequence[ScoredCandidate] = (), **extra: Any
+    ) -> None:
+        """A progress event for streaming clients (`extra`: ProgressEvent's optional fields)."""
+        if self.request.on_progress is not None:
+            self.request.on_progress(ProgressEvent(phase, step, message, self.elapsed, list(candidates), **extra))
+
+    # -- the model, counted ------------------------------------------------------------------------
+
+    def sample(
+        self,
+        n: int,
+        prompts: Sequence[ChatPrompt] | None = None,
+        sampling: SamplingParams | None = None,
+        *,
+        phase: str = "sample",
+    ) -> list[list[Completion]]:
+        """n responses to each prompt (default: the request's) in one batch, each prompt encoded once."""
+        with self.phase(phase):
+            batch = self.policy.sample(
+                prompts or [self.request.prompt], n, sampling or self.request.sampling, self.request.cancel
+            )
+        self.usage.generated_tokens += sum(len(c.token_ids) for row in batch.completions for c in row)
+        self.usage.lm_forward_tokens += batch.forward_tokens
+        return batch.completions
+
+    def prefill(
+        self, prompts: Sequence[ChatPrompt] | None = None, sampling: SamplingParams | None = None
+    ) -> PartialResponses:
+        """One empty response per prompt (default: the request's), ready to extend."""
+        with self.phase("prefill"):
+            return self.policy.begin_many(
+                prompts or [self.request.prompt], sampling or self.request.sampling, self.request.cancel
+            )
+
+    def extend(self, partial: PartialResponses, k: int, block_tokens: int) -> PartialResponses:
+        """k continuations of up to `block_tokens` tokens for every row (child j of row r is r*k + j)."""
+        before = sum(len(ids) for ids in partial.token_ids)
+        with self.phase("extend"):
+            extended = self.policy.extend(partial, k, block_tokens, self.request.cancel)
+        self.usage.generated_tokens += sum(len(ids) for ids in extended.token_ids) - k * before
+        return extended
+
+    def branch(self, partial: PartialResponses, tokens: Sequence[Sequence[int]]) -> PartialResponses:
+        """Row r gets one child per token in tokens[r]."""
+        with self.phase("extend"):
+            children = self.policy.branch(partial, tokens, self.request.cancel)
+        self.usage.generated_tokens += sum(len(t) for t in tokens)
+        return children
+
+    def append(self, partial: PartialResponses, token: int, logprob: float) -> PartialResponses:
+        """Append one token to every row: the rows are contexts of one response (one token generated)."""
+        partial = self.policy.append(partial, [token] * partial.rows, [logprob] * partial.rows, self.request.cancel)
+        self.usage.generated_tokens += 1
+        return partial
+
+    def done_with(self, partial: PartialResponses) -> None:
+        """Count the model work of a finished partial (its forward tokens accumulate on it)."""
+        self.usage.lm_forward_tokens += partial.forward_tokens
+
+    # -- the objectives, counted -------------------------------------------------------------------
+
+    def score(self, completions: Sequence[Completion], instruction: str | None = None) -> list[ScoredCandidate]:
+        """All completions scored in one batched scorer call, against the user's instruction (not
+        the rendered chat prompt), weighted by the request's weights."""
+        instruction = self.request.prompt.user if instruction is None else instruction
+        with self.phase("score"):
+            rewards = self.scorer.score([instruction] * len(completions), [c.text for c in completions])
+        self.usage.scorer_calls += 1
+        self.usage.scored_texts += len(completions)
+        weighted = self.request.weights.weighted(rewards)
+        return [ScoredCandidate(c, rewards[i], float(weighted[i])) for i, c in enumerate(completions)]
+
+    # -- the result --------------------------------------------------------------------------------
+
+    def finish(
+        self,
+        chosen: ScoredCandidate,
+        candidates: list[ScoredCandidate],
+        kl: list[KLEstimate],
+        details: dict[str, float] | None = None,
+    ) -> DecodeResult:
+        """The result for the chosen candidate."""
+        chosen.selected = True
+        self.usage.wall_seconds = self.elapsed
+        request = self.request
+        return DecodeResult(
+            text=chosen.completion.text,
+            token_ids=chosen.completion.token_ids,
+            finish_reason=chosen.completion.finish_reason.value,
+            rewards={n: float(v) for n, v in zip(request.weights.names, chosen.rewards)},
+            weighted_score=chosen.weighted_score,
+            kl=kl,
+            usage=self.usage,
+            candidates=candidates if request.return_candidates else [],
+            details=details or {},
+        )
+
+    def finish_decoded(
+        self, partial: PartialResponses, kl: list[KLEstimate], details: dict[str, float] | None = None
+    ) -> tuple[DecodeResult, ScoredCandidate]:
+        """The result for row 0 of a finished incremental decode: its text scored by the
+        objectives. Returns the scored row too, for strategy details."""
+        self.done_with(partial)
+        (scored,) = self.score([self.policy.completion(partial, 0)])
+        return self.finish(scored, [scored], kl, details), scored
+
+
+# A prepared request's decode: run it with the request's context.
+Decode = Callable[[DecodeContext], DecodeResult]
+
+
+class Strategy(ABC, Generic[P]):
+    """A decoding strategy. `prepare` checks a request once and returns its decode; `decode` does
+    both in one call (tests, benchmarks, embedding alignd as a library)."""
 
     name: ClassVar[str]
     description: ClassVar[str]
-    Params: ClassVar[type]  # a frozen dataclass built from `params.param(...)` fields
+    Params: ClassVar[type[Any]]  # P: a frozen dataclass built from `params.param(...)` fields
     requires: ClassVar[frozenset[Capability]] = frozenset({Capability.SAMPLE})
+    # Strategies that choose among samples of pi_ref have nothing to choose from when it is greedy.
+    refuses_greedy: ClassVar[bool] = False
     # Sampling settings this strategy uses when the request leaves them unset (e.g. the authors'
     # temperature), over the server's defaults.
     sampling_defaults: ClassVar[dict[str, Any]] = {}
@@ -110,39 +256,43 @@ class Strategy(ABC):
     def default_sampling(self, server_defaults: SamplingParams) -> SamplingParams:
         return dataclasses.replace(server_defaults, **self.sampling_defaults)
 
-    @abstractmethod
-    def decode(self, request: DecodeRequest, params: Any, policy: Policy, scorer: Scorer) -> DecodeResult:
-        """Run the algorithm; raise alignd.errors for requests it cannot serve."""
-
-    def rows(self, params: Any) -> int:
+    def rows(self, params: P) -> int:
         """Sequences this strategy keeps in the KV cache at once (for the memory budget)."""
         return 1
 
-    def check(self, request: DecodeRequest, params: Any, policy: Policy, scorer: Scorer) -> None:
-        """Refuse what this strategy cannot serve whatever the prompt (backend capabilities, value
-        sources, parameter combinations, greedy sampling) before any work. Strategies with more
-        conditions extend it and call it first in `decode`; experiment arms are checked with it
-        when they are created."""
-        self.check_policy(policy)
-
-    def check_policy(self, policy: Policy) -> None:
+    def prepare(self, request: DecodeRequest, params: P, policy: Policy, scorer: Scorer) -> Decode:
+        """Refuse, before any work, what this strategy cannot serve whatever the prompt: backend
+        capabilities, greedy sampling where it needs samples, and its own `plan` checks. The
+        server calls it once per request, and once per experiment arm when the arm is created."""
         missing = sorted(c.value for c in self.requires - policy.capabilities)
         if missing:
             raise FailedPrecondition(
                 f"strategy {self.name!r} needs backend capabilities {missing}, which {type(policy).__name__} lacks"
             )
+        if self.refuses_greedy and request.sampling.greedy:
+            raise InvalidArgument("sampling.temperature", f"{self.name} samples from pi_ref: use a temperature > 0")
+        return self.plan(request, params, policy, scorer)
+
+    @abstractmethod
+    def plan(self, request: DecodeRequest, params: P, policy: Policy, scorer: Scorer) -> Decode:
+        """The strategy's own checks and set-up (raise alignd.errors); returns the decode."""
+
+    def decode(self, request: DecodeRequest, params: P, policy: Policy, scorer: Scorer) -> DecodeResult:
+        """Check and decode one request."""
+        request = dataclasses.replace(request, prompt=policy.encode(request.prompt))
+        return self.prepare(request, params, policy, scorer)(DecodeContext(request, policy, scorer))
 
 
-STRATEGIES: dict[str, Strategy] = {}
+STRATEGIES: dict[str, Strategy[Any]] = {}
 
 
-def register(cls: type[Strategy]) -> type[Strategy]:
+def register(cls: type[Strategy[Any]]) -> type[Strategy[Any]]:
     """Class decorator: make a strategy available by its name."""
     STRATEGIES[cls.name] = cls()
     return cls
 
 
-def get_strategy(name: str) -> Strategy:
+def get_strategy(name: str) -> Strategy[Any]:
     # Importing the package registers the built-in strategies.
     import alignd.decoding  # noqa: F401
 
@@ -150,67 +300,3 @@ def get_strategy(name: str) -> Strategy:
         return STRATEGIES[name]
     except KeyError:
         raise InvalidArgument("strategy", f"unknown strategy {name!r}; available: {sorted(STRATEGIES)}") from None
-
-
-def draw_candidates(request: DecodeRequest, policy: Policy, n: int, usage: Usage, started: float) -> list[Completion]:
-    """n responses from pi_ref in one batch (the prompt encoded once), counted into `usage`."""
-    with usage.phase("sample"):
-        batch = policy.sample([request.prompt], n, request.sampling, request.cancel)
-    completions = batch.completions[0]
-    usage.prompt_tokens = batch.prompt_tokens[0]
-    usage.generated_tokens += sum(len(c.token_ids) for c in completions)
-    usage.lm_forward_tokens += batch.forward_tokens
-    report(request, "sampled", 0, f"sampled {n} response(s), {usage.generated_tokens} tokens", started)
-    return completions
-
-
-def score_candidates(
-    request: DecodeRequest, scorer: Scorer, completions: Sequence[Completion], usage: Usage
-) -> list[ScoredCandidate]:
-    """Score all completions of one request in a single batched scorer call.
-
-    Rewards are computed against the user's instruction, not the rendered chat prompt.
-    """
-    with usage.phase("score"):
-        rewards = scorer.score([request.prompt.user] * len(completions), [c.text for c in completions])
-    usage.scorer_calls += 1
-    usage.scored_texts += len(completions)
-    weighted = request.weights.weighted(rewards)
-    return [ScoredCandidate(c, rewards[i], float(weighted[i])) for i, c in enumerate(completions)]
-
-
-def finish(
-    request: DecodeRequest,
-    chosen: ScoredCandidate,
-    candidates: list[ScoredCandidate],
-    kl: list[KLEstimate],
-    usage: Usage,
-    started: float,
-    details: dict[str, float] | None = None,
-) -> DecodeResult:
-    """Assemble the result for the chosen candidate."""
-    chosen.selected = True
-    usage.wall_seconds = time.perf_counter() - started
-    return DecodeResult(
-        text=chosen.completion.text,
-        token_ids=chosen.completion.token_ids,
-        finish_reason=chosen.completion.finish_reason.value,
-        rewards={n: float(v) for n, v in zip(request.weights.names, chosen.rewards)},
-        weighted_score=chosen.weighted_score,
-        kl=kl,
-        usage=usage,
-        candidates=candidates if request.return_candidates else [],
-        details=details or {},
-    )
-
-
-def report(
-    request: DecodeRequest,
-    phase: str,
-    step: int,
-    message: str,
-    started: float,
-    candidates: list[ScoredCandidate] | None = None,
-) -> None:
-    if request.on_progress is not None:
-        request.on_progress(ProgressEvent(phase, step, message, time.perf_counter() - started, candidates or []))

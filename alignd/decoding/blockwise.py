@@ -3,31 +3,31 @@
 From the current prefix draw K blocks of B tokens from pi_ref (the prefix's KV cache is copied to
 the K rows, never re-encoded), estimate each block's value vector (each objective from its value
 source: the heads read the hidden states the extension already computed, prefix scoring reads the
-partial texts), let the strategy choose a block, keep it, and repeat until EOS or max_tokens. The strategies differ only in how they choose.
+partial texts), let the strategy choose a block, keep it, and repeat until EOS or max_tokens. The
+strategies differ only in how they choose: `WeightedBlockwise` (controlled's blockwise mode and
+multi_objective) keeps argmax_k w^T V_k with the request's weights; robust solves for w* per block.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 import numpy as np
 
-from alignd.backends.base import Completion, FinishReason, PartialResponses, Policy
+from alignd.backends.base import Capability, Completion, FinishReason, PartialResponses, Policy
 from alignd.decoding.base import (
+    Decode,
+    DecodeContext,
     DecodeRequest,
     DecodeResult,
     KLEstimate,
-    ProgressEvent,
     ScoredCandidate,
-    Usage,
-    finish,
-    score_candidates,
+    Strategy,
 )
 from alignd.decoding.kl import best_of_n_kl_bound, best_of_n_kl_estimate
 from alignd.decoding.value_estimates import ValueEstimator
-from alignd.errors import InvalidArgument
 from alignd.rewardmodels.base import Scorer
 
 
@@ -50,10 +50,44 @@ class BlockwiseRun:
     weights: list[np.ndarray] = field(default_factory=list)  # per block
 
 
-def refuse_greedy(request: DecodeRequest, strategy: str) -> None:
-    if request.sampling.greedy:
-        # K greedy blocks are K copies of one block: there would be nothing to choose from.
-        raise InvalidArgument("sampling.temperature", f"{strategy} samples from pi_ref: use a temperature > 0")
+class BlockParams(Protocol):
+    """What every blockwise strategy's parameters hold."""
+
+    @property
+    def num_candidates(self) -> int: ...
+    @property
+    def block_tokens(self) -> int: ...
+    @property
+    def value_source(self) -> str: ...
+
+
+B = TypeVar("B", bound=BlockParams)
+
+
+class WeightedBlockwise(Strategy[B]):
+    """Blockwise decoding by the request's fixed weights: keep argmax_k w^T V_k. Both
+    `multi_objective` and `controlled` (mode blockwise) are this."""
+
+    requires = frozenset({Capability.SAMPLE, Capability.EXTEND})
+    refuses_greedy = True  # K greedy blocks are K copies of one block
+
+    def rows(self, params: B) -> int:
+        return 1 + params.num_candidates  # the chosen prefix plus its K continuations
+
+    def plan(self, request: DecodeRequest, params: B, policy: Policy, scorer: Scorer) -> Decode:
+        values = ValueEstimator.for_weighted(self.name, request.weights, policy, scorer, params.value_source)
+        choose = weighted_argmax(request.weights.vector)
+
+        def decode(ctx: DecodeContext) -> DecodeResult:
+            return decode_blockwise(
+                ctx,
+                num_candidates=params.num_candidates,
+                block_tokens=params.block_tokens,
+                values=values,
+                choose=choose,
+            )
+
+        return decode
 
 
 def weighted_argmax(weights: np.ndarray) -> Chooser:
@@ -67,11 +101,8 @@ def weighted_argmax(weights: np.ndarray) -> Chooser:
 
 
 def decode_blockwise(
-    request: DecodeRequest,
-    policy: Policy,
-    scorer: Scorer,
+    ctx: DecodeContext,
     *,
-    strategy: str,
     num_candidates: int,
     block_tokens: int,
     values: ValueEstimator,
@@ -80,35 +111,18 @@ def decode_blockwise(
 ) -> DecodeResult:
     """A whole blockwise decode: prefill, the block loop, the final text scored by the objectives.
     `details(run, final_rewards)` adds strategy-specific figures to the result."""
-    refuse_greedy(request, strategy)
-    started = time.perf_counter()
-    usage = Usage()
-    with usage.phase("prefill"):
-        partial = policy.begin(request.prompt, request.sampling, request.cancel)
-    usage.prompt_tokens = partial.prompt_tokens
     run = decode_blocks(
-        request,
-        policy,
-        partial,
-        usage,
-        started,
-        num_candidates=num_candidates,
-        block_tokens=block_tokens,
-        values=values,
-        choose=choose,
+        ctx, ctx.prefill(), num_candidates=num_candidates, block_tokens=block_tokens, values=values, choose=choose
     )
-    usage.lm_forward_tokens = run.partial.forward_tokens
-    scored = score_candidates(request, scorer, [policy.completion(run.partial, 0)], usage)
-    extra = details(run, scored[0].rewards) if details is not None else {}
-    return finish(request, scored[0], scored, run.kl, usage, started, {"blocks": float(run.blocks), **extra})
+    result, scored = ctx.finish_decoded(run.partial, run.kl, {"blocks": float(run.blocks)})
+    if details is not None:
+        result.details.update(details(run, scored.rewards))
+    return result
 
 
 def decode_blocks(
-    request: DecodeRequest,
-    policy: Policy,
+    ctx: DecodeContext,
     partial: PartialResponses,
-    usage: Usage,
-    started: float,
     *,
     num_candidates: int,
     block_tokens: int,
@@ -117,30 +131,28 @@ def decode_blocks(
 ) -> BlockwiseRun:
     """Run the loop from `partial` (one row). The estimator's objectives are estimated for every
     block; the stream reports the chosen block's worst among them on the common scale."""
-    names = request.weights.names
+    names = ctx.request.weights.names
     objectives = list(values.sources)
     k = num_candidates
     run = BlockwiseRun(partial, [], 0)
     estimate = 0.0
     while not run.partial.done:
         before = len(run.partial.token_ids[0])
-        with usage.phase("extend"):
-            blocks = policy.extend(run.partial, k, block_tokens, request.cancel)
-        usage.generated_tokens += sum(len(ids) - before for ids in blocks.token_ids)
-        estimates, standardised = values(blocks, usage)
-        with usage.phase("choose"):
+        blocks = ctx.extend(run.partial, k, block_tokens)
+        estimates, standardised = values(ctx, blocks)
+        with ctx.phase("choose"):
             choice = choose(standardised)
-        run.partial = policy.select(blocks, [choice.pick])
+        run.partial = ctx.policy.select(blocks, [choice.pick])
         run.blocks += 1
         run.weights.append(choice.weights)
         # Per-block estimate: block b is a best-of-K draw from pi_ref(. | prefix), so the chain
         # rule sums Beirami et al.'s estimate at eps_b = pi_ref(block_b | prefix).
         block_logprob = float(sum(blocks.token_logprobs[choice.pick][before:]))
         estimate += best_of_n_kl_estimate(k, min(block_logprob, 0.0))
-        if request.on_progress is not None:
+        if ctx.request.on_progress is not None:
             candidates = [
                 ScoredCandidate(
-                    block_completion(policy, blocks, row, before),
+                    block_completion(ctx.policy, blocks, row, before),
                     estimates[row],
                     float(choice.scores[row]),
                     row == choice.pick,
@@ -149,18 +161,15 @@ def decode_blocks(
             ]
             chosen = standardised[choice.pick]
             worst = min((names.index(n) for n in objectives), key=lambda g: chosen[g])
-            request.on_progress(
-                ProgressEvent(
-                    "block",
-                    run.blocks,
-                    f"block {run.blocks}: chose {choice.pick + 1}/{k}, w.V {choice.scores[choice.pick]:+.3f}: "
-                    f"{candidates[choice.pick].completion.text!r}",
-                    time.perf_counter() - started,
-                    candidates,
-                    weights={n: float(w) for n, w in zip(names, choice.weights)},
-                    worst_objective=names[worst],
-                    worst_value=float(chosen[worst]),
-                )
+            ctx.report(
+                "block",
+                run.blocks,
+                f"block {run.blocks}: chose {choice.pick + 1}/{k}, w.V {choice.scores[choice.pick]:+.3f}: "
+                f"{candidates[choice.pick].completion.text!r}",
+                candidates,
+                weights={n: float(w) for n, w in zip(names, choice.weights)},
+                worst_objective=names[worst],
+                worst_value=float(chosen[worst]),
             )
     run.kl = [
         KLEstimate(

@@ -19,20 +19,20 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
-from alignd.backends.base import Capability, ChatPrompt, Completion, Policy
+from alignd.backends.base import Capability, ChatPrompt, Policy
 from alignd.decoding.base import (
+    Decode,
+    DecodeContext,
     DecodeRequest,
     DecodeResult,
-    ProgressEvent,
     ScoredCandidate,
     Strategy,
-    Usage,
-    finish,
     register,
 )
 from alignd.decoding.params import param
@@ -47,38 +47,35 @@ MUTATION_PROMPT = (
 _LIST_ITEM = re.compile(r"^\s*(?:\d+\s*[.):]|[-*\u2022])\s*(.+?)\s*$")
 
 
+@dataclass(frozen=True)
+class EvolutionaryParams:
+    beams: int = param(5, "beams per cycle, one per instruction variant", min=2, limit="max_candidates")
+    replace_every: int = param(40, "m: tokens between replacement rounds", min=1, limit="max_tokens")
+    keep_top: int = param(3, "beams kept at each replacement round (below beams)", min=1, limit="max_candidates")
+    cycles: int = param(3, "mutation cycles", min=1, max=10)
+    mutation_tokens: int = param(160, "max tokens of each mutation reply", min=16, limit="max_tokens")
+
+
 @register
-class EvolutionaryStrategy(Strategy):
+class EvolutionaryStrategy(Strategy[EvolutionaryParams]):
     name = "evolutionary"
     description = (
         "DARWIN: the policy mutates the instruction into variants, one beam per variant; every m tokens "
         "beams outside the top-k by reward are replaced by copies of top beams; a few mutation cycles."
     )
+    Params = EvolutionaryParams
     requires = frozenset({Capability.SAMPLE, Capability.EXTEND})
-    sampling_defaults = {"temperature": 0.7, "top_k": 40}
+    sampling_defaults: ClassVar[dict[str, Any]] = {"temperature": 0.7, "top_k": 40}
 
-    @dataclass(frozen=True)
-    class Params:
-        beams: int = param(5, "beams per cycle, one per instruction variant", min=2, limit="max_candidates")
-        replace_every: int = param(40, "m: tokens between replacement rounds", min=1, limit="max_tokens")
-        keep_top: int = param(3, "beams kept at each replacement round (below beams)", min=1, limit="max_candidates")
-        cycles: int = param(3, "mutation cycles", min=1, max=10)
-        mutation_tokens: int = param(160, "max tokens of each mutation reply", min=16, limit="max_tokens")
-
-    def rows(self, params: Params) -> int:
+    def rows(self, params: EvolutionaryParams) -> int:
         return params.beams
 
-    def check(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> None:
-        super().check(request, params, policy, scorer)
+    def plan(self, request: DecodeRequest, params: EvolutionaryParams, policy: Policy, scorer: Scorer) -> Decode:
         if params.keep_top >= params.beams:
             raise InvalidArgument(
                 "evolutionary.keep_top", f"{params.keep_top} must be below evolutionary.beams ({params.beams})"
             )
-
-    def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
-        self.check(request, params, policy, scorer)
-        search = _Search(request, params, policy, scorer)
-        return search.run()
+        return lambda ctx: _Search(ctx, params).run()
 
 
 @dataclass
@@ -88,30 +85,23 @@ class _Beam:
 
 
 class _Search:
-    """One request's search state: the archive, the best beam, usage."""
+    """One request's search state: the archive, the best beams."""
 
-    def __init__(
-        self, request: DecodeRequest, params: EvolutionaryStrategy.Params, policy: Policy, scorer: Scorer
-    ) -> None:
-        self.request, self.params, self.policy, self.scorer = request, params, policy, scorer
-        self.original = request.prompt.user
+    def __init__(self, ctx: DecodeContext, params: EvolutionaryParams) -> None:
+        self.ctx, self.params = ctx, params
+        self.original = ctx.request.prompt.user
         # instruction -> best weighted reward its beams reached at any scoring round (a beam replaced
         # early still ranks its instruction)
         self.archive: dict[str, float] = {}
         self.finals: list[_Beam] = []
-        self.usage = Usage()
-        self.started = time.perf_counter()
         self.fallbacks = 0
         self.rounds = 0
 
     def run(self) -> DecodeResult:
-        usage = self.usage
-        usage.prompt_tokens = self.policy.count_tokens(self.policy.render(self.request.prompt))
         for cycle in range(1, self.params.cycles + 1):
-            ranked = sorted(self.archive, key=self.archive.get, reverse=True)
+            ranked = sorted(self.archive, key=lambda instruction: self.archive[instruction], reverse=True)
             parents = ranked[: self.params.keep_top] if ranked else [self.original]
-            with usage.phase("mutate"):
-                variants = self._mutate(parents, self.params.beams - 1, cycle)
+            variants = self._mutate(parents, self.params.beams - 1, cycle)
             instructions = [parents[0], *variants]
             self._report("mutation", cycle, f"cycle {cycle}: {len(instructions)} instructions", [], instructions)
             beams = self._exploit(instructions, cycle)
@@ -132,9 +122,7 @@ class _Search:
             "instructions_tried": float(len(self.archive)),
             "winner_is_original_instruction": float(winner.instruction == self.original),
         }
-        return finish(
-            self.request, winner.candidate, [b.candidate for b in self.finals], [], usage, self.started, details
-        )
+        return self.ctx.finish(winner.candidate, [b.candidate for b in self.finals], [], details)
 
     # -- exploration ------------------------------------------------------------------------------
 
@@ -143,17 +131,16 @@ class _Search:
         unfilled slots keep the original instruction."""
         per_parent = -(-count // len(parents))
         prompts = [ChatPrompt(MUTATION_PROMPT.format(count=per_parent, instruction=p)) for p in parents]
+        request = self.ctx.request
         sampling = dataclasses.replace(
-            self.request.sampling,
+            request.sampling,
             max_tokens=self.params.mutation_tokens,
             stop=(),
-            seed=_derive(self.request.sampling.seed, 2 * cycle),
+            seed=_derive(request.sampling.seed, 2 * cycle),
         )
-        batch = self.policy.sample(prompts, 1, sampling, self.request.cancel)
-        self.usage.generated_tokens += sum(len(c[0].token_ids) for c in batch.completions)
-        self.usage.lm_forward_tokens += batch.forward_tokens
+        replies = self.ctx.sample(1, prompts, sampling, phase="mutate")
         seen = {self.original.strip().lower(), *(p.strip().lower() for p in parents)}
-        lists = [parse_variants(c[0].text, self.original, seen) for c in batch.completions]
+        lists = [parse_variants(reply[0].text, self.original, seen) for reply in replies]
         variants = []
         for i in range(per_parent):
             variants.extend(items[i] for items in lists if i < len(items))
@@ -165,22 +152,18 @@ class _Search:
 
     def _exploit(self, instructions: list[str], cycle: int) -> list[_Beam]:
         """Decode one beam per instruction; every m tokens replace beams outside the top-k."""
-        request, policy, usage = self.request, self.policy, self.usage
-        prompt = request.prompt
-        sampling = dataclasses.replace(request.sampling, seed=_derive(request.sampling.seed, 2 * cycle + 1))
-        with usage.phase("prefill"):
-            partial = policy.begin_many(
-                [ChatPrompt(i, prompt.system, prompt.raw) for i in instructions], sampling, request.cancel
-            )
+        ctx = self.ctx
+        prompt = ctx.request.prompt
+        sampling = dataclasses.replace(ctx.request.sampling, seed=_derive(ctx.request.sampling.seed, 2 * cycle + 1))
+        partial = ctx.prefill([ChatPrompt(i, prompt.system, prompt.raw) for i in instructions], sampling)
         owner = list(range(len(instructions)))  # instruction of each row
         keep = self.params.keep_top
         while True:
-            before = sum(len(ids) for ids in partial.token_ids)
-            with usage.phase("extend"):
-                partial = policy.extend(partial, 1, self.params.replace_every, request.cancel)
-            usage.generated_tokens += sum(len(ids) for ids in partial.token_ids) - before
-            completions = [policy.completion(partial, row) for row in range(partial.rows)]
-            rewards, scores = self._score(completions)
+            partial = ctx.extend(partial, 1, self.params.replace_every)
+            completions = [ctx.policy.completion(partial, row) for row in range(partial.rows)]
+            # Rewards are always against the original instruction.
+            scored = ctx.score(completions, self.original)
+            scores = np.array([c.weighted_score for c in scored])
             for row, score in enumerate(scores.tolist()):
                 instruction = instructions[owner[row]]
                 self.archive[instruction] = max(score, self.archive.get(instruction, -np.inf))
@@ -192,40 +175,25 @@ class _Search:
             rows = list(range(partial.rows))
             for j, row in enumerate(replaced):
                 rows[row] = top[j % keep]  # copies of the best beams first
-            candidates = [ScoredCandidate(c, rewards[r], float(scores[r]), r in top) for r, c in enumerate(completions)]
+            for r, candidate in enumerate(scored):
+                candidate.selected = r in top
             self._report(
                 "replace",
                 self.rounds,
                 f"round {self.rounds}: kept beams {sorted(top)}, replaced {replaced} "
                 f"by copies of {[rows[r] for r in replaced]}",
-                candidates,
+                scored,
                 [instructions[o] for o in owner],
             )
-            partial = policy.select(partial, rows)
+            partial = ctx.policy.select(partial, rows)
             owner = [owner[r] for r in rows]
-        usage.lm_forward_tokens += partial.forward_tokens
-        return [
-            _Beam(instructions[owner[r]], ScoredCandidate(c, rewards[r], float(scores[r])))
-            for r, c in enumerate(completions)
-        ]
-
-    def _score(self, completions: list[Completion]) -> tuple[np.ndarray, np.ndarray]:
-        """Rewards [R, G] of the (partial) responses against the original instruction, and w^T r."""
-        with self.usage.phase("score"):
-            rewards = self.scorer.score([self.original] * len(completions), [c.text for c in completions])
-        self.usage.scorer_calls += 1
-        self.usage.scored_texts += len(completions)
-        return rewards, self.request.weights.weighted(rewards)
+        ctx.done_with(partial)
+        return [_Beam(instructions[owner[r]], candidate) for r, candidate in enumerate(scored)]
 
     def _report(
-        self, phase: str, step: int, message: str, candidates: list[ScoredCandidate], instructions: list[str]
+        self, phase: str, step: int, message: str, candidates: Sequence[ScoredCandidate], instructions: list[str]
     ) -> None:
-        if self.request.on_progress is not None:
-            self.request.on_progress(
-                ProgressEvent(
-                    phase, step, message, time.perf_counter() - self.started, candidates, instructions=instructions
-                )
-            )
+        self.ctx.report(phase, step, message, candidates, instructions=instructions)
 
 
 def parse_variants(reply: str, original: str, seen: set[str]) -> list[str]:

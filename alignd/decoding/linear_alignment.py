@@ -19,28 +19,15 @@ T and p are the request's sampling temperature and top_p, which default to the a
 
 from __future__ import annotations
 
-import dataclasses
-import time
 from dataclasses import dataclass
-
-import torch
+from typing import Any, ClassVar
 
 from alignd.backends.base import Capability, ChatPrompt, Policy
-from alignd.backends.sampling import make_generator, reference_logprobs
-from alignd.decoding.base import (
-    DecodeRequest,
-    DecodeResult,
-    KLEstimate,
-    Strategy,
-    Usage,
-    finish,
-    register,
-    report,
-    score_candidates,
-)
+from alignd.decoding.base import Decode, DecodeContext, DecodeRequest, DecodeResult, KLEstimate, Strategy, register
 from alignd.decoding.params import param
 from alignd.errors import InvalidArgument
 from alignd.rewardmodels.base import Scorer
+from alignd.sampling import extrapolated_step, make_generator
 
 DEFAULT_PRINCIPLE = (
     "You are a helpful, honest and harmless assistant. Answer the question directly and "
@@ -49,106 +36,83 @@ DEFAULT_PRINCIPLE = (
 PROGRESS_EVERY = 16  # tokens between stream events
 
 
+@dataclass(frozen=True)
+class LinearAlignmentParams:
+    principle: str = param(DEFAULT_PRINCIPLE, "the preference principle", min=1, max=2000)
+    placement: str = param(
+        "system",
+        "where the principle goes: system (the system prompt, as in the paper) or "
+        "user (after the user's message, where small models follow instructions better)",
+        choices=("system", "user"),
+    )
+    alpha: float = param(
+        3.0, "alpha: z_hat = z_p + alpha (z_p - z_0); 0 decodes under the principle alone", min=0.0, max=100.0
+    )
+
+
 @register
-class LinearAlignmentStrategy(Strategy):
+class LinearAlignmentStrategy(Strategy[LinearAlignmentParams]):
     name = "linear_alignment"
     description = (
         "Linear alignment: decode with and without a preference principle in lock-step and sample "
         "from z_p + alpha (z_p - z_0) within the top-p support of the principled distribution."
     )
+    Params = LinearAlignmentParams
     requires = frozenset({Capability.SAMPLE, Capability.EXTEND, Capability.TOKENWISE})
-    sampling_defaults = {"temperature": 0.5, "top_p": 0.8}
+    sampling_defaults: ClassVar[dict[str, Any]] = {"temperature": 0.5, "top_p": 0.8}  # the authors' settings
 
-    @dataclass(frozen=True)
-    class Params:
-        principle: str = param(DEFAULT_PRINCIPLE, "the preference principle", min=1, max=2000)
-        placement: str = param(
-            "system",
-            "where the principle goes: system (the system prompt, as in the paper) or "
-            "user (after the user's message, where small models follow instructions better)",
-            choices=("system", "user"),
-        )
-        alpha: float = param(
-            3.0, "alpha: z_hat = z_p + alpha (z_p - z_0); 0 decodes under the principle alone", min=0.0, max=100.0
-        )
-
-    def rows(self, params: Params) -> int:
+    def rows(self, params: LinearAlignmentParams) -> int:
         return 2
 
-    def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
-        default_system = template_system(policy, request.prompt) if params.placement == "system" else None
-        principled = with_principle(request.prompt, params.principle, default_system, params.placement)
-        length = policy.count_tokens(policy.render(principled)) + request.sampling.max_tokens
-        if policy.context_length is not None and length > policy.context_length:
-            raise InvalidArgument(
-                "linear_alignment.principle",
-                f"prompt with the principle + max_tokens is {length} "
-                f"tokens, over the model's context of {policy.context_length}",
-            )
-        started = time.perf_counter()
-        usage = Usage()
-        sampling = request.sampling
-        with usage.phase("prefill"):
-            partial = policy.begin_many([principled, request.prompt], sampling, request.cancel)
-        usage.prompt_tokens = partial.prompt_tokens
-        # Greedy: the support is the top-p set at T = 1 (at T = 0 it would be z_p's argmax alone).
-        temperature = sampling.temperature if not sampling.greedy else 1.0
-        support_sampling = dataclasses.replace(sampling, temperature=temperature)
-        generator = None
-        kl = 0.0
-        support_tokens = overridden = 0  # how much room the extrapolation had, and how often it used it
-        with usage.phase("decode"):
-            while not partial.done:
-                logits = policy.next_token_logits(partial)
-                z_p, z_0 = logits[0:1], logits[1:2]
-                if generator is None:
-                    generator = make_generator(sampling.seed, logits.device)
-                support = torch.isfinite(reference_logprobs(z_p, support_sampling))
-                fused = (z_p + params.alpha * (z_p - z_0)) / temperature
-                aligned = torch.log_softmax(fused.masked_fill(~support, float("-inf")), dim=-1)
-                # The step already waits for its token (and KL) on the host; two more scalars cost nothing.
-                support_tokens += int(support.sum())
-                overridden += int(aligned.argmax(-1) != z_p.argmax(-1))
-                if sampling.greedy:
-                    token = int(torch.argmax(aligned, dim=-1))
-                else:
-                    token = int(torch.multinomial(aligned.exp(), 1, generator=generator).squeeze(-1))
-                # KL of the aligned step against the model without the principle at the same T,
-                # summed over the (small) support only.
-                plain = torch.log_softmax(z_0[0] / temperature, dim=-1)
-                if sampling.greedy:
-                    kl -= float(plain[token])
-                else:
-                    index = support[0].nonzero().squeeze(-1)
-                    q = aligned[0, index]
-                    kl += float((q.exp() * (q - plain[index])).sum())
-                logprob = float(plain[token])
-                partial = policy.append(partial, [token, token], [logprob, logprob], request.cancel)
-                usage.generated_tokens += 1
-                if usage.generated_tokens % PROGRESS_EVERY == 0:
-                    report(
-                        request,
-                        "tokens",
-                        usage.generated_tokens,
-                        f"{usage.generated_tokens} tokens: {policy.completion(partial, 0).text!r}",
-                        started,
-                    )
-        usage.lm_forward_tokens = partial.forward_tokens
-        scored = score_candidates(request, scorer, [policy.completion(partial, 0)], usage)
-        estimate = KLEstimate(
-            "linear_alignment_estimate",
-            "estimate",
-            max(kl, 0.0),
-            "sum over steps of KL(aligned next-token distribution || the model without the "
-            "principle at the same temperature) along the decoded path",
+    def plan(self, request: DecodeRequest, params: LinearAlignmentParams, policy: Policy, scorer: Scorer) -> Decode:
+        return lambda ctx: decode_aligned(ctx, params)
+
+
+def decode_aligned(ctx: DecodeContext, params: LinearAlignmentParams) -> DecodeResult:
+    request, policy = ctx.request, ctx.policy
+    default_system = template_system(policy, request.prompt) if params.placement == "system" else None
+    principled = policy.encode(with_principle(request.prompt, params.principle, default_system, params.placement))
+    assert principled.token_ids is not None
+    length = len(principled.token_ids) + request.sampling.max_tokens
+    if policy.context_length is not None and length > policy.context_length:
+        raise InvalidArgument(
+            "linear_alignment.principle",
+            f"prompt with the principle + max_tokens is {length} "
+            f"tokens, over the model's context of {policy.context_length}",
         )
-        steps = max(usage.generated_tokens, 1)
-        details = {
-            "alpha": params.alpha,
-            "mean_support_tokens": support_tokens / steps,
-            "overridden_fraction": overridden / steps,
-        }
-        return finish(request, scored[0], scored, [estimate], usage, started, details)
+    partial = ctx.prefill([principled, request.prompt])
+    ctx.usage.prompt_tokens = partial.prompt_tokens  # both contexts are this request's prompt
+    generator = None
+    kl = 0.0
+    support_tokens = overridden = 0  # how much room the extrapolation had, and how often it used it
+    with ctx.phase("decode"):
+        while not partial.done:
+            logits = policy.next_token_logits(partial)
+            if generator is None:
+                generator = make_generator(request.sampling.seed, logits.device)
+            step = extrapolated_step(logits[0:1], logits[1:2], params.alpha, request.sampling, generator)
+            kl += step.kl
+            support_tokens += step.support_tokens
+            overridden += step.overridden
+            partial = ctx.append(partial, step.token, step.logprob)
+            generated = ctx.usage.generated_tokens
+            if generated % PROGRESS_EVERY == 0:
+                ctx.report("tokens", generated, f"{generated} tokens: {policy.completion(partial, 0).text!r}")
+    estimate = KLEstimate(
+        "linear_alignment_estimate",
+        "estimate",
+        max(kl, 0.0),
+        "sum over steps of KL(aligned next-token distribution || the model without the "
+        "principle at the same temperature) along the decoded path",
+    )
+    steps = max(ctx.usage.generated_tokens, 1)
+    details = {
+        "alpha": params.alpha,
+        "mean_support_tokens": support_tokens / steps,
+        "overridden_fraction": overridden / steps,
+    }
+    result, _ = ctx.finish_decoded(partial, [estimate], details)
+    return result
 
 
 def with_principle(

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from alignd.backends.base import Capability, Policy
-from alignd.decoding.base import DecodeRequest, DecodeResult, Strategy, register
-from alignd.decoding.blockwise import BlockChoice, BlockwiseRun, decode_blockwise, refuse_greedy
+from alignd.decoding.base import Decode, DecodeContext, DecodeRequest, DecodeResult, Strategy, register
+from alignd.decoding.blockwise import BlockChoice, BlockwiseRun, decode_blockwise
 from alignd.decoding.params import param
 from alignd.decoding.value_estimates import ValueEstimator, value_source_param
 from alignd.decoding.worst_case import WeightSet, solve
@@ -32,68 +32,62 @@ from alignd.errors import InvalidArgument
 from alignd.rewardmodels.base import Scorer
 
 
+@dataclass(frozen=True)
+class RobustParams:
+    num_candidates: int = param(8, "K: candidate blocks drawn per step", min=2, limit="max_candidates")
+    block_tokens: int = param(8, "B: tokens per block", min=1, limit="max_tokens")
+    strength: float = param(
+        1.0,
+        "lambda: small puts w* on the worst objective on average, large gives minimax weights",
+        above=0.0,
+        max=1e4,
+    )
+    solver: str = param(
+        "fast", "worst-case weight solver: fast (projected Newton) or cvxpy (Clarabel)", choices=("fast", "cvxpy")
+    )
+    objectives: tuple[str, ...] = param((), "objectives the adversary may weight; empty: all")
+    min_weights: dict[str, float] = param(
+        {}, "lower bounds on the adversary's weights per objective, summing to at most 1", min=0.0, max=1.0
+    )
+    value_source: str = value_source_param()
+
+
 @register
-class RobustStrategy(Strategy):
+class RobustStrategy(Strategy[RobustParams]):
     name = "robust"
     description = (
         "Robust multi-objective decoding (RMOD): per block, worst-case weights w* from a convex program "
         "over the value estimates of K blocks, keep argmax_k w*.V_k."
     )
+    Params = RobustParams
     requires = frozenset({Capability.SAMPLE, Capability.EXTEND})
+    refuses_greedy = True
 
-    @dataclass(frozen=True)
-    class Params:
-        num_candidates: int = param(8, "K: candidate blocks drawn per step", min=2, limit="max_candidates")
-        block_tokens: int = param(8, "B: tokens per block", min=1, limit="max_tokens")
-        strength: float = param(
-            1.0,
-            "lambda: small puts w* on the worst objective on average, large gives minimax weights",
-            above=0.0,
-            max=1e4,
-        )
-        solver: str = param(
-            "fast", "worst-case weight solver: fast (projected Newton) or cvxpy (Clarabel)", choices=("fast", "cvxpy")
-        )
-        objectives: tuple[str, ...] = param((), "objectives the adversary may weight; empty: all")
-        min_weights: dict[str, float] = param(
-            {}, "lower bounds on the adversary's weights per objective, summing to at most 1", min=0.0, max=1.0
-        )
-        value_source: str = value_source_param()
-
-    def _values(
-        self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer, feasible: WeightSet
-    ) -> ValueEstimator:
-        """Estimates for every objective the adversary may weight."""
-        adversary = [n for n, allowed in zip(scorer.objective_names, feasible.allowed) if allowed]
-        return ValueEstimator.resolve(self.name, request.prompt.user, policy, scorer, adversary, params.value_source)
-
-    def rows(self, params: Params) -> int:
+    def rows(self, params: RobustParams) -> int:
         return 1 + params.num_candidates
 
-    def check(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> None:
-        super().check(request, params, policy, scorer)
-        refuse_greedy(request, self.name)
-        self._values(request, params, policy, scorer, weight_set(params, scorer.objective_names))
-
-    def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
-        self.check(request, params, policy, scorer)
+    def plan(self, request: DecodeRequest, params: RobustParams, policy: Policy, scorer: Scorer) -> Decode:
         names = scorer.objective_names
         feasible = weight_set(params, names)
-        chooser = WorstCaseChooser(params, feasible)
-        return decode_blockwise(
-            request,
-            policy,
-            scorer,
-            strategy=self.name,
-            num_candidates=params.num_candidates,
-            block_tokens=params.block_tokens,
-            values=self._values(request, params, policy, scorer, feasible),
-            choose=chooser,
-            details=lambda run, rewards: chooser.details(run, names, scorer, rewards),
-        )
+        # Estimates for every objective the adversary may weight.
+        adversary = [n for n, allowed in zip(names, feasible.allowed) if allowed]
+        values = ValueEstimator.resolve(self.name, policy, scorer, adversary, params.value_source)
+
+        def decode(ctx: DecodeContext) -> DecodeResult:
+            chooser = WorstCaseChooser(params, feasible)
+            return decode_blockwise(
+                ctx,
+                num_candidates=params.num_candidates,
+                block_tokens=params.block_tokens,
+                values=values,
+                choose=chooser,
+                details=lambda run, rewards: chooser.details(run, names, scorer, rewards),
+            )
+
+        return decode
 
 
-def weight_set(params: RobustStrategy.Params, names: tuple[str, ...]) -> WeightSet:
+def weight_set(params: RobustParams, names: tuple[str, ...]) -> WeightSet:
     """The adversary's feasible weights from the request; errors name the parameter."""
     for i, name in enumerate(params.objectives):
         if name not in names:
@@ -117,7 +111,7 @@ def weight_set(params: RobustStrategy.Params, names: tuple[str, ...]) -> WeightS
 class WorstCaseChooser:
     """Per block: solve for w* (warm-started at the previous block's w*), keep argmax_k w*^T V_k."""
 
-    def __init__(self, params: RobustStrategy.Params, feasible: WeightSet) -> None:
+    def __init__(self, params: RobustParams, feasible: WeightSet) -> None:
         self.params = params
         self.feasible = feasible
         self.previous: np.ndarray | None = None

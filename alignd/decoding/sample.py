@@ -2,36 +2,31 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from alignd.backends.base import Policy
-from alignd.decoding.base import (
-    DecodeRequest,
-    DecodeResult,
-    KLEstimate,
-    Strategy,
-    Usage,
-    draw_candidates,
-    finish,
-    register,
-    score_candidates,
-)
+from alignd.decoding.base import Decode, DecodeContext, DecodeRequest, DecodeResult, KLEstimate, Strategy, register
 from alignd.rewardmodels.base import Scorer
 
 
+@dataclass(frozen=True)
+class SampleParams:
+    pass
+
+
 @register
-class SampleStrategy(Strategy):
+class SampleStrategy(Strategy[SampleParams]):
     name = "sample"
     description = "Plain sampling from the reference policy (the baseline)."
+    Params = SampleParams
 
-    @dataclass(frozen=True)
-    class Params:
-        pass
+    def plan(self, request: DecodeRequest, params: SampleParams, policy: Policy, scorer: Scorer) -> Decode:
+        def decode(ctx: DecodeContext) -> DecodeResult:
+            (completions,) = ctx.sample(1)
+            ctx.report("sampled", 0, f"sampled 1 response(s), {ctx.usage.generated_tokens} tokens")
+            scored = ctx.score(completions)
+            return ctx.finish(
+                scored[0], scored, [KLEstimate("sample", "exact", 0.0, "plain sampling is pi_ref itself")]
+            )
 
-    def decode(self, request: DecodeRequest, params: Params, policy: Policy, scorer: Scorer) -> DecodeResult:
-        started = time.perf_counter()
-        usage = Usage()
-        scored = score_candidates(request, scorer, draw_candidates(request, policy, 1, usage, started), usage)
-        kl = [KLEstimate("sample", "exact", 0.0, "plain sampling is pi_ref itself")]
-        return finish(request, scored[0], scored, kl, usage, started)
+        return decode

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from alignd.backends.base import Capability, PartialResponses, Policy
-from alignd.decoding.base import DecodeRequest, Usage
+from alignd.decoding.base import DecodeContext
 from alignd.decoding.params import param
+from alignd.decoding.weights import PreferenceWeights
 from alignd.errors import FailedPrecondition
 from alignd.rewardmodels.base import Scorer
 from alignd.rewardmodels.value_sources import CHOICES, HEADS, PREFIX, resolve
@@ -36,12 +37,11 @@ def value_source_param():
 class ValueEstimator:
     scorer: Scorer
     policy: Policy
-    prompt: str  # the user's instruction: rewards are computed against it, not the rendered prompt
     sources: dict[str, str]  # objective -> source
 
     @classmethod
     def resolve(
-        cls, strategy: str, prompt: str, policy: Policy, scorer: Scorer, objectives: Sequence[str], value_source: str
+        cls, strategy: str, policy: Policy, scorer: Scorer, objectives: Sequence[str], value_source: str
     ) -> ValueEstimator:
         """`strategy` is the strategy's name. FailedPrecondition (naming `<strategy>.value_source`)
         when a named source cannot estimate one of `objectives`, or heads are asked of a backend
@@ -53,24 +53,24 @@ class ValueEstimator:
                 f"{strategy}.value_source: value heads for {heads} read hidden states, which {type(policy).__name__} "
                 f"does not give (use 'prefix')"
             )
-        return cls(scorer, policy, prompt, sources)
+        return cls(scorer, policy, sources)
 
     @classmethod
     def for_weighted(
-        cls, strategy: str, request: DecodeRequest, policy: Policy, scorer: Scorer, value_source: str
+        cls, strategy: str, weights: PreferenceWeights, policy: Policy, scorer: Scorer, value_source: str
     ) -> ValueEstimator:
         """Estimates for the objectives with a positive weight in the request (only those steer)."""
-        weighted = [n for n, w in request.weights.as_dict().items() if w > 0]
-        return cls.resolve(strategy, request.prompt.user, policy, scorer, weighted, value_source)
+        weighted = [n for n, w in weights.as_dict().items() if w > 0]
+        return cls.resolve(strategy, policy, scorer, weighted, value_source)
 
-    def __call__(self, partial: PartialResponses, usage: Usage) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, ctx: DecodeContext, partial: PartialResponses) -> tuple[np.ndarray, np.ndarray]:
         """(value estimates on each objective's scale [R, G], the same on the common scale); NaN
-        in the columns of objectives not estimated."""
+        in the columns of objectives not estimated. Rewards are against the user's instruction."""
         scores_text = PREFIX in self.sources.values()
-        with usage.phase("value"):
+        with ctx.phase("value"):
             texts = self.policy.partial_texts(partial) if scores_text else None
-            values = self.scorer.estimate_values(self.prompt, texts, partial.hidden, self.sources)
-        usage.scorer_calls += 1
+            values = self.scorer.estimate_values(ctx.request.prompt.user, texts, partial.hidden, self.sources)
+        ctx.usage.scorer_calls += 1
         if scores_text:
-            usage.scored_texts += partial.rows  # texts the scorers saw; heads read no text
+            ctx.usage.scored_texts += partial.rows  # texts the scorers saw; heads read no text
         return values, self.scorer.standardise(values)

@@ -112,7 +112,7 @@ def solve_fast(values: np.ndarray, strength: float, feasible: WeightSet, warm: n
     f, grad, p = evaluate(u)
     step = 1.0 / max(float(np.abs(grad).max()), 1e-12)
     iterations = 0
-    for iterations in range(1, MAX_ITERATIONS + 1):
+    for iterations in range(1, MAX_ITERATIONS + 1):  # noqa: B007 (the count is returned)
         # Frank-Wolfe gap: F(u) - F* <= grad.u - min_j grad_j for a convex F on the simplex.
         gap = float(grad @ u - grad.min())
         if gap <= GAP_TOLERANCE:

@@ -79,8 +79,12 @@ def parse_generate(
     default_weights: Mapping[str, float],
     default_sampling: SamplingParams,
     limits: Limits,
+    *,
+    template: bool = False,
 ) -> ParsedGenerate:
-    check_text("prompt", request.prompt, limits.max_prompt_chars, required=True)
+    """A request's strategy, parameters, prompt, sampling and weights, validated. An experiment
+    arm's `template` has no prompt of its own."""
+    check_text("prompt", request.prompt, limits.max_prompt_chars, required=not template)
     check_text("system_prompt", request.system_prompt, limits.max_prompt_chars, required=False)
 
     chosen = request.WhichOneof("params")

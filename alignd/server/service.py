@@ -15,13 +15,14 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import grpc
 
 from alignd import __version__
-from alignd.backends.base import Policy
+from alignd.backends.base import ChatPrompt, Policy
 from alignd.config import ConfigError, ServerConfig
-from alignd.decoding.base import STRATEGIES, DecodeRequest, DecodeResult, ProgressEvent
+from alignd.decoding.base import STRATEGIES, Decode, DecodeContext, DecodeRequest, DecodeResult, ProgressEvent
 from alignd.decoding.params import describe_params
 from alignd.decoding.weights import parse_weights
 from alignd.errors import AligndError, InvalidArgument, PermissionDenied
@@ -35,6 +36,13 @@ from alignd.v1 import alignd_pb2 as pb
 from alignd.v1 import alignd_pb2_grpc as pb_grpc
 
 log = logging.getLogger("alignd.server")
+
+
+@dataclass
+class _Call:
+    """One RPC in flight: its strategy label for metrics."""
+
+    strategy: str
 
 
 class AligndService(pb_grpc.AligndServicer):
@@ -78,8 +86,10 @@ class AligndService(pb_grpc.AligndServicer):
     # -- plumbing ---------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _handle(self, context: grpc.aio.ServicerContext, method: str, strategy: str = ""):
-        """Admission control, metrics, and the mapping of errors to status codes."""
+    async def _handle(self, context: grpc.aio.ServicerContext, method: str, strategy: str = "") -> AsyncIterator[_Call]:
+        """Admission control, metrics, and the mapping of errors to status codes. The handler may
+        set the call's strategy label once it knows it (after experiment routing)."""
+        call = _Call(strategy)
         if self._pending >= self.config.max_pending:
             self.metrics.requests.labels(method, strategy, "RESOURCE_EXHAUSTED").inc()
             await context.abort(
@@ -90,7 +100,7 @@ class AligndService(pb_grpc.AligndServicer):
         started = time.perf_counter()
         code = "OK"
         try:
-            yield
+            yield call
         except AligndError as error:
             code = error.code_name
             await context.abort(grpc.StatusCode[code], str(error))
@@ -107,42 +117,31 @@ class AligndService(pb_grpc.AligndServicer):
         finally:
             self._pending -= 1
             self.metrics.pending.set(self._pending)
-            self.metrics.requests.labels(method, strategy, code).inc()
-            self.metrics.latency.labels(method, strategy).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(method, call.strategy, code).inc()
+            self.metrics.latency.labels(method, call.strategy).observe(time.perf_counter() - started)
 
-    def _parse(self, request: pb.GenerateRequest) -> convert.ParsedGenerate:
+    def _parse(self, request: pb.GenerateRequest, *, template: bool = False) -> convert.ParsedGenerate:
         return convert.parse_generate(
-            request, self.objective_names, self.default_weights, self.config.default_sampling, self.config.limits
+            request,
+            self.objective_names,
+            self.default_weights,
+            self.config.default_sampling,
+            self.config.limits,
+            template=template,
         )
 
     def _check_arm(self, template: pb.GenerateRequest) -> None:
         """An experiment arm must be servable for any prompt: everything a request is checked for
         except the prompt itself (its strategy's own conditions, the memory budget at its
         max_tokens), or it would fail every request of its subjects."""
-        request = pb.GenerateRequest()
-        request.CopyFrom(template)
-        request.prompt = "arm check"
-        parsed = self._parse(request)
-        parsed.strategy.check(
-            DecodeRequest(parsed.prompt, parsed.sampling, parsed.weights), parsed.params, self.policy, self.scorer
-        )
-        self._check_budget(parsed, prompt_tokens=0)
+        parsed = self._parse(template, template=True)
+        self._prepare(parsed, ChatPrompt(""), prompt_tokens=0)
 
-    def _label_and_route(self, request: pb.GenerateRequest) -> tuple[str, Routed | AligndError | None]:
-        """The strategy label for metrics and the request's experiment arm (or the error routing
-        it raised, for the handler to report)."""
-        try:
-            routed = self.experiments.route(request)
-        except AligndError as error:
-            return self._strategy_label(requested_strategy(request)), error
-        name = routed.arm.strategy if routed else requested_strategy(request)
-        return self._strategy_label(name), routed
-
-    async def _route(
-        self, request: pb.GenerateRequest, routing: Routed | AligndError | None
-    ) -> tuple[Routed | None, pb.GenerateRequest, str]:
-        """The experiment arm serving the request (if it names one), the request to decode, its id."""
-        routed = await self.experiments.route_refreshed(request, routing)
+    async def _route(self, request: pb.GenerateRequest, call: _Call) -> tuple[Routed | None, pb.GenerateRequest, str]:
+        """The experiment arm serving the request (if it names one), the request to decode, its id;
+        the call's metrics label becomes the strategy that serves it."""
+        routed = await self.experiments.route(request)
+        call.strategy = self._strategy_label(routed.arm.strategy if routed else requested_strategy(request))
         if routed is not None and request.request_id:
             await self.experiments.check_new_request_id(request.request_id)
         return routed, routed.request if routed else request, request.request_id or uuid.uuid4().hex
@@ -162,25 +161,30 @@ class AligndService(pb_grpc.AligndServicer):
             response.experiment, response.arm = routed.experiment.name, routed.arm.name
         return response
 
+    def _prepare(self, parsed: convert.ParsedGenerate, prompt: ChatPrompt, prompt_tokens: int) -> Decode:
+        """Every check a request gets before decoding, once: the strategy's (capabilities, its
+        parameters, value sources) and the memory budget."""
+        request = DecodeRequest(prompt, parsed.sampling, parsed.weights)
+        decode = parsed.strategy.prepare(request, parsed.params, self.policy, self.scorer)
+        self._check_budget(parsed, prompt_tokens)
+        return decode
+
     def _decode(
         self,
         parsed: convert.ParsedGenerate,
         on_progress: Callable[[ProgressEvent], None] | None,
         cancel: threading.Event,
     ) -> DecodeResult:
-        parsed.strategy.check_policy(self.policy)
-        self._check_budget(parsed)
-        request = DecodeRequest(
-            parsed.prompt, parsed.sampling, parsed.weights, parsed.return_candidates, on_progress, cancel
-        )
-        result = parsed.strategy.decode(request, parsed.params, self.policy, self.scorer)
+        prompt = self.policy.encode(parsed.prompt)  # the only tokenization of the request's prompt
+        assert prompt.token_ids is not None
+        decode = self._prepare(parsed, prompt, len(prompt.token_ids))
+        request = DecodeRequest(prompt, parsed.sampling, parsed.weights, parsed.return_candidates, on_progress, cancel)
+        result = decode(DecodeContext(request, self.policy, self.scorer))
         self.metrics.generated_tokens.labels(parsed.strategy.name).inc(result.usage.generated_tokens)
         return result
 
-    def _check_budget(self, parsed: convert.ParsedGenerate, prompt_tokens: int | None = None) -> None:
+    def _check_budget(self, parsed: convert.ParsedGenerate, prompt_tokens: int) -> None:
         """Refuse requests whose sequences would not fit the model or the memory budget."""
-        if prompt_tokens is None:
-            prompt_tokens = self.policy.count_tokens(self.policy.render(parsed.prompt))
         length = prompt_tokens + parsed.sampling.max_tokens
         context = self.policy.context_length
         if context is not None and length > context:
@@ -209,10 +213,9 @@ class AligndService(pb_grpc.AligndServicer):
     # -- RPCs -------------------------------------------------------------------------------
 
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
-        label, routing = self._label_and_route(request)
-        async with self._handle(context, "Generate", label):
+        async with self._handle(context, "Generate", self._strategy_label(requested_strategy(request))) as call:
             started = time.perf_counter()
-            routed, request, request_id = await self._route(request, routing)
+            routed, request, request_id = await self._route(request, call)
             parsed = self._parse(request)
             cancel = threading.Event()
             work = asyncio.get_running_loop().run_in_executor(self._executor, self._decode, parsed, None, cancel)
@@ -226,10 +229,10 @@ class AligndService(pb_grpc.AligndServicer):
             return await self._finish(routed, parsed, result, request_id, started)
 
     async def GenerateStream(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateEvent]:
-        label, routing = self._label_and_route(request)
-        async with self._handle(context, "GenerateStream", label):
+        label = self._strategy_label(requested_strategy(request))
+        async with self._handle(context, "GenerateStream", label) as call:
             started = time.perf_counter()
-            routed, request, request_id = await self._route(request, routing)
+            routed, request, request_id = await self._route(request, call)
             parsed = self._parse(request)
             loop = asyncio.get_running_loop()
             events: asyncio.Queue[ProgressEvent | None] = asyncio.Queue()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from alignd.backends.base import ChatPrompt, FinishReason, SamplingParams
-from alignd.backends.sampling import reference_logprobs
+from alignd.sampling import reference_logprobs
 
 PROMPT = ChatPrompt("tell me about bread")
 SAMPLING = SamplingParams(temperature=0.9, top_k=30, max_tokens=40, seed=5)

@@ -3,7 +3,7 @@ import math
 import torch
 
 from alignd.backends.base import SamplingParams
-from alignd.backends.sampling import draw, make_generator, reference_logprobs
+from alignd.sampling import draw, make_generator, reference_logprobs
 
 
 def test_reference_logprobs_normalise_over_the_kept_support():

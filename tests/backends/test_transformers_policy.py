@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from alignd.backends.base import ChatPrompt, FinishReason, SamplingParams
-from alignd.backends.sampling import reference_logprobs
+from alignd.sampling import reference_logprobs
 
 PROMPT = ChatPrompt("how do I bake bread at home?")
 

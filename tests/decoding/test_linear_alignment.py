@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from alignd.backends.base import Capability, ChatPrompt, SamplingParams
-from alignd.backends.sampling import reference_logprobs
 from alignd.decoding.base import DecodeRequest, get_strategy
 from alignd.decoding.linear_alignment import template_system, with_principle
 from alignd.decoding.params import Limits, validate_params
 from alignd.decoding.weights import parse_weights
 from alignd.errors import FailedPrecondition, InvalidArgument
+from alignd.sampling import reference_logprobs
 
 PRINCIPLE = "answer kindly and positively"
 PROMPT = ChatPrompt("tell me about bread")
@@ -177,4 +177,6 @@ def test_a_backend_without_tokenwise_steps_is_refused(tiny_policy):
         capabilities = frozenset({Capability.SAMPLE})
 
     with pytest.raises(FailedPrecondition, match=r"needs backend capabilities \['extend', 'tokenwise'\]"):
-        get_strategy("linear_alignment").check_policy(SampleOnly())
+        strategy = get_strategy("linear_alignment")
+        request = DecodeRequest(PROMPT, sampling(), parse_weights({}, ("a",)))
+        strategy.prepare(request, strategy.Params(), SampleOnly(), None)

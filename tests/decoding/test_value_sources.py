@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from alignd.backends.base import Capability, ChatPrompt, SamplingParams
-from alignd.decoding.base import DecodeRequest, Usage, get_strategy
+from alignd.decoding.base import DecodeContext, DecodeRequest, get_strategy
 from alignd.decoding.value_estimates import ValueEstimator
 from alignd.decoding.weights import parse_weights
 from alignd.errors import FailedPrecondition
@@ -126,17 +126,22 @@ def test_heads_on_a_backend_without_hidden_states_is_failed_precondition(tiny_po
     with pytest.raises(
         FailedPrecondition, match=r"^controlled.value_source: value heads for \['e_count'\] read hidden states"
     ):
-        ValueEstimator.resolve("controlled", PROMPT, _NoHiddenStates(), guided, ["e_count"], "heads")
-    estimator = ValueEstimator.resolve("controlled", PROMPT, _NoHiddenStates(), guided, ["e_count"], "prefix")
+        ValueEstimator.resolve("controlled", _NoHiddenStates(), guided, ["e_count"], "heads")
+    estimator = ValueEstimator.resolve("controlled", _NoHiddenStates(), guided, ["e_count"], "prefix")
     assert estimator.sources == {"e_count": "prefix"}
 
 
 def test_estimator_counts_its_work_into_usage(tiny_policy, letter_scorer):
     partial = tiny_policy.begin(ChatPrompt(PROMPT), SAMPLING)
     blocks = tiny_policy.extend(partial, 4, 3)
-    usage = Usage()
-    estimator = ValueEstimator.resolve("controlled", PROMPT, tiny_policy, letter_scorer, ["o_count"], "auto")
-    values, standardised = estimator(blocks, usage)
+    ctx = DecodeContext(
+        DecodeRequest(ChatPrompt(PROMPT), SAMPLING, parse_weights({}, letter_scorer.objective_names)),
+        tiny_policy,
+        letter_scorer,
+    )
+    usage = ctx.usage
+    estimator = ValueEstimator.resolve("controlled", tiny_policy, letter_scorer, ["o_count"], "auto")
+    values, standardised = estimator(ctx, blocks)
     texts = [tiny_policy.detokenize(ids) for ids in blocks.token_ids]
     assert list(values[:, 1]) == [t.count("o") for t in texts]
     assert np.array_equal(standardised, values, equal_nan=True)  # no statistics: identity
@@ -149,7 +154,10 @@ def test_prefix_texts_are_cut_like_the_final_response(tiny_policy, letter_scorer
     texts = tiny_policy.partial_texts(blocks)
     assert texts == [tiny_policy.completion(blocks, row).text for row in range(blocks.rows)]
     assert not any("e" in t for t in texts)
-    values, _ = ValueEstimator.resolve("controlled", PROMPT, tiny_policy, letter_scorer, ["e_count"], "prefix")(
-        blocks, Usage()
+    ctx = DecodeContext(
+        DecodeRequest(ChatPrompt(PROMPT), sampling, parse_weights({}, letter_scorer.objective_names)),
+        tiny_policy,
+        letter_scorer,
     )
+    values, _ = ValueEstimator.resolve("controlled", tiny_policy, letter_scorer, ["e_count"], "prefix")(ctx, blocks)
     assert list(values[:, 0]) == [0] * blocks.rows

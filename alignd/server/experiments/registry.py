@@ -18,7 +18,7 @@ from google.protobuf import json_format
 
 from alignd.config import ConfigError, ServerConfig, experiment_store_path
 from alignd.decoding.base import DecodeResult
-from alignd.errors import AligndError, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from alignd.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from alignd.server.experiments.definitions import (
     ArmSpec,
     ExperimentSpec,
@@ -143,20 +143,14 @@ class Experiments:
 
     # -- serving ---------------------------------------------------------------------------
 
-    async def route_refreshed(self, request: pb.GenerateRequest, routing: Routed | AligndError | None) -> Routed | None:
-        """`routing` (from `route`), retried once after a refresh when the experiment was unknown."""
-        if isinstance(routing, NotFound) and request.experiment and await self._known(request.experiment):
-            return self.route(request)
-        if isinstance(routing, AligndError):
-            raise routing
-        return routing
-
-    def route(self, request: pb.GenerateRequest) -> Routed | None:
-        """The arm serving `request` (None when it names no experiment)."""
+    async def route(self, request: pb.GenerateRequest) -> Routed | None:
+        """The arm serving `request` (None when it names no experiment). An experiment unknown
+        here is looked up in the store first (another replica may have created it)."""
         if not request.experiment:
             if request.subject:
                 raise InvalidArgument("subject", "given without an experiment")
             return None
+        await self._known(request.experiment)
         spec = self._spec(request.experiment, "experiment")
         check_subject(request.subject)
         arm = spec.arm_for(request.subject)

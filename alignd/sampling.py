@@ -1,0 +1,130 @@
+"""Token-level tensor steps: the reference distribution pi_ref (used by the backends) and the
+per-token steering steps of the tokenwise strategies.
+
+Strategies in `alignd.decoding` stay free of torch: they hand the tensors a policy returned to
+these functions. Pure tensor code (no Python loops over rows), so it runs the same on CPU and CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from alignd.backends.base import SamplingParams
+
+
+def reference_logprobs(logits: torch.Tensor, sampling: SamplingParams) -> torch.Tensor:
+    """Log-probabilities of the sampling distribution for each row of ``logits`` [B, V].
+
+    Applies temperature, then top-k, then top-p (nucleus; the most likely token always stays).
+    Masked tokens get -inf. Greedy (temperature 0) is not handled here: it is a point mass.
+    """
+    scores = logits.float() / sampling.temperature
+    vocab = scores.shape[-1]
+    if 0 < sampling.top_k < vocab:
+        kth = torch.topk(scores, sampling.top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, dim=-1, descending=True)
+        sorted_probs = torch.softmax(sorted_scores, dim=-1)
+        # Mass strictly before each token; a token is kept while that mass is below top_p.
+        mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+        drop_sorted = mass_before >= sampling.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        scores = scores.masked_fill(drop, float("-inf"))
+    return torch.log_softmax(scores, dim=-1)
+
+
+def draw(
+    logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row; return (token ids [B], their log pi_ref [B])."""
+    if sampling.greedy:
+        tokens = torch.argmax(logits, dim=-1)
+        return tokens, torch.zeros(tokens.shape, dtype=torch.float32, device=logits.device)
+    logprobs = reference_logprobs(logits, sampling)
+    tokens = torch.multinomial(logprobs.exp(), 1, generator=generator).squeeze(-1)
+    return tokens, logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator:
+    """A per-request generator: the same seed gives the same draws on the same backend."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
+    return generator
+
+
+@dataclass(frozen=True)
+class TiltedStep:
+    """One step of tokenwise controlled decoding."""
+
+    candidates: list[int]  # pi_ref's top-k token ids, in order
+    pick: int  # index into `candidates` of the drawn token
+    kl: float  # KL(q || pi_ref) of this step, q the tilted distribution on the top-k
+
+
+def top_tokens(logprobs: torch.Tensor, k: int) -> tuple[list[int], torch.Tensor]:
+    """pi_ref's k most likely tokens of one row [V] (fewer when its support is smaller), with
+    their log-probabilities."""
+    support = int(torch.isfinite(logprobs).sum())
+    top = torch.topk(logprobs.float().cpu(), min(k, support))
+    return top.indices.tolist(), top.values
+
+
+def tilted_draw(
+    top_logprobs: torch.Tensor, scores: np.ndarray, strength: float, generator: torch.Generator
+) -> tuple[int, float]:
+    """Draw from q(z) proportional to pi_ref(z) exp(strength * score(z)) over the top-k tokens;
+    returns (index drawn, KL(q || pi_ref))."""
+    base = top_logprobs.double()
+    tilted = torch.log_softmax(base + strength * torch.from_numpy(scores), dim=0)
+    pick = int(torch.multinomial(tilted.exp().float(), 1, generator=generator))
+    return pick, float((tilted.exp() * (tilted - base)).sum())
+
+
+@dataclass(frozen=True)
+class ExtrapolatedStep:
+    """One step of linear alignment."""
+
+    token: int
+    logprob: float  # log-probability of the token without the principle, at the step's temperature
+    kl: float  # KL(aligned || without the principle) over the support (greedy: -logprob)
+    support_tokens: int  # size of the top-p support of the principled distribution
+    overridden: bool  # the extrapolated argmax differs from the principled model's
+
+
+def extrapolated_step(
+    principled: torch.Tensor,
+    plain: torch.Tensor,
+    alpha: float,
+    sampling: SamplingParams,
+    generator: torch.Generator,
+) -> ExtrapolatedStep:
+    """Linear alignment's next token from the logits with the principle (z_p [1, V]) and without
+    it (z_0 [1, V]): z_hat = z_p + alpha (z_p - z_0), sampled at temperature T within the top-p
+    support of softmax(z_p / T). Greedy takes the argmax within the top-p support at T = 1."""
+    temperature = sampling.temperature if not sampling.greedy else 1.0
+    support = torch.isfinite(reference_logprobs(principled, replace(sampling, temperature=temperature)))
+    fused = (principled + alpha * (principled - plain)) / temperature
+    aligned = torch.log_softmax(fused.masked_fill(~support, float("-inf")), dim=-1)
+    if sampling.greedy:
+        token = int(torch.argmax(aligned, dim=-1))
+    else:
+        token = int(torch.multinomial(aligned.exp(), 1, generator=generator).squeeze(-1))
+    reference = torch.log_softmax(plain[0] / temperature, dim=-1)
+    if sampling.greedy:
+        kl = -float(reference[token])
+    else:
+        index = support[0].nonzero().squeeze(-1)
+        q = aligned[0, index]
+        kl = float((q.exp() * (q - reference[index])).sum())
+    return ExtrapolatedStep(
+        token=token,
+        logprob=float(reference[token]),
+        kl=kl,
+        support_tokens=int(support.sum()),
+        overridden=bool(aligned.argmax(-1) != principled.argmax(-1)),
+    )
