@@ -141,7 +141,7 @@ class _Search:
         replies = self.ctx.sample(1, prompts, sampling, phase="mutate")
         seen = {self.original.strip().lower(), *(p.strip().lower() for p in parents)}
         lists = [parse_variants(reply[0].text, self.original, seen) for reply in replies]
-        variants = []
+        variants: list[str] = []
         for i in range(per_parent):
             variants.extend(items[i] for items in lists if i < len(items))
         variants = variants[:count]

@@ -71,6 +71,6 @@ def best_of_n_distribution(probs: Sequence[float], rewards: Sequence[float], n: 
 def exact_best_of_n_kl(probs: Sequence[float], rewards: Sequence[float], n: int) -> float:
     """KL(pi_bon || pi_ref) by enumeration, for testing the bound and the estimator."""
     p = np.asarray(probs, dtype=np.float64)
-    q = best_of_n_distribution(p, rewards, n)
+    q = best_of_n_distribution(probs, rewards, n)
     support = q > 0
     return float(np.sum(q[support] * np.log(q[support] / p[support])))

@@ -40,7 +40,7 @@ def param(
     limit: str | None = None,
     above: float | None = None,
     choices: tuple[str, ...] | None = None,
-):
+) -> Any:
     """A strategy parameter: `limit` names a `Limits` field that caps the value at request time;
     `above` is an exclusive lower bound; `choices` lists the allowed strings. Lists are tuples of
     strings and maps are dicts of numbers (`min`/`max` bound their entries)."""
@@ -67,7 +67,9 @@ def type_name(field: dataclasses.Field) -> str:
 
 
 def _default(field: dataclasses.Field) -> Any:
-    return field.default_factory() if field.default is dataclasses.MISSING else field.default
+    if field.default is dataclasses.MISSING and field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ def describe_params(params_cls: type, limits: Limits) -> list[ParamDescription]:
     ]
 
 
-def validate_params(strategy: str, params_cls: type, values: dict[str, Any], limits: Limits):
+def validate_params(strategy: str, params_cls: type, values: dict[str, Any], limits: Limits) -> Any:
     """Build `params_cls` from the set values, checking types and bounds.
 
     Raises InvalidArgument naming the field as `<strategy>.<param>`.

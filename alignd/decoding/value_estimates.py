@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from alignd.rewardmodels.base import Scorer
 from alignd.rewardmodels.value_sources import CHOICES, HEADS, PREFIX, resolve
 
 
-def value_source_param():
+def value_source_param() -> Any:
     """The `value_source` parameter every value-guided strategy declares."""
     return param(
         "auto",

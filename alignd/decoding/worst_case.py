@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,7 +148,16 @@ def _to_boundary(u: np.ndarray, direction: np.ndarray) -> float:
     return min(1.0, float((u[shrinking] / -direction[shrinking]).min())) if shrinking.any() else 1.0
 
 
-def _search(evaluate, u, f, grad, direction, *, smallest, start=1.0):
+def _search(
+    evaluate: Callable[[np.ndarray], tuple[float, np.ndarray, np.ndarray]],
+    u: np.ndarray,
+    f: float,
+    grad: np.ndarray,
+    direction: np.ndarray,
+    *,
+    smallest: float,
+    start: float = 1.0,
+) -> tuple[np.ndarray, float, np.ndarray, np.ndarray] | None:
     """Armijo backtracking along u + t d, t = start, start/2, ... (d keeps the sum; steps stay
     within the simplex, clipped at zero for round-off): the first point with sufficient decrease
     as (point, F, gradient, p), or None."""

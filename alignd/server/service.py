@@ -212,7 +212,7 @@ class AligndService(pb_grpc.AligndServicer):
 
     # -- RPCs -------------------------------------------------------------------------------
 
-    async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
         async with self._handle(context, "Generate", self._strategy_label(requested_strategy(request))) as call:
             started = time.perf_counter()
             routed, request, request_id = await self._route(request, call)
@@ -228,7 +228,9 @@ class AligndService(pb_grpc.AligndServicer):
                 cancel.set()
             return await self._finish(routed, parsed, result, request_id, started)
 
-    async def GenerateStream(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateEvent]:
+    async def GenerateStream(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateEvent]:
         label = self._strategy_label(requested_strategy(request))
         async with self._handle(context, "GenerateStream", label) as call:
             started = time.perf_counter()
@@ -253,7 +255,7 @@ class AligndService(pb_grpc.AligndServicer):
                 # stops consuming the stream: either way the decode must stop too.
                 cancel.set()
 
-    async def Score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
+    async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
         async with self._handle(context, "Score"):
             limits = self.config.limits
             convert.check_text("prompt", request.prompt, limits.max_prompt_chars, required=True)
@@ -278,22 +280,28 @@ class AligndService(pb_grpc.AligndServicer):
                 weights=weights.as_dict(),
             )
 
-    async def GetServerInfo(self, request: pb.GetServerInfoRequest, context) -> pb.ServerInfo:
+    async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext) -> pb.ServerInfo:
         return self._info
 
-    async def RecordFeedback(self, request: pb.FeedbackRequest, context) -> pb.FeedbackResponse:
+    async def RecordFeedback(
+        self, request: pb.FeedbackRequest, context: grpc.aio.ServicerContext
+    ) -> pb.FeedbackResponse:
         async with self._handle(context, "RecordFeedback"):
             return pb.FeedbackResponse(replaced=await self.experiments.feedback(request))
 
-    async def GetExperimentReport(self, request: pb.ExperimentReportRequest, context) -> pb.ExperimentReport:
+    async def GetExperimentReport(
+        self, request: pb.ExperimentReportRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExperimentReport:
         async with self._handle(context, "GetExperimentReport"):
             return await self.experiments.report(request.name)
 
-    async def ListExperiments(self, request: pb.ListExperimentsRequest, context) -> pb.ListExperimentsResponse:
+    async def ListExperiments(
+        self, request: pb.ListExperimentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListExperimentsResponse:
         async with self._handle(context, "ListExperiments"):
             return pb.ListExperimentsResponse(experiments=self.experiments.list())
 
-    async def CreateExperiment(self, request: pb.Experiment, context) -> pb.Experiment:
+    async def CreateExperiment(self, request: pb.Experiment, context: grpc.aio.ServicerContext) -> pb.Experiment:
         async with self._handle(context, "CreateExperiment"):
             if not self.config.admin_rpcs:
                 raise PermissionDenied("CreateExperiment is an admin RPC: this server's config has admin_rpcs = false")
