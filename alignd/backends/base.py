@@ -12,15 +12,15 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
-from alignd.errors import FailedPrecondition
+from alignd.errors import Cancelled, FailedPrecondition
 
 if TYPE_CHECKING:  # strategies use these types without importing torch
     import torch
 
 
-class Capability(str, enum.Enum):
+class Capability(enum.StrEnum):
     """Optional things a backend can do beyond `sample`."""
 
     SAMPLE = "sample"  # full responses with per-token reference log-probs (every backend)
@@ -29,7 +29,7 @@ class Capability(str, enum.Enum):
     HIDDEN_STATES = "hidden_states"  # hidden states of generated tokens at no extra forward
 
 
-class FinishReason(str, enum.Enum):
+class FinishReason(enum.StrEnum):
     STOP = "stop"  # end-of-sequence token or a stop sequence
     LENGTH = "length"  # max_tokens reached
 
@@ -239,5 +239,22 @@ class Policy(ABC):
         reports during decoding)."""
         raise self._missing(Capability.HIDDEN_STATES)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a backend without engine resources has nothing to release)
         """Release engine resources (processes, device memory)."""
+
+
+State = TypeVar("State", bound=PartialResponses)
+
+
+def owned(partial: PartialResponses, state: type[State]) -> State:
+    """`partial` as the backend state `state` (the backend's PartialResponses subclass): partial
+    responses begun by another backend are refused."""
+    if not isinstance(partial, state):
+        raise TypeError(f"partial responses from another backend ({type(partial).__name__})")
+    return partial
+
+
+def check_cancelled(cancel: threading.Event | None) -> None:
+    """Stop at this step when the request was cancelled (client gone, deadline passed)."""
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("request cancelled; decoding stopped")

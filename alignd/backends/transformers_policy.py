@@ -14,10 +14,11 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import CacheLayerMixin, DynamicCache
 
 from alignd.backends.base import (
     Capability,
@@ -28,10 +29,11 @@ from alignd.backends.base import (
     Policy,
     SampleBatch,
     SamplingParams,
+    check_cancelled,
+    owned,
 )
 from alignd.backends.cpu_matmul import use_small_batch_linears
 from alignd.backends.text import TokenizerText, eos_token_ids, response_text, response_texts, stop_window
-from alignd.errors import Cancelled
 from alignd.sampling import draw, make_generator, reference_logprobs
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -47,16 +49,23 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-@dataclass
+@dataclass(kw_only=True)
 class _Partial(PartialResponses):
-    """Backend state: tensors for the live rows only, aligned with the KV cache rows."""
+    """Backend state: tensors for the live rows only, aligned with the KV cache rows. `hidden` is
+    always set; the cache tensors are set whenever a row is live (`live_tensors`)."""
 
-    live: list[int] = None  # row index of each cache row
+    live: list[int]  # row index of each cache row
+    generator: torch.Generator
     cache: DynamicCache | None = None
     attention: torch.Tensor | None = None  # [live, T]
     next_position: torch.Tensor | None = None  # [live]
     logits: torch.Tensor | None = None  # [live, V], next-token logits
-    generator: torch.Generator | None = None
+
+    def live_tensors(self) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """cache, attention, next_position and logits (a partial with live rows has them all)."""
+        assert self.cache is not None and self.attention is not None
+        assert self.next_position is not None and self.logits is not None
+        return self.cache, self.attention, self.next_position, self.logits
 
 
 class TransformersPolicy(TokenizerText, Policy):
@@ -67,7 +76,7 @@ class TransformersPolicy(TokenizerText, Policy):
         checkpoint: str | Path | None = None,
         *,
         model: PreTrainedModel | None = None,
-        tokenizer=None,
+        tokenizer: Any = None,
         model_name: str | None = None,
         device: str = "auto",
         dtype: str = "float32",
@@ -83,7 +92,8 @@ class TransformersPolicy(TokenizerText, Policy):
                 raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, not {dtype!r}")
             tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
             model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=_DTYPES[dtype])
-        self.model = model.to(self._device).eval()
+        # transformers types `to` through functools.wraps, which reads the device as `self`.
+        self.model = model.to(self._device).eval()  # type: ignore[arg-type]
         if small_batch_matmul and self._device.type == "cpu":
             use_small_batch_linears(self.model)
         self.tokenizer = tokenizer
@@ -109,6 +119,7 @@ class TransformersPolicy(TokenizerText, Policy):
     # -- the decoding mechanism ------------------------------------------------------------------
 
     def _forward(self, partial: _Partial, input_ids: torch.Tensor, positions: torch.Tensor) -> None:
+        assert partial.attention is not None and partial.hidden is not None  # set by _begin
         out = self.model(
             input_ids=input_ids,
             attention_mask=partial.attention,
@@ -157,6 +168,7 @@ class TransformersPolicy(TokenizerText, Policy):
         cache_index = {row: i for i, row in enumerate(partial.live)}
         kept = [i for i, row in enumerate(rows) if row in cache_index]
         gather = torch.tensor([cache_index[rows[i]] for i in kept], dtype=torch.long, device=self._device)
+        assert partial.hidden is not None
         selected = _Partial(
             prompt=partial.prompt,
             sampling=partial.sampling,
@@ -174,10 +186,11 @@ class TransformersPolicy(TokenizerText, Policy):
             identity = gather.numel() == len(partial.live) and bool(
                 torch.equal(gather, torch.arange(len(partial.live), device=self._device))
             )
-            selected.cache = partial.cache if share and identity else _copy_cache(partial.cache, gather)
-            selected.attention = partial.attention[gather]
-            selected.next_position = partial.next_position[gather]
-            selected.logits = partial.logits[gather]
+            cache, attention, next_position, logits = partial.live_tensors()
+            selected.cache = cache if share and identity else _copy_cache(cache, gather)
+            selected.attention = attention[gather]
+            selected.next_position = next_position[gather]
+            selected.logits = logits[gather]
         return selected
 
     def _feed(self, partial: _Partial, chosen: torch.Tensor, done: torch.Tensor) -> None:
@@ -185,9 +198,10 @@ class TransformersPolicy(TokenizerText, Policy):
 
         Finished rows are fed too, so their hidden state is the one after their final token
         (EOS or the max_tokens one): value and reward heads see the whole response."""
-        partial.attention = torch.cat([partial.attention, partial.attention.new_ones((len(partial.live), 1))], dim=-1)
-        self._forward(partial, chosen.unsqueeze(-1), partial.next_position.unsqueeze(-1))
-        partial.next_position = partial.next_position + 1
+        _, attention, next_position, _ = partial.live_tensors()
+        partial.attention = torch.cat([attention, attention.new_ones((len(partial.live), 1))], dim=-1)
+        self._forward(partial, chosen.unsqueeze(-1), next_position.unsqueeze(-1))
+        partial.next_position = next_position + 1
         if done.any():
             self._keep_live(partial, (~done).nonzero().squeeze(-1))
 
@@ -196,9 +210,10 @@ class TransformersPolicy(TokenizerText, Policy):
         """Keep only these cache rows (indices into `partial.live`); the others have finished."""
         partial.live = [partial.live[i] for i in keep.tolist()]
         if partial.live:
-            partial.cache.batch_select_indices(keep)
-            partial.attention, partial.logits = partial.attention[keep], partial.logits[keep]
-            partial.next_position = partial.next_position[keep]
+            cache, attention, next_position, logits = partial.live_tensors()
+            cache.batch_select_indices(keep)
+            partial.attention, partial.logits = attention[keep], logits[keep]
+            partial.next_position = next_position[keep]
 
     def _record(self, partial: _Partial, chosen: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
         """Append one token per live row; mark and return the rows that finished."""
@@ -227,8 +242,9 @@ class TransformersPolicy(TokenizerText, Policy):
         for _ in range(steps):
             if not partial.live:
                 return
-            _check(cancel)
-            chosen, logprobs = draw(partial.logits, sampling, partial.generator)
+            check_cancelled(cancel)
+            _, _, _, logits = partial.live_tensors()
+            chosen, logprobs = draw(logits, sampling, partial.generator)
             self._feed(partial, chosen, self._record(partial, chosen, logprobs))
 
     # -- Policy interface -------------------------------------------------------------------------
@@ -240,9 +256,10 @@ class TransformersPolicy(TokenizerText, Policy):
         if n < 1 or not prompts:
             raise ValueError("sample needs at least one prompt and n >= 1")
         with self._lock:
-            _check(cancel)
+            check_cancelled(cancel)
             partial = self._begin(prompts, sampling)
-            prompt_tokens = partial.attention.sum(-1).tolist()
+            _, attention, _, _ = partial.live_tensors()
+            prompt_tokens = attention.sum(-1).tolist()
             partial = self._select(partial, [p for p in range(len(prompts)) for _ in range(n)], share=True)
             self._run(partial, sampling.max_tokens, cancel)
         completions = [self.completion(partial, row) for row in range(partial.rows)]
@@ -262,52 +279,61 @@ class TransformersPolicy(TokenizerText, Policy):
         if not prompts:
             raise ValueError("begin_many needs at least one prompt")
         with self._lock:
-            _check(cancel)
+            check_cancelled(cancel)
             return self._begin(prompts, sampling)
 
     @torch.inference_mode()
-    def extend(self, partial: _Partial, k: int, block_tokens: int, cancel: threading.Event | None = None) -> _Partial:
+    def extend(
+        self, partial: PartialResponses, k: int, block_tokens: int, cancel: threading.Event | None = None
+    ) -> _Partial:
         if k < 1 or block_tokens < 1:
             raise ValueError("extend needs k >= 1 and block_tokens >= 1")
         with self._lock:
-            _check(cancel)
-            children = self._select(partial, [r for r in range(partial.rows) for _ in range(k)])
+            check_cancelled(cancel)
+            children = self._select(owned(partial, _Partial), [r for r in range(partial.rows) for _ in range(k)])
             self._run(children, block_tokens, cancel)
             return children
 
     @torch.inference_mode()
-    def select(self, partial: _Partial, rows: Sequence[int]) -> _Partial:
+    def select(self, partial: PartialResponses, rows: Sequence[int]) -> _Partial:
         with self._lock:
-            return self._select(partial, rows)
+            return self._select(owned(partial, _Partial), rows)
 
     @torch.inference_mode()
-    def next_token_logprobs(self, partial: _Partial) -> torch.Tensor:
-        vocab = partial.logits.shape[-1] if partial.live else int(self.model.config.vocab_size)
+    def next_token_logprobs(self, partial: PartialResponses) -> torch.Tensor:
+        partial = owned(partial, _Partial)
+        logits = partial.live_tensors()[3] if partial.live else None
+        vocab = logits.shape[-1] if logits is not None else int(self.model.config.vocab_size)
         result = torch.full((partial.rows, vocab), float("-inf"), device=self._device)
-        if partial.live:
+        if logits is not None:
             sampling = partial.sampling
             live_logprobs = (
-                torch.log_softmax(partial.logits.float(), dim=-1)
-                if sampling.greedy
-                else reference_logprobs(partial.logits, sampling)
+                torch.log_softmax(logits.float(), dim=-1) if sampling.greedy else reference_logprobs(logits, sampling)
             )
             result[torch.tensor(partial.live, device=self._device)] = live_logprobs
         return result
 
     @torch.inference_mode()
-    def next_token_logits(self, partial: _Partial) -> torch.Tensor:
-        vocab = partial.logits.shape[-1] if partial.live else int(self.model.config.vocab_size)
+    def next_token_logits(self, partial: PartialResponses) -> torch.Tensor:
+        partial = owned(partial, _Partial)
+        logits = partial.live_tensors()[3] if partial.live else None
+        vocab = logits.shape[-1] if logits is not None else int(self.model.config.vocab_size)
         result = torch.full((partial.rows, vocab), float("-inf"), device=self._device)
-        if partial.live:
-            result[torch.tensor(partial.live, device=self._device)] = partial.logits.float()
+        if logits is not None:
+            result[torch.tensor(partial.live, device=self._device)] = logits.float()
         return result
 
     @torch.inference_mode()
     def append(
-        self, partial: _Partial, tokens: Sequence[int], logprobs: Sequence[float], cancel: threading.Event | None = None
+        self,
+        partial: PartialResponses,
+        tokens: Sequence[int],
+        logprobs: Sequence[float],
+        cancel: threading.Event | None = None,
     ) -> _Partial:
+        partial = owned(partial, _Partial)
         with self._lock:
-            _check(cancel)
+            check_cancelled(cancel)
             if partial.live:
                 chosen = torch.tensor([tokens[row] for row in partial.live], device=self._device)
                 chosen_logprobs = torch.tensor([logprobs[row] for row in partial.live], device=self._device)
@@ -316,10 +342,11 @@ class TransformersPolicy(TokenizerText, Policy):
 
     @torch.inference_mode()
     def branch(
-        self, partial: _Partial, tokens: Sequence[Sequence[int]], cancel: threading.Event | None = None
+        self, partial: PartialResponses, tokens: Sequence[Sequence[int]], cancel: threading.Event | None = None
     ) -> _Partial:
+        partial = owned(partial, _Partial)
         with self._lock:
-            _check(cancel)
+            check_cancelled(cancel)
             parents = [r for r, row_tokens in enumerate(tokens) for _ in row_tokens]
             flat = [t for row_tokens in tokens for t in row_tokens]
             logprobs = self.next_token_logprobs(partial)
@@ -349,12 +376,14 @@ class TransformersPolicy(TokenizerText, Policy):
                 ids[i, : len(tokens[row])] = torch.tensor(tokens[row], dtype=torch.long)
             offsets = torch.arange(width, device=self._device)
             fed = (offsets < lengths[:, None]).long()
-            partial.attention = torch.cat([partial.attention, fed], dim=-1)
+            cache, attention, next_position, _ = partial.live_tensors()
+            assert partial.hidden is not None
+            partial.attention = torch.cat([attention, fed], dim=-1)
             out = self.model(
                 input_ids=ids,
                 attention_mask=partial.attention,
-                position_ids=partial.next_position[:, None] + offsets,
-                past_key_values=partial.cache,
+                position_ids=next_position[:, None] + offsets,
+                past_key_values=cache,
                 use_cache=True,
                 output_hidden_states=True,
                 logits_to_keep=1,
@@ -363,7 +392,7 @@ class TransformersPolicy(TokenizerText, Policy):
             last = out.hidden_states[-1][fed_rows, lengths[fed_rows] - 1].float()
             partial.hidden[torch.tensor(partial.live, device=self._device)[fed_rows]] = last
             partial.forward_tokens += int(lengths.sum())
-            partial.next_position = partial.next_position + lengths
+            partial.next_position = next_position + lengths
             partial.logits = out.logits[:, -1, :]
             if bool((lengths < width).any()):  # a shorter row has padding in its cache: it ended
                 self._keep_live(partial, (lengths == width).nonzero().squeeze(-1))
@@ -397,14 +426,11 @@ class TransformersPolicy(TokenizerText, Policy):
         return [hidden[i, width - len(r) - 1 :, :].clone() for i, r in enumerate(responses)]
 
 
-def _check(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise Cancelled("request cancelled; decoding stopped")
-
-
 def _copy_cache(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
     """A new cache holding `rows` of `cache` (repeats allowed); the source stays usable."""
     copied = DynamicCache()
     for index, layer in enumerate(cache.layers):
+        if not isinstance(layer, CacheLayerMixin) or layer.keys is None or layer.values is None:
+            raise TypeError(f"cannot copy rows of a {type(layer).__name__} cache layer")
         copied.update(layer.keys[rows], layer.values[rows], index)
     return copied

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alignd.backends.base import (
     Capability,
@@ -36,9 +36,14 @@ from alignd.backends.base import (
     Policy,
     SampleBatch,
     SamplingParams,
+    check_cancelled,
+    owned,
 )
 from alignd.backends.text import TokenizerText, eos_token_ids, response_text, response_texts, stop_window
 from alignd.errors import Cancelled
+
+if TYPE_CHECKING:  # vllm is imported when the engine starts, not with this module
+    from vllm import SamplingParams as EngineSampling
 
 log = logging.getLogger("alignd.vllm")
 
@@ -111,7 +116,7 @@ class VLLMPolicy(TokenizerText, Policy):
         if not on_gpu:
             utilization = CPU_MEMORY_UTILIZATION if utilization is None else utilization
             block_size = CPU_BLOCK_SIZE if block_size is None else block_size
-        args = dict(
+        args: dict[str, Any] = dict(
             model=str(checkpoint),
             tokenizer=str(checkpoint),
             dtype=dtype,
@@ -179,7 +184,7 @@ class VLLMPolicy(TokenizerText, Policy):
 
     # -- engine requests --------------------------------------------------------------------------
 
-    def _params(self, sampling: SamplingParams, n: int, max_tokens: int, seed: int | None):
+    def _params(self, sampling: SamplingParams, n: int, max_tokens: int, seed: int | None) -> EngineSampling:
         from vllm import SamplingParams as EngineSampling
         from vllm.sampling_params import RequestOutputKind
 
@@ -196,7 +201,7 @@ class VLLMPolicy(TokenizerText, Policy):
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
 
-    async def _generate(self, prompt_ids: list[int], params) -> Any:
+    async def _generate(self, prompt_ids: list[int], params: EngineSampling) -> Any:
         request_id = f"alignd-{next(self._ids)}"
         final = None
         try:
@@ -205,15 +210,17 @@ class VLLMPolicy(TokenizerText, Policy):
         except asyncio.CancelledError:
             await self.engine.abort(request_id)  # the caller went away: free the engine's slots now
             raise
+        if final is None:
+            raise RuntimeError(f"vLLM request {request_id} ended without an output")
         with self._stats_lock:
             self.prompt_tokens_seen += len(prompt_ids)
             self.prompt_tokens_cached += int(final.num_cached_tokens or 0)
         return final
 
-    def _run_all(self, requests: list[tuple[list[int], Any]], cancel: threading.Event | None) -> list[Any]:
+    def _run_all(self, requests: list[tuple[list[int], EngineSampling]], cancel: threading.Event | None) -> list[Any]:
         """Submit all requests at once (the engine batches them) and wait; a set `cancel` aborts
         them in the engine and raises Cancelled."""
-        _check(cancel)
+        check_cancelled(cancel)
 
         async def gather() -> list[Any]:
             return await asyncio.gather(*(self._generate(ids, params) for ids, params in requests))
@@ -269,7 +276,7 @@ class VLLMPolicy(TokenizerText, Policy):
         # Nothing runs yet: the first extend sends the prompts, and prefix caching keeps them.
         if not prompts:
             raise ValueError("begin_many needs at least one prompt")
-        _check(cancel)
+        check_cancelled(cancel)
         prompts = [self.encode(p) for p in prompts]  # the shadow reuses the ids
         ids = [self.prompt_ids(p) for p in prompts]
         rows = len(prompts)
@@ -287,9 +294,12 @@ class VLLMPolicy(TokenizerText, Policy):
             shadow=shadow,
         )
 
-    def extend(self, partial: _Partial, k: int, block_tokens: int, cancel: threading.Event | None = None) -> _Partial:
+    def extend(
+        self, partial: PartialResponses, k: int, block_tokens: int, cancel: threading.Event | None = None
+    ) -> _Partial:
         if k < 1 or block_tokens < 1:
             raise ValueError("extend needs k >= 1 and block_tokens >= 1")
+        partial = owned(partial, _Partial)
         sampling = partial.sampling
         live = [r for r in range(partial.rows) if partial.finish[r] is None]
         requests = []
@@ -359,7 +369,8 @@ class VLLMPolicy(TokenizerText, Policy):
             return FinishReason.LENGTH
         return None
 
-    def select(self, partial: _Partial, rows: Sequence[int]) -> _Partial:
+    def select(self, partial: PartialResponses, rows: Sequence[int]) -> _Partial:
+        partial = owned(partial, _Partial)
         shadow = self._shadow.select(partial.shadow, rows) if partial.shadow is not None else None
         return _Partial(
             prompt=partial.prompt,
@@ -408,8 +419,3 @@ class VLLMPolicy(TokenizerText, Policy):
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
-
-
-def _check(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise Cancelled("request cancelled; decoding stopped")

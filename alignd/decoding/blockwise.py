@@ -79,13 +79,7 @@ class WeightedBlockwise(Strategy[B]):
         choose = weighted_argmax(request.weights.vector)
 
         def decode(ctx: DecodeContext) -> DecodeResult:
-            return decode_blockwise(
-                ctx,
-                num_candidates=params.num_candidates,
-                block_tokens=params.block_tokens,
-                values=values,
-                choose=choose,
-            )
+            return decode_blockwise(ctx, params, values, choose)
 
         return decode
 
@@ -102,9 +96,7 @@ def weighted_argmax(weights: np.ndarray) -> Chooser:
 
 def decode_blockwise(
     ctx: DecodeContext,
-    *,
-    num_candidates: int,
-    block_tokens: int,
+    params: BlockParams,
     values: ValueEstimator,
     choose: Chooser,
     details: Callable[[BlockwiseRun, np.ndarray], dict[str, float]] | None = None,
@@ -112,7 +104,12 @@ def decode_blockwise(
     """A whole blockwise decode: prefill, the block loop, the final text scored by the objectives.
     `details(run, final_rewards)` adds strategy-specific figures to the result."""
     run = decode_blocks(
-        ctx, ctx.prefill(), num_candidates=num_candidates, block_tokens=block_tokens, values=values, choose=choose
+        ctx,
+        ctx.prefill(),
+        num_candidates=params.num_candidates,
+        block_tokens=params.block_tokens,
+        values=values,
+        choose=choose,
     )
     result, scored = ctx.finish_decoded(run.partial, run.kl, {"blocks": float(run.blocks)})
     if details is not None:

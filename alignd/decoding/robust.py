@@ -74,15 +74,8 @@ class RobustStrategy(Strategy[RobustParams]):
         values = ValueEstimator.resolve(self.name, policy, scorer, adversary, params.value_source)
 
         def decode(ctx: DecodeContext) -> DecodeResult:
-            chooser = WorstCaseChooser(params, feasible)
-            return decode_blockwise(
-                ctx,
-                num_candidates=params.num_candidates,
-                block_tokens=params.block_tokens,
-                values=values,
-                choose=chooser,
-                details=lambda run, rewards: chooser.details(run, names, scorer, rewards),
-            )
+            chooser = WorstCaseChooser(params, feasible, scorer)
+            return decode_blockwise(ctx, params, values, chooser, chooser.details)
 
         return decode
 
@@ -111,9 +104,10 @@ def weight_set(params: RobustParams, names: tuple[str, ...]) -> WeightSet:
 class WorstCaseChooser:
     """Per block: solve for w* (warm-started at the previous block's w*), keep argmax_k w*^T V_k."""
 
-    def __init__(self, params: RobustParams, feasible: WeightSet) -> None:
+    def __init__(self, params: RobustParams, feasible: WeightSet, scorer: Scorer) -> None:
         self.params = params
         self.feasible = feasible
+        self.scorer = scorer
         self.previous: np.ndarray | None = None
         self.fallbacks = 0
 
@@ -125,12 +119,11 @@ class WorstCaseChooser:
         scores = values @ solution.weights
         return BlockChoice(int(np.argmax(scores)), scores, solution.weights)
 
-    def details(
-        self, run: BlockwiseRun, names: tuple[str, ...], scorer: Scorer, rewards: np.ndarray
-    ) -> dict[str, float]:
+    def details(self, run: BlockwiseRun, rewards: np.ndarray) -> dict[str, float]:
         """Mean w* over the blocks, and the final text's worst objective on the common scale."""
+        names = self.scorer.objective_names
         mean = np.mean(run.weights, axis=0) if run.weights else np.zeros(len(names))
-        final = scorer.standardise(rewards[None, :])[0]
+        final = self.scorer.standardise(rewards[None, :])[0]
         worst = min((g for g in range(len(names)) if self.feasible.allowed[g]), key=lambda g: final[g])
         return {
             **{f"mean_w*[{name}]": float(w) for name, w in zip(names, mean)},

@@ -5,6 +5,7 @@ Every problem raises InvalidArgument naming the request field, e.g. ``sampling.s
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -146,15 +147,7 @@ def result_message(
             for k in result.kl
         ],
         candidates=[candidate_message(weights.names, c) for c in result.candidates],
-        usage=pb.Usage(
-            prompt_tokens=u.prompt_tokens,
-            generated_tokens=u.generated_tokens,
-            lm_forward_tokens=u.lm_forward_tokens,
-            scorer_calls=u.scorer_calls,
-            scored_texts=u.scored_texts,
-            wall_seconds=u.wall_seconds,
-            phase_seconds=u.phase_seconds,
-        ),
+        usage=pb.Usage(**dataclasses.asdict(u)),
         model=model,
         details=result.details,
     )

@@ -8,6 +8,7 @@ status code; anything else is logged and reported as INTERNAL without killing th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -342,15 +343,7 @@ class AligndService(pb_grpc.AligndServicer):
                 )
                 for strategy in sorted(STRATEGIES.values(), key=lambda st: st.name)
             ],
-            limits=pb.Limits(
-                max_prompt_chars=limits.max_prompt_chars,
-                max_tokens=limits.max_tokens,
-                max_candidates=limits.max_candidates,
-                max_stop_sequences=limits.max_stop_sequences,
-                max_stop_chars=limits.max_stop_chars,
-                max_score_responses=limits.max_score_responses,
-                max_batch_tokens=limits.max_batch_tokens,
-            ),
+            limits=pb.Limits(**dataclasses.asdict(limits)),
             default_sampling=sampling,
             capabilities=sorted(cap.value for cap in self.policy.capabilities),
             heads=[
