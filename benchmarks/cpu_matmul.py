@@ -14,6 +14,7 @@ by side in one run:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -80,13 +81,14 @@ def main() -> None:
 
     print(f"{'decoding step':<22}{'torch ms':>10}{'small-batch ms':>16}{'torch / small':>15}")
     for rows in (1, 2, 4, 8, 16, 32):
-        timings = side_by_side(model, lambda: step_ms(policy, ChatPrompt(prompts[0]), rows))
+        timings = side_by_side(model, functools.partial(step_ms, policy, ChatPrompt(prompts[0]), rows))
         results["decode_step_ms"][rows] = {"torch": timings[False], "small_batch": timings[True]}
         print(
-            f"{rows:>3} rows{'':<14}{timings[False]:>10.1f}{timings[True]:>16.1f}{timings[False] / timings[True]:>15.2f}"
+            f"{rows:>3} rows{'':<14}{timings[False]:>10.1f}{timings[True]:>16.1f}"
+            f"{timings[False] / timings[True]:>15.2f}"
         )
     for tokens in (16, 64, 128, 256):
-        timings = side_by_side(model, lambda: prefill_ms(model, tokens))
+        timings = side_by_side(model, functools.partial(prefill_ms, model, tokens))
         results["prefill_ms"][tokens] = {"torch": timings[False], "small_batch": timings[True]}
         print(
             f"prefill {tokens:>3} tokens{'':<7}{timings[False]:>10.1f}{timings[True]:>16.1f}"

@@ -105,7 +105,7 @@ def test_replacement_keeps_the_top_beams_and_copies_keep_their_instruction(tiny_
     result, events = run(policy, letter_scorer, params(beams=5, replace_every=6, keep_top=2, cycles=1), max_tokens=24)
     rounds = [e for e in events if e.phase == "replace"]
     assert 1 <= len(rounds) == result.details["replacement_rounds"] <= 3
-    for event, following in zip(rounds, rounds[1:] + [next(e for e in events if e.phase == "cycle")]):
+    for event, following in zip(rounds, [*rounds[1:], next(e for e in events if e.phase == "cycle")]):
         scores = np.array([c.weighted_score for c in event.candidates])
         kept = {i for i, c in enumerate(event.candidates) if c.selected}
         assert len(kept) == 2 and min(scores[list(kept)]) >= max(np.delete(scores, list(kept)))

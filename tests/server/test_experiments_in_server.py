@@ -292,12 +292,14 @@ def test_created_experiment_serves_and_survives_a_restart(ab_client, tiny_policy
         ab_client.create_experiment("greedy-vs-bon2", arms)
     assert error.value.code == grpc.StatusCode.ALREADY_EXISTS
     # A second server on the same store (a restart or another replica) knows it and its records.
-    with running_server(tiny_policy, module_letter_scorer, _config(store_path)) as other:
-        with AligndClient(f"127.0.0.1:{other.port}", timeout=60) as second:
-            assert "greedy-vs-bon2" in {e.name for e in second.experiments()}
-            assert second.report("greedy-vs-bon2").arm(out.arm).requests == 1
-            again = second.generate("hello", strategy="", experiment="greedy-vs-bon2", subject="u1")
-            assert again.arm == out.arm
+    with (
+        running_server(tiny_policy, module_letter_scorer, _config(store_path)) as other,
+        AligndClient(f"127.0.0.1:{other.port}", timeout=60) as second,
+    ):
+        assert "greedy-vs-bon2" in {e.name for e in second.experiments()}
+        assert second.report("greedy-vs-bon2").arm(out.arm).requests == 1
+        again = second.generate("hello", strategy="", experiment="greedy-vs-bon2", subject="u1")
+        assert again.arm == out.arm
 
 
 @pytest.mark.parametrize(
@@ -372,10 +374,12 @@ def test_an_arm_this_server_cannot_serve_is_refused_naming_it(ab_client):
 
 
 def test_admin_rpcs_are_refused_unless_enabled(tiny_policy, module_letter_scorer, tmp_path):
-    with running_server(tiny_policy, module_letter_scorer, _config(tmp_path / "s.sqlite")) as running:
-        with AligndClient(f"127.0.0.1:{running.port}", timeout=30) as c:
-            with pytest.raises(AligndClientError) as error:
-                c.create_experiment("x", [{"name": "a", "split": 0.5}, {"name": "b", "split": 0.5}])
+    with (
+        running_server(tiny_policy, module_letter_scorer, _config(tmp_path / "s.sqlite")) as running,
+        AligndClient(f"127.0.0.1:{running.port}", timeout=30) as c,
+        pytest.raises(AligndClientError) as error,
+    ):
+        c.create_experiment("x", [{"name": "a", "split": 0.5}, {"name": "b", "split": 0.5}])
     assert error.value.code == grpc.StatusCode.PERMISSION_DENIED
 
 
@@ -387,9 +391,11 @@ def test_a_bad_configured_arm_stops_start_up_naming_it(tiny_policy, module_lette
             {"name": "broken", "strategy": "best_of_n", "params": {"m": 3}, "split": 0.5},
         ],
     }
-    with pytest.raises(ConfigError) as error:
-        with running_server(tiny_policy, module_letter_scorer, _config(tmp_path / "s.sqlite", experiments=(bad,))):
-            pass
+    with (
+        pytest.raises(ConfigError) as error,
+        running_server(tiny_policy, module_letter_scorer, _config(tmp_path / "s.sqlite", experiments=(bad,))),
+    ):
+        pass
     message = str(error.value)
     assert "\n" not in message and "'broken'" in message and "best_of_n.m" in message
 

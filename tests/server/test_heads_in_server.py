@@ -53,50 +53,52 @@ def test_config_heads_load_as_objectives_and_value_heads(tiny_policy, head_confi
 
 def test_heads_appear_in_server_info_and_controlled_runs_through_grpc(tiny_policy, head_config):
     scorer, heads = load_scorer(head_config, tiny_policy)
-    with running_server(tiny_policy, scorer, head_config, heads) as running:
-        with AligndClient(f"127.0.0.1:{running.port}", timeout=60) as client:
-            info = client.server_info()
-            assert {(h.kind, tuple(h.objectives)) for h in info.heads} == {
-                ("value", ("positivity",)),
-                ("reward", ("rm_positivity",)),
-            }
-            assert "controlled" in {s.name for s in info.strategies}
-            events = list(
-                client.generate_stream(
-                    "hi",
-                    strategy="controlled",
-                    weights={"positivity": 1.0},
-                    num_candidates=3,
-                    block_tokens=4,
-                    max_tokens=8,
-                    seed=2,
-                )
-            )
-            assert isinstance(events[-1], Generation) and all(isinstance(e, Progress) for e in events[:-1])
-            assert {e.phase for e in events[:-1]} == {"block"}
-            assert {k.name for k in events[-1].kl} == {"blockwise_bound", "blockwise_estimate"}
-            with pytest.raises(AligndClientError) as error:
-                client.generate("hi", strategy="controlled", weights={"conciseness": 1.0}, value_source="heads")
-            assert error.value.code == grpc.StatusCode.FAILED_PRECONDITION
-            assert "cannot estimate 'conciseness'" in error.value.details
-            # auto serves it from its own scorer on the partial text.
-            steered = client.generate(
+    with (
+        running_server(tiny_policy, scorer, head_config, heads) as running,
+        AligndClient(f"127.0.0.1:{running.port}", timeout=60) as client,
+    ):
+        info = client.server_info()
+        assert {(h.kind, tuple(h.objectives)) for h in info.heads} == {
+            ("value", ("positivity",)),
+            ("reward", ("rm_positivity",)),
+        }
+        assert "controlled" in {s.name for s in info.strategies}
+        events = list(
+            client.generate_stream(
                 "hi",
                 strategy="controlled",
-                weights={"conciseness": 1.0},
-                max_tokens=8,
-                num_candidates=2,
+                weights={"positivity": 1.0},
+                num_candidates=3,
                 block_tokens=4,
+                max_tokens=8,
+                seed=2,
             )
-            assert steered.usage.scored_texts > 1
-            with pytest.raises(AligndClientError) as error:
-                client.generate("hi", strategy="robust", value_source="oracle")
-            assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
-            assert error.value.details.startswith("robust.value_source:")
-            with pytest.raises(AligndClientError) as error:
-                client.generate("hi", strategy="controlled", weights={"positivity": 1.0}, num_candidates=1)
-            assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
-            assert error.value.details.startswith("controlled.num_candidates:")
+        )
+        assert isinstance(events[-1], Generation) and all(isinstance(e, Progress) for e in events[:-1])
+        assert {e.phase for e in events[:-1]} == {"block"}
+        assert {k.name for k in events[-1].kl} == {"blockwise_bound", "blockwise_estimate"}
+        with pytest.raises(AligndClientError) as error:
+            client.generate("hi", strategy="controlled", weights={"conciseness": 1.0}, value_source="heads")
+        assert error.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "cannot estimate 'conciseness'" in error.value.details
+        # auto serves it from its own scorer on the partial text.
+        steered = client.generate(
+            "hi",
+            strategy="controlled",
+            weights={"conciseness": 1.0},
+            max_tokens=8,
+            num_candidates=2,
+            block_tokens=4,
+        )
+        assert steered.usage.scored_texts > 1
+        with pytest.raises(AligndClientError) as error:
+            client.generate("hi", strategy="robust", value_source="oracle")
+        assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.value.details.startswith("robust.value_source:")
+        with pytest.raises(AligndClientError) as error:
+            client.generate("hi", strategy="controlled", weights={"positivity": 1.0}, num_candidates=1)
+        assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.value.details.startswith("controlled.num_candidates:")
 
 
 def test_heads_for_another_model_are_a_config_error(tiny_policy, tmp_path):
@@ -130,9 +132,11 @@ def test_server_info_says_which_value_source_serves_each_objective(tiny_policy, 
     # Heads trained for more objectives than the server scores serve the ones it does.
     config = ServerConfig(port=0, objectives=("positivity", "conciseness", "harmlessness"), value_heads=str(path))
     scorer, heads = load_scorer(config, tiny_policy)
-    with running_server(tiny_policy, scorer, config, heads) as running:
-        with AligndClient(f"127.0.0.1:{running.port}", timeout=60) as client:
-            objectives = {o.name: o for o in client.server_info().objectives}
+    with (
+        running_server(tiny_policy, scorer, config, heads) as running,
+        AligndClient(f"127.0.0.1:{running.port}", timeout=60) as client,
+    ):
+        objectives = {o.name: o for o in client.server_info().objectives}
     assert objectives["positivity"].auto_value_source == "prefix"
     assert dict(objectives["positivity"].value_source_pair_accuracy) == pytest.approx({"heads": 0.61, "prefix": 0.74})
     assert objectives["conciseness"].auto_value_source == "heads"

@@ -27,9 +27,11 @@ def client(tiny_policy, tmp_path_factory):
         default_sampling=SamplingParams(max_tokens=12, temperature=1.0),
     )
     scorer, heads = load_scorer(config, tiny_policy)
-    with running_server(tiny_policy, scorer, config, heads) as running:
-        with AligndClient(f"127.0.0.1:{running.port}", timeout=60) as connected:
-            yield connected
+    with (
+        running_server(tiny_policy, scorer, config, heads) as running,
+        AligndClient(f"127.0.0.1:{running.port}", timeout=60) as connected,
+    ):
+        yield connected
 
 
 def test_build_request_fills_list_and_map_parameters():

@@ -165,13 +165,15 @@ def test_unexpected_failures_are_internal_and_the_server_survives(tiny_policy):
 
     from alignd.clients import AligndClient
 
-    with running_server(tiny_policy, ObjectiveScorer([Broken()]), ServerConfig(port=0)) as running:
-        with AligndClient(f"127.0.0.1:{running.port}", timeout=30) as client:
-            with pytest.raises(AligndClientError) as error:
-                client.generate("hi", max_tokens=2)
-            assert error.value.code == grpc.StatusCode.INTERNAL
-            assert "scorer exploded" not in error.value.details
-            assert client.server_info().model == "tiny"
+    with (
+        running_server(tiny_policy, ObjectiveScorer([Broken()]), ServerConfig(port=0)) as running,
+        AligndClient(f"127.0.0.1:{running.port}", timeout=30) as client,
+    ):
+        with pytest.raises(AligndClientError) as error:
+            client.generate("hi", max_tokens=2)
+        assert error.value.code == grpc.StatusCode.INTERNAL
+        assert "scorer exploded" not in error.value.details
+        assert client.server_info().model == "tiny"
 
 
 def test_admission_queue_full_is_resource_exhausted(tiny_policy):
@@ -251,26 +253,30 @@ def long_greedy_server(policy, scorer):
 def test_a_request_past_its_deadline_stops_decoding_on_the_server(tiny_policy, module_letter_scorer):
     from alignd.clients import AligndClient
 
-    with long_greedy_server(tiny_policy, module_letter_scorer) as (running, steps):
-        with AligndClient(f"127.0.0.1:{running.port}") as client:
-            with pytest.raises(AligndClientError) as error:
-                client.generate("hi", temperature=0.0, max_tokens=3000, timeout=0.3)
-            assert error.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
-            assert client.generate("hi", max_tokens=2, timeout=30).text is not None
+    with (
+        long_greedy_server(tiny_policy, module_letter_scorer) as (running, steps),
+        AligndClient(f"127.0.0.1:{running.port}") as client,
+    ):
+        with pytest.raises(AligndClientError) as error:
+            client.generate("hi", temperature=0.0, max_tokens=3000, timeout=0.3)
+        assert error.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert client.generate("hi", max_tokens=2, timeout=30).text is not None
     assert len(steps) < 1500
 
 
 def test_a_stream_abandoned_after_its_first_event_stops_decoding(tiny_policy, module_letter_scorer):
     import time
 
-    with long_greedy_server(tiny_policy, module_letter_scorer) as (running, steps):
-        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            call = pb_grpc.AligndStub(channel).GenerateStream(
-                pb.GenerateRequest(prompt="hi", sampling=pb.SamplingParams(temperature=0.0, max_tokens=3000)),
-                timeout=60,
-            )
-            time.sleep(0.3)
-            call.cancel()
+    with (
+        long_greedy_server(tiny_policy, module_letter_scorer) as (running, steps),
+        grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        call = pb_grpc.AligndStub(channel).GenerateStream(
+            pb.GenerateRequest(prompt="hi", sampling=pb.SamplingParams(temperature=0.0, max_tokens=3000)),
+            timeout=60,
+        )
+        time.sleep(0.3)
+        call.cancel()
     assert len(steps) < 1500
 
 
@@ -281,13 +287,15 @@ def test_requests_over_the_memory_budget_or_the_context_are_invalid(tiny_policy,
 
     limits = Limits(max_tokens=6000, max_batch_tokens=2000)
     config = ServerConfig(port=0, limits=limits, default_sampling=SamplingParams(max_tokens=16))
-    with running_server(tiny_policy, module_letter_scorer, config) as running:
-        with AligndClient(f"127.0.0.1:{running.port}", timeout=30) as client:
-            with pytest.raises(AligndClientError) as error:
-                client.generate("hi", strategy="best_of_n", n=8, max_tokens=300)
-            assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
-            assert "exceeds the server's max_batch_tokens 2000" in error.value.details
-            with pytest.raises(AligndClientError) as error:
-                client.generate("hi", max_tokens=5000)  # the tiny model's context is 4096
-            assert error.value.details.startswith("sampling.max_tokens:") and "context of 4096" in error.value.details
-            assert client.generate("hi", strategy="best_of_n", n=2, max_tokens=8).text is not None
+    with (
+        running_server(tiny_policy, module_letter_scorer, config) as running,
+        AligndClient(f"127.0.0.1:{running.port}", timeout=30) as client,
+    ):
+        with pytest.raises(AligndClientError) as error:
+            client.generate("hi", strategy="best_of_n", n=8, max_tokens=300)
+        assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "exceeds the server's max_batch_tokens 2000" in error.value.details
+        with pytest.raises(AligndClientError) as error:
+            client.generate("hi", max_tokens=5000)  # the tiny model's context is 4096
+        assert error.value.details.startswith("sampling.max_tokens:") and "context of 4096" in error.value.details
+        assert client.generate("hi", strategy="best_of_n", n=2, max_tokens=8).text is not None

@@ -115,19 +115,21 @@ def test_value_training_writes_loadable_heads_and_a_report(rollouts, tiny_checkp
     scorer, heads = load_scorer(config, policy)
     assert all(s.available == ("heads", "prefix") for s in scorer.value_sources.values())
 
-    with running_server(policy, scorer, config, heads) as running:
-        with AligndClient(f"127.0.0.1:{running.port}", timeout=60) as client:
-            (info,) = client.server_info().heads
-            assert info.kind == "value" and info.path == str(out) and "positivity@50%_mse" in info.metrics
-            steered = client.generate(
-                "hi",
-                strategy="controlled",
-                weights={"conciseness": 1.0},
-                max_tokens=8,
-                num_candidates=2,
-                block_tokens=4,
-            )
-            assert set(steered.rewards) == {"positivity", "conciseness"}
+    with (
+        running_server(policy, scorer, config, heads) as running,
+        AligndClient(f"127.0.0.1:{running.port}", timeout=60) as client,
+    ):
+        (info,) = client.server_info().heads
+        assert info.kind == "value" and info.path == str(out) and "positivity@50%_mse" in info.metrics
+        steered = client.generate(
+            "hi",
+            strategy="controlled",
+            weights={"conciseness": 1.0},
+            max_tokens=8,
+            num_candidates=2,
+            block_tokens=4,
+        )
+        assert set(steered.rewards) == {"positivity", "conciseness"}
 
 
 def test_pairs_from_rollouts_rank_by_the_objective(rollouts, tmp_path):

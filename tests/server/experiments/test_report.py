@@ -76,7 +76,7 @@ def test_thumbs_use_the_proportion_test_only_when_subjects_are_independent_trial
     ]
     got = _comparison(build_report(SPEC, ExperimentRows(requests, one_each)), "thumbs_up")
     assert got.test == "two_proportion_z" and got.p_value == pytest.approx(two_proportion_test(3, 4, 1, 4).p_value)
-    repeated = one_each + [("new", "n0", "thumbs", 1.0, None)]
+    repeated = [*one_each, ("new", "n0", "thumbs", 1.0, None)]
     assert _comparison(build_report(SPEC, ExperimentRows(requests, repeated)), "thumbs_up").test == "welch_t"
 
 

@@ -201,7 +201,7 @@ def test_a_score_that_is_not_finite_is_stored_as_null_and_read_back_as_nan(tmp_p
         return await store.rows("exp")
 
     rows = run(scenario, tmp_path / "s.sqlite")
-    ((arm, subject, rewards, weighted, latency, tokens),) = rows.requests
+    ((_arm, _subject, rewards, weighted, _latency, _tokens),) = rows.requests
     assert math.isnan(weighted) and math.isnan(rewards["r"])
 
 
