@@ -22,7 +22,7 @@ def prefix_features(policy: Policy, rows: Sequence[dict], progress: bool = True)
     groups: dict[str, list[int]] = defaultdict(list)
     for index, row in enumerate(rows):
         groups[row["prompt"]].append(index)
-    features: list[torch.Tensor | None] = [None] * len(rows)
+    features: dict[int, torch.Tensor] = {}
     for prompt, indices in tqdm(groups.items(), desc="features", unit="prompt", disable=not progress):
         # Chunks bound the padded batch (a Score call may carry hundreds of long responses).
         for start in range(0, len(indices), CHUNK_ROWS):
@@ -30,7 +30,7 @@ def prefix_features(policy: Policy, rows: Sequence[dict], progress: bool = True)
             states = policy.prefix_hidden_states(ChatPrompt(prompt), [rows[i]["token_ids"] for i in chunk])
             for i, state in zip(chunk, states):
                 features[i] = state.cpu()
-    return features
+    return [features[i] for i in range(len(rows))]
 
 
 def response_features(

@@ -34,7 +34,7 @@ class TokenizerText:
             return self.tokenizer.batch_decode([list(ids) for ids in rows], skip_special_tokens=True)
 
 
-def render_chat(tokenizer, prompt: ChatPrompt) -> str:
+def render_chat(tokenizer: Any, prompt: ChatPrompt) -> str:
     """The exact text the model is conditioned on: the tokenizer's chat template unless the
     prompt is raw or the model has none."""
     if prompt.raw or not getattr(tokenizer, "chat_template", None):
@@ -57,7 +57,7 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> str:
     return text if cut < 0 else text[:cut]
 
 
-def eos_token_ids(tokenizer, model_config: Any) -> set[int]:
+def eos_token_ids(tokenizer: Any, model_config: Any) -> set[int]:
     """Tokens that end a response: the tokenizer's EOS and the model config's (one id or a list)."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     configured = getattr(model_config, "eos_token_id", None)

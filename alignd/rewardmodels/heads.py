@@ -38,6 +38,9 @@ class HeadMetadata:
 
 
 class Head(nn.Module):
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, metadata: HeadMetadata) -> None:
         super().__init__()
         self.metadata = metadata

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -24,9 +24,14 @@ def run_rollouts(config: RolloutsConfig) -> None:
     policy = load_policy(config.model, device=config.device)
     scorer = build_scorer(config.objectives, device=policy.device)
     rows: list[dict] = []
-    count = write_jsonl(
-        config.output, (rows.append(r) or r for r in generate_rollouts(policy, scorer, prompts, config))
-    )
+
+    def kept() -> Iterator[dict]:
+        # Rows are written as they are generated, and kept for the means printed below.
+        for row in generate_rollouts(policy, scorer, prompts, config):
+            rows.append(row)
+            yield row
+
+    count = write_jsonl(config.output, kept())
     means = {o: np.mean([r["rewards"][o] for r in rows]) for o in config.objectives}
     print(f"wrote {count} rollouts for {len(prompts)} prompts to {config.output}")
     print("mean rewards: " + "  ".join(f"{o}={m:+.4f}" for o, m in means.items()))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ def load_prompts(source: str) -> list[str]:
     return prompts
 
 
-def read_jsonl(path: str | Path, required: dict[str, type | tuple[type, ...]]) -> Iterator[dict[str, Any]]:
+def read_jsonl(path: str | Path, required: Mapping[str, type | tuple[type, ...]]) -> Iterator[dict[str, Any]]:
     """Rows of a JSONL file, each checked to have `required` fields of the given types."""
     path = Path(path)
     if not path.is_file():

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+Config = TypeVar("Config", bound="DataclassInstance")
 
 
-def option(default: Any, help: str):
+def option(default: Any, help: str) -> Any:
+    # Any: like dataclasses.field, the result stands for the field's value (`steps: int = option(8, "...")`).
     return dataclasses.field(default=default, metadata={"help": help})
 
 
 def add_options(parser: argparse.ArgumentParser, config_cls: type) -> None:
     for field in dataclasses.fields(config_cls):
+        if field.default is dataclasses.MISSING:
+            raise TypeError(f"{config_cls.__name__}.{field.name} has no default: declare it with option()")
         kind = field.type if isinstance(field.type, str) else field.type.__name__
         flag = "--" + field.name.replace("_", "-")
         help_text = field.metadata.get("help", "")
@@ -25,7 +33,7 @@ def add_options(parser: argparse.ArgumentParser, config_cls: type) -> None:
             parser.add_argument(flag, type=cast, default=field.default, help=help_text)
 
 
-def config_from(args: argparse.Namespace, config_cls: type):
+def config_from(args: argparse.Namespace, config_cls: type[Config]) -> Config:
     values = {}
     for field in dataclasses.fields(config_cls):
         value = getattr(args, field.name)

@@ -262,7 +262,7 @@ def train_value_heads(
         at = torch.stack([s[round(fraction * (len(s) - 1))] for s in eval_states])
         predicted = head.predict(at).double().numpy()
         report_rows += evaluate_source(HEADS, groups, y_eval, predicted, fraction, objectives, mean)
-        if scorable:
+        if scorer is not None and scorable:
             scored = prefix_source_values(policy, scorer, eval_rows, fraction, scorable)
             columns = [objectives.index(o) for o in scorable]
             report_rows += evaluate_source(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,7 +82,12 @@ def assign(arms: tuple[ArmSpec, ...], point: float) -> ArmSpec:
     return next(a for a in reversed(arms) if a.split > 0)
 
 
-def validate_experiment(message: pb.Experiment, check_arm, source: str, created_unix: float = 0.0) -> ExperimentSpec:
+def validate_experiment(
+    message: pb.Experiment,
+    check_arm: Callable[[pb.GenerateRequest], None],
+    source: str,
+    created_unix: float = 0.0,
+) -> ExperimentSpec:
     """Check names, splits and every arm's template. `check_arm(request)` validates a template as a
     request (the server's parse_generate with a placeholder prompt) and raises InvalidArgument.
 
