@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 STAMP := $(VENV)/.installed
 
-.PHONY: venv serve test test-unit proto bench heads eval-rollouts clean
+.PHONY: venv serve test test-unit lint proto bench heads eval-rollouts clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,12 @@ test: $(STAMP)
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+
+# Formatting, lint and types; settings in pyproject.toml ([tool.ruff], [tool.mypy]).
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 # Regenerate the committed gRPC stubs after editing proto/alignd/v1/alignd.proto.
 proto: $(STAMP)
