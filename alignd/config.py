@@ -69,8 +69,8 @@ class ServerConfig:
     # Bradley-Terry reward heads served as extra objectives (paths).
     reward_heads: tuple[str, ...] = ()
     default_weights: dict[str, float] = field(default_factory=dict)  # empty: uniform
-    default_sampling: SamplingParams = SamplingParams()
-    limits: Limits = Limits()
+    default_sampling: SamplingParams = field(default_factory=SamplingParams)
+    limits: Limits = field(default_factory=Limits)
     # Decodes run in worker threads. 0 picks per backend: 2 for transformers (the model runs one
     # forward at a time), 64 for vllm (threads only wait while the engine batches their requests).
     workers: int = 0
@@ -87,7 +87,7 @@ class ServerConfig:
     admin_rpcs: bool = False
     store_queue_size: int = 1024  # writes waiting for the store before callers wait (metrics count it)
     # Engine options of the vllm backend ([vllm] table; `alignd serve --tensor-parallel-size ...`).
-    vllm: VLLMOptions = VLLMOptions()
+    vllm: VLLMOptions = field(default_factory=VLLMOptions)
 
     @property
     def decode_workers(self) -> int:
@@ -135,6 +135,46 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfi
     try:
         return _build(ServerConfig, values, "")
     except TypeError as error:
+        raise ConfigError(str(error)) from None
+
+
+_TEXT_SETTINGS = ("model", "backend", "device", "dtype", "host", "value_heads", "experiment_store")
+# Whole-number settings and their smallest allowed value.
+_COUNT_SETTINGS = {"port": 0, "metrics_port": 0, "workers": 0, "max_pending": 1, "store_queue_size": 1}
+MAX_PORT = 65535
+
+
+def check_settings(config: ServerConfig) -> None:
+    """The checks that need nothing loaded: each setting's type and range (ConfigError naming it).
+
+    The server runs them, with the checks that read files (heads, model config), before the policy
+    loads: a typo then fails at once, not after the engine's start-up."""
+    from alignd.backends.loading import check_backend
+
+    for name in _TEXT_SETTINGS:
+        if not isinstance(getattr(config, name), str):
+            raise ConfigError(f"{name}: must be a string, got {getattr(config, name)!r}")
+    for name, least in _COUNT_SETTINGS.items():
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(f"{name}: must be a whole number >= {least}, got {value!r}")
+    for name in ("port", "metrics_port"):
+        if getattr(config, name) > MAX_PORT:
+            raise ConfigError(f"{name}: must be at most {MAX_PORT}, got {getattr(config, name)}")
+    grace = config.grace_seconds
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not 0 <= grace < float("inf"):
+        raise ConfigError(f"grace_seconds: must be a number >= 0, got {grace!r}")
+    for name in ("objectives", "reward_heads"):
+        values = getattr(config, name)
+        if not isinstance(values, (tuple, list)) or not all(isinstance(v, str) for v in values):
+            raise ConfigError(f"{name}: must be a list of strings, got {values!r}")
+    if not isinstance(config.default_weights, dict):
+        raise ConfigError(f"default_weights: must be a table, got {config.default_weights!r}")
+    if not isinstance(config.experiments, (tuple, list)):
+        raise ConfigError("experiments: must be a list of tables ([[experiments]])")
+    try:
+        check_backend(config.backend)
+    except ValueError as error:
         raise ConfigError(str(error)) from None
 
 

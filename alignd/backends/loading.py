@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from alignd import models
 from alignd.backends.base import Policy
 
 BACKENDS = ("transformers", "vllm")
+
+
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: unknown backend {backend!r}; available: {list(BACKENDS)}")
+
+
+def served_model_name(model: str, checkpoint: Path) -> str:
+    """The name the policy serves under (and shipped heads are looked up by): the registry name, else the folder's."""
+    return model if model in models.REGISTRY else checkpoint.name
+
+
+def checkpoint_hidden_size(checkpoint: Path) -> int | None:
+    """The model's hidden size from its config.json (None where it does not say), so heads can be
+    checked against the model before it loads."""
+    try:
+        config = json.loads((checkpoint / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    # Multimodal checkpoints keep the language model's settings in text_config.
+    text = config.get("text_config")
+    size = config.get("hidden_size", text.get("hidden_size") if isinstance(text, dict) else None)
+    return size if isinstance(size, int) and not isinstance(size, bool) else None
 
 
 def load_policy(
@@ -21,10 +48,9 @@ def load_policy(
 ) -> Policy:
     """Raises alignd.errors.ModelNotFound for an unknown model, ValueError for a bad backend,
     alignd.backends.vllm.EngineStartError when the vLLM engine does not start."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: unknown backend {backend!r}; available: {list(BACKENDS)}")
+    check_backend(backend)
     checkpoint = models.resolve(model)
-    name = model if model in models.REGISTRY else checkpoint.name
+    name = served_model_name(model, checkpoint)
     if backend == "vllm":
         from alignd.backends.vllm import VLLMOptions, VLLMPolicy
 

@@ -1,5 +1,9 @@
-"""Start-up and shutdown: load the policy and scorers from config, serve gRPC with health
-checking and reflection, drain gracefully on SIGTERM/SIGINT."""
+"""Start-up and shutdown: check the config, load the policy and scorers, serve gRPC with health
+checking and reflection, drain gracefully on SIGTERM/SIGINT.
+
+Everything the config says that can be checked without the policy is checked first
+(`check_config`): loading the policy can take over a minute (vLLM's engine), and a typo in an
+objective or a heads path should not cost that."""
 
 from __future__ import annotations
 
@@ -13,10 +17,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from alignd import models
 from alignd.backends.base import Policy
-from alignd.backends.loading import load_policy
+from alignd.backends.loading import checkpoint_hidden_size, load_policy, served_model_name
 from alignd.backends.vllm import EngineStartError
-from alignd.config import ConfigError, ServerConfig
+from alignd.config import ConfigError, ServerConfig, check_settings, experiment_store_path
+from alignd.errors import InvalidArgument
 from alignd.rewardmodels.base import Scorer
 from alignd.rewardmodels.heads import Head, HeadError
 from alignd.server.metrics import Metrics
@@ -34,8 +40,130 @@ def shipped_value_heads(model_name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def load_scorer(config: ServerConfig, policy: Policy) -> tuple[Scorer, list[tuple[str, Head]]]:
-    """The built-in objectives, reward heads as extra objectives, and value heads on top.
+@dataclass(frozen=True)
+class ConfiguredHeads:
+    """The config's heads, loaded on the CPU and checked against the model and the served
+    objectives (`load_heads`); `load_scorer` moves them to the policy's device."""
+
+    reward: tuple[tuple[str, Head], ...] = ()  # (path, head), in config order
+    value: tuple[str, Head] | None = None
+
+    def fields(self) -> list[tuple[str, Head]]:
+        """Each head with the setting that names it, for error messages."""
+        named = [(f"reward_heads[{i}]", head) for i, (_, head) in enumerate(self.reward)]
+        return named + ([("value_heads", self.value[1])] if self.value else [])
+
+
+def check_objectives(config: ServerConfig) -> None:
+    from alignd.rewardmodels.builtin import BUILTIN_FACTORIES
+
+    unknown = [n for n in config.objectives if n not in BUILTIN_FACTORIES]
+    if unknown:
+        raise ConfigError(f"objectives: unknown objectives {unknown}; built-in: {sorted(BUILTIN_FACTORIES)}")
+    if len(set(config.objectives)) != len(config.objectives):
+        raise ConfigError(f"objectives: duplicate objective names in {list(config.objectives)}")
+
+
+def load_heads(config: ServerConfig, model_name: str, hidden_size: int | None) -> ConfiguredHeads:
+    """Load the heads the config names and check them (ConfigError naming the setting): each file's
+    kind, its hidden size against the model's (when known), and the objectives.
+
+    Value heads trained for more objectives than the server scores serve the ones it does (prefix
+    scoring serves the rest). Heads that cover none of them are an error when the config names
+    their path, and are left out with `value_heads = "auto"`: the shipped heads are an extra that
+    must not stop a server started with other objectives."""
+
+    def load(path: str | Path, field: str, kind: str) -> Head:
+        try:
+            head = Head.load(path)
+            if head.metadata.kind != kind:
+                raise HeadError(f"expected {kind} heads, got a {head.metadata.kind!r} head")
+            if kind == "reward" and len(head.objectives) != 1:
+                raise HeadError(f"a reward head has exactly one output, this one has {len(head.objectives)}")
+            if hidden_size is not None:
+                head.check_compatible(model_name, hidden_size)
+        except HeadError as error:
+            raise ConfigError(f"{field}: {error}") from None
+        return head
+
+    served = list(config.objectives)
+    reward: list[tuple[str, Head]] = []
+    for i, path in enumerate(config.reward_heads):
+        head = load(path, f"reward_heads[{i}]", "reward")
+        if head.objectives[0] in served:
+            raise ConfigError(f"reward_heads[{i}]: objective {head.objectives[0]!r} is already served")
+        served.append(head.objectives[0])
+        reward.append((path, head))
+    if not served:
+        raise ConfigError("objectives: the server needs at least one objective (objectives or reward_heads)")
+
+    auto = config.value_heads == "auto"
+    value_path = shipped_value_heads(model_name) if auto else config.value_heads or None
+    if value_path is None:
+        return ConfiguredHeads(tuple(reward))
+    value = load(value_path, "value_heads", "value")
+    if not any(o in served for o in value.objectives):
+        if not auto:
+            raise ConfigError(
+                f"value_heads: value heads predict {value.objectives}, none of which this server scores {served}"
+            )
+        log.info(
+            "the value heads shipped for %s predict %s, none of which this server scores: not loaded",
+            model_name,
+            value.objectives,
+        )
+        return ConfiguredHeads(tuple(reward))
+    return ConfiguredHeads(tuple(reward), (str(value_path), value))
+
+
+def check_config(config: ServerConfig) -> ConfiguredHeads:
+    """Every check that needs no policy, before it loads: the settings, the model's folder, the
+    device, the objectives, the heads against the model's config.json and the objectives, the
+    default weights and sampling, and the experiments (all but what their strategies ask of the
+    policy, checked again when the service starts). Returns the loaded heads for `load_scorer`."""
+    check_settings(config)
+    check_objectives(config)
+    if config.backend == "transformers":  # vLLM picks its device itself
+        from alignd.backends.transformers_policy import resolve_device
+
+        try:
+            resolve_device(config.device)
+        except RuntimeError as error:
+            raise ConfigError(f"device: {error}") from None
+    # ModelNotFound is one line from the CLI too; a registered model is converted here on first use.
+    checkpoint = models.resolve(config.model)
+    heads = load_heads(config, served_model_name(config.model, checkpoint), checkpoint_hidden_size(checkpoint))
+    _check_requests(config, (*config.objectives, *(h.objectives[0] for _, h in heads.reward)))
+    return heads
+
+
+def _check_requests(config: ServerConfig, objective_names: tuple[str, ...]) -> None:
+    """Default weights and sampling, and each experiment arm parsed as a request would be."""
+    from alignd.decoding.weights import parse_weights
+    from alignd.server import convert
+    from alignd.server.experiments.registry import configured_experiments
+
+    try:
+        default_weights = parse_weights(config.default_weights, objective_names).as_dict()
+        convert.parse_sampling(alignd_pb2.SamplingParams(), config.default_sampling, config.limits)
+    except InvalidArgument as error:
+        raise ConfigError(f"default_{error}") from None
+
+    def parse_arm(template: alignd_pb2.GenerateRequest) -> None:
+        request = alignd_pb2.GenerateRequest()
+        request.CopyFrom(template)
+        request.prompt = "arm check"
+        convert.parse_generate(request, objective_names, default_weights, config.default_sampling, config.limits)
+
+    configured_experiments(config, parse_arm)
+    experiment_store_path(config)
+
+
+def load_scorer(
+    config: ServerConfig, policy: Policy, configured: ConfiguredHeads | None = None
+) -> tuple[Scorer, list[tuple[str, Head]]]:
+    """The built-in objectives, reward heads as extra objectives, and value heads on top;
+    `configured`: the heads `check_config` loaded (else they are loaded here).
 
     Returns the scorer and the loaded heads with their paths (for GetServerInfo)."""
     from alignd.backends.features import response_features
@@ -45,36 +173,33 @@ def load_scorer(config: ServerConfig, policy: Policy) -> tuple[Scorer, list[tupl
     from alignd.rewardmodels.reward_head import RewardHeadObjective
     from alignd.rewardmodels.value_sources import HEADS
 
-    try:
-        objectives = build_objectives(config.objectives, policy.device)
-    except ValueError as error:
-        raise ConfigError(f"objectives: {error}") from None
-    heads: list[tuple[str, Head]] = []
-    value_path = shipped_value_heads(policy.model_name) if config.value_heads == "auto" else config.value_heads
-    if config.reward_heads:
-        _ensure_hidden_states(config, "reward_heads", policy)
+    check_objectives(config)
     hidden_size = getattr(policy, "hidden_size", None)
-
-    def load_head(path: str, field: str) -> Head:
-        try:
-            head = Head.load(path, device=policy.device)
-            if hidden_size is not None:
+    if configured is None:
+        configured = load_heads(config, policy.model_name, hidden_size)
+    elif hidden_size is not None:
+        # The model's config.json may not have said; the loaded model does.
+        for field, head in configured.fields():
+            try:
                 head.check_compatible(policy.model_name, hidden_size)
-        except HeadError as error:
-            raise ConfigError(f"{field}: {error}") from None
-        heads.append((str(path), head))
-        return head
-
-    for i, path in enumerate(config.reward_heads):
-        head = load_head(path, f"reward_heads[{i}]")
+            except HeadError as error:
+                raise ConfigError(f"{field}: {error}") from None
+    objectives = build_objectives(config.objectives, policy.device)
+    heads: list[tuple[str, Head]] = []
+    if configured.reward:
+        _ensure_hidden_states(config, "reward_heads", policy)
+    for path, head in configured.reward:
+        heads.append((path, head.to(policy.device)))
         objectives.append(RewardHeadObjective(head, lambda p, r: response_features(policy, p, r)))
     try:
         scorer: Scorer = ObjectiveScorer(objectives)
     except ValueError as error:
         raise ConfigError(f"reward_heads: {error}") from None
-    if value_path:
+    if configured.value:
+        path, head = configured.value
+        heads.append((path, head.to(policy.device)))
         try:
-            scorer = ValueGuidedScorer(scorer, load_head(str(value_path), "value_heads"))
+            scorer = ValueGuidedScorer(scorer, head)
         except HeadError as error:
             raise ConfigError(f"value_heads: {error}") from None
         # A backend without hidden states gets the shadow only when `auto` sends an objective to
@@ -151,7 +276,8 @@ async def start_server(
 
 
 async def serve(config: ServerConfig) -> None:
-    """Load everything, serve until SIGTERM or SIGINT, then drain."""
+    """Check the config, load everything, serve until SIGTERM or SIGINT, then drain."""
+    configured = check_config(config)
     try:
         policy = load_policy(
             config.model,
@@ -163,15 +289,20 @@ async def serve(config: ServerConfig) -> None:
         )
     except (ValueError, EngineStartError) as error:
         raise ConfigError(str(error)) from None
-    scorer, heads = load_scorer(config, policy)
-    running = await start_server(policy, scorer, config, heads)
-    # Tests and scripts read this line to learn the port when config.port is 0.
-    print(f"alignd serving {policy.model_name} on {config.host}:{running.port} (device {policy.device})", flush=True)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    await stopping.wait()
-    log.info("draining for up to %.1f s", config.grace_seconds)
-    await running.stop(config.grace_seconds)
-    policy.close()
+    try:
+        scorer, heads = load_scorer(config, policy, configured)
+        running = await start_server(policy, scorer, config, heads)
+        # Tests and scripts read this line to learn the port when config.port is 0.
+        print(
+            f"alignd serving {policy.model_name} on {config.host}:{running.port} (device {policy.device})", flush=True
+        )
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        await stopping.wait()
+        log.info("draining for up to %.1f s", config.grace_seconds)
+        await running.stop(config.grace_seconds)
+    finally:
+        # After a failed start too: the engine stops here, not with tracebacks at interpreter exit.
+        policy.close()

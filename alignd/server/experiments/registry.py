@@ -48,6 +48,25 @@ class Routed:
     request: pb.GenerateRequest
 
 
+def configured_experiments(
+    config: ServerConfig, check_arm: Callable[[pb.GenerateRequest], None]
+) -> list[ExperimentSpec]:
+    """The config's [[experiments]] tables, validated with `check_arm` (ConfigError naming the arm).
+    Start-up runs it twice: before the policy loads with a check that needs none, then with the
+    service's full check."""
+    configured: list[ExperimentSpec] = []
+    for i, table in enumerate(config.experiments):
+        where = f"experiments[{i}]" + (f" ({table.get('name')!r})" if isinstance(table, dict) else "")
+        try:
+            configured.append(validate_experiment(experiment_from_config(table), check_arm, "config"))
+        except (InvalidArgument, FailedPrecondition) as error:
+            raise ConfigError(f"{where}.{error}") from None
+    names = [spec.name for spec in configured]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"experiments: duplicate experiment names in {names}")
+    return configured
+
+
 class Experiments:
     def __init__(self, store: ExperimentStore | None, check_arm: Callable[[pb.GenerateRequest], None]) -> None:
         self.store = store
@@ -60,18 +79,7 @@ class Experiments:
     ) -> Experiments:
         """Validate the configured experiments (ConfigError naming the arm), open the store, save
         the configured definitions and load the ones created over RPC earlier."""
-        configured: list[ExperimentSpec] = []
-        for i, table in enumerate(config.experiments):
-            where = f"experiments[{i}]" + (f" ({table.get('name')!r})" if isinstance(table, dict) else "")
-            try:
-                configured.append(validate_experiment(experiment_from_config(table), check_arm, "config"))
-            except InvalidArgument as error:
-                raise ConfigError(f"{where}.{error}") from None
-            except FailedPrecondition as error:
-                raise ConfigError(f"{where}.{error}") from None
-        names = [spec.name for spec in configured]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"experiments: duplicate experiment names in {names}")
+        configured = configured_experiments(config, check_arm)
         path = experiment_store_path(config)
         if path is None:
             return cls(None, check_arm)
