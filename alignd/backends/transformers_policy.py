@@ -11,7 +11,7 @@ All decoding goes through one mechanism, `_Partial` plus `_run`:
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -301,26 +301,23 @@ class TransformersPolicy(TokenizerText, Policy):
 
     @torch.inference_mode()
     def next_token_logprobs(self, partial: PartialResponses) -> torch.Tensor:
-        partial = owned(partial, _Partial)
-        logits = partial.live_tensors()[3] if partial.live else None
-        vocab = logits.shape[-1] if logits is not None else int(self.model.config.vocab_size)
-        result = torch.full((partial.rows, vocab), float("-inf"), device=self._device)
-        if logits is not None:
-            sampling = partial.sampling
-            live_logprobs = (
-                torch.log_softmax(logits.float(), dim=-1) if sampling.greedy else reference_logprobs(logits, sampling)
-            )
-            result[torch.tensor(partial.live, device=self._device)] = live_logprobs
-        return result
+        sampling = partial.sampling
+        if sampling.greedy:
+            return self._next_token(partial, lambda logits: torch.log_softmax(logits.float(), dim=-1))
+        return self._next_token(partial, lambda logits: reference_logprobs(logits, sampling))
 
     @torch.inference_mode()
     def next_token_logits(self, partial: PartialResponses) -> torch.Tensor:
-        partial = owned(partial, _Partial)
-        logits = partial.live_tensors()[3] if partial.live else None
+        return self._next_token(partial, lambda logits: logits.float())
+
+    def _next_token(self, partial: PartialResponses, transform: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """`transform` of the live rows' next-token logits, [R, V]; finished rows all -inf."""
+        state = owned(partial, _Partial)
+        logits = state.live_tensors()[3] if state.live else None
         vocab = logits.shape[-1] if logits is not None else int(self.model.config.vocab_size)
-        result = torch.full((partial.rows, vocab), float("-inf"), device=self._device)
+        result = torch.full((state.rows, vocab), float("-inf"), device=self._device)
         if logits is not None:
-            result[torch.tensor(partial.live, device=self._device)] = logits.float()
+            result[torch.tensor(state.live, device=self._device)] = transform(logits)
         return result
 
     @torch.inference_mode()
