@@ -11,7 +11,10 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from alignd.clients import AligndClient, ExperimentReport, Generation
 
 DEFAULT_TARGET = "localhost:50051"
 VLLM_FLAGS = (
@@ -108,7 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # -- client commands --------------------------------------------------------------------------
 
 
-def _print_generation(out, as_json: bool) -> None:
+def _print_generation(out: Generation, as_json: bool) -> None:
     from dataclasses import asdict
 
     if as_json:
@@ -236,7 +239,7 @@ def _estimate(mean: float, low: float, high: float) -> str:
     return "n/a" if math.isnan(mean) else f"{mean:+.3f} {_interval(low, high)}"
 
 
-def print_report(report) -> None:
+def print_report(report: ExperimentReport) -> None:
     """The report as text tables: arms, rewards per objective, comparisons with the baseline."""
     print(f"experiment {report.name}: {report.requests} requests, {report.feedback} feedback records")
     print()
@@ -319,7 +322,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     return 0
 
 
-def _create_experiments(client, path: str) -> int:
+def _create_experiments(client: AligndClient, path: str) -> int:
     """Create every [[experiments]] table of a TOML file (the server config's format)."""
     import tomllib
 

@@ -97,7 +97,7 @@ class ServerConfig:
 _NESTED = {"default_sampling": SamplingParams, "limits": Limits, "vllm": VLLMOptions}
 
 
-def _build(cls: type, values: dict[str, Any], where: str):
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     known = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in values.items():

@@ -21,10 +21,11 @@ an `ExperimentReport`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from alignd.clients.types import (
     KL,
@@ -412,7 +413,7 @@ class AligndClient:
     def create_experiment_message(self, message: pb.Experiment, *, timeout: float | None = None) -> pb.Experiment:
         return self._call(self._stub.CreateExperiment, message, timeout)
 
-    def _call(self, method, message, timeout: float | None):
+    def _call(self, method: Callable[..., Any], message: Message, timeout: float | None) -> Any:
         try:
             return method(message, timeout=timeout or self.timeout)
         except grpc.RpcError as error:
@@ -501,7 +502,7 @@ class AsyncAligndClient:
     async def create_experiment_message(self, message: pb.Experiment, *, timeout: float | None = None) -> pb.Experiment:
         return await self._call(self._stub.CreateExperiment, message, timeout)
 
-    async def _call(self, method, message, timeout: float | None):
+    async def _call(self, method: Callable[..., Any], message: Message, timeout: float | None) -> Any:
         try:
             return await method(message, timeout=timeout or self.timeout)
         except grpc.RpcError as error:

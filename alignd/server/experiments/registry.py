@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from google.protobuf import json_format
 
@@ -31,6 +32,9 @@ from alignd.server.experiments.report import build_report
 from alignd.server.experiments.store import ExperimentStore, Feedback, RequestRecord
 from alignd.server.metrics import Metrics
 from alignd.v1 import alignd_pb2 as pb
+
+if TYPE_CHECKING:
+    from alignd.server.convert import ParsedGenerate
 
 log = logging.getLogger("alignd.experiments")
 
@@ -170,7 +174,7 @@ class Experiments:
             raise AlreadyExists(f"request_id: {request_id!r} is already recorded")
 
     async def record(
-        self, routed: Routed, parsed, result: DecodeResult, request_id: str, latency_seconds: float
+        self, routed: Routed, parsed: ParsedGenerate, result: DecodeResult, request_id: str, latency_seconds: float
     ) -> None:
         """Store what was served; returns once it is committed (the response may then be sent)."""
         await self._require_store().record_request(
