@@ -391,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="start the gRPC server")
-    serve.add_argument("--config", help="TOML config file (see README: Configuration)")
+    serve.add_argument("--config", help="TOML config file (docs/configuration.md)")
     serve.add_argument("--model", help="registered model name or checkpoint folder")
     serve.add_argument("--port", type=int, help="gRPC port (default 50051; 0 picks a free one)")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")

@@ -18,7 +18,7 @@ Example::
     [limits]
     max_candidates = 64
 
-    # A/B experiments (README: A/B experiments): arms with a strategy, params, weights, split.
+    # A/B experiments (docs/experiments.md): arms with a strategy, params, weights, split.
     [[experiments]]
     name = "bon-vs-sample"
     [[experiments.arms]]

@@ -21,6 +21,7 @@ an `ExperimentReport`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -269,7 +270,6 @@ def _parameter(p: pb.ParameterInfo) -> ParameterInfo:
 
 
 def server_info_from(message: pb.ServerInfo) -> ServerInfo:
-    limits = message.limits
     return ServerInfo(
         version=message.version,
         model=message.model,
@@ -299,15 +299,7 @@ def server_info_from(message: pb.ServerInfo) -> ServerInfo:
             )
             for s in message.strategies
         ],
-        limits=ServerLimits(
-            max_prompt_chars=limits.max_prompt_chars,
-            max_tokens=limits.max_tokens,
-            max_candidates=limits.max_candidates,
-            max_stop_sequences=limits.max_stop_sequences,
-            max_stop_chars=limits.max_stop_chars,
-            max_score_responses=limits.max_score_responses,
-            max_batch_tokens=limits.max_batch_tokens,
-        ),
+        limits=ServerLimits(**{f.name: getattr(message.limits, f.name) for f in dataclasses.fields(ServerLimits)}),
         default_sampling=_sampling_settings(message.default_sampling),
         capabilities=list(message.capabilities),
         heads=[

@@ -136,7 +136,7 @@ class AligndService(pb_grpc.AligndServicer):
         except the prompt itself (its strategy's own conditions, the memory budget at its
         max_tokens), or it would fail every request of its subjects."""
         parsed = self._parse(template, template=True)
-        self._prepare(parsed, ChatPrompt(""), prompt_tokens=0)
+        self._prepare(parsed, DecodeRequest(ChatPrompt("", token_ids=()), parsed.sampling, parsed.weights))
 
     async def _route(self, request: pb.GenerateRequest, call: _Call) -> tuple[Routed | None, pb.GenerateRequest, str]:
         """The experiment arm serving the request (if it names one), the request to decode, its id;
@@ -162,12 +162,12 @@ class AligndService(pb_grpc.AligndServicer):
             response.experiment, response.arm = routed.experiment.name, routed.arm.name
         return response
 
-    def _prepare(self, parsed: convert.ParsedGenerate, prompt: ChatPrompt, prompt_tokens: int) -> Decode:
+    def _prepare(self, parsed: convert.ParsedGenerate, request: DecodeRequest) -> Decode:
         """Every check a request gets before decoding, once: the strategy's (capabilities, its
-        parameters, value sources) and the memory budget."""
-        request = DecodeRequest(prompt, parsed.sampling, parsed.weights)
+        parameters, value sources) and the memory budget for its encoded prompt."""
+        assert request.prompt.token_ids is not None
         decode = parsed.strategy.prepare(request, parsed.params, self.policy, self.scorer)
-        self._check_budget(parsed, prompt_tokens)
+        self._check_budget(parsed, len(request.prompt.token_ids))
         return decode
 
     def _decode(
@@ -177,9 +177,8 @@ class AligndService(pb_grpc.AligndServicer):
         cancel: threading.Event,
     ) -> DecodeResult:
         prompt = self.policy.encode(parsed.prompt)  # the only tokenization of the request's prompt
-        assert prompt.token_ids is not None
-        decode = self._prepare(parsed, prompt, len(prompt.token_ids))
         request = DecodeRequest(prompt, parsed.sampling, parsed.weights, parsed.return_candidates, on_progress, cancel)
+        decode = self._prepare(parsed, request)
         result = decode(DecodeContext(request, self.policy, self.scorer))
         self.metrics.generated_tokens.labels(parsed.strategy.name).inc(result.usage.generated_tokens)
         return result
