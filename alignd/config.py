@@ -140,7 +140,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfi
 
 _TEXT_SETTINGS = ("model", "backend", "device", "dtype", "host", "value_heads", "experiment_store")
 # Whole-number settings and their smallest allowed value.
-_COUNT_SETTINGS = {"port": 0, "metrics_port": 0, "workers": 0, "max_pending": 1, "store_queue_size": 1}
+_COUNT_SETTINGS = {"port": 0, "metrics_port": 0, "workers": 0, "max_pending": 1, "store_queue_size": 0}
 MAX_PORT = 65535
 
 

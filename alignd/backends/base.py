@@ -62,7 +62,8 @@ class ChatPrompt:
     system: str | None = None
     raw: bool = False
     # The rendered prompt's token ids, once `Policy.encode` has tokenized it: a request is
-    # tokenized once and its ids travel with it to every backend call.
+    # tokenized once and its ids travel with it to every backend call. Build a new ChatPrompt
+    # (not dataclasses.replace) when the text changes, or the old ids would travel with it.
     token_ids: tuple[int, ...] | None = field(default=None, compare=False, repr=False)
 
 

@@ -112,13 +112,14 @@ class DecodeContext:
     phase timing and cancellation live in one place."""
 
     def __init__(self, request: DecodeRequest, policy: Policy, scorer: Scorer) -> None:
-        self.request = request
+        self.started = time.perf_counter()
+        prompt = policy.encode(request.prompt)  # a no-op for the server, which encoded it already
+        self.request = request if prompt is request.prompt else dataclasses.replace(request, prompt=prompt)
         self.policy = policy
         self.scorer = scorer
         self.usage = Usage()
-        self.started = time.perf_counter()
-        if request.prompt.token_ids is not None:
-            self.usage.prompt_tokens = len(request.prompt.token_ids)
+        assert prompt.token_ids is not None
+        self.usage.prompt_tokens = len(prompt.token_ids)
 
     @property
     def elapsed(self) -> float:
@@ -132,7 +133,9 @@ class DecodeContext:
     ) -> None:
         """A progress event for streaming clients (`extra`: ProgressEvent's optional fields)."""
         if self.request.on_progress is not None:
-            self.request.on_progress(ProgressEvent(phase, step, message, self.elapsed, list(candidates), **extra))
+            # Copies: the stream converts events later, after `finish` may have marked the winner.
+            shown = [dataclasses.replace(c) for c in candidates]
+            self.request.on_progress(ProgressEvent(phase, step, message, self.elapsed, shown, **extra))
 
     # -- the model, counted ------------------------------------------------------------------------
 

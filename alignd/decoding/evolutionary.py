@@ -155,7 +155,9 @@ class _Search:
         ctx = self.ctx
         prompt = ctx.request.prompt
         sampling = dataclasses.replace(ctx.request.sampling, seed=_derive(ctx.request.sampling.seed, 2 * cycle + 1))
-        partial = ctx.prefill([ChatPrompt(i, prompt.system, prompt.raw) for i in instructions], sampling)
+        # The original instruction keeps the request's prompt, already tokenized.
+        prompts = [prompt if i == self.original else ChatPrompt(i, prompt.system, prompt.raw) for i in instructions]
+        partial = ctx.prefill(prompts, sampling)
         owner = list(range(len(instructions)))  # instruction of each row
         keep = self.params.keep_top
         while True:

@@ -65,21 +65,22 @@ class LinearAlignmentStrategy(Strategy[LinearAlignmentParams]):
         return 2
 
     def plan(self, request: DecodeRequest, params: LinearAlignmentParams, policy: Policy, scorer: Scorer) -> Decode:
-        return lambda ctx: decode_aligned(ctx, params)
+        default_system = template_system(policy, request.prompt) if params.placement == "system" else None
+        principled = policy.encode(with_principle(request.prompt, params.principle, default_system, params.placement))
+        assert principled.token_ids is not None
+        length = len(principled.token_ids) + request.sampling.max_tokens
+        if policy.context_length is not None and length > policy.context_length:
+            raise InvalidArgument(
+                "linear_alignment.principle",
+                f"prompt with the principle + max_tokens is {length} "
+                f"tokens, over the model's context of {policy.context_length}",
+            )
+        return lambda ctx: decode_aligned(ctx, params, principled)
 
 
-def decode_aligned(ctx: DecodeContext, params: LinearAlignmentParams) -> DecodeResult:
+def decode_aligned(ctx: DecodeContext, params: LinearAlignmentParams, principled: ChatPrompt) -> DecodeResult:
+    """Both contexts (with the principle, and the request's prompt) decoded in lock-step."""
     request, policy = ctx.request, ctx.policy
-    default_system = template_system(policy, request.prompt) if params.placement == "system" else None
-    principled = policy.encode(with_principle(request.prompt, params.principle, default_system, params.placement))
-    assert principled.token_ids is not None
-    length = len(principled.token_ids) + request.sampling.max_tokens
-    if policy.context_length is not None and length > policy.context_length:
-        raise InvalidArgument(
-            "linear_alignment.principle",
-            f"prompt with the principle + max_tokens is {length} "
-            f"tokens, over the model's context of {policy.context_length}",
-        )
     partial = ctx.prefill([principled, request.prompt])
     ctx.usage.prompt_tokens = partial.prompt_tokens  # both contexts are this request's prompt
     generator = None

@@ -150,10 +150,9 @@ def _check_requests(config: ServerConfig, objective_names: tuple[str, ...]) -> N
         raise ConfigError(f"default_{error}") from None
 
     def parse_arm(template: alignd_pb2.GenerateRequest) -> None:
-        request = alignd_pb2.GenerateRequest()
-        request.CopyFrom(template)
-        request.prompt = "arm check"
-        convert.parse_generate(request, objective_names, default_weights, config.default_sampling, config.limits)
+        convert.parse_generate(
+            template, objective_names, default_weights, config.default_sampling, config.limits, template=True
+        )
 
     configured_experiments(config, parse_arm)
     experiment_store_path(config)
