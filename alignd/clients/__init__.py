@@ -1,47 +1,7 @@
 """The Python client for alignd (imports no torch)."""
 
+from alignd.clients import types
 from alignd.clients.client import AligndClient, AligndClientError, AsyncAligndClient
-from alignd.clients.types import (
-    KL,
-    ArmReport,
-    CandidateResult,
-    Comparison,
-    ExperimentReport,
-    Generation,
-    HeadInfo,
-    MeanEstimate,
-    ObjectiveInfo,
-    ParameterInfo,
-    Progress,
-    RateEstimate,
-    SamplingSettings,
-    Scored,
-    ServerInfo,
-    ServerLimits,
-    StrategyInfo,
-    Usage,
-)
+from alignd.clients.types import *  # noqa: F403  (the result types, listed in types.__all__)
 
-__all__ = [
-    "KL",
-    "AligndClient",
-    "AligndClientError",
-    "ArmReport",
-    "AsyncAligndClient",
-    "CandidateResult",
-    "Comparison",
-    "ExperimentReport",
-    "Generation",
-    "HeadInfo",
-    "MeanEstimate",
-    "ObjectiveInfo",
-    "ParameterInfo",
-    "Progress",
-    "RateEstimate",
-    "SamplingSettings",
-    "Scored",
-    "ServerInfo",
-    "ServerLimits",
-    "StrategyInfo",
-    "Usage",
-]
+__all__ = ["AligndClient", "AligndClientError", "AsyncAligndClient", *types.__all__]

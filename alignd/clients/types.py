@@ -4,6 +4,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+__all__ = [
+    "KL",
+    "ArmReport",
+    "CandidateResult",
+    "Comparison",
+    "ExperimentReport",
+    "Generation",
+    "HeadInfo",
+    "MeanEstimate",
+    "ObjectiveInfo",
+    "ParameterInfo",
+    "Progress",
+    "RateEstimate",
+    "SamplingSettings",
+    "Scored",
+    "ServerInfo",
+    "ServerLimits",
+    "StrategyInfo",
+    "Usage",
+]
+
 
 @dataclass(frozen=True)
 class KL:
