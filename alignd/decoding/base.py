@@ -133,9 +133,7 @@ class DecodeContext:
     ) -> None:
         """A progress event for streaming clients (`extra`: ProgressEvent's optional fields)."""
         if self.request.on_progress is not None:
-            # Copies: the stream converts events later, after `finish` may have marked the winner.
-            shown = [dataclasses.replace(c) for c in candidates]
-            self.request.on_progress(ProgressEvent(phase, step, message, self.elapsed, shown, **extra))
+            self.request.on_progress(ProgressEvent(phase, step, message, self.elapsed, list(candidates), **extra))
 
     # -- the model, counted ------------------------------------------------------------------------
 
@@ -212,8 +210,8 @@ class DecodeContext:
         kl: list[KLEstimate],
         details: dict[str, float] | None = None,
     ) -> DecodeResult:
-        """The result for the chosen candidate."""
-        chosen.selected = True
+        """The result for the chosen candidate. The candidates are copied to mark it: progress
+        events may still hold them, and the stream converts events later."""
         self.usage.wall_seconds = self.elapsed
         request = self.request
         return DecodeResult(
@@ -224,7 +222,9 @@ class DecodeContext:
             weighted_score=chosen.weighted_score,
             kl=kl,
             usage=self.usage,
-            candidates=candidates if request.return_candidates else [],
+            candidates=[dataclasses.replace(c, selected=c is chosen) for c in candidates]
+            if request.return_candidates
+            else [],
             details=details or {},
         )
 
