@@ -80,10 +80,9 @@ def load_heads(config: ServerConfig, model_name: str, hidden_size: int | None) -
                 raise HeadError(f"expected {kind} heads, got a {head.metadata.kind!r} head")
             if kind == "reward" and len(head.objectives) != 1:
                 raise HeadError(f"a reward head has exactly one output, this one has {len(head.objectives)}")
-            if hidden_size is not None:
-                head.check_compatible(model_name, hidden_size)
         except HeadError as error:
             raise ConfigError(f"{field}: {error}") from None
+        check_compatible(field, head, model_name, hidden_size)
         return head
 
     served = list(config.objectives)
@@ -114,6 +113,17 @@ def load_heads(config: ServerConfig, model_name: str, hidden_size: int | None) -
         )
         return ConfiguredHeads(tuple(reward))
     return ConfiguredHeads(tuple(reward), (str(value_path), value))
+
+
+def check_compatible(field: str, head: Head, model_name: str, hidden_size: int | None) -> None:
+    """The head reads this model's hidden states (ConfigError naming the setting); nothing to
+    check while the hidden size is unknown."""
+    if hidden_size is None:
+        return
+    try:
+        head.check_compatible(model_name, hidden_size)
+    except HeadError as error:
+        raise ConfigError(f"{field}: {error}") from None
 
 
 def check_config(config: ServerConfig) -> ConfiguredHeads:
@@ -176,13 +186,10 @@ def load_scorer(
     hidden_size = getattr(policy, "hidden_size", None)
     if configured is None:
         configured = load_heads(config, policy.model_name, hidden_size)
-    elif hidden_size is not None:
+    else:
         # The model's config.json may not have said; the loaded model does.
         for field, head in configured.fields():
-            try:
-                head.check_compatible(policy.model_name, hidden_size)
-            except HeadError as error:
-                raise ConfigError(f"{field}: {error}") from None
+            check_compatible(field, head, policy.model_name, hidden_size)
     objectives = build_objectives(config.objectives, policy.device)
     heads: list[tuple[str, Head]] = []
     if configured.reward:
