@@ -6,10 +6,15 @@ All decoding goes through one mechanism, `_Partial` plus `_run`:
   and a block never re-encodes its prefix;
 - `_run` draws tokens for the live rows, drops rows that finish from the cache, and records each
   row's final-layer hidden state at its last token, which value heads read at no extra forward.
+
+Every model call goes through one StepBatcher (step_batching.py): the one-token steps of
+concurrent requests run as one forward over all their rows (`_run_steps`), their caches merged
+into one buffer (kv_cache.py), and every other call runs alone in its turn.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
-from transformers.cache_utils import CacheLayerMixin, DynamicCache
 
 from alignd.backends.base import (
     Capability,
@@ -33,10 +38,27 @@ from alignd.backends.base import (
     owned,
 )
 from alignd.backends.cpu_matmul import use_small_batch_linears
+from alignd.backends.kv_cache import CacheMerger, KVCache
+from alignd.backends.step_batching import DECODE, StepBatcher, TokenBudget
 from alignd.backends.text import TokenizerText, eos_token_ids, response_text, response_texts, stop_window
 from alignd.sampling import draw, make_generator, reference_logprobs
 
+_PREFILL = "prefill"  # the batcher's kind for prompt prefills (empty caches), merged with each other
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    """The dtype to load weights in. `auto` is bfloat16 on CUDA (where supported) and on CPUs
+    with native bf16 arithmetic (AVX-512 BF16 or AMX), float32 elsewhere: without native support
+    bf16 is converted on every multiply and runs slower than float32."""
+    if dtype != "auto":
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be auto or one of {sorted(_DTYPES)}, not {dtype!r}")
+        return dtype
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    capabilities = torch.cpu.get_capabilities()
+    return "bfloat16" if capabilities.get("avx512_bf16") or capabilities.get("amx_bf16") else "float32"
 
 
 def resolve_device(device: str) -> torch.device:
@@ -56,12 +78,12 @@ class _Partial(PartialResponses):
 
     live: list[int]  # row index of each cache row
     generator: torch.Generator
-    cache: DynamicCache | None = None
+    cache: KVCache | None = None
     attention: torch.Tensor | None = None  # [live, T]
     next_position: torch.Tensor | None = None  # [live]
     logits: torch.Tensor | None = None  # [live, V], next-token logits
 
-    def live_tensors(self) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def live_tensors(self) -> tuple[KVCache, torch.Tensor, torch.Tensor, torch.Tensor]:
         """cache, attention, next_position and logits (a partial with live rows has them all)."""
         assert self.cache is not None and self.attention is not None
         assert self.next_position is not None and self.logits is not None
@@ -81,15 +103,20 @@ class TransformersPolicy(TokenizerText, Policy):
         device: str = "auto",
         dtype: str = "float32",
         small_batch_matmul: bool = True,
+        max_batch_tokens: int = 65_536,
+        gather_seconds: float = 0.05,
     ) -> None:
         """Load from a checkpoint folder, or wrap an in-memory model and tokenizer (tests).
-        `small_batch_matmul`: on CPU, use the faster product for decoding steps (cpu_matmul.py)."""
+        `dtype`: float32, bfloat16, float16, or auto (`resolve_dtype`).
+        `small_batch_matmul`: on CPU, use the faster product for decoding steps (cpu_matmul.py).
+        `max_batch_tokens`: key/value tokens (rows x length) that the requests decoding at once
+        may hold together (`reserve`), and so one merged step; `gather_seconds`: longest wait
+        for concurrent requests' next steps before a step runs without them (StepBatcher)."""
         self._device = resolve_device(device)
         if model is None:
             if checkpoint is None:
                 raise ValueError("either checkpoint or model is required")
-            if dtype not in _DTYPES:
-                raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, not {dtype!r}")
+            dtype = resolve_dtype(dtype, self._device)
             tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
             model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=_DTYPES[dtype])
         # transformers types `to` through functools.wraps, which reads the device as `self`.
@@ -106,10 +133,17 @@ class TransformersPolicy(TokenizerText, Policy):
         self.context_length = getattr(self.model.config, "max_position_embeddings", None)
         self._eos = eos_token_ids(self.tokenizer, self.model.generation_config)
         self.eos_token_ids = torch.tensor(sorted(self._eos), dtype=torch.long, device=self._device)
-        # One forward pass at a time: the server calls from worker threads, and interleaving two
-        # requests' steps on 2 cores only slows both.
-        self._lock = threading.RLock()
-        self._tokenizer_lock = self._lock  # one lock: tokenizer calls come from several worker threads
+        self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        self._tokenizer_lock = threading.Lock()  # tokenizer calls come from several worker threads
+        # One model call at a time, concurrent requests' decoding steps merged into one.
+        self.batcher: StepBatcher[_Step] = StepBatcher(
+            self._run_steps, max_tokens=max_batch_tokens, gather_seconds=gather_seconds
+        )
+        self._merger = CacheMerger()
+        self.memory = TokenBudget(max_batch_tokens)
+
+    def reserve(self, tokens: int, cancel: threading.Event | None = None) -> contextlib.AbstractContextManager[None]:
+        return self.memory.hold(tokens, cancel)
 
     # -- text ---------------------------------------------------------------------------------
 
@@ -118,22 +152,112 @@ class TransformersPolicy(TokenizerText, Policy):
 
     # -- the decoding mechanism ------------------------------------------------------------------
 
-    def _forward(self, partial: _Partial, input_ids: torch.Tensor, positions: torch.Tensor) -> None:
-        assert partial.attention is not None and partial.hidden is not None  # set by _begin
+    def _forward(
+        self,
+        partial: _Partial,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        """Feed `input_ids` [live, width] to the live rows (their attention already covers them).
+        A one-token step joins the other requests' pending steps in one forward; longer inputs
+        (prefills) run alone in their turn."""
+        assert partial.attention is not None and partial.cache is not None  # set by _begin
+        step = _Step(partial, input_ids, positions)
+        rows, width = input_ids.shape
+        partial.cache.reserve(width)
+        length = int(partial.attention.shape[1])
+        if partial.cache.length == 0:
+            self.batcher.step(step, rows=rows, length=length, kind=_PREFILL, cancel=cancel)
+        elif width == 1:
+            self.batcher.step(step, rows=rows, length=length, kind=DECODE, cancel=cancel)
+        else:
+            self.batcher.alone(lambda: self._run_steps([step]), cancel=cancel)
+
+    @torch.inference_mode()
+    def _run_steps(self, steps: list[_Step]) -> None:
+        """One forward for the steps of one or more requests (the batcher's call)."""
+        if len(steps) == 1:
+            step = steps[0]
+            cache, attention = step.partial.cache, step.partial.attention
+            assert cache is not None
+            out = self.model(
+                input_ids=step.input_ids,
+                attention_mask=attention,
+                position_ids=step.positions,
+                past_key_values=cache,
+                use_cache=True,
+                output_hidden_states=True,
+                logits_to_keep=1,
+            )
+            cache.advance(step.input_ids.shape[1])
+            self._take_outputs(step, out.logits[:, -1, :], out.hidden_states[-1][:, -1, :])
+            return
+        if steps[0].partial.cache is not None and steps[0].partial.cache.length == 0:
+            self._prefill_merged(steps)
+            return
+        caches = [step.partial.live_tensors()[0] for step in steps]  # decoding steps follow a prefill
+        merged, spans, pads = self._merger.merge(caches)
+        attention = torch.cat([F.pad(step.partial.live_tensors()[1], (pad, 0)) for step, pad in zip(steps, pads)])
         out = self.model(
-            input_ids=input_ids,
-            attention_mask=partial.attention,
-            position_ids=positions,
-            past_key_values=partial.cache,
+            input_ids=torch.cat([step.input_ids for step in steps]),
+            attention_mask=attention,
+            position_ids=torch.cat([step.positions for step in steps]),
+            past_key_values=merged,
             use_cache=True,
             output_hidden_states=True,
             logits_to_keep=1,
         )
-        partial.logits = out.logits[:, -1, :]
-        partial.hidden[torch.tensor(partial.live, device=self._device)] = out.hidden_states[-1][:, -1, :].float()
-        partial.forward_tokens += int(partial.attention[:, -input_ids.shape[1] :].sum())
+        merged.advance(1)
+        self._merger.hand_back(merged, caches, spans, pads)
+        logits, hidden = out.logits[:, -1, :], out.hidden_states[-1][:, -1, :]
+        for step, rows in zip(steps, spans):
+            self._take_outputs(step, logits[rows], hidden[rows])
 
-    def _begin(self, prompts: Sequence[ChatPrompt], sampling: SamplingParams) -> _Partial:
+    def _prefill_merged(self, steps: list[_Step]) -> None:
+        """Several requests' prompts in one forward, left-padded to the longest; each request's
+        cache then gets its own columns."""
+        width = max(step.input_ids.shape[1] for step in steps)
+        pads = [width - step.input_ids.shape[1] for step in steps]
+        attentions = []
+        for step, pad in zip(steps, pads):
+            assert step.partial.attention is not None
+            attentions.append(F.pad(step.partial.attention, (pad, 0)))
+        ids = [F.pad(step.input_ids, (pad, 0), value=self.tokenizer.pad_token_id) for step, pad in zip(steps, pads)]
+        rows = sum(step.input_ids.shape[0] for step in steps)
+        merged = self._empty_cache(rows, width)
+        out = self.model(
+            input_ids=torch.cat(ids),
+            attention_mask=torch.cat(attentions),
+            position_ids=torch.cat([F.pad(step.positions, (pad, 0)) for step, pad in zip(steps, pads)]),
+            past_key_values=merged,
+            use_cache=True,
+            output_hidden_states=True,
+            logits_to_keep=1,
+        )
+        merged.advance(width)
+        logits, hidden = out.logits[:, -1, :], out.hidden_states[-1][:, -1, :]
+        start = 0
+        for step, pad in zip(steps, pads):
+            span = slice(start, start + step.input_ids.shape[0])
+            start = span.stop
+            assert step.partial.cache is not None
+            step.partial.cache.fill(merged, span, pad)
+            self._take_outputs(step, logits[span], hidden[span])
+
+    def _empty_cache(self, rows: int, capacity: int) -> KVCache:
+        return KVCache.empty(self.model.config.get_text_config(), rows, capacity, self.model.dtype, self._device)
+
+    def _take_outputs(self, step: _Step, logits: torch.Tensor, hidden: torch.Tensor) -> None:
+        partial = step.partial
+        assert partial.attention is not None and partial.hidden is not None
+        partial.logits = logits
+        partial.hidden[torch.tensor(partial.live, device=self._device)] = hidden.float()
+        partial.forward_tokens += int(partial.attention[:, -step.input_ids.shape[1] :].sum())
+
+    def _begin(
+        self, prompts: Sequence[ChatPrompt], sampling: SamplingParams, cancel: threading.Event | None
+    ) -> _Partial:
         input_ids, attention = self._left_padded([self.prompt_ids(p) for p in prompts])
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         rows = len(prompts)
@@ -146,12 +270,13 @@ class TransformersPolicy(TokenizerText, Policy):
             finish=[None] * rows,
             hidden=torch.zeros((rows, self.hidden_size), device=self._device),
             live=list(range(rows)),
-            cache=DynamicCache(),
+            # Room for the whole response (plus its final token, which is fed for the hidden state).
+            cache=self._empty_cache(rows, input_ids.shape[1] + sampling.max_tokens + 1),
             attention=attention,
             next_position=positions[:, -1] + 1,
             generator=make_generator(sampling.seed, self._device),
         )
-        self._forward(partial, input_ids, positions)
+        self._forward(partial, input_ids, positions, cancel)
         return partial
 
     def _left_padded(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,20 +312,24 @@ class TransformersPolicy(TokenizerText, Policy):
                 torch.equal(gather, torch.arange(len(partial.live), device=self._device))
             )
             cache, attention, next_position, logits = partial.live_tensors()
-            selected.cache = cache if share and identity else _copy_cache(cache, gather)
+            # Room for the longest remaining response, plus its final token.
+            room = partial.sampling.max_tokens + 1 - min(len(selected.token_ids[i]) for i in kept)
+            selected.cache = cache if share and identity else cache.select(gather, room)
             selected.attention = attention[gather]
             selected.next_position = next_position[gather]
             selected.logits = logits[gather]
         return selected
 
-    def _feed(self, partial: _Partial, chosen: torch.Tensor, done: torch.Tensor) -> None:
+    def _feed(
+        self, partial: _Partial, chosen: torch.Tensor, done: torch.Tensor, cancel: threading.Event | None
+    ) -> None:
         """Run the chosen tokens, then drop the rows that finished from the cache.
 
         Finished rows are fed too, so their hidden state is the one after their final token
         (EOS or the max_tokens one): value and reward heads see the whole response."""
         _, attention, next_position, _ = partial.live_tensors()
         partial.attention = torch.cat([attention, attention.new_ones((len(partial.live), 1))], dim=-1)
-        self._forward(partial, chosen.unsqueeze(-1), next_position.unsqueeze(-1))
+        self._forward(partial, chosen.unsqueeze(-1), next_position.unsqueeze(-1), cancel)
         partial.next_position = next_position + 1
         if done.any():
             self._keep_live(partial, (~done).nonzero().squeeze(-1))
@@ -211,7 +340,7 @@ class TransformersPolicy(TokenizerText, Policy):
         partial.live = [partial.live[i] for i in keep.tolist()]
         if partial.live:
             cache, attention, next_position, logits = partial.live_tensors()
-            cache.batch_select_indices(keep)
+            cache.keep(keep)
             partial.attention, partial.logits = attention[keep], logits[keep]
             partial.next_position = next_position[keep]
 
@@ -224,8 +353,7 @@ class TransformersPolicy(TokenizerText, Policy):
         stopped = torch.isin(chosen, self.eos_token_ids)
         if sampling.stop:
             window = stop_window(sampling.stop)
-            tails = [partial.token_ids[row][-window:] for row in partial.live]
-            texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
+            texts = self.detokenize_many([partial.token_ids[row][-window:] for row in partial.live])
             stopped |= torch.tensor([any(s in t for s in sampling.stop) for t in texts], device=self._device)
         done = []
         for row, hit_stop in zip(partial.live, stopped.tolist()):
@@ -239,13 +367,14 @@ class TransformersPolicy(TokenizerText, Policy):
     def _run(self, partial: _Partial, steps: int, cancel: threading.Event | None) -> None:
         """Up to `steps` sampled tokens for every live row, capped by sampling.max_tokens."""
         sampling = partial.sampling
-        for _ in range(steps):
-            if not partial.live:
-                return
-            check_cancelled(cancel)
-            _, _, _, logits = partial.live_tensors()
-            chosen, logprobs = draw(logits, sampling, partial.generator)
-            self._feed(partial, chosen, self._record(partial, chosen, logprobs))
+        with self.batcher.session():
+            for _ in range(steps):
+                if not partial.live:
+                    return
+                check_cancelled(cancel)
+                _, _, _, logits = partial.live_tensors()
+                chosen, logprobs = draw(logits, sampling, partial.generator)
+                self._feed(partial, chosen, self._record(partial, chosen, logprobs), cancel)
 
     # -- Policy interface -------------------------------------------------------------------------
 
@@ -255,13 +384,12 @@ class TransformersPolicy(TokenizerText, Policy):
     ) -> SampleBatch:
         if n < 1 or not prompts:
             raise ValueError("sample needs at least one prompt and n >= 1")
-        with self._lock:
-            check_cancelled(cancel)
-            partial = self._begin(prompts, sampling)
-            _, attention, _, _ = partial.live_tensors()
-            prompt_tokens = attention.sum(-1).tolist()
-            partial = self._select(partial, [p for p in range(len(prompts)) for _ in range(n)], share=True)
-            self._run(partial, sampling.max_tokens, cancel)
+        check_cancelled(cancel)
+        partial = self._begin(prompts, sampling, cancel)
+        _, attention, _, _ = partial.live_tensors()
+        prompt_tokens = attention.sum(-1).tolist()
+        partial = self._select(partial, [p for p in range(len(prompts)) for _ in range(n)], share=True)
+        self._run(partial, sampling.max_tokens, cancel)
         completions = [self.completion(partial, row) for row in range(partial.rows)]
         return SampleBatch(
             completions=[completions[i * n : (i + 1) * n] for i in range(len(prompts))],
@@ -278,9 +406,8 @@ class TransformersPolicy(TokenizerText, Policy):
     ) -> _Partial:
         if not prompts:
             raise ValueError("begin_many needs at least one prompt")
-        with self._lock:
-            check_cancelled(cancel)
-            return self._begin(prompts, sampling)
+        check_cancelled(cancel)
+        return self._begin(prompts, sampling, cancel)
 
     @torch.inference_mode()
     def extend(
@@ -288,16 +415,14 @@ class TransformersPolicy(TokenizerText, Policy):
     ) -> _Partial:
         if k < 1 or block_tokens < 1:
             raise ValueError("extend needs k >= 1 and block_tokens >= 1")
-        with self._lock:
-            check_cancelled(cancel)
-            children = self._select(owned(partial, _Partial), [r for r in range(partial.rows) for _ in range(k)])
-            self._run(children, block_tokens, cancel)
-            return children
+        check_cancelled(cancel)
+        children = self._select(owned(partial, _Partial), [r for r in range(partial.rows) for _ in range(k)])
+        self._run(children, block_tokens, cancel)
+        return children
 
     @torch.inference_mode()
     def select(self, partial: PartialResponses, rows: Sequence[int]) -> _Partial:
-        with self._lock:
-            return self._select(owned(partial, _Partial), rows)
+        return self._select(owned(partial, _Partial), rows)
 
     @torch.inference_mode()
     def next_token_logprobs(self, partial: PartialResponses) -> torch.Tensor:
@@ -329,31 +454,29 @@ class TransformersPolicy(TokenizerText, Policy):
         cancel: threading.Event | None = None,
     ) -> _Partial:
         partial = owned(partial, _Partial)
-        with self._lock:
-            check_cancelled(cancel)
-            if partial.live:
-                chosen = torch.tensor([tokens[row] for row in partial.live], device=self._device)
-                chosen_logprobs = torch.tensor([logprobs[row] for row in partial.live], device=self._device)
-                self._feed(partial, chosen, self._record(partial, chosen, chosen_logprobs))
-            return partial
+        check_cancelled(cancel)
+        if partial.live:
+            chosen = torch.tensor([tokens[row] for row in partial.live], device=self._device)
+            chosen_logprobs = torch.tensor([logprobs[row] for row in partial.live], device=self._device)
+            self._feed(partial, chosen, self._record(partial, chosen, chosen_logprobs), cancel)
+        return partial
 
     @torch.inference_mode()
     def branch(
         self, partial: PartialResponses, tokens: Sequence[Sequence[int]], cancel: threading.Event | None = None
     ) -> _Partial:
         partial = owned(partial, _Partial)
-        with self._lock:
-            check_cancelled(cancel)
-            parents = [r for r, row_tokens in enumerate(tokens) for _ in row_tokens]
-            flat = [t for row_tokens in tokens for t in row_tokens]
-            logprobs = self.next_token_logprobs(partial)
-            children = self._select(partial, parents)
-            if not children.live:
-                return children
-            chosen = torch.tensor([flat[row] for row in children.live], device=self._device)
-            chosen_logprobs = logprobs[torch.tensor([parents[row] for row in children.live]), chosen]
-            self._feed(children, chosen, self._record(children, chosen, chosen_logprobs))
+        check_cancelled(cancel)
+        parents = [r for r, row_tokens in enumerate(tokens) for _ in row_tokens]
+        flat = [t for row_tokens in tokens for t in row_tokens]
+        logprobs = self.next_token_logprobs(partial)
+        children = self._select(partial, parents)
+        if not children.live:
             return children
+        chosen = torch.tensor([flat[row] for row in children.live], device=self._device)
+        chosen_logprobs = logprobs[torch.tensor([parents[row] for row in children.live]), chosen]
+        self._feed(children, chosen, self._record(children, chosen, chosen_logprobs), cancel)
+        return children
 
     @torch.inference_mode()
     def feed_tokens(self, partial: _Partial, tokens: Sequence[Sequence[int]]) -> _Partial:
@@ -361,22 +484,21 @@ class TransformersPolicy(TokenizerText, Policy):
         their cached prefixes, recording each row's hidden state after its last token. Rows given
         fewer tokens than the longest (they ended) leave the cache. Only the cache and `hidden`
         are kept: this serves as hidden-state shadow of a backend that gives none (vLLM)."""
-        with self._lock:
-            lengths = torch.tensor([len(tokens[row]) for row in partial.live], dtype=torch.long, device=self._device)
-            width = int(lengths.max()) if partial.live else 0
-            if width == 0:
-                return partial
-            ids = torch.full(
-                (len(partial.live), width), self.tokenizer.pad_token_id, dtype=torch.long, device=self._device
-            )
-            for i, row in enumerate(partial.live):
-                ids[i, : len(tokens[row])] = torch.tensor(tokens[row], dtype=torch.long)
-            offsets = torch.arange(width, device=self._device)
-            fed = (offsets < lengths[:, None]).long()
-            cache, attention, next_position, _ = partial.live_tensors()
-            assert partial.hidden is not None
-            partial.attention = torch.cat([attention, fed], dim=-1)
-            out = self.model(
+        lengths = torch.tensor([len(tokens[row]) for row in partial.live], dtype=torch.long, device=self._device)
+        width = int(lengths.max()) if partial.live else 0
+        if width == 0:
+            return partial
+        ids = torch.full((len(partial.live), width), self.tokenizer.pad_token_id, dtype=torch.long, device=self._device)
+        for i, row in enumerate(partial.live):
+            ids[i, : len(tokens[row])] = torch.tensor(tokens[row], dtype=torch.long)
+        offsets = torch.arange(width, device=self._device)
+        fed = (offsets < lengths[:, None]).long()
+        cache, attention, next_position, _ = partial.live_tensors()
+        assert partial.hidden is not None
+        partial.attention = torch.cat([attention, fed], dim=-1)
+        cache.reserve(width)
+        out: Any = self.batcher.alone(
+            lambda: self.model(
                 input_ids=ids,
                 attention_mask=partial.attention,
                 position_ids=next_position[:, None] + offsets,
@@ -385,15 +507,17 @@ class TransformersPolicy(TokenizerText, Policy):
                 output_hidden_states=True,
                 logits_to_keep=1,
             )
-            fed_rows = (lengths > 0).nonzero().squeeze(-1)
-            last = out.hidden_states[-1][fed_rows, lengths[fed_rows] - 1].float()
-            partial.hidden[torch.tensor(partial.live, device=self._device)[fed_rows]] = last
-            partial.forward_tokens += int(lengths.sum())
-            partial.next_position = next_position + lengths
-            partial.logits = out.logits[:, -1, :]
-            if bool((lengths < width).any()):  # a shorter row has padding in its cache: it ended
-                self._keep_live(partial, (lengths == width).nonzero().squeeze(-1))
-            return partial
+        )
+        cache.advance(width)
+        fed_rows = (lengths > 0).nonzero().squeeze(-1)
+        last = out.hidden_states[-1][fed_rows, lengths[fed_rows] - 1].float()
+        partial.hidden[torch.tensor(partial.live, device=self._device)[fed_rows]] = last
+        partial.forward_tokens += int(lengths.sum())
+        partial.next_position = next_position + lengths
+        partial.logits = out.logits[:, -1, :]
+        if bool((lengths < width).any()):  # a shorter row has padding in its cache: it ended
+            self._keep_live(partial, (lengths == width).nonzero().squeeze(-1))
+        return partial
 
     def partial_texts(self, partial: PartialResponses) -> list[str]:
         return response_texts(self.detokenize_many, partial.token_ids, self._eos, partial.sampling.stop)
@@ -410,24 +534,24 @@ class TransformersPolicy(TokenizerText, Policy):
         width = max(len(s) for s in sequences)
         input_ids, attention = self._left_padded(sequences)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        with self._lock:
-            out = self.model(
+        out: Any = self.batcher.alone(
+            lambda: self.model(
                 input_ids=input_ids,
                 attention_mask=attention,
                 position_ids=positions,
                 output_hidden_states=True,
                 logits_to_keep=1,
             )
+        )
         hidden = out.hidden_states[-1].float()
         # Row t of each result: the state after t response tokens, i.e. at prompt position -1 + t.
         return [hidden[i, width - len(r) - 1 :, :].clone() for i, r in enumerate(responses)]
 
 
-def _copy_cache(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
-    """A new cache holding `rows` of `cache` (repeats allowed); the source stays usable."""
-    copied = DynamicCache()
-    for index, layer in enumerate(cache.layers):
-        if not isinstance(layer, CacheLayerMixin) or layer.keys is None or layer.values is None:
-            raise TypeError(f"cannot copy rows of a {type(layer).__name__} cache layer")
-        copied.update(layer.keys[rows], layer.values[rows], index)
-    return copied
+@dataclass(eq=False)
+class _Step:
+    """One request's pending forward: `input_ids` [live, width] fed to `partial`'s live rows."""
+
+    partial: _Partial
+    input_ids: torch.Tensor
+    positions: torch.Tensor
