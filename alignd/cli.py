@@ -396,7 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="gRPC port (default 50051; 0 picks a free one)")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto: CUDA when present)")
-    serve.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    serve.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="weights' dtype; auto: bfloat16 on CUDA and on CPUs with native bf16, else float32",
+    )
     serve.add_argument("--backend", choices=["transformers", "vllm"])
     serve.add_argument("--objectives", nargs="+", help="objective names to serve")
     serve.add_argument("--workers", type=int, help="decode worker threads")

@@ -56,7 +56,9 @@ class ServerConfig:
     model: str = DEFAULT_MODEL
     backend: str = "transformers"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "float32"  # float32 is fastest on CPUs without native bf16 (measure: benchmarks/)
+    # float32 | bfloat16 | float16 | auto (bfloat16 on CUDA and on CPUs with native bf16, else
+    # float32: emulated bf16 is slower than float32; benchmarks/concurrency.py --dtype measures it)
+    dtype: str = "float32"
     # transformers backend on CPU: decoding steps multiply as W @ x^T, 1.2-3x faster than torch's
     # x @ W^T on MKL for a few rows (backends/cpu_matmul.py; benchmarks/cpu_matmul.py measures it).
     small_batch_matmul: bool = True
@@ -71,8 +73,9 @@ class ServerConfig:
     default_weights: dict[str, float] = field(default_factory=dict)  # empty: uniform
     default_sampling: SamplingParams = field(default_factory=SamplingParams)
     limits: Limits = field(default_factory=Limits)
-    # Decodes run in worker threads. 0 picks per backend: 2 for transformers (the model runs one
-    # forward at a time), 64 for vllm (threads only wait while the engine batches their requests).
+    # Decodes run in worker threads, one request each. 0 picks per backend: 32 for transformers
+    # (concurrent requests' decoding steps are merged into one forward), 64 for vllm (threads
+    # only wait while the engine batches their requests).
     workers: int = 0
     # Requests admitted at once (running + waiting); more get RESOURCE_EXHAUSTED.
     max_pending: int = 64
@@ -91,7 +94,7 @@ class ServerConfig:
 
     @property
     def decode_workers(self) -> int:
-        return self.workers or (64 if self.backend == "vllm" else 2)
+        return self.workers or (64 if self.backend == "vllm" else 32)
 
 
 _NESTED = {"default_sampling": SamplingParams, "limits": Limits, "vllm": VLLMOptions}

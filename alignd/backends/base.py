@@ -6,6 +6,7 @@ it needs; a policy that lacks one is refused with FAILED_PRECONDITION before any
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import threading
@@ -132,6 +133,8 @@ class Policy(ABC):
     capabilities: frozenset[Capability]
     #: longest prompt + response the model handles, in tokens (None: unknown)
     context_length: int | None = None
+    #: the weights' dtype ("float32", "bfloat16", ...)
+    dtype: str = "float32"
 
     @abstractmethod
     def render(self, prompt: ChatPrompt) -> str:
@@ -239,6 +242,12 @@ class Policy(ABC):
         tensor [T + 1, H], row t the state after t response tokens (the same states `extend`
         reports during decoding)."""
         raise self._missing(Capability.HIDDEN_STATES)
+
+    def reserve(self, tokens: int, cancel: threading.Event | None = None) -> contextlib.AbstractContextManager[None]:
+        """Hold `tokens` key/value tokens of the backend's memory (a request's sequences x
+        (prompt + max_tokens)) while the request decodes, waiting while other requests hold
+        them. Backends that manage their own memory (vLLM's engine) hold nothing here."""
+        return contextlib.nullcontext()
 
     def close(self) -> None:  # noqa: B027 (a backend without engine resources has nothing to release)
         """Release engine resources (processes, device memory)."""

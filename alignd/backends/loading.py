@@ -45,18 +45,26 @@ def load_policy(
     dtype: str = "float32",
     vllm_options: Any = None,
     small_batch_matmul: bool = True,
+    max_batch_tokens: int = 65_536,
 ) -> Policy:
-    """Raises alignd.errors.ModelNotFound for an unknown model, ValueError for a bad backend,
-    alignd.backends.vllm.EngineStartError when the vLLM engine does not start."""
+    """Raises alignd.errors.ModelNotFound for an unknown model, ValueError for a bad backend or
+    dtype, alignd.backends.vllm.EngineStartError when the vLLM engine does not start. `dtype`
+    auto is resolved here (`resolve_dtype`) for both backends."""
     check_backend(backend)
     checkpoint = models.resolve(model)
     name = served_model_name(model, checkpoint)
+    from alignd.backends.transformers_policy import TransformersPolicy, resolve_device, resolve_dtype
+
     if backend == "vllm":
         from alignd.backends.vllm import VLLMOptions, VLLMPolicy
 
+        dtype = resolve_dtype(dtype, resolve_device("auto"))
         return VLLMPolicy(checkpoint, model_name=name, dtype=dtype, options=vllm_options or VLLMOptions())
-    from alignd.backends.transformers_policy import TransformersPolicy
-
     return TransformersPolicy(
-        checkpoint, model_name=name, device=device, dtype=dtype, small_batch_matmul=small_batch_matmul
+        checkpoint,
+        model_name=name,
+        device=device,
+        dtype=dtype,
+        small_batch_matmul=small_batch_matmul,
+        max_batch_tokens=max_batch_tokens,
     )

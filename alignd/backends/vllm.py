@@ -109,6 +109,7 @@ class VLLMPolicy(TokenizerText, Policy):
         self.tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
         self._tokenizer_lock = threading.Lock()
         self.options = options
+        self.dtype = dtype
         on_gpu = torch.cuda.is_available()
         self.device = "cuda" if on_gpu else "cpu"
         utilization = options.gpu_memory_utilization

@@ -292,6 +292,7 @@ async def serve(config: ServerConfig) -> None:
             dtype=config.dtype,
             vllm_options=config.vllm,
             small_batch_matmul=config.small_batch_matmul,
+            max_batch_tokens=config.limits.max_batch_tokens,
         )
     except (ValueError, EngineStartError) as error:
         raise ConfigError(str(error)) from None
@@ -300,7 +301,9 @@ async def serve(config: ServerConfig) -> None:
         running = await start_server(policy, scorer, config, heads)
         # Tests and scripts read this line to learn the port when config.port is 0.
         print(
-            f"alignd serving {policy.model_name} on {config.host}:{running.port} (device {policy.device})", flush=True
+            f"alignd serving {policy.model_name} on {config.host}:{running.port} "
+            f"(device {policy.device}, dtype {policy.dtype}{' from auto' if config.dtype == 'auto' else ''})",
+            flush=True,
         )
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -162,13 +162,13 @@ class AligndService(pb_grpc.AligndServicer):
             response.experiment, response.arm = routed.experiment.name, routed.arm.name
         return response
 
-    def _prepare(self, parsed: convert.ParsedGenerate, request: DecodeRequest) -> Decode:
+    def _prepare(self, parsed: convert.ParsedGenerate, request: DecodeRequest) -> tuple[Decode, int]:
         """Every check a request gets before decoding, once: the strategy's (capabilities, its
-        parameters, value sources) and the memory budget for its encoded prompt."""
+        parameters, value sources) and the memory budget for its encoded prompt. Returns the
+        decode and the key/value tokens it may hold."""
         assert request.prompt.token_ids is not None
         decode = parsed.strategy.prepare(request, parsed.params, self.policy, self.scorer)
-        self._check_budget(parsed, len(request.prompt.token_ids))
-        return decode
+        return decode, self._check_budget(parsed, len(request.prompt.token_ids))
 
     def _decode(
         self,
@@ -178,13 +178,16 @@ class AligndService(pb_grpc.AligndServicer):
     ) -> DecodeResult:
         prompt = self.policy.encode(parsed.prompt)  # the only tokenization of the request's prompt
         request = DecodeRequest(prompt, parsed.sampling, parsed.weights, parsed.return_candidates, on_progress, cancel)
-        decode = self._prepare(parsed, request)
-        result = decode(DecodeContext(request, self.policy, self.scorer))
+        decode, tokens = self._prepare(parsed, request)
+        # Requests decoding at once share the backend's memory: wait for room, then decode.
+        with self.policy.reserve(tokens, cancel):
+            result = decode(DecodeContext(request, self.policy, self.scorer))
         self.metrics.generated_tokens.labels(parsed.strategy.name).inc(result.usage.generated_tokens)
         return result
 
-    def _check_budget(self, parsed: convert.ParsedGenerate, prompt_tokens: int) -> None:
-        """Refuse requests whose sequences would not fit the model or the memory budget."""
+    def _check_budget(self, parsed: convert.ParsedGenerate, prompt_tokens: int) -> int:
+        """Refuse requests whose sequences would not fit the model or the memory budget; the
+        tokens they may hold (sequences x (prompt + max_tokens)) if they fit."""
         length = prompt_tokens + parsed.sampling.max_tokens
         context = self.policy.context_length
         if context is not None and length > context:
@@ -202,6 +205,7 @@ class AligndService(pb_grpc.AligndServicer):
                 f"{parsed.sampling.max_tokens} new) tokens = {rows * length} exceeds the server's "
                 f"max_batch_tokens {budget}; use fewer candidates or tokens",
             )
+        return rows * length
 
     def _response(self, parsed: convert.ParsedGenerate, result: DecodeResult, request_id: str) -> pb.GenerateResponse:
         return convert.result_message(result, request_id, parsed.strategy.name, self.policy.model_name, parsed.weights)
