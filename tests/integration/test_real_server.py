@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
@@ -75,6 +76,26 @@ def test_same_seed_same_output_on_the_real_model(real_server):
         a = client.generate("Name a fruit.", seed=123, max_tokens=16)
         b = client.generate("Name a fruit.", seed=123, max_tokens=16)
     assert a.text == b.text and a.text.strip()
+
+
+def test_concurrent_requests_answer_as_they_would_one_by_one(real_server):
+    """Four users at once share the model's forwards; each gets the answer it gets alone."""
+    requests = [
+        ("Name a fruit.", {"strategy": "sample", "temperature": 0.0}),
+        ("Name a colour.", {"strategy": "sample", "temperature": 0.7}),
+        ("Name a city.", {"strategy": "best_of_n", "n": 3}),
+        ("Name a tree.", {"strategy": "controlled", "num_candidates": 3, "block_tokens": 4}),
+    ]
+    with AligndClient(real_server.target, timeout=600) as client:
+
+        def ask(index: int) -> list[int]:
+            prompt, options = requests[index]
+            return client.generate(prompt, seed=7, max_tokens=16, **options).token_ids
+
+        alone = [ask(i) for i in range(len(requests))]
+        with ThreadPoolExecutor(len(requests)) as pool:
+            together = list(pool.map(ask, range(len(requests))))
+    assert together == alone
 
 
 def test_stream_on_the_real_model(real_server):
