@@ -88,9 +88,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def timed(call: Callable[[], object]) -> float:
+def timed(call: Callable[..., object], *args: object, **kwargs: object) -> float:
+    """Seconds that call(*args, **kwargs) takes."""
     started = time.perf_counter()
-    call()
+    call(*args, **kwargs)
     return time.perf_counter() - started
 
 
@@ -111,9 +112,9 @@ def table(args: argparse.Namespace) -> dict:
                     if strategy in UNSUPPORTED.get(backend, set()):
                         continue
 
-                    def request(i: int, strategy: str = strategy, params: dict = params) -> float:
+                    def request(i: int, strategy: str = strategy, params: dict = params, client=client) -> float:
                         options = {"max_tokens": args.tokens, "seed": i, **params}
-                        return timed(lambda: client.generate(prompts[i], strategy=strategy, **options))
+                        return timed(client.generate, prompts[i], strategy=strategy, **options)
 
                     one_by_one = [request(i) for i in range(16)]
                     row = {"sequential": {"latencies": one_by_one}}
@@ -172,9 +173,7 @@ def load(args: argparse.Namespace) -> dict:
                     strategy, params = ("sample", {}) if (index + sent) % 2 == 0 else ("best_of_n", {"n": 4})
                     prompt = prompts[(index * 7 + sent) % len(prompts)]
                     try:
-                        seconds = timed(
-                            lambda: client.generate(prompt, strategy=strategy, max_tokens=8, seed=sent, **params)
-                        )
+                        seconds = timed(client.generate, prompt, strategy=strategy, max_tokens=8, seed=sent, **params)
                         with lock:
                             latencies.append(seconds)
                     except Exception as error:
@@ -223,7 +222,7 @@ def dtype(args: argparse.Namespace) -> dict:
         policy = TransformersPolicy(checkpoint, model_name=models.DEFAULT_MODEL, device="cpu", dtype=name)
         one = SamplingParams(temperature=0.0, max_tokens=16)
         policy.sample([prompts[0]], 1, one)  # warm up
-        steps = [timed(lambda: policy.sample([prompts[i]], 1, one)) / 16 for i in range(1, 4)]
+        steps = [timed(policy.sample, [prompts[i]], 1, one) / 16 for i in range(1, 4)]
         results["step_ms"][name] = 1000 * statistics.median(steps)
         tokens = []
         for start in range(0, len(prompts), 16):  # 16 prompts a batch

@@ -46,7 +46,7 @@ def test_reserve_grows_a_full_cache_keeping_its_content():
 def test_merged_step_left_pads_each_request_and_hands_back_its_rows():
     short, long = cache(1, 3, seed=1), cache(2, 6, seed=2)
     before = [content(short), content(long)]
-    merged, spans, pads = CacheMerger().merge([short, long])
+    merged, _, pads = CacheMerger().merge([short, long])
     assert pads == [3, 0] and merged.length == 6 and merged.rows == 3
     assert torch.equal(merged.buffer[:, :, 0:1, :, :3], torch.zeros_like(merged.buffer[:, :, 0:1, :, :3]))
     assert torch.equal(merged.buffer[:, :, 0:1, :, 3:6], before[0])
