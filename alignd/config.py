@@ -57,7 +57,7 @@ class ServerConfig:
     backend: str = "transformers"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # float32 | bfloat16 | float16 | auto (bfloat16 on CUDA and on CPUs with native bf16, else
-    # float32: emulated bf16 is slower than float32; benchmarks/concurrency.py --dtype measures it)
+    # float32: emulated bf16 is slower for batched steps; `benchmarks/concurrency.py dtype`)
     dtype: str = "float32"
     # transformers backend on CPU: decoding steps multiply as W @ x^T, 1.2-3x faster than torch's
     # x @ W^T on MKL for a few rows (backends/cpu_matmul.py; benchmarks/cpu_matmul.py measures it).

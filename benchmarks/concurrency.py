@@ -224,23 +224,34 @@ def dtype(args: argparse.Namespace) -> dict:
         policy.sample([prompts[0]], 1, one)  # warm up
         steps = [timed(policy.sample, [prompts[i]], 1, one) / 16 for i in range(1, 4)]
         results["step_ms"][name] = 1000 * statistics.median(steps)
+        sixteen = SamplingParams(temperature=1.0, max_tokens=16, seed=0)
+        results["step_ms"][f"{name} x16 rows"] = 1000 * timed(policy.sample, [prompts[1]], 16, sixteen) / 16
         tokens = []
         for start in range(0, len(prompts), 16):  # 16 prompts a batch
             batch = policy.sample(prompts[start : start + 16], 1, greedy)
             tokens += [c[0].token_ids for c in batch.completions]
         results["tokens"][name] = tokens
         print(f"{name}: one-row step {results['step_ms'][name]:.1f} ms (incl. prefill share)", flush=True)
-    equal = total = 0
+    equal = total = identical = 0
+    agree = []  # tokens before the first difference, per prompt
     for a, b in zip(results["tokens"]["float32"], results["tokens"]["bfloat16"]):
         for x, y in zip(a, b):
             equal += x == y
         total += max(len(a), len(b))
+        identical += a == b
+        agree.append(next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))))
     results["greedy_parity"] = equal / total
+    results["identical_prompts"] = identical / len(prompts)
+    results["mean_tokens_before_first_difference"] = statistics.mean(agree)
     results.pop("tokens")
+    ms = results["step_ms"]
     print(
-        f"bf16 / fp32 step time {results['step_ms']['bfloat16'] / results['step_ms']['float32']:.2f}; greedy "
-        f"tokens equal at {results['greedy_parity']:.1%} of positions ({len(prompts)} eval prompts, first "
-        f"{args.tokens} tokens); auto picks {results['auto']} on this CPU"
+        f"bf16 / fp32 step time: one row {ms['bfloat16'] / ms['float32']:.2f}, 16 rows "
+        f"{ms['bfloat16 x16 rows'] / ms['float32 x16 rows']:.2f}; greedy tokens equal at "
+        f"{results['greedy_parity']:.1%} of positions, all {args.tokens} equal on "
+        f"{results['identical_prompts']:.0%} of prompts, first difference after "
+        f"{results['mean_tokens_before_first_difference']:.1f} tokens on average ({len(prompts)} eval "
+        f"prompts); auto picks {results['auto']} on this CPU"
     )
     return results
 
@@ -263,8 +274,10 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "concurrency.json"
     saved = json.loads(path.read_text()) if path.exists() else {}
-    key = args.command if args.command != "load" else f"load/{'before' if args.serve_from else 'after'}"
-    saved[key] = result
+    if args.command == "table":  # rows per backend/strategy: a run of one backend keeps the other's
+        saved.setdefault("table", {}).update(result)
+    else:
+        saved[args.command if args.command != "load" else f"load/{'before' if args.serve_from else 'after'}"] = result
     path.write_text(json.dumps(saved, indent=2))
 
 

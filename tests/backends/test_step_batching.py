@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from alignd.backends.base import ChatPrompt, SamplingParams
-from alignd.backends.step_batching import StepBatcher
+from alignd.backends.step_batching import StepBatcher, TokenBudget
 from alignd.backends.transformers_policy import TransformersPolicy
 from alignd.decoding.base import DecodeRequest, get_strategy
 from alignd.decoding.weights import parse_weights
@@ -122,6 +122,45 @@ def test_calls_that_run_alone_return_their_result_between_steps():
     assert sum(len(batch) for batch in recorder.batches) == 4  # alone calls are not steps
     with pytest.raises(ValueError):
         StepBatcher(recorder, max_tokens=0)
+
+
+def test_the_token_budget_makes_a_request_that_does_not_fit_wait_its_turn():
+    budget = TokenBudget(100)
+    order: list[str] = []
+    release = threading.Event()
+
+    def hold(name: str, tokens: int, wait: float) -> Callable[[], None]:
+        def run() -> None:
+            time.sleep(wait)
+            with budget.hold(tokens):
+                order.append(name)
+                if name == "first":
+                    release.wait(5)
+
+        return run
+
+    def releaser() -> None:
+        time.sleep(0.3)
+        order.append("released")
+        release.set()
+
+    # "big" (60) does not fit beside "first" (70) and waits; "small" (10) arrives after it and
+    # would fit, but waits behind it: arrival order, so big requests are not starved.
+    concurrently([hold("first", 70, 0), hold("big", 60, 0.1), hold("small", 10, 0.2), releaser])
+    assert order == ["first", "released", "big", "small"]
+    assert budget.free == 100
+
+
+def test_a_request_cancelled_while_waiting_for_memory_gives_up():
+    budget = TokenBudget(10)
+    cancel = threading.Event()
+    with budget.hold(10):
+        cancel.set()
+        with pytest.raises(Cancelled), budget.hold(5, cancel):
+            pass
+    assert budget.free == 10
+    with budget.hold(1000):  # more than the whole budget holds all of it
+        assert budget.free == 0
 
 
 # -- the transformers backend --------------------------------------------------------------------
