@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import torch
 from common import served_policy_and_scorer
 
 from alignd.backends.base import ChatPrompt, SamplingParams
@@ -54,8 +55,8 @@ class Reencoding:
         policy = self.policy
         text = policy.render(partial.prompt) + policy.detokenize(partial.token_ids[0])
         copies = k if self.per_candidate else 1
-        with policy._lock:
-            fresh = policy._begin([ChatPrompt(text, raw=True)] * copies, partial.sampling)
+        with torch.inference_mode():
+            fresh = policy._begin([ChatPrompt(text, raw=True)] * copies, partial.sampling, cancel)
             fresh.generator, fresh.prompt = partial.generator, partial.prompt
             fresh.forward_tokens += partial.forward_tokens
             children = policy._select(fresh, [i % copies for i in range(k)])

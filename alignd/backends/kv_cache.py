@@ -14,6 +14,7 @@ masked by the request's attention mask). One buffer rather than a tensor per lay
 from __future__ import annotations
 
 import math
+import threading
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -27,16 +28,24 @@ class _BufferLayer(DynamicLayer):
 
     def __init__(self, owner: KVCache, index: int) -> None:
         super().__init__()
-        self.owner, self.index = owner, index
+        self._owner = weakref.ref(owner)  # not a strong cycle: caches are freed by refcount
+        self.index = index
         self.dtype, self.device = owner.buffer.dtype, owner.buffer.device
         self.is_initialized = True
+
+    @property
+    def owner(self) -> KVCache:
+        owner = self._owner()
+        assert owner is not None, "a cache layer used after its cache"
+        return owner
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        start = self.owner.length
+        owner = self.owner
+        start = owner.length
         end = start + key_states.shape[-2]
-        buffer = self.owner.buffer[self.index]
+        buffer = owner.buffer[self.index]
         buffer[0, :, :, start:end] = key_states
         buffer[1, :, :, start:end] = value_states
         self.keys, self.values = buffer[0, :, :, :end], buffer[1, :, :, :end]
@@ -57,7 +66,11 @@ class KVCache(DynamicCache):
         super().__init__()
         self.buffer = buffer
         self.length = length
-        self.layers = [_BufferLayer(self, index) for index in range(buffer.shape[0])]
+        self._buffer_layers = [_BufferLayer(self, index) for index in range(buffer.shape[0])]
+        self.layers = list(self._buffer_layers)
+        # The owner's own buffer changes (reserve, keep, select, fill) and a merge leader
+        # detaching it from an arena (another thread) take turns.
+        self.lock = threading.Lock()
 
     @classmethod
     def empty(cls, config: Any, rows: int, capacity: int, dtype: torch.dtype, device: torch.device) -> KVCache:
@@ -77,27 +90,34 @@ class KVCache(DynamicCache):
 
     def reserve(self, tokens: int) -> None:
         """Room for `tokens` more tokens: a larger buffer (at least double) when it is full."""
-        if self.length + tokens > self.capacity:
-            self.buffer = self._copy(slice(None), max(2 * self.capacity, self.length + tokens))
+        with self.lock:
+            if self.length + tokens > self.capacity:
+                self.buffer = self._copy(slice(None), max(2 * self.capacity, self.length + tokens))
 
     def advance(self, tokens: int) -> None:
+        """After a forward of `tokens` new tokens; the layers let go of their views."""
         self.length += tokens
+        for layer in self._buffer_layers:
+            layer.keys = layer.values = None
 
     def select(self, rows: torch.Tensor, room: int) -> KVCache:
         """A new cache with these rows (repeats allowed) and room for `room` more tokens."""
-        return KVCache(self._copy(rows, self.length + room), self.length)
+        with self.lock:
+            return KVCache(self._copy(rows, self.length + room), self.length)
 
     def keep(self, rows: torch.Tensor) -> None:
         """Keep only these rows (the others finished)."""
-        self.buffer = self._copy(rows, self.capacity)
+        with self.lock:
+            self.buffer = self._copy(rows, self.capacity)
 
     def fill(self, source: KVCache, rows: slice, start: int) -> None:
         """Take these rows of `source`, from column `start` to its end, as this cache's content
         (a merged prefill handing each request its prompt)."""
         tokens = source.length - start
         self.reserve(tokens - self.length)
-        self.buffer[:, :, :, :, :tokens] = source.buffer[:, :, rows, :, start : source.length]
-        self.length = tokens
+        with self.lock:
+            self.buffer[:, :, :, :, :tokens] = source.buffer[:, :, rows, :, start : source.length]
+            self.length = tokens
 
     def _copy(self, rows: torch.Tensor | slice, capacity: int) -> torch.Tensor:
         source = self.buffer[:, :, rows, :, : self.length]
@@ -119,8 +139,9 @@ class _Arena:
         """An uninitialised tensor of `shape` in this arena. Caches still holding views of the
         last batch cut from it (requests that missed the steps since) get their own copy first."""
         for cache in list(self.users):
-            if cache.buffer._base is self.flat:
-                cache.buffer = cache.buffer.clone()
+            with cache.lock:
+                if cache.buffer._base is self.flat:
+                    cache.buffer = cache.buffer.clone()
         self.users = weakref.WeakSet()
         size = math.prod(shape)
         flat = self.flat

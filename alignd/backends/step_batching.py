@@ -40,6 +40,7 @@ class BatchStats:
     steps: int = 0  # one-token steps run (merged or not)
     max_steps_per_forward: int = 0
     max_rows_per_forward: int = 0
+    max_tokens_per_forward: int = 0  # rows x longest key/value length of a merged forward
     merged_by_kind: Counter[str] = field(default_factory=Counter)  # merged forwards of each kind
 
 
@@ -123,13 +124,16 @@ class StepBatcher(Generic[Step]):
                     self._cond.wait()
                     continue
                 self._leading = True
-                self._gather()
-                batch = self._take()
-                self._cond.release()
+                batch: list[_Job[Step]] = []
                 try:
-                    self._execute(batch)
+                    self._gather()
+                    batch = self._take()
+                    self._cond.release()
+                    try:
+                        self._execute(batch)
+                    finally:
+                        self._cond.acquire()
                 finally:
-                    self._cond.acquire()
                     for taken in batch:
                         taken.done = True
                     self._leading = False
@@ -204,6 +208,7 @@ class StepBatcher(Generic[Step]):
         self.stats.merged_by_kind[live[0].kind] += len(live) > 1
         self.stats.max_steps_per_forward = max(self.stats.max_steps_per_forward, len(live))
         self.stats.max_rows_per_forward = max(self.stats.max_rows_per_forward, sum(job.rows for job in live))
+        self.stats.max_tokens_per_forward = max(self.stats.max_tokens_per_forward, self._cost(live))
 
 
 class TokenBudget:

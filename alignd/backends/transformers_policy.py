@@ -137,6 +137,7 @@ class TransformersPolicy(TokenizerText, Policy):
         self.eos_token_ids = torch.tensor(sorted(self._eos), dtype=torch.long, device=self._device)
         self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
         self._tokenizer_lock = threading.Lock()  # tokenizer calls come from several worker threads
+        self._pad_id = int(self.tokenizer.pad_token_id)
         # One model call at a time, concurrent requests' decoding steps merged into one.
         self.batcher: StepBatcher[_Step] = StepBatcher(
             self._run_steps, max_tokens=max_batch_tokens, gather_seconds=gather_seconds
@@ -213,8 +214,8 @@ class TransformersPolicy(TokenizerText, Policy):
         merged.advance(1)
         self._merger.hand_back(merged, caches, spans, pads)
         logits, hidden = out.logits[:, -1, :], out.hidden_states[-1][:, -1, :]
-        for step, rows in zip(steps, spans):
-            self._take_outputs(step, logits[rows], hidden[rows])
+        for step, rows in zip(steps, spans):  # copies: a view would keep the whole batch's logits
+            self._take_outputs(step, logits[rows].clone(), hidden[rows])
 
     def _prefill_merged(self, steps: list[_Step]) -> None:
         """Several requests' prompts in one forward, left-padded to the longest; each request's
@@ -225,7 +226,7 @@ class TransformersPolicy(TokenizerText, Policy):
         for step, pad in zip(steps, pads):
             assert step.partial.attention is not None
             attentions.append(F.pad(step.partial.attention, (pad, 0)))
-        ids = [F.pad(step.input_ids, (pad, 0), value=self.tokenizer.pad_token_id) for step, pad in zip(steps, pads)]
+        ids = [F.pad(step.input_ids, (pad, 0), value=self._pad_id) for step, pad in zip(steps, pads)]
         rows = sum(step.input_ids.shape[0] for step in steps)
         merged = self._empty_cache(rows, width)
         out = self.model(
@@ -245,7 +246,7 @@ class TransformersPolicy(TokenizerText, Policy):
             start = span.stop
             assert step.partial.cache is not None
             step.partial.cache.fill(merged, span, pad)
-            self._take_outputs(step, logits[span], hidden[span])
+            self._take_outputs(step, logits[span].clone(), hidden[span])
 
     def _empty_cache(self, rows: int, capacity: int) -> KVCache:
         return KVCache.empty(self.model.config.get_text_config(), rows, capacity, self.model.dtype, self._device)
@@ -284,7 +285,7 @@ class TransformersPolicy(TokenizerText, Policy):
     def _left_padded(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids [B, width] left-padded with the pad token, and their attention mask."""
         width = max(len(s) for s in sequences)
-        pad = self.tokenizer.pad_token_id
+        pad = self._pad_id
         input_ids = torch.tensor([[pad] * (width - len(s)) + list(s) for s in sequences], device=self._device)
         attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=self._device)
         return input_ids, attention
@@ -490,7 +491,7 @@ class TransformersPolicy(TokenizerText, Policy):
         width = int(lengths.max()) if partial.live else 0
         if width == 0:
             return partial
-        ids = torch.full((len(partial.live), width), self.tokenizer.pad_token_id, dtype=torch.long, device=self._device)
+        ids = torch.full((len(partial.live), width), self._pad_id, dtype=torch.long, device=self._device)
         for i, row in enumerate(partial.live):
             ids[i, : len(tokens[row])] = torch.tensor(tokens[row], dtype=torch.long)
         offsets = torch.arange(width, device=self._device)

@@ -114,6 +114,31 @@ def test_a_cancelled_request_leaves_the_queue_without_running():
     assert recorder.batches == []
 
 
+def test_a_step_cancelled_while_it_waits_in_the_queue_never_runs():
+    recorder = Recorder()
+    batcher = StepBatcher(recorder, max_tokens=100)
+    cancel = threading.Event()
+    busy = threading.Event()
+
+    def slow_call() -> str:
+        busy.set()
+        time.sleep(0.3)  # the model is busy; the step below queues behind this call
+        return "done"
+
+    def queued_step() -> None:
+        busy.wait(5)
+        batcher.step(("late", 0), rows=1, length=3, cancel=cancel)
+
+    def canceller() -> None:
+        busy.wait(5)
+        time.sleep(0.1)
+        cancel.set()
+
+    with pytest.raises(Cancelled):
+        concurrently([lambda: batcher.alone(slow_call), queued_step, canceller])
+    assert recorder.batches == []
+
+
 def test_calls_that_run_alone_return_their_result_between_steps():
     recorder = Recorder(delay=0.002)
     batcher = StepBatcher(recorder, max_tokens=10_000, gather_seconds=0.5)
@@ -249,4 +274,4 @@ def test_a_merged_step_holds_at_most_the_batch_token_budget(tiny_policy):
     assert concurrently(calls) == alone
     # Prompts are ~10 tokens and grow to ~34: two rows fit 60 tokens early on, one row later.
     assert policy.batcher.stats.merged_forwards > 0
-    assert policy.batcher.stats.max_rows_per_forward <= 3
+    assert policy.batcher.stats.max_tokens_per_forward <= 60
