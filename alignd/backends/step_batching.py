@@ -36,12 +36,16 @@ class BatchStats:
     """What the batcher has done since it was made (read by tests, benchmarks and metrics)."""
 
     forwards: int = 0  # model calls made
-    merged_forwards: int = 0  # of those, calls that carried steps of two or more requests
     steps: int = 0  # one-token steps run (merged or not)
     max_steps_per_forward: int = 0
     max_rows_per_forward: int = 0
     max_tokens_per_forward: int = 0  # rows x longest key/value length of a merged forward
     merged_by_kind: Counter[str] = field(default_factory=Counter)  # merged forwards of each kind
+
+    @property
+    def merged_forwards(self) -> int:
+        """Model calls that carried steps of two or more requests."""
+        return sum(self.merged_by_kind.values())
 
 
 DECODE = "decode"  # the kind of job that decoding sessions loop on
@@ -170,10 +174,12 @@ class StepBatcher(Generic[Step]):
         if self._queue[0].alone is not None:
             return [self._queue.pop(0)]
         batch: list[_Job[Step]] = []
+        rows = length = 0
         for job in self._queue:
             if job.kind != kind:
                 continue
-            if batch and self._cost([*batch, job]) > self.max_tokens:
+            rows, length = rows + job.rows, max(length, job.length)
+            if batch and rows * length > self.max_tokens:  # `_cost` of the batch with this job
                 break
             batch.append(job)
         taken = set(map(id, batch))
@@ -204,7 +210,6 @@ class StepBatcher(Generic[Step]):
                 job.error = error
         self.stats.forwards += 1
         self.stats.steps += len(live)
-        self.stats.merged_forwards += len(live) > 1
         self.stats.merged_by_kind[live[0].kind] += len(live) > 1
         self.stats.max_steps_per_forward = max(self.stats.max_steps_per_forward, len(live))
         self.stats.max_rows_per_forward = max(self.stats.max_rows_per_forward, sum(job.rows for job in live))

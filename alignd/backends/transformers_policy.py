@@ -162,91 +162,77 @@ class TransformersPolicy(TokenizerText, Policy):
         positions: torch.Tensor,
         cancel: threading.Event | None = None,
     ) -> None:
-        """Feed `input_ids` [live, width] to the live rows (their attention already covers them).
-        A one-token step joins the other requests' pending steps in one forward, a prefill (empty
-        cache) the other pending prefills; anything else runs alone in its turn."""
+        """Feed `input_ids` [live, width] to the live rows (their attention already covers them):
+        a prefill (empty cache) joins the other pending prefills in one forward, a one-token step
+        the other pending decoding steps."""
         assert partial.attention is not None and partial.cache is not None  # set by _begin
-        step = _Step(partial, input_ids, positions)
         rows, width = input_ids.shape
+        prefill = partial.cache.length == 0
+        assert prefill or width == 1, "only prefills feed several tokens through the batcher"
         partial.cache.reserve(width)
-        length = int(partial.attention.shape[1])
-        if partial.cache.length == 0:
-            self.batcher.step(step, rows=rows, length=length, kind=_PREFILL, cancel=cancel)
-        elif width == 1:
-            self.batcher.step(step, rows=rows, length=length, kind=DECODE, cancel=cancel)
-        else:
-            self.batcher.alone(lambda: self._run_steps([step]), cancel=cancel)
+        kind = _PREFILL if prefill else DECODE
+        self.batcher.step(
+            _Step(partial, input_ids, positions), rows=rows, length=partial.attention.shape[1], kind=kind, cancel=cancel
+        )
 
     @torch.inference_mode()
     def _run_steps(self, steps: list[_Step]) -> None:
-        """One forward for the steps of one or more requests (the batcher's call)."""
+        """One forward for the steps of one or more requests (the batcher's call): a step alone on
+        its own cache; prefills left-padded to the longest prompt, each request's cache then
+        filled with its columns; decoding steps over their caches merged (`CacheMerger`), each
+        request then given views of its rows."""
+        first = steps[0].partial
+        assert first.cache is not None
         if len(steps) == 1:
-            step = steps[0]
-            cache, attention = step.partial.cache, step.partial.attention
-            assert cache is not None
-            out = self.model(
-                input_ids=step.input_ids,
-                attention_mask=attention,
-                position_ids=step.positions,
-                past_key_values=cache,
-                use_cache=True,
-                output_hidden_states=True,
-                logits_to_keep=1,
+            logits, hidden = self._model_step(steps[0].input_ids, first.attention, steps[0].positions, first.cache)
+        elif first.cache.length == 0:
+            width = max(step.input_ids.shape[1] for step in steps)
+            pads = [width - step.input_ids.shape[1] for step in steps]
+            merged = self._empty_cache(sum(step.input_ids.shape[0] for step in steps), width)
+            logits, hidden = self._model_step(
+                torch.cat([F.pad(step.input_ids, (pad, 0), value=self._pad_id) for step, pad in zip(steps, pads)]),
+                torch.cat([F.pad(self._attention(step), (pad, 0)) for step, pad in zip(steps, pads)]),
+                torch.cat([F.pad(step.positions, (pad, 0)) for step, pad in zip(steps, pads)]),
+                merged,
             )
-            cache.advance(step.input_ids.shape[1])
-            self._take_outputs(step, out.logits[:, -1, :], out.hidden_states[-1][:, -1, :])
-            return
-        if steps[0].partial.cache is not None and steps[0].partial.cache.length == 0:
-            self._prefill_merged(steps)
-            return
-        caches = [step.partial.live_tensors()[0] for step in steps]  # decoding steps follow a prefill
-        merged, spans, pads = self._merger.merge(caches)
-        attention = torch.cat([F.pad(step.partial.live_tensors()[1], (pad, 0)) for step, pad in zip(steps, pads)])
-        out = self.model(
-            input_ids=torch.cat([step.input_ids for step in steps]),
-            attention_mask=attention,
-            position_ids=torch.cat([step.positions for step in steps]),
-            past_key_values=merged,
-            use_cache=True,
-            output_hidden_states=True,
-            logits_to_keep=1,
-        )
-        merged.advance(1)
-        self._merger.hand_back(merged, caches, spans, pads)
-        logits, hidden = out.logits[:, -1, :], out.hidden_states[-1][:, -1, :]
-        for step, rows in zip(steps, spans):  # copies: a view would keep the whole batch's logits
-            self._take_outputs(step, logits[rows].clone(), hidden[rows])
+            for step, rows, pad in zip(steps, _spans(steps), pads):
+                assert step.partial.cache is not None
+                step.partial.cache.fill(merged, rows, pad)
+        else:
+            caches = [step.partial.live_tensors()[0] for step in steps]
+            merged, spans, pads = self._merger.merge(caches)
+            logits, hidden = self._model_step(
+                torch.cat([step.input_ids for step in steps]),
+                torch.cat([F.pad(self._attention(step), (pad, 0)) for step, pad in zip(steps, pads)]),
+                torch.cat([step.positions for step in steps]),
+                merged,
+            )
+            self._merger.hand_back(merged, caches, spans, pads)
+        for step, rows in zip(steps, _spans(steps)):
+            # A merged batch's rows are copied out: a view would keep the whole batch's logits.
+            self._take_outputs(step, logits[rows] if len(steps) == 1 else logits[rows].clone(), hidden[rows])
 
-    def _prefill_merged(self, steps: list[_Step]) -> None:
-        """Several requests' prompts in one forward, left-padded to the longest; each request's
-        cache then gets its own columns."""
-        width = max(step.input_ids.shape[1] for step in steps)
-        pads = [width - step.input_ids.shape[1] for step in steps]
-        attentions = []
-        for step, pad in zip(steps, pads):
-            assert step.partial.attention is not None
-            attentions.append(F.pad(step.partial.attention, (pad, 0)))
-        ids = [F.pad(step.input_ids, (pad, 0), value=self._pad_id) for step, pad in zip(steps, pads)]
-        rows = sum(step.input_ids.shape[0] for step in steps)
-        merged = self._empty_cache(rows, width)
+    def _model_step(
+        self, input_ids: torch.Tensor, attention: torch.Tensor | None, positions: torch.Tensor, cache: KVCache
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward of `input_ids` over `cache` (advanced past them): the next-token logits and
+        the final-layer hidden state at the last position of every row."""
         out = self.model(
-            input_ids=torch.cat(ids),
-            attention_mask=torch.cat(attentions),
-            position_ids=torch.cat([F.pad(step.positions, (pad, 0)) for step, pad in zip(steps, pads)]),
-            past_key_values=merged,
+            input_ids=input_ids,
+            attention_mask=attention,
+            position_ids=positions,
+            past_key_values=cache,
             use_cache=True,
             output_hidden_states=True,
             logits_to_keep=1,
         )
-        merged.advance(width)
-        logits, hidden = out.logits[:, -1, :], out.hidden_states[-1][:, -1, :]
-        start = 0
-        for step, pad in zip(steps, pads):
-            span = slice(start, start + step.input_ids.shape[0])
-            start = span.stop
-            assert step.partial.cache is not None
-            step.partial.cache.fill(merged, span, pad)
-            self._take_outputs(step, logits[span].clone(), hidden[span])
+        cache.advance(input_ids.shape[1])
+        return out.logits[:, -1, :], out.hidden_states[-1][:, -1, :]
+
+    @staticmethod
+    def _attention(step: _Step) -> torch.Tensor:
+        assert step.partial.attention is not None
+        return step.partial.attention
 
     def _empty_cache(self, rows: int, capacity: int) -> KVCache:
         return KVCache.empty(self.model.config.get_text_config(), rows, capacity, self.model.dtype, self._device)
@@ -558,3 +544,12 @@ class _Step:
     partial: _Partial
     input_ids: torch.Tensor
     positions: torch.Tensor
+
+
+def _spans(steps: Sequence[_Step]) -> list[slice]:
+    """Each step's rows in a forward over all of them, in step order."""
+    spans, start = [], 0
+    for step in steps:
+        spans.append(slice(start, start + step.input_ids.shape[0]))
+        start += step.input_ids.shape[0]
+    return spans
