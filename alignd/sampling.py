@@ -39,15 +39,62 @@ def reference_logprobs(logits: torch.Tensor, sampling: SamplingParams) -> torch.
 
 
 def draw(
-    logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator
+    logits: torch.Tensor, sampling: SamplingParams, uniforms: np.ndarray
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one token per row; return (token ids [B], their log pi_ref [B])."""
+    """Draw one token per row by inverting its CDF at `uniforms[row]` (float64 in [0, 1), one per
+    row: see `stream_uniforms`); return (token ids [B], their log pi_ref [B]).
+
+    One uniform per row, rather than a generator shared by the batch, makes a row's draws
+    independent of which other rows are in the batch: a row decodes the same tokens whether or
+    not its siblings were dropped (speculative rejection) or more were drawn (best_of_n n=4 is
+    the first 4 of n=8 with the same seed)."""
     if sampling.greedy:
         tokens = torch.argmax(logits, dim=-1)
         return tokens, torch.zeros(tokens.shape, dtype=torch.float32, device=logits.device)
     logprobs = reference_logprobs(logits, sampling)
-    tokens = torch.multinomial(logprobs.exp(), 1, generator=generator).squeeze(-1)
+    # float64 cumulative sums: float32 rounding over a 50k vocabulary would shift the bins.
+    cdf = logprobs.exp().cumsum(-1, dtype=torch.float64)
+    target = torch.from_numpy(uniforms).to(cdf.device) * cdf[:, -1]
+    # The first token whose cumulative mass exceeds the target: never a token of mass zero.
+    tokens = torch.searchsorted(cdf, target.unsqueeze(-1), right=True).squeeze(-1)
+    tokens = tokens.clamp_(max=cdf.shape[-1] - 1)
     return tokens, logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+# Counter-based random streams, one per row: a row's key and its token position give its uniform,
+# so no generator state is shared between rows. splitmix64's constants.
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, elementwise on uint64 (arrays wrap on overflow, as intended)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def stream_keys(seed: int | None, rows: int) -> np.ndarray:
+    """Keys of `rows` independent streams for a request: the same seed gives the same keys (no
+    seed: random ones)."""
+    base = seed if seed is not None else int.from_bytes(os.urandom(8), "little")
+    start = np.full(rows, base & _MASK64, dtype=np.uint64)
+    return _mix64(start + (np.arange(1, rows + 1, dtype=np.uint64) * _GOLDEN))
+
+
+def child_keys(keys: np.ndarray, occurrence: np.ndarray) -> np.ndarray:
+    """Keys of rows copied from rows with `keys`: the first copy of a row (occurrence 0) keeps its
+    stream, so selecting rows never changes what they decode; later copies get new streams."""
+    derived = _mix64(keys ^ _mix64(occurrence.astype(np.uint64) * _GOLDEN))
+    return np.where(occurrence == 0, keys, derived)
+
+
+def stream_uniforms(keys: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """The uniform in [0, 1) of each stream at each token position (float64, 53 random bits)."""
+    bits = _mix64(keys ^ _mix64((positions.astype(np.uint64) + np.uint64(1)) * _GOLDEN))
+    return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator:

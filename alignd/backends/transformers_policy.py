@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
@@ -42,7 +43,7 @@ from alignd.backends.cpu_matmul import use_small_batch_linears
 from alignd.backends.kv_cache import CacheMerger, KVCache
 from alignd.backends.step_batching import DECODE, StepBatcher, TokenBudget
 from alignd.backends.text import TokenizerText, eos_token_ids, response_text, response_texts, stop_window
-from alignd.sampling import draw, make_generator, reference_logprobs
+from alignd.sampling import child_keys, draw, reference_logprobs, stream_keys, stream_uniforms
 
 _PREFILL = "prefill"  # the batcher's kind for prompt prefills (empty caches), merged with each other
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -79,7 +80,7 @@ class _Partial(PartialResponses):
     always set; the cache tensors are set whenever a row is live (`live_tensors`)."""
 
     live: list[int]  # row index of each cache row
-    generator: torch.Generator
+    keys: np.ndarray  # uint64 [R]: each row's random stream (sampling.stream_uniforms)
     cache: KVCache | None = None
     attention: torch.Tensor | None = None  # [live, T]
     next_position: torch.Tensor | None = None  # [live]
@@ -263,7 +264,7 @@ class TransformersPolicy(TokenizerText, Policy):
             cache=self._empty_cache(rows, input_ids.shape[1] + sampling.max_tokens + 1),
             attention=attention,
             next_position=positions[:, -1] + 1,
-            generator=make_generator(sampling.seed, self._device),
+            keys=stream_keys(sampling.seed, rows),
         )
         self._forward(partial, input_ids, positions, cancel)
         return partial
@@ -293,7 +294,7 @@ class TransformersPolicy(TokenizerText, Policy):
             hidden=partial.hidden[torch.tensor(list(rows), dtype=torch.long, device=self._device)],
             forward_tokens=partial.forward_tokens,
             live=kept,
-            generator=partial.generator,
+            keys=child_keys(partial.keys[rows], _occurrences(rows)),
         )
         if kept:
             # Copying cache rows is a memory gather: the prefix is not run through the model again.
@@ -362,7 +363,9 @@ class TransformersPolicy(TokenizerText, Policy):
                     return
                 check_cancelled(cancel)
                 _, _, _, logits = partial.live_tensors()
-                chosen, logprobs = draw(logits, sampling, partial.generator)
+                positions = np.array([len(partial.token_ids[row]) for row in partial.live])
+                uniforms = stream_uniforms(partial.keys[partial.live], positions)
+                chosen, logprobs = draw(logits, sampling, uniforms)
                 self._feed(partial, chosen, self._record(partial, chosen, logprobs), cancel)
 
     # -- Policy interface -------------------------------------------------------------------------
@@ -553,3 +556,13 @@ def _spans(steps: Sequence[_Step]) -> list[slice]:
         spans.append(slice(start, start + step.input_ids.shape[0]))
         start += step.input_ids.shape[0]
     return spans
+
+
+def _occurrences(rows: Sequence[int]) -> np.ndarray:
+    """For each selected row, how many times the same source row was selected before it."""
+    seen: dict[int, int] = {}
+    counts = np.empty(len(rows), dtype=np.int64)
+    for i, row in enumerate(rows):
+        counts[i] = seen.get(row, 0)
+        seen[row] = counts[i] + 1
+    return counts
