@@ -38,9 +38,7 @@ def reference_logprobs(logits: torch.Tensor, sampling: SamplingParams) -> torch.
     return torch.log_softmax(scores, dim=-1)
 
 
-def draw(
-    logits: torch.Tensor, sampling: SamplingParams, uniforms: np.ndarray
-) -> tuple[torch.Tensor, torch.Tensor]:
+def draw(logits: torch.Tensor, sampling: SamplingParams, uniforms: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row by inverting its CDF at `uniforms[row]` (float64 in [0, 1), one per
     row: see `stream_uniforms`); return (token ids [B], their log pi_ref [B]).
 

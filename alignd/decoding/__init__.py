@@ -8,6 +8,8 @@ from alignd.decoding import (  # noqa: F401  (registration)
     multi_objective,
     robust,
     sample,
+    soft_best_of_n,
+    speculative_best_of_n,
 )
 from alignd.decoding.base import STRATEGIES, DecodeRequest, DecodeResult, Strategy, get_strategy
 

@@ -1,4 +1,4 @@
-"""KL divergence of the best-of-n policy from the reference policy.
+"""KL divergence of the best-of-n and soft best-of-n policies from the reference policy.
 
 Beirami et al., "Theoretical guarantees on the best-of-n alignment policy" (2024):
 - the widely quoted log n - (n-1)/n is only an upper bound on KL(pi_bon || pi_ref) (their
@@ -17,6 +17,7 @@ Beirami et al., "Theoretical guarantees on the best-of-n alignment policy" (2024
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -72,5 +73,47 @@ def exact_best_of_n_kl(probs: Sequence[float], rewards: Sequence[float], n: int)
     """KL(pi_bon || pi_ref) by enumeration, for testing the bound and the estimator."""
     p = np.asarray(probs, dtype=np.float64)
     q = best_of_n_distribution(probs, rewards, n)
+    support = q > 0
+    return float(np.sum(q[support] * np.log(q[support] / p[support])))
+
+
+def soft_best_of_n_kl_bound(n: int, beta: float, reward_range: float) -> float:
+    """An upper bound on KL(soft best-of-n || pi_ref) in nats, for rewards within a range of
+    width `reward_range` (inf when unbounded) and temperature `beta`.
+
+    Soft best-of-n (Verdun et al. 2025) draws n responses and returns Y_i with probability
+    exp(r_i / beta) / sum_j exp(r_j / beta). The probability of returning y is
+    n pi_ref(y) E[e^{r(y)/beta} / (e^{r(y)/beta} + sum_{j>=2} e^{r(Y_j)/beta})], and every other
+    draw has reward at least r(y) - range, so the density ratio is at most
+    n / (1 + (n-1) e^{-range/beta}); the KL is at most its logarithm. beta -> 0 gives log n, a
+    little above best-of-n's own bound; beta -> inf gives 0 (pi_ref itself).
+    """
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    if n == 1:
+        return 0.0
+    spread = reward_range / beta
+    return math.log(n) - math.log1p((n - 1) * math.exp(-spread)) if math.isfinite(spread) else math.log(n)
+
+
+def soft_best_of_n_distribution(probs: Sequence[float], rewards: Sequence[float], n: int, beta: float) -> np.ndarray:
+    """Exact soft best-of-n distribution over a small finite outcome space, by enumerating every
+    n-tuple of draws (m^n of them): for testing the bound."""
+    p = np.asarray(probs, dtype=np.float64)
+    r = np.asarray(rewards, dtype=np.float64)
+    result = np.zeros_like(p)
+    for draws in itertools.product(range(len(p)), repeat=n):
+        index = np.array(draws)
+        tilt = np.exp((r[index] - r[index].max()) / beta)
+        np.add.at(result, index, np.prod(p[index]) * tilt / tilt.sum())
+    return result
+
+
+def exact_soft_best_of_n_kl(probs: Sequence[float], rewards: Sequence[float], n: int, beta: float) -> float:
+    """KL(soft best-of-n || pi_ref) by enumeration."""
+    p = np.asarray(probs, dtype=np.float64)
+    q = soft_best_of_n_distribution(probs, rewards, n, beta)
     support = q > 0
     return float(np.sum(q[support] * np.log(q[support] / p[support])))

@@ -108,8 +108,34 @@ class EvolutionaryParams(_message.Message):
     mutation_tokens: int
     def __init__(self, beams: _Optional[int] = ..., replace_every: _Optional[int] = ..., keep_top: _Optional[int] = ..., cycles: _Optional[int] = ..., mutation_tokens: _Optional[int] = ...) -> None: ...
 
+class SoftBestOfNParams(_message.Message):
+    __slots__ = ("n", "beta")
+    N_FIELD_NUMBER: _ClassVar[int]
+    BETA_FIELD_NUMBER: _ClassVar[int]
+    n: int
+    beta: float
+    def __init__(self, n: _Optional[int] = ..., beta: _Optional[float] = ...) -> None: ...
+
+class SpeculativeBestOfNParams(_message.Message):
+    __slots__ = ("num_candidates", "keep_fraction", "rejection", "rejection_tokens", "max_rejections", "memory_tokens", "value_source")
+    NUM_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    REJECTION_FIELD_NUMBER: _ClassVar[int]
+    REJECTION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_REJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    VALUE_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    num_candidates: int
+    keep_fraction: float
+    rejection: str
+    rejection_tokens: int
+    max_rejections: int
+    memory_tokens: int
+    value_source: str
+    def __init__(self, num_candidates: _Optional[int] = ..., keep_fraction: _Optional[float] = ..., rejection: _Optional[str] = ..., rejection_tokens: _Optional[int] = ..., max_rejections: _Optional[int] = ..., memory_tokens: _Optional[int] = ..., value_source: _Optional[str] = ...) -> None: ...
+
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "system_prompt", "raw_prompt", "strategy", "weights", "sampling", "return_candidates", "request_id", "experiment", "subject", "sample", "best_of_n", "controlled", "multi_objective", "robust", "linear_alignment", "evolutionary")
+    __slots__ = ("prompt", "system_prompt", "raw_prompt", "strategy", "weights", "sampling", "return_candidates", "request_id", "experiment", "subject", "sample", "best_of_n", "controlled", "multi_objective", "robust", "linear_alignment", "evolutionary", "soft_best_of_n", "speculative_best_of_n")
     class WeightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +160,8 @@ class GenerateRequest(_message.Message):
     ROBUST_FIELD_NUMBER: _ClassVar[int]
     LINEAR_ALIGNMENT_FIELD_NUMBER: _ClassVar[int]
     EVOLUTIONARY_FIELD_NUMBER: _ClassVar[int]
+    SOFT_BEST_OF_N_FIELD_NUMBER: _ClassVar[int]
+    SPECULATIVE_BEST_OF_N_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     system_prompt: str
     raw_prompt: bool
@@ -151,7 +179,9 @@ class GenerateRequest(_message.Message):
     robust: RobustParams
     linear_alignment: LinearAlignmentParams
     evolutionary: EvolutionaryParams
-    def __init__(self, prompt: _Optional[str] = ..., system_prompt: _Optional[str] = ..., raw_prompt: _Optional[bool] = ..., strategy: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., return_candidates: _Optional[bool] = ..., request_id: _Optional[str] = ..., experiment: _Optional[str] = ..., subject: _Optional[str] = ..., sample: _Optional[_Union[SampleParams, _Mapping]] = ..., best_of_n: _Optional[_Union[BestOfNParams, _Mapping]] = ..., controlled: _Optional[_Union[ControlledParams, _Mapping]] = ..., multi_objective: _Optional[_Union[MultiObjectiveParams, _Mapping]] = ..., robust: _Optional[_Union[RobustParams, _Mapping]] = ..., linear_alignment: _Optional[_Union[LinearAlignmentParams, _Mapping]] = ..., evolutionary: _Optional[_Union[EvolutionaryParams, _Mapping]] = ...) -> None: ...
+    soft_best_of_n: SoftBestOfNParams
+    speculative_best_of_n: SpeculativeBestOfNParams
+    def __init__(self, prompt: _Optional[str] = ..., system_prompt: _Optional[str] = ..., raw_prompt: _Optional[bool] = ..., strategy: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., return_candidates: _Optional[bool] = ..., request_id: _Optional[str] = ..., experiment: _Optional[str] = ..., subject: _Optional[str] = ..., sample: _Optional[_Union[SampleParams, _Mapping]] = ..., best_of_n: _Optional[_Union[BestOfNParams, _Mapping]] = ..., controlled: _Optional[_Union[ControlledParams, _Mapping]] = ..., multi_objective: _Optional[_Union[MultiObjectiveParams, _Mapping]] = ..., robust: _Optional[_Union[RobustParams, _Mapping]] = ..., linear_alignment: _Optional[_Union[LinearAlignmentParams, _Mapping]] = ..., evolutionary: _Optional[_Union[EvolutionaryParams, _Mapping]] = ..., soft_best_of_n: _Optional[_Union[SoftBestOfNParams, _Mapping]] = ..., speculative_best_of_n: _Optional[_Union[SpeculativeBestOfNParams, _Mapping]] = ...) -> None: ...
 
 class KLEstimate(_message.Message):
     __slots__ = ("name", "kind", "nats", "description")

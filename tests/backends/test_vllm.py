@@ -149,6 +149,8 @@ def vllm_client(vllm_server):
         ("controlled", dict(num_candidates=4, block_tokens=8)),
         ("multi_objective", dict(num_candidates=4, block_tokens=8)),
         ("robust", dict(num_candidates=4, block_tokens=8, strength=1.0)),
+        ("soft_best_of_n", dict(n=4, beta=0.1)),
+        ("speculative_best_of_n", dict(num_candidates=8, keep_fraction=0.25, rejection_tokens=6)),
     ],
 )
 def test_strategies_run_end_to_end_on_vllm_through_the_server(vllm_client, strategy, options):
@@ -161,8 +163,11 @@ def test_strategies_run_end_to_end_on_vllm_through_the_server(vllm_client, strat
     )
     assert out.text.strip() and out.usage.generated_tokens >= len(out.token_ids) > 0
     assert set(out.rewards) == {"relevance", "positivity", "harmlessness", "conciseness"}
-    if strategy != "best_of_n":
+    if strategy in ("controlled", "multi_objective", "robust"):
         assert out.details["blocks"] >= 1
+    if strategy == "speculative_best_of_n":
+        # Rejected rows are never sent to the engine again; the kept two finish.
+        assert out.details["rejection_rounds"] == 1 and out.details["final_candidates"] == 2
 
 
 def test_prefix_values_need_no_shadow_and_heads_without_one_are_refused(vllm_client, vllm_policy):

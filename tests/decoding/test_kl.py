@@ -10,6 +10,9 @@ from alignd.decoding.kl import (
     best_of_n_kl_bound,
     best_of_n_kl_estimate,
     exact_best_of_n_kl,
+    exact_soft_best_of_n_kl,
+    soft_best_of_n_distribution,
+    soft_best_of_n_kl_bound,
 )
 
 NS = [1, 2, 3, 4, 8, 16, 64]
@@ -93,3 +96,40 @@ def test_invalid_inputs_raise():
         best_of_n_kl_estimate(4, 0.5)
     with pytest.raises(ValueError):
         best_of_n_kl_estimate(4, float("nan"))
+
+
+SMALL_SPACES = [
+    ([0.5, 0.3, 0.2], [0.0, 1.0, 0.5]),
+    ([0.05, 0.05, 0.9], [1.0, 0.2, 0.0]),
+    ([0.25, 0.25, 0.25, 0.25], [0.0, 0.3, 0.6, 1.0]),
+]
+
+
+@pytest.mark.parametrize("probs,rewards", SMALL_SPACES)
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+@pytest.mark.parametrize("beta", [0.01, 0.1, 1.0, 10.0])
+def test_soft_best_of_n_bound_holds_on_enumerable_distributions(probs, rewards, n, beta):
+    exact = exact_soft_best_of_n_kl(probs, rewards, n, beta)
+    bound = soft_best_of_n_kl_bound(n, beta, max(rewards) - min(rewards))
+    assert 0.0 <= exact <= bound + 1e-12
+    assert bound <= math.log(n) + 1e-12
+
+
+@pytest.mark.parametrize("probs,rewards", SMALL_SPACES)
+def test_soft_best_of_n_goes_from_pi_ref_to_best_of_n_as_beta_falls(probs, rewards):
+    assert soft_best_of_n_distribution(probs, rewards, 3, 1e4) == pytest.approx(probs, abs=1e-3)
+    assert soft_best_of_n_distribution(probs, rewards, 3, 1e-3) == pytest.approx(
+        best_of_n_distribution(probs, rewards, 3), abs=1e-6
+    )
+    kls = [exact_soft_best_of_n_kl(probs, rewards, 3, beta) for beta in (10.0, 1.0, 0.1, 0.01)]
+    assert kls == sorted(kls)  # lower temperature, further from pi_ref
+    assert kls[-1] == pytest.approx(exact_best_of_n_kl(probs, rewards, 3), abs=1e-6)
+
+
+def test_soft_best_of_n_bound_limits():
+    assert soft_best_of_n_kl_bound(1, 0.1, 1.0) == 0.0
+    assert soft_best_of_n_kl_bound(8, 1e-9, 1.0) == pytest.approx(math.log(8))
+    assert soft_best_of_n_kl_bound(8, 1e9, 1.0) == pytest.approx(0.0, abs=1e-8)
+    assert soft_best_of_n_kl_bound(8, 1.0, math.inf) == pytest.approx(math.log(8))
+    with pytest.raises(ValueError):
+        soft_best_of_n_kl_bound(8, 0.0, 1.0)
