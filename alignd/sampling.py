@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from alignd.backends.base import SamplingParams
 
@@ -38,29 +39,52 @@ def reference_logprobs(logits: torch.Tensor, sampling: SamplingParams) -> torch.
     return torch.log_softmax(scores, dim=-1)
 
 
-def draw(logits: torch.Tensor, sampling: SamplingParams, uniforms: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one token per row by inverting its CDF at `uniforms[row]` (float64 in [0, 1), one per
-    row: see `stream_uniforms`); return (token ids [B], their log pi_ref [B]).
+def draw(
+    logits: torch.Tensor, sampling: SamplingParams, keys: np.ndarray, positions: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row; return (token ids [B], their log pi_ref [B]).
 
-    One uniform per row, rather than a generator shared by the batch, makes a row's draws
-    independent of which other rows are in the batch: a row decodes the same tokens whether or
-    not its siblings were dropped (speculative rejection) or more were drawn (best_of_n n=4 is
-    the first 4 of n=8 with the same seed)."""
+    Row r's randomness comes from its own stream (`keys[r]`, at token position `positions[r]`;
+    see `stream_keys`), never from a generator shared by the batch: a row draws the same tokens
+    whatever other rows are in the batch, so dropping rows (speculative rejection) leaves the
+    kept ones' draws unchanged, and best_of_n n=4 draws the first 4 responses of n=8.
+
+    The draw is an exponential race (token i arrives at E_i / p_i, the first arrival wins, which
+    is exact sampling), run in two rounds so that each row needs a few hundred uniforms instead
+    of one per vocabulary entry: the vocabulary's blocks race with their total mass, then the
+    winning block's tokens race. Both rounds are exact, and unlike inverting a CDF, float
+    rounding of the logits (other rows in a merged step) changes the winner only on a near-tie
+    of two arrival times."""
     if sampling.greedy:
         tokens = torch.argmax(logits, dim=-1)
         return tokens, torch.zeros(tokens.shape, dtype=torch.float32, device=logits.device)
     logprobs = reference_logprobs(logits, sampling)
-    # float64 cumulative sums: float32 rounding over a 50k vocabulary would shift the bins.
-    cdf = logprobs.exp().cumsum(-1, dtype=torch.float64)
-    target = torch.from_numpy(uniforms).to(cdf.device) * cdf[:, -1]
-    # The first token whose cumulative mass exceeds the target: never a token of mass zero.
-    tokens = torch.searchsorted(cdf, target.unsqueeze(-1), right=True).squeeze(-1)
-    tokens = tokens.clamp_(max=cdf.shape[-1] - 1)
+    rows, vocab = logprobs.shape
+    blocks = -(-vocab // _BLOCK)
+    probs = F.pad(logprobs.exp(), (0, blocks * _BLOCK - vocab)).view(rows, blocks, _BLOCK)
+    block_ids = np.broadcast_to(np.arange(blocks, dtype=np.uint64) + _BLOCK_INDEX, (rows, blocks))
+    block = _race(probs.sum(-1), stream_uniforms(keys, positions, block_ids))
+    chosen = block.cpu().numpy().astype(np.uint64)[:, None] * np.uint64(_BLOCK) + np.arange(_BLOCK, dtype=np.uint64)
+    within = probs[torch.arange(rows, device=probs.device), block]
+    tokens = block * _BLOCK + _race(within, stream_uniforms(keys, positions, chosen))
     return tokens, logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-# Counter-based random streams, one per row: a row's key and its token position give its uniform,
-# so no generator state is shared between rows. splitmix64's constants.
+def _race(mass: torch.Tensor, uniforms: np.ndarray) -> torch.Tensor:
+    """Index of the first arrival per row when entry i arrives at -log(u_i) / mass_i (mass 0
+    never arrives)."""
+    noise = torch.from_numpy(uniforms).to(mass.device)
+    arrival = torch.log(-torch.log(noise)) - torch.log(mass.double())
+    return torch.argmin(arrival, dim=-1)
+
+
+# Tokens per block of the two-round race: about sqrt(vocabulary) for a 50k vocabulary, so both
+# rounds are small.
+_BLOCK = 256
+# Counter-based random streams, one per row: a row's key, a token position and an index within
+# the step give a uniform, so no generator state is shared between rows. Token indices are token
+# ids; block indices start here, above any token id. splitmix64's constants.
+_BLOCK_INDEX = np.uint64(1 << 40)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MASK64 = (1 << 64) - 1
 
@@ -89,10 +113,12 @@ def child_keys(keys: np.ndarray, occurrence: np.ndarray) -> np.ndarray:
     return np.where(occurrence == 0, keys, derived)
 
 
-def stream_uniforms(keys: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """The uniform in [0, 1) of each stream at each token position (float64, 53 random bits)."""
-    bits = _mix64(keys ^ _mix64((positions.astype(np.uint64) + np.uint64(1)) * _GOLDEN))
-    return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
+def stream_uniforms(keys: np.ndarray, positions: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Uniforms in (0, 1), float64 with 53 random bits: [R, K] for stream r at token position
+    positions[r] and index indices[r, k] (distinct (position, index) pairs give independent draws)."""
+    counter = (positions.astype(np.uint64)[:, None] << np.uint64(41)) ^ indices.astype(np.uint64)
+    bits = _mix64(keys[:, None] ^ _mix64(counter * _GOLDEN + _GOLDEN))
+    return ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
 
 
 def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator:

@@ -43,7 +43,7 @@ from alignd.backends.cpu_matmul import use_small_batch_linears
 from alignd.backends.kv_cache import CacheMerger, KVCache
 from alignd.backends.step_batching import DECODE, StepBatcher, TokenBudget
 from alignd.backends.text import TokenizerText, eos_token_ids, response_text, response_texts, stop_window
-from alignd.sampling import child_keys, draw, reference_logprobs, stream_keys, stream_uniforms
+from alignd.sampling import child_keys, draw, reference_logprobs, stream_keys
 
 _PREFILL = "prefill"  # the batcher's kind for prompt prefills (empty caches), merged with each other
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -364,8 +364,7 @@ class TransformersPolicy(TokenizerText, Policy):
                 check_cancelled(cancel)
                 _, _, _, logits = partial.live_tensors()
                 positions = np.array([len(partial.token_ids[row]) for row in partial.live])
-                uniforms = stream_uniforms(partial.keys[partial.live], positions)
-                chosen, logprobs = draw(logits, sampling, uniforms)
+                chosen, logprobs = draw(logits, sampling, partial.keys[partial.live], positions)
                 self._feed(partial, chosen, self._record(partial, chosen, logprobs), cancel)
 
     # -- Policy interface -------------------------------------------------------------------------

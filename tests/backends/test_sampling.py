@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from alignd.backends.base import SamplingParams
@@ -32,7 +33,7 @@ def test_temperature_scales_logits_before_softmax():
 
 def test_greedy_draw_is_argmax_with_zero_logprob():
     logits = torch.tensor([[0.1, 3.0, 0.2], [5.0, 0.0, 0.0]])
-    tokens, logprobs = draw(logits, SamplingParams(temperature=0.0), stream_uniforms(stream_keys(0, 2), np.zeros(2)))
+    tokens, logprobs = draw(logits, SamplingParams(temperature=0.0), stream_keys(0, 2), np.zeros(2))
     assert tokens.tolist() == [1, 0] and logprobs.tolist() == [0.0, 0.0]
 
 
@@ -41,25 +42,48 @@ def test_draw_never_picks_masked_tokens_and_reports_their_logprob():
     sampling = SamplingParams(temperature=1.0, top_k=2)
     logits[:, 4] = 1.0
     logits[:, 5] = 0.9
-    tokens, logprobs = draw(logits, sampling, stream_uniforms(stream_keys(1, 512), np.zeros(512)))
+    tokens, logprobs = draw(logits, sampling, stream_keys(1, 512), np.zeros(512))
     assert set(tokens.tolist()) == {4, 5}
     expected = reference_logprobs(logits, sampling).gather(-1, tokens[:, None]).squeeze(-1)
     assert torch.allclose(logprobs, expected)
 
 
-def test_draw_inverts_the_cdf_at_each_rows_uniform():
-    logits = torch.log(torch.tensor([[0.2, 0.0, 0.5, 0.3]] * 4))
-    tokens, _ = draw(logits, SamplingParams(temperature=1.0), np.array([0.0, 0.19, 0.2, 0.999]))
-    # Bins: [0, 0.2) -> 0, token 1 has no mass, [0.2, 0.7) -> 2, [0.7, 1) -> 3.
-    assert tokens.tolist() == [0, 0, 2, 3]
+@pytest.mark.parametrize("vocab", [3, 300, 1000])
+def test_draws_follow_the_distribution(vocab):
+    # The two-round race over blocks of 256 tokens is exact, whether or not the vocabulary fills
+    # its last block.
+    torch.manual_seed(vocab)
+    probs = torch.softmax(torch.randn(vocab) * 2, dim=-1)
+    probs[torch.argsort(probs)[: vocab // 3]] = 0.0  # some tokens never drawn
+    probs /= probs.sum()
+    rows = 20_000
+    logits = torch.log(probs).expand(rows, vocab)
+    tokens, _ = draw(logits, SamplingParams(temperature=1.0), stream_keys(7, rows), np.zeros(rows))
+    freq = torch.bincount(tokens, minlength=vocab).double() / rows
+    assert (freq[probs == 0] == 0).all()
+    assert torch.allclose(freq, probs.double(), atol=4 * math.sqrt(0.25 / rows))
 
 
-def test_draws_follow_the_distribution():
-    logits = torch.log(torch.tensor([[0.1, 0.6, 0.3]])).expand(20_000, 3)
-    uniforms = stream_uniforms(stream_keys(7, 20_000), np.zeros(20_000))
-    tokens, _ = draw(logits, SamplingParams(temperature=1.0), uniforms)
-    freq = torch.bincount(tokens, minlength=3).double() / 20_000
-    assert torch.allclose(freq, torch.tensor([0.1, 0.6, 0.3], dtype=torch.float64), atol=0.015)
+def test_float_rounding_of_the_logits_rarely_changes_a_draw():
+    # Merged steps change a row's logits by float rounding; the draw must stay the same but for
+    # near-ties. A flat 50k vocabulary is the hard case: inverting each row's CDF at one uniform
+    # changed 6% of these draws.
+    rows, vocab = 400, 49152
+    torch.manual_seed(0)
+    logits = torch.randn(rows, vocab) * 3
+    rounded = logits * (1 + 1e-5 * torch.randn(rows, vocab))
+    keys, positions = stream_keys(11, rows), np.full(rows, 5)
+    first, _ = draw(logits, SamplingParams(temperature=1.0), keys, positions)
+    second, _ = draw(rounded, SamplingParams(temperature=1.0), keys, positions)
+    assert (first != second).sum() <= 1
+
+
+def test_a_row_draws_the_same_token_whatever_the_other_rows():
+    logits = torch.randn(6, 1000)
+    keys, positions = stream_keys(3, 6), np.arange(6)
+    together, _ = draw(logits, SamplingParams(temperature=1.0), keys, positions)
+    apart, _ = draw(logits[[4, 1]], SamplingParams(temperature=1.0), keys[[4, 1]], positions[[4, 1]])
+    assert apart.tolist() == together[[4, 1]].tolist()
 
 
 def test_streams_are_per_row_and_reproducible():
@@ -68,10 +92,10 @@ def test_streams_are_per_row_and_reproducible():
     assert not np.array_equal(keys, stream_keys(4, 4))
     # A row's stream does not depend on the other rows: the first rows of a larger batch match.
     assert np.array_equal(stream_keys(3, 8)[:4], keys)
-    positions = np.arange(4)
-    u = stream_uniforms(keys, positions)
-    assert np.array_equal(stream_uniforms(keys[[2, 0]], positions[[2, 0]]), u[[2, 0]])
-    assert ((u >= 0) & (u < 1)).all() and len(set(u.tolist())) == 4
+    positions, indices = np.arange(4), np.tile(np.arange(3), (4, 1))
+    u = stream_uniforms(keys, positions, indices)
+    assert np.array_equal(stream_uniforms(keys[[2, 0]], positions[[2, 0]], indices[[2, 0]]), u[[2, 0]])
+    assert ((u > 0) & (u < 1)).all() and len(set(u.ravel().tolist())) == 12
     # Copies: the first copy of a row keeps its stream, later copies get new, distinct ones.
     children = child_keys(keys[[1, 1, 1]], np.array([0, 1, 2]))
     assert children[0] == keys[1] and len(set(children.tolist())) == 3

@@ -12,7 +12,7 @@ from alignd.errors import FailedPrecondition
 from alignd.rewardmodels.guided_scorer import ValueGuidedScorer
 from alignd.rewardmodels.heads import Head, HeadMetadata
 
-SAMPLING = SamplingParams(temperature=1.0, max_tokens=20, seed=21)
+SAMPLING = SamplingParams(temperature=1.0, max_tokens=20, seed=22)
 PROMPT = "tell me about bread"
 
 
