@@ -3,6 +3,7 @@ and CLI against it."""
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
@@ -251,3 +252,30 @@ def test_linear_alignment_and_evolutionary_run_on_the_real_model(real_server):
         assert mutation.instructions[0] == PROMPT and len(mutation.instructions) == 3
         # Slots SmolLM2's reply did not fill keep the original instruction, and are counted.
         assert out.details["mutation_fallbacks"] == sum(i == PROMPT for i in mutation.instructions[1:])
+
+
+def test_speculative_and_soft_best_of_n_on_the_real_model(real_server):
+    with AligndClient(real_server.target, timeout=300) as client:
+        events = list(
+            client.generate_stream(
+                PROMPT,
+                strategy="speculative_best_of_n",
+                num_candidates=8,
+                keep_fraction=0.25,
+                rejection_tokens=6,
+                max_tokens=16,
+                seed=3,
+            )
+        )
+        speculative = events[-1]
+        assert isinstance(speculative, Generation) and set(speculative.rewards) == OBJECTIVES
+        (rejection,) = [e for e in events[:-1] if e.phase == "rejection"]
+        assert len(rejection.candidates) == 8 and sum(c.selected for c in rejection.candidates) == 2
+        # The shipped heads (auto) estimate every objective: one value per objective and candidate.
+        assert all(set(c.rewards) == OBJECTIVES for c in rejection.candidates)
+        assert speculative.kl[0].name == "selection_bound" and speculative.kl[0].nats == pytest.approx(math.log(8))
+        # The kept two are best_of_n n=8's responses for the same seed.
+        full = client.generate(PROMPT, strategy="best_of_n", n=8, max_tokens=16, seed=3, return_candidates=True)
+        assert speculative.text in {c.text for c in full.candidates}
+        soft = client.generate(PROMPT, strategy="soft_best_of_n", n=8, beta=1e-4, max_tokens=16, seed=3)
+        assert soft.text == full.text and soft.details["chose_best"] == 1.0
