@@ -123,6 +123,14 @@ class PartialResponses:
         return all(f is not None for f in self.finish)
 
 
+class MemoryHold:
+    """What a request holds of a backend's key/value memory (`Policy.reserve`). A backend that
+    manages its own memory (vLLM's engine) holds nothing, and releasing gives nothing back."""
+
+    def release(self, tokens: int) -> None:
+        """Give `tokens` of the hold back before the request ends (sequences it dropped for good)."""
+
+
 class Policy(ABC):
     """A language model that strategies decode with."""
 
@@ -243,11 +251,13 @@ class Policy(ABC):
         reports during decoding)."""
         raise self._missing(Capability.HIDDEN_STATES)
 
-    def reserve(self, tokens: int, cancel: threading.Event | None = None) -> contextlib.AbstractContextManager[None]:
+    def reserve(
+        self, tokens: int, cancel: threading.Event | None = None
+    ) -> contextlib.AbstractContextManager[MemoryHold]:
         """Hold `tokens` key/value tokens of the backend's memory (a request's sequences x
         (prompt + max_tokens)) while the request decodes, waiting while other requests hold
         them. Backends that manage their own memory (vLLM's engine) hold nothing here."""
-        return contextlib.nullcontext()
+        return contextlib.nullcontext(MemoryHold())
 
     def close(self) -> None:  # noqa: B027 (a backend without engine resources has nothing to release)
         """Release engine resources (processes, device memory)."""

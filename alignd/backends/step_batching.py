@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from alignd.backends.base import MemoryHold
 from alignd.errors import Cancelled
 
 Step = TypeVar("Step")
@@ -229,9 +230,9 @@ class TokenBudget:
         self._waiting: deque[object] = deque()
 
     @contextmanager
-    def hold(self, tokens: int, cancel: threading.Event | None = None) -> Iterator[None]:
-        """Hold `tokens` (at most the whole budget) until the block ends; a request cancelled
-        while it waits gets alignd.errors.Cancelled."""
+    def hold(self, tokens: int, cancel: threading.Event | None = None) -> Iterator[MemoryHold]:
+        """Hold `tokens` (at most the whole budget) until the block ends, or until released; a
+        request cancelled while it waits gets alignd.errors.Cancelled."""
         tokens = min(tokens, self.total)
         ticket = object()
         with self._cond:
@@ -245,9 +246,23 @@ class TokenBudget:
                 self._waiting.remove(ticket)
                 self._cond.notify_all()
             self.free -= tokens
+        held = _Held(self, tokens)
         try:
-            yield
+            yield held
         finally:
-            with self._cond:
-                self.free += tokens
-                self._cond.notify_all()
+            held.release(held.tokens)
+
+    def _give_back(self, tokens: int) -> None:
+        with self._cond:
+            self.free += tokens
+            self._cond.notify_all()
+
+
+class _Held(MemoryHold):
+    def __init__(self, budget: TokenBudget, tokens: int) -> None:
+        self.budget, self.tokens = budget, tokens
+
+    def release(self, tokens: int) -> None:
+        tokens = min(tokens, self.tokens)
+        self.tokens -= tokens
+        self.budget._give_back(tokens)

@@ -32,6 +32,7 @@ from alignd.backends.base import (
     ChatPrompt,
     Completion,
     FinishReason,
+    MemoryHold,
     PartialResponses,
     Policy,
     SampleBatch,
@@ -80,7 +81,7 @@ class _Partial(PartialResponses):
     always set; the cache tensors are set whenever a row is live (`live_tensors`)."""
 
     live: list[int]  # row index of each cache row
-    keys: np.ndarray  # uint64 [R]: each row's random stream (sampling.stream_uniforms)
+    keys: np.ndarray  # uint64 [R]: each row's random stream (sampling.stream_keys)
     cache: KVCache | None = None
     attention: torch.Tensor | None = None  # [live, T]
     next_position: torch.Tensor | None = None  # [live]
@@ -146,7 +147,9 @@ class TransformersPolicy(TokenizerText, Policy):
         self._merger = CacheMerger()
         self.memory = TokenBudget(max_batch_tokens)
 
-    def reserve(self, tokens: int, cancel: threading.Event | None = None) -> contextlib.AbstractContextManager[None]:
+    def reserve(
+        self, tokens: int, cancel: threading.Event | None = None
+    ) -> contextlib.AbstractContextManager[MemoryHold]:
         return self.memory.hold(tokens, cancel)
 
     # -- text ---------------------------------------------------------------------------------

@@ -24,7 +24,15 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
-from alignd.backends.base import Capability, ChatPrompt, Completion, PartialResponses, Policy, SamplingParams
+from alignd.backends.base import (
+    Capability,
+    ChatPrompt,
+    Completion,
+    MemoryHold,
+    PartialResponses,
+    Policy,
+    SamplingParams,
+)
 from alignd.decoding.weights import PreferenceWeights
 from alignd.errors import FailedPrecondition, InvalidArgument
 from alignd.rewardmodels.base import Scorer
@@ -111,8 +119,12 @@ class DecodeContext:
     progress stream. Strategies call the model and the scorer through it so that usage counting,
     phase timing and cancellation live in one place."""
 
-    def __init__(self, request: DecodeRequest, policy: Policy, scorer: Scorer) -> None:
+    def __init__(
+        self, request: DecodeRequest, policy: Policy, scorer: Scorer, memory: MemoryHold | None = None
+    ) -> None:
+        """`memory`: what the request holds of the backend's memory (`Policy.reserve`), if any."""
         self.started = time.perf_counter()
+        self.memory = memory
         prompt = policy.encode(request.prompt)  # a no-op for the server, which encoded it already
         self.request = request if prompt is request.prompt else dataclasses.replace(request, prompt=prompt)
         self.policy = policy
@@ -183,6 +195,12 @@ class DecodeContext:
         partial = self.policy.append(partial, [token] * partial.rows, [logprob] * partial.rows, self.request.cancel)
         self.usage.generated_tokens += 1
         return partial
+
+    def release_rows(self, rows: int) -> None:
+        """Give back the memory of `rows` sequences dropped for good, so that waiting requests
+        can start (the server held prompt + max_tokens key/value tokens for each)."""
+        if self.memory is not None and rows > 0:
+            self.memory.release(rows * (self.usage.prompt_tokens + self.request.sampling.max_tokens))
 
     def done_with(self, partial: PartialResponses) -> None:
         """Count the model work of a finished partial (its forward tokens accumulate on it)."""

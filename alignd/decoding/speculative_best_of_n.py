@@ -183,4 +183,6 @@ class SpeculativeRun:
                 candidates,
             )
         self.origin = [self.origin[row] for row in kept]
+        # The dropped rows' memory is free: requests waiting for memory may start now.
+        ctx.release_rows(partial.rows - len(kept))
         return ctx.policy.select(partial, kept)

@@ -180,8 +180,8 @@ class AligndService(pb_grpc.AligndServicer):
         request = DecodeRequest(prompt, parsed.sampling, parsed.weights, parsed.return_candidates, on_progress, cancel)
         decode, tokens = self._prepare(parsed, request)
         # Requests decoding at once share the backend's memory: wait for room, then decode.
-        with self.policy.reserve(tokens, cancel):
-            result = decode(DecodeContext(request, self.policy, self.scorer))
+        with self.policy.reserve(tokens, cancel) as memory:
+            result = decode(DecodeContext(request, self.policy, self.scorer, memory))
         self.metrics.generated_tokens.labels(parsed.strategy.name).inc(result.usage.generated_tokens)
         return result
 

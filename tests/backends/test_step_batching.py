@@ -176,6 +176,29 @@ def test_the_token_budget_makes_a_request_that_does_not_fit_wait_its_turn():
     assert budget.free == 100
 
 
+def test_memory_released_early_lets_a_waiting_request_start():
+    budget = TokenBudget(100)
+    started, finish = threading.Event(), threading.Event()
+
+    def waiter() -> None:
+        with budget.hold(50):
+            started.set()
+            finish.wait(5)
+
+    thread = threading.Thread(target=waiter)
+    with budget.hold(80) as held:
+        thread.start()
+        assert not started.wait(0.2)  # 50 does not fit beside 80
+        held.release(40)  # the holder dropped half its sequences for good
+        assert started.wait(5) and budget.free == 10
+        held.release(1000)  # at most what is still held
+        assert budget.free == 50
+    assert budget.free == 50  # leaving the block gives back nothing twice
+    finish.set()
+    thread.join()
+    assert budget.free == 100
+
+
 def test_a_request_cancelled_while_waiting_for_memory_gives_up():
     budget = TokenBudget(10)
     cancel = threading.Event()

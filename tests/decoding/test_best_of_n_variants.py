@@ -5,7 +5,8 @@ import math
 import pytest
 
 from alignd.backends.base import ChatPrompt, SamplingParams
-from alignd.decoding.base import DecodeRequest, get_strategy
+from alignd.backends.transformers_policy import TransformersPolicy
+from alignd.decoding.base import DecodeContext, DecodeRequest, get_strategy
 from alignd.decoding.kl import soft_best_of_n_kl_bound
 from alignd.decoding.params import Limits, validate_params
 from alignd.decoding.speculative_best_of_n import kept_count
@@ -131,6 +132,25 @@ def test_rejected_rows_leave_the_kv_cache(tiny_policy):
     everyone = tiny_policy.extend(rows, 1, 6)
     survivors = tiny_policy.extend(kept, 1, 6)
     assert survivors.token_ids == [everyone.token_ids[1], everyone.token_ids[6]]
+
+
+def test_rejected_rows_give_their_memory_back_to_waiting_requests(tiny_policy, letter_scorer):
+    policy = TransformersPolicy(model=tiny_policy.model, tokenizer=tiny_policy.tokenizer, max_batch_tokens=100_000)
+    strategy = get_strategy("speculative_best_of_n")
+    free_when_scored = []
+    request = DecodeRequest(
+        policy.encode(ChatPrompt("tell me about bread")),
+        SAMPLING,
+        parse_weights({"e_count": 1.0}, letter_scorer.objective_names),
+        on_progress=lambda e: free_when_scored.append(policy.memory.free) if e.phase == "scored" else None,
+    )
+    per_row = len(request.prompt.token_ids) + SAMPLING.max_tokens
+    params = strategy.Params(num_candidates=8, keep_fraction=0.25, rejection_tokens=5, value_source="prefix")
+    decode = strategy.prepare(request, params, policy, letter_scorer)
+    with policy.reserve(8 * per_row) as memory:
+        decode(DecodeContext(request, policy, letter_scorer, memory))
+    assert free_when_scored == [100_000 - 2 * per_row]  # the 6 rejected rows' share came back
+    assert policy.memory.free == 100_000
 
 
 def test_kept_count():
