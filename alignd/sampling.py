@@ -45,7 +45,7 @@ def draw(
     """Draw one token per row; return (token ids [B], their log pi_ref [B]).
 
     Row r's randomness comes from its own stream (`keys[r]`, at token position `positions[r]`;
-    see `stream_keys`), never from a generator shared by the batch: a row draws the same tokens
+    see `RowStreams`), never from a generator shared by the batch: a row draws the same tokens
     whatever other rows are in the batch, so dropping rows (speculative rejection) leaves the
     kept ones' draws unchanged, and best_of_n n=4 draws the first 4 responses of n=8.
 
@@ -63,7 +63,10 @@ def draw(
     blocks = -(-vocab // _BLOCK)
     probs = F.pad(logprobs.exp(), (0, blocks * _BLOCK - vocab)).view(rows, blocks, _BLOCK)
     block_ids = np.broadcast_to(np.arange(blocks, dtype=np.uint64) + _BLOCK_INDEX, (rows, blocks))
-    block = _race(probs.sum(-1), stream_uniforms(keys, positions, block_ids))
+    mass = probs.sum(-1)
+    if bool(torch.isnan(mass).any()):
+        raise ValueError("the next-token distribution has NaN entries (NaN logits)")
+    block = _race(mass, stream_uniforms(keys, positions, block_ids))
     chosen = block.cpu().numpy().astype(np.uint64)[:, None] * np.uint64(_BLOCK) + np.arange(_BLOCK, dtype=np.uint64)
     within = probs[torch.arange(rows, device=probs.device), block]
     tokens = block * _BLOCK + _race(within, stream_uniforms(keys, positions, chosen))
@@ -86,6 +89,9 @@ _BLOCK = 256
 # ids; block indices start here, above any token id. splitmix64's constants.
 _BLOCK_INDEX = np.uint64(1 << 40)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+# Keep the seed's root, the keys and the draws' counters in different domains of the hash.
+_ROOT_DOMAIN = np.uint64(0x6A09E667F3BCC908)
+_KEY_DOMAIN = np.uint64(0xBB67AE8584CAA73B)
 _MASK64 = (1 << 64) - 1
 
 
@@ -98,27 +104,37 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def stream_keys(seed: int | None, rows: int) -> np.ndarray:
-    """Keys of `rows` independent streams for a request: the same seed gives the same keys (no
-    seed: random ones)."""
-    base = seed if seed is not None else int.from_bytes(os.urandom(8), "little")
-    start = np.full(rows, base & _MASK64, dtype=np.uint64)
-    return _mix64(start + (np.arange(1, rows + 1, dtype=np.uint64) * _GOLDEN))
+class RowStreams:
+    """The random streams of one request's rows. Every row gets a key no other row of the
+    request has had: `new` issues fresh keys from a counter, and `copies` keeps a row's key for
+    its first copy (selecting rows never changes what they decode) and issues fresh ones for
+    the others. The same seed and the same sequence of calls give the same keys."""
 
+    def __init__(self, seed: int | None) -> None:
+        base = seed if seed is not None else int.from_bytes(os.urandom(8), "little")
+        self._root = _mix64(_mix64(np.array([base & _MASK64], dtype=np.uint64)) ^ _ROOT_DOMAIN)
+        self._issued = 0
 
-def child_keys(keys: np.ndarray, occurrence: np.ndarray) -> np.ndarray:
-    """Keys of rows copied from rows with `keys`: the first copy of a row (occurrence 0) keeps its
-    stream, so selecting rows never changes what they decode; later copies get new streams."""
-    derived = _mix64(keys ^ _mix64(occurrence.astype(np.uint64) * _GOLDEN))
-    return np.where(occurrence == 0, keys, derived)
+    def new(self, rows: int) -> np.ndarray:
+        counters = np.arange(self._issued + 1, self._issued + rows + 1, dtype=np.uint64)
+        self._issued += rows
+        return _mix64(self._root ^ _mix64(counters * _GOLDEN ^ _KEY_DOMAIN))
+
+    def copies(self, keys: np.ndarray, occurrence: np.ndarray) -> np.ndarray:
+        """Keys of rows copied from rows with `keys`; occurrence[i]: earlier copies of the same row."""
+        result = keys.copy()
+        later = occurrence > 0
+        result[later] = self.new(int(later.sum()))
+        return result
 
 
 def stream_uniforms(keys: np.ndarray, positions: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """Uniforms in (0, 1), float64 with 53 random bits: [R, K] for stream r at token position
+    """Uniforms in (0, 1), float64 with 52 random bits: [R, K] for stream r at token position
     positions[r] and index indices[r, k] (distinct (position, index) pairs give independent draws)."""
     counter = (positions.astype(np.uint64)[:, None] << np.uint64(41)) ^ indices.astype(np.uint64)
     bits = _mix64(keys[:, None] ^ _mix64(counter * _GOLDEN + _GOLDEN))
-    return ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+    # 52 bits and a half step: strictly inside (0, 1) after rounding to float64.
+    return ((bits >> np.uint64(12)).astype(np.float64) + 0.5) * 2.0**-52
 
 
 def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator:

@@ -11,7 +11,7 @@ Prints mean weighted reward +- 95% t-interval, paired differences, generated tok
 for soft_best_of_n its KL bound and how often it chose best_of_n's answer. Writes JSON.
 
     .venv/bin/python benchmarks/best_of_n_variants.py --split train --limit 20 --speculative 32:0.125:8 16:0.25:16
-    .venv/bin/python benchmarks/best_of_n_variants.py --split eval --speculative 32:0.125:8
+    .venv/bin/python benchmarks/best_of_n_variants.py --split eval --speculative 16:0.25:16
 
 Choose the speculative settings on --split train; run the eval split once.
 """

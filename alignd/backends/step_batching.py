@@ -252,8 +252,10 @@ class TokenBudget:
         finally:
             held.release(held.tokens)
 
-    def _give_back(self, tokens: int) -> None:
+    def _give_back(self, held: _Held, tokens: int) -> None:
         with self._cond:
+            tokens = min(max(tokens, 0), held.tokens)
+            held.tokens -= tokens
             self.free += tokens
             self._cond.notify_all()
 
@@ -263,6 +265,4 @@ class _Held(MemoryHold):
         self.budget, self.tokens = budget, tokens
 
     def release(self, tokens: int) -> None:
-        tokens = min(tokens, self.tokens)
-        self.tokens -= tokens
-        self.budget._give_back(tokens)
+        self.budget._give_back(self, tokens)

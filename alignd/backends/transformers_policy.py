@@ -44,7 +44,7 @@ from alignd.backends.cpu_matmul import use_small_batch_linears
 from alignd.backends.kv_cache import CacheMerger, KVCache
 from alignd.backends.step_batching import DECODE, StepBatcher, TokenBudget
 from alignd.backends.text import TokenizerText, eos_token_ids, response_text, response_texts, stop_window
-from alignd.sampling import child_keys, draw, reference_logprobs, stream_keys
+from alignd.sampling import RowStreams, draw, reference_logprobs
 
 _PREFILL = "prefill"  # the batcher's kind for prompt prefills (empty caches), merged with each other
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -81,7 +81,8 @@ class _Partial(PartialResponses):
     always set; the cache tensors are set whenever a row is live (`live_tensors`)."""
 
     live: list[int]  # row index of each cache row
-    keys: np.ndarray  # uint64 [R]: each row's random stream (sampling.stream_keys)
+    keys: np.ndarray  # uint64 [R]: each row's random stream
+    streams: RowStreams  # issues the keys, shared by every partial of the request
     cache: KVCache | None = None
     attention: torch.Tensor | None = None  # [live, T]
     next_position: torch.Tensor | None = None  # [live]
@@ -254,6 +255,7 @@ class TransformersPolicy(TokenizerText, Policy):
         input_ids, attention = self._left_padded([self.prompt_ids(p) for p in prompts])
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         rows = len(prompts)
+        streams = RowStreams(sampling.seed)
         partial = _Partial(
             prompt=prompts[0],
             sampling=sampling,
@@ -267,7 +269,8 @@ class TransformersPolicy(TokenizerText, Policy):
             cache=self._empty_cache(rows, input_ids.shape[1] + sampling.max_tokens + 1),
             attention=attention,
             next_position=positions[:, -1] + 1,
-            keys=stream_keys(sampling.seed, rows),
+            keys=streams.new(rows),
+            streams=streams,
         )
         self._forward(partial, input_ids, positions, cancel)
         return partial
@@ -297,7 +300,8 @@ class TransformersPolicy(TokenizerText, Policy):
             hidden=partial.hidden[torch.tensor(list(rows), dtype=torch.long, device=self._device)],
             forward_tokens=partial.forward_tokens,
             live=kept,
-            keys=child_keys(partial.keys[rows], _occurrences(rows)),
+            keys=partial.streams.copies(partial.keys[np.asarray(rows, dtype=np.intp)], _occurrences(rows)),
+            streams=partial.streams,
         )
         if kept:
             # Copying cache rows is a memory gather: the prefix is not run through the model again.

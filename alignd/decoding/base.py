@@ -281,6 +281,11 @@ class Strategy(ABC, Generic[P]):
         """Sequences this strategy keeps in the KV cache at once (for the memory budget)."""
         return 1
 
+    def held_tokens(self, params: P, prompt_tokens: int, max_tokens: int) -> int:
+        """Key/value tokens a request may hold at once: the server reserves them from its memory
+        budget before decoding (default: `rows` sequences of prompt + max_tokens)."""
+        return self.rows(params) * (prompt_tokens + max_tokens)
+
     def prepare(self, request: DecodeRequest, params: P, policy: Policy, scorer: Scorer) -> Decode:
         """Refuse, before any work, what this strategy cannot serve whatever the prompt: backend
         capabilities, greedy sampling where it needs samples, and its own `plan` checks. The

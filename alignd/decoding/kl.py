@@ -85,8 +85,8 @@ def soft_best_of_n_kl_bound(n: int, beta: float, reward_range: float) -> float:
     exp(r_i / beta) / sum_j exp(r_j / beta). The probability of returning y is
     n pi_ref(y) E[e^{r(y)/beta} / (e^{r(y)/beta} + sum_{j>=2} e^{r(Y_j)/beta})], and every other
     draw has reward at least r(y) - range, so the density ratio is at most
-    n / (1 + (n-1) e^{-range/beta}); the KL is at most its logarithm. beta -> 0 gives log n, a
-    little above best-of-n's own bound; beta -> inf gives 0 (pi_ref itself).
+    n / (1 + (n-1) e^{-range/beta}); the KL is at most its logarithm. beta -> 0 gives log n,
+    (n-1)/n above best-of-n's own bound; beta -> inf gives 0 (pi_ref itself).
     """
     if n < 1:
         raise ValueError("n must be >= 1")

@@ -8,9 +8,11 @@ the KV cache, and its memory is freed. Continue the kept rows; at the end, score
 responses with the objectives and return the best under the request's weights.
 
 Rejection points are either every `rejection_tokens` generated tokens (up to `max_rejections`
-rounds), or, as in the paper, whenever the live rows would outgrow a KV-cache budget
-(`memory_tokens` = rows x (prompt + generated)). Each row draws from its own random stream, so the
-kept rows decode exactly the tokens best_of_n with the same seed and N draws for them.
+rounds), or, as in the paper, whenever the decoding rows would outgrow a KV-cache budget
+(`memory_tokens` >= rows x (prompt + generated)); the server then reserves that budget rather
+than N whole responses, so N may start more responses than could all finish. Each row draws from
+its own random stream, so the kept rows decode the tokens best_of_n with the same seed and N draws
+for them (up to float rounding of batched logits flipping a near-tie).
 
 KL: the answer is one of N independent draws from pi_ref, chosen by some rule, so its probability
 is at most N pi_ref(y): log N bounds KL(answer || pi_ref) whatever the rule. No tighter figure is
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alignd.backends.base import Capability, PartialResponses, Policy
+from alignd.backends.base import Capability, PartialResponses, Policy, check_cancelled
 from alignd.decoding.base import (
     Decode,
     DecodeContext,
@@ -62,14 +64,20 @@ class SpeculativeBestOfNParams:
     )
     max_rejections: int = param(1, "rejection rounds at most (rejection=tokens)", min=1, max=64)
     memory_tokens: int = param(
-        8192, "KV-cache budget, rows x (prompt + generated) tokens (rejection=memory)", min=1, limit="max_batch_tokens"
+        8192,
+        "key/value tokens the decoding rows may hold, rows x (prompt + generated); the server reserves "
+        "this (or one whole response, if longer) instead of N whole responses (rejection=memory)",
+        min=1,
+        limit="max_batch_tokens",
     )
     value_source: str = value_source_param()
 
 
 def kept_count(rows: int, keep_fraction: float) -> int:
-    """Rows kept out of `rows`: floor(alpha x rows), at least one (fewer than `rows` when alpha < 1)."""
-    return max(1, math.floor(keep_fraction * rows + 1e-9))
+    """Rows kept out of `rows`: floor(alpha x rows), at least one, and fewer than `rows` when
+    alpha < 1 (the 1e-9 absorbs float error such as 0.29 x 100 = 28.999...)."""
+    kept = max(1, math.floor(keep_fraction * rows + 1e-9))
+    return min(kept, rows - 1) if keep_fraction < 1.0 and rows > 1 else kept
 
 
 @register
@@ -85,6 +93,14 @@ class SpeculativeBestOfNStrategy(Strategy[SpeculativeBestOfNParams]):
 
     def rows(self, params: SpeculativeBestOfNParams) -> int:
         return params.num_candidates  # the first segment decodes all N
+
+    def held_tokens(self, params: SpeculativeBestOfNParams, prompt_tokens: int, max_tokens: int) -> int:
+        """With memory rejection the decoding rows never hold more than `memory_tokens` (or one
+        whole response, if that is longer), so N may start more responses than could all finish."""
+        full = super().held_tokens(params, prompt_tokens, max_tokens)
+        if params.rejection == TOKENS:
+            return full
+        return min(full, max(params.memory_tokens, prompt_tokens + max_tokens))
 
     def plan(self, request: DecodeRequest, params: SpeculativeBestOfNParams, policy: Policy, scorer: Scorer) -> Decode:
         field = f"{self.name}.{{}}"
@@ -122,6 +138,7 @@ class SpeculativeRun:
         ctx, params = self.ctx, self.params
         partial, k, generated = ctx.prefill(), params.num_candidates, 0
         while True:
+            check_cancelled(ctx.request.cancel)
             live = params.num_candidates if k > 1 else sum(f is None for f in partial.finish)
             rejecting = live > 1 and (params.rejection == MEMORY or self.rounds < params.max_rejections)
             until = min(self._next_point(live), self.max_tokens) if rejecting else self.max_tokens
@@ -163,7 +180,12 @@ class SpeculativeRun:
         estimates, standardised = self.values(ctx, partial)
         with ctx.phase("choose"):
             scores = np.nan_to_num(standardised, nan=0.0) @ ctx.request.weights.vector  # NaN only where w = 0
-            kept = np.argsort(-scores, kind="stable")[: kept_count(partial.rows, self.params.keep_fraction)]
+            keep = kept_count(partial.rows, self.params.keep_fraction)
+            if self.params.rejection == MEMORY:
+                # As many as still fit for one more token: no second round at the same point.
+                fits = self.params.memory_tokens // (ctx.usage.prompt_tokens + generated + 1)
+                keep = max(1, min(keep, fits))
+            kept = np.argsort(-scores, kind="stable")[:keep]
             kept = np.sort(kept).tolist()  # rows keep their order
         self.rounds += 1
         if ctx.request.on_progress is not None:
@@ -183,6 +205,11 @@ class SpeculativeRun:
                 candidates,
             )
         self.origin = [self.origin[row] for row in kept]
-        # The dropped rows' memory is free: requests waiting for memory may start now.
-        ctx.release_rows(partial.rows - len(kept))
-        return ctx.policy.select(partial, kept)
+        dropped = partial.rows - len(kept)
+        partial = ctx.policy.select(partial, kept)
+        if self.params.rejection == TOKENS:
+            # The dropped rows' share of the request's reservation (N whole responses) is free
+            # now: requests waiting for memory may start. With memory rejection the reservation
+            # is the budget itself, which the kept rows grow back into.
+            ctx.release_rows(dropped)
+        return partial

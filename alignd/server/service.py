@@ -197,15 +197,16 @@ class AligndService(pb_grpc.AligndServicer):
                 f"({parsed.sampling.max_tokens}) exceeds the model's context of {context}",
             )
         rows = parsed.strategy.rows(parsed.params)
+        tokens = parsed.strategy.held_tokens(parsed.params, prompt_tokens, parsed.sampling.max_tokens)
         budget = self.config.limits.max_batch_tokens
-        if rows * length > budget:
+        if tokens > budget:
             raise InvalidArgument(
                 "sampling.max_tokens",
-                f"{rows} sequences x ({prompt_tokens} prompt + "
-                f"{parsed.sampling.max_tokens} new) tokens = {rows * length} exceeds the server's "
-                f"max_batch_tokens {budget}; use fewer candidates or tokens",
+                f"{rows} sequences x ({prompt_tokens} prompt + {parsed.sampling.max_tokens} new) tokens: "
+                f"{tokens} key/value tokens held at once exceeds the server's max_batch_tokens {budget}; "
+                "use fewer candidates or tokens",
             )
-        return rows * length
+        return tokens
 
     def _response(self, parsed: convert.ParsedGenerate, result: DecodeResult, request_id: str) -> pb.GenerateResponse:
         return convert.result_message(result, request_id, parsed.strategy.name, self.policy.model_name, parsed.weights)

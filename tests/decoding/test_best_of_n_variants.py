@@ -155,6 +155,44 @@ def test_rejected_rows_give_their_memory_back_to_waiting_requests(tiny_policy, l
 
 def test_kept_count():
     assert [kept_count(32, 0.25), kept_count(8, 0.25), kept_count(2, 0.25), kept_count(3, 1.0)] == [8, 2, 1, 3]
+    assert kept_count(100, 0.29) == 29  # 0.29 x 100 is 28.999... in floats
+    assert kept_count(2, 0.9999999999) == 1  # below 1 always rejects one: memory rejection ends
+
+
+def test_memory_rejection_reserves_its_budget_not_n_whole_responses():
+    strategy = get_strategy("speculative_best_of_n")
+    by_tokens = strategy.Params(num_candidates=32)
+    by_memory = strategy.Params(num_candidates=32, rejection="memory", memory_tokens=4096)
+    assert strategy.held_tokens(by_tokens, 30, 100) == 32 * 130
+    assert strategy.held_tokens(by_memory, 30, 100) == 4096
+    assert strategy.held_tokens(by_memory, 30, 5000) == 5030  # one whole response is longer
+    assert strategy.held_tokens(by_memory, 30, 10) == 32 * 40  # N whole responses fit anyway
+
+
+def test_a_cancelled_speculative_request_stops(tiny_policy, letter_scorer):
+    import threading
+
+    from alignd.errors import Cancelled
+
+    cancel = threading.Event()
+    events = []
+
+    def on_progress(event):
+        events.append(event)
+        cancel.set()  # the client goes away at the first rejection
+
+    strategy = get_strategy("speculative_best_of_n")
+    request = DecodeRequest(
+        ChatPrompt("tell me about bread"),
+        SAMPLING,
+        parse_weights({"e_count": 1.0}, letter_scorer.objective_names),
+        on_progress=on_progress,
+        cancel=cancel,
+    )
+    params = strategy.Params(num_candidates=8, rejection_tokens=4, max_rejections=3, value_source="prefix")
+    with pytest.raises(Cancelled):
+        strategy.decode(request, params, tiny_policy, letter_scorer)
+    assert [e.phase for e in events] == ["rejection"]
 
 
 @pytest.mark.parametrize(

@@ -295,6 +295,14 @@ def test_requests_over_the_memory_budget_or_the_context_are_invalid(tiny_policy,
             client.generate("hi", strategy="best_of_n", n=8, max_tokens=300)
         assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
         assert "exceeds the server's max_batch_tokens 2000" in error.value.details
+        # Speculative rejection by memory holds its budget, not 8 whole responses: 8 x 300 tokens
+        # start within 2000 and the rejections keep them there.
+        speculative = dict(strategy="speculative_best_of_n", num_candidates=8, value_source="prefix", max_tokens=300)
+        with pytest.raises(AligndClientError) as error:
+            client.generate("hi", **speculative)
+        assert "exceeds the server's max_batch_tokens 2000" in error.value.details
+        out = client.generate("hi", rejection="memory", memory_tokens=1000, keep_fraction=0.5, **speculative)
+        assert out.details["rejection_rounds"] >= 1
         with pytest.raises(AligndClientError) as error:
             client.generate("hi", max_tokens=5000)  # the tiny model's context is 4096
         assert error.value.details.startswith("sampling.max_tokens:") and "context of 4096" in error.value.details
