@@ -8,6 +8,7 @@ these functions. Pure tensor code (no Python loops over rows), so it runs the sa
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -120,10 +121,13 @@ class RowStreams:
         self._issued += rows
         return _mix64(self._root ^ _mix64(counters * _GOLDEN ^ _KEY_DOMAIN))
 
-    def copies(self, keys: np.ndarray, occurrence: np.ndarray) -> np.ndarray:
-        """Keys of rows copied from rows with `keys`; occurrence[i]: earlier copies of the same row."""
-        result = keys.copy()
-        later = occurrence > 0
+    def copies(self, keys: np.ndarray, rows: Sequence[int]) -> np.ndarray:
+        """Keys of the selection `rows` (repeats allowed) of rows with `keys`: each row's first
+        copy keeps its key, later copies get fresh ones in selection order."""
+        selected = np.asarray(rows, dtype=np.intp)
+        result = keys[selected]
+        later = np.ones(len(selected), dtype=bool)
+        later[np.unique(selected, return_index=True)[1]] = False
         result[later] = self.new(int(later.sum()))
         return result
 

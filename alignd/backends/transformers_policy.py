@@ -300,7 +300,7 @@ class TransformersPolicy(TokenizerText, Policy):
             hidden=partial.hidden[torch.tensor(list(rows), dtype=torch.long, device=self._device)],
             forward_tokens=partial.forward_tokens,
             live=kept,
-            keys=partial.streams.copies(partial.keys[np.asarray(rows, dtype=np.intp)], _occurrences(rows)),
+            keys=partial.streams.copies(partial.keys, rows),
             streams=partial.streams,
         )
         if kept:
@@ -562,13 +562,3 @@ def _spans(steps: Sequence[_Step]) -> list[slice]:
         spans.append(slice(start, start + step.input_ids.shape[0]))
         start += step.input_ids.shape[0]
     return spans
-
-
-def _occurrences(rows: Sequence[int]) -> np.ndarray:
-    """For each selected row, how many times the same source row was selected before it."""
-    seen: dict[int, int] = {}
-    counts = np.empty(len(rows), dtype=np.int64)
-    for i, row in enumerate(rows):
-        counts[i] = seen.get(row, 0)
-        seen[row] = counts[i] + 1
-    return counts

@@ -109,7 +109,7 @@ def test_copied_rows_never_share_a_stream():
     issued = set(keys.tolist())
     for rows in ([0, 1, 0, 1], [0, 0, 2, 2], [1, 1, 1, 3], [0, 3, 0, 3]):
         occurrence = np.array([rows[:i].count(r) for i, r in enumerate(rows)])
-        copied = streams.copies(keys[rows], occurrence)
+        copied = streams.copies(keys, rows)
         fresh = copied[occurrence > 0].tolist()
         assert not issued & set(fresh) and len(set(copied.tolist())) == len(rows)
         assert np.array_equal(copied[occurrence == 0], keys[rows][occurrence == 0])
