@@ -13,7 +13,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from alignd.backends.base import Policy
-from alignd.decoding.base import Decode, DecodeContext, DecodeRequest, DecodeResult, KLEstimate, Strategy, register
+from alignd.decoding.base import (
+    Decode,
+    DecodeContext,
+    DecodeRequest,
+    DecodeResult,
+    KLEstimate,
+    ScoredCandidate,
+    Strategy,
+    register,
+)
 from alignd.decoding.kl import best_of_n_kl_bound, best_of_n_kl_estimate
 from alignd.decoding.params import param
 from alignd.rewardmodels.base import Scorer
@@ -22,6 +31,13 @@ from alignd.rewardmodels.base import Scorer
 @dataclass(frozen=True)
 class BestOfNParams:
     n: int = param(8, "number of candidate responses drawn from pi_ref", min=1, limit="max_candidates")
+
+
+def sample_and_score(ctx: DecodeContext, n: int) -> list[ScoredCandidate]:
+    """n responses from pi_ref in one batch, scored in one batched call (progress reported)."""
+    (completions,) = ctx.sample(n)
+    ctx.report("sampled", 0, f"sampled {n} response(s), {ctx.usage.generated_tokens} tokens")
+    return ctx.score(completions)
 
 
 @register
@@ -35,9 +51,7 @@ class BestOfNStrategy(Strategy[BestOfNParams]):
 
     def plan(self, request: DecodeRequest, params: BestOfNParams, policy: Policy, scorer: Scorer) -> Decode:
         def decode(ctx: DecodeContext) -> DecodeResult:
-            (completions,) = ctx.sample(params.n)
-            ctx.report("sampled", 0, f"sampled {params.n} response(s), {ctx.usage.generated_tokens} tokens")
-            scored = ctx.score(completions)
+            scored = sample_and_score(ctx, params.n)
             best = scored[int(np.argmax([c.weighted_score for c in scored]))]
             ctx.report("scored", 1, f"best weighted score {best.weighted_score:.4f}", scored)
             log_eps = 0.0 if ctx.request.sampling.greedy else best.completion.logprob

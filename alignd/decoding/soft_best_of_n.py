@@ -16,6 +16,7 @@ import numpy as np
 
 from alignd.backends.base import Policy
 from alignd.decoding.base import Decode, DecodeContext, DecodeRequest, DecodeResult, KLEstimate, Strategy, register
+from alignd.decoding.best_of_n import sample_and_score
 from alignd.decoding.kl import soft_best_of_n_kl_bound
 from alignd.decoding.params import param
 from alignd.rewardmodels.base import Scorer
@@ -65,9 +66,7 @@ class SoftBestOfNStrategy(Strategy[SoftBestOfNParams]):
         spread = weighted_range(scorer, request.weights.vector)
 
         def decode(ctx: DecodeContext) -> DecodeResult:
-            (completions,) = ctx.sample(params.n)
-            ctx.report("sampled", 0, f"sampled {params.n} response(s), {ctx.usage.generated_tokens} tokens")
-            scored = ctx.score(completions)
+            scored = sample_and_score(ctx, params.n)
             scores = np.array([c.weighted_score for c in scored])
             probabilities = choice_probabilities(scores, params.beta)
             seed = ctx.request.sampling.seed

@@ -103,19 +103,18 @@ class SpeculativeBestOfNStrategy(Strategy[SpeculativeBestOfNParams]):
         return min(full, max(params.memory_tokens, prompt_tokens + max_tokens))
 
     def plan(self, request: DecodeRequest, params: SpeculativeBestOfNParams, policy: Policy, scorer: Scorer) -> Decode:
-        field = f"{self.name}.{{}}"
         if params.rejection == MEMORY:
             prompt_tokens = len(policy.prompt_ids(request.prompt))
             needed = params.num_candidates * (prompt_tokens + 1)
             if params.memory_tokens < needed:
                 raise InvalidArgument(
-                    field.format("memory_tokens"),
+                    f"{self.name}.memory_tokens",
                     f"{params.memory_tokens} cannot hold N={params.num_candidates} rows of this "
                     f"{prompt_tokens}-token prompt plus one token each: needs at least {needed}",
                 )
             if params.keep_fraction >= 1.0:
                 raise InvalidArgument(
-                    field.format("keep_fraction"), "must be < 1 with rejection=memory (rejecting must free memory)"
+                    f"{self.name}.keep_fraction", "must be < 1 with rejection=memory (rejecting must free memory)"
                 )
         values = ValueEstimator.for_weighted(self.name, request.weights, policy, scorer, params.value_source)
 
