@@ -31,17 +31,19 @@ def run(name, policy, scorer, weights=None, events=None, sampling=SAMPLING, **pa
 # -- speculative_best_of_n ---------------------------------------------------------------------
 
 
+def speculative(policy, scorer, **params):
+    """speculative_best_of_n with 8 candidates valued by prefix scoring, unless `params` say otherwise."""
+    return run("speculative_best_of_n", policy, scorer, **{"num_candidates": 8, "value_source": "prefix", **params})
+
+
 def test_kept_rows_decode_exactly_what_best_of_n_draws_for_them(tiny_policy, letter_scorer):
     events = []
-    spec = run(
-        "speculative_best_of_n",
+    spec = speculative(
         tiny_policy,
         letter_scorer,
         events=events,
-        num_candidates=8,
         keep_fraction=0.25,
         rejection_tokens=5,
-        value_source="prefix",
     )
     full = run("best_of_n", tiny_policy, letter_scorer, n=8)
     (rejection,) = [e for e in events if e.phase == "rejection"]
@@ -55,15 +57,12 @@ def test_kept_rows_decode_exactly_what_best_of_n_draws_for_them(tiny_policy, let
 
 def test_rejection_keeps_the_rows_with_the_highest_values(tiny_policy, letter_scorer):
     events = []
-    run(
-        "speculative_best_of_n",
+    speculative(
         tiny_policy,
         letter_scorer,
         events=events,
-        num_candidates=8,
         keep_fraction=0.5,
         rejection_tokens=6,
-        value_source="prefix",
     )
     (rejection,) = [e for e in events if e.phase == "rejection"]
     kept = [c.weighted_score for c in rejection.candidates if c.selected]
@@ -76,16 +75,13 @@ def test_rejection_keeps_the_rows_with_the_highest_values(tiny_policy, letter_sc
 
 def test_usage_counts_the_rejected_rows_tokens(tiny_policy, letter_scorer):
     events = []
-    spec = run(
-        "speculative_best_of_n",
+    spec = speculative(
         tiny_policy,
         letter_scorer,
         events=events,
-        num_candidates=8,
         keep_fraction=0.25,
         rejection_tokens=4,
         max_rejections=2,
-        value_source="prefix",
     )
     rejections = [e for e in events if e.phase == "rejection"]
     assert len(rejections) == 2 and spec.details["final_candidates"] == 1
@@ -102,17 +98,14 @@ def test_memory_rejection_keeps_the_live_rows_within_the_budget(tiny_policy, let
     # 8 rows fill the budget at 3 tokens, 4 rows at prompt + 6, 2 rows only past max_tokens.
     budget = 8 * (prompt_tokens + 3)
     sampling = SamplingParams(temperature=1.0, max_tokens=prompt_tokens + 16, seed=31)
-    spec = run(
-        "speculative_best_of_n",
+    spec = speculative(
         tiny_policy,
         letter_scorer,
         events=events,
         sampling=sampling,
-        num_candidates=8,
         keep_fraction=0.5,
         rejection="memory",
         memory_tokens=budget,
-        value_source="prefix",
     )
     rejections = [e for e in events if e.phase == "rejection"]
     assert spec.details["rejection_rounds"] == len(rejections) == 2
@@ -222,7 +215,7 @@ def test_bad_speculative_params_are_invalid_argument(values, field):
 )
 def test_a_memory_budget_that_cannot_work_is_refused_before_decoding(tiny_policy, letter_scorer, params, field):
     with pytest.raises(InvalidArgument) as error:
-        run("speculative_best_of_n", tiny_policy, letter_scorer, num_candidates=8, value_source="prefix", **params)
+        speculative(tiny_policy, letter_scorer, **params)
     assert error.value.field == field
 
 
