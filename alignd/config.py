@@ -45,6 +45,7 @@ from alignd.backends.base import SamplingParams
 from alignd.backends.vllm import VLLMOptions
 from alignd.decoding.params import Limits
 from alignd.models import DEFAULT_MODEL
+from alignd.rewardmodels.engine import EngineOptions
 
 
 class ConfigError(ValueError):
@@ -64,7 +65,11 @@ class ServerConfig:
     small_batch_matmul: bool = True
     host: str = "127.0.0.1"
     port: int = 50051
-    objectives: tuple[str, ...] = ("relevance", "positivity", "harmlessness", "conciseness")
+    # Built-in names, or [[objectives]] tables: reward-model checkpoints, users' Python objectives
+    # (rewardmodels/objective_tables.py; docs/objectives.md).
+    objectives: tuple[str | dict[str, Any], ...] = ("relevance", "positivity", "harmlessness", "conciseness")
+    # The engine that batches every model-based objective's forwards ([scoring] table).
+    scoring: EngineOptions = field(default_factory=EngineOptions)
     # Value heads for controlled decoding: "auto" loads the heads shipped for the model (if any),
     # "" none, else a .safetensors path (with its .json beside it).
     value_heads: str = "auto"
@@ -97,7 +102,7 @@ class ServerConfig:
         return self.workers or (64 if self.backend == "vllm" else 32)
 
 
-_NESTED = {"default_sampling": SamplingParams, "limits": Limits, "vllm": VLLMOptions}
+_NESTED = {"default_sampling": SamplingParams, "limits": Limits, "vllm": VLLMOptions, "scoring": EngineOptions}
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -167,10 +172,18 @@ def check_settings(config: ServerConfig) -> None:
     grace = config.grace_seconds
     if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not 0 <= grace < float("inf"):
         raise ConfigError(f"grace_seconds: must be a number >= 0, got {grace!r}")
-    for name in ("objectives", "reward_heads"):
-        values = getattr(config, name)
-        if not isinstance(values, (tuple, list)) or not all(isinstance(v, str) for v in values):
-            raise ConfigError(f"{name}: must be a list of strings, got {values!r}")
+    if not isinstance(config.reward_heads, (tuple, list)) or not all(isinstance(v, str) for v in config.reward_heads):
+        raise ConfigError(f"reward_heads: must be a list of strings, got {config.reward_heads!r}")
+    scoring = config.scoring
+    tokens = scoring.max_batch_tokens
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+        raise ConfigError(f"scoring.max_batch_tokens: must be a whole number >= 1, got {tokens!r}")
+    wait = scoring.coalesce_ms
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= 1000:
+        raise ConfigError(f"scoring.coalesce_ms: must be a number from 0 to 1000, got {wait!r}")
+    from alignd.rewardmodels.objective_tables import parse_objectives
+
+    parse_objectives(config.objectives)
     if not isinstance(config.default_weights, dict):
         raise ConfigError(f"default_weights: must be a table, got {config.default_weights!r}")
     if not isinstance(config.experiments, (tuple, list)):

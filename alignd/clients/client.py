@@ -286,6 +286,7 @@ def server_info_from(message: pb.ServerInfo) -> ServerInfo:
                 value_sources=list(o.value_sources),
                 auto_value_source=o.auto_value_source,
                 value_source_pair_accuracy=dict(sorted(o.value_source_pair_accuracy.items())),
+                source=o.source,
             )
             for o in message.objectives
         ],

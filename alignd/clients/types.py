@@ -187,6 +187,8 @@ class ObjectiveInfo:
     value_sources: list[str] = field(default_factory=list)
     auto_value_source: str = ""
     value_source_pair_accuracy: dict[str, float] = field(default_factory=dict)
+    # "built-in", "reward_head <path>", "sequence_classification <path> output <i>", "python <entry point>"
+    source: str = ""
 
 
 @dataclass(frozen=True)

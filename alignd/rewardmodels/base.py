@@ -22,6 +22,9 @@ class ObjectiveInfo:
     min_value: float
     max_value: float
     higher_is_better: bool = True
+    # Where the scores come from: "built-in", "reward_head <path>", "sequence_classification
+    # <path> output <i>", "python <entry point>".
+    source: str = "built-in"
 
 
 class Objective(ABC):

@@ -1,8 +1,12 @@
-"""A Scorer over a list of Objectives: one batched call per objective, stacked as columns."""
+"""A Scorer over a list of Objectives: one batched call per objective, stacked as columns.
+
+Objectives that read outputs of one shared model (`shared_model`: several outputs of a
+multi-attribute reward model) are scored together: one call of the model for the group."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -31,4 +35,16 @@ class ObjectiveScorer(Scorer):
         if not responses:
             return np.zeros((0, len(names)), dtype=np.float64)
         by_name = {o.name: o for o in self._objectives}
-        return np.stack([by_name[n].score(prompts, responses) for n in names], axis=1)
+        columns: dict[str, np.ndarray] = {}
+        shared: dict[int, list[Any]] = {}
+        for name in names:
+            model = getattr(by_name[name], "shared_model", None)
+            if model is None:
+                columns[name] = by_name[name].score(prompts, responses)
+            else:
+                shared.setdefault(id(model), []).append(by_name[name])
+        for group in shared.values():
+            raw = group[0].model_scores(prompts, responses)
+            for objective in group:
+                columns[objective.name] = objective.from_model_scores(raw)
+        return np.stack([columns[n] for n in names], axis=1)

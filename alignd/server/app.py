@@ -24,7 +24,9 @@ from alignd.backends.vllm import EngineStartError
 from alignd.config import ConfigError, ServerConfig, check_settings, experiment_store_path
 from alignd.errors import InvalidArgument
 from alignd.rewardmodels.base import Scorer
+from alignd.rewardmodels.engine import ScoringEngine
 from alignd.rewardmodels.heads import Head, HeadError
+from alignd.rewardmodels.objective_tables import ObjectiveSpec, build_objectives, parse_objectives, resolve_objectives
 from alignd.server.metrics import Metrics
 from alignd.server.service import AligndService
 from alignd.v1 import alignd_pb2, alignd_pb2_grpc
@@ -41,10 +43,12 @@ def shipped_value_heads(model_name: str) -> Path | None:
 
 
 @dataclass(frozen=True)
-class ConfiguredHeads:
-    """The config's heads, loaded on the CPU and checked against the model and the served
-    objectives (`load_heads`); `load_scorer` moves them to the policy's device."""
+class CheckedConfig:
+    """What `check_config` checked and loaded for `load_scorer`: the objectives (resolved against
+    their checkpoints' config.json and entry points) and the config's heads, loaded on the CPU
+    and checked against the model and the served objectives (`load_heads`)."""
 
+    objectives: tuple[ObjectiveSpec, ...] = ()
     reward: tuple[tuple[str, Head], ...] = ()  # (path, head), in config order
     value: tuple[str, Head] | None = None
 
@@ -54,17 +58,14 @@ class ConfiguredHeads:
         return named + ([("value_heads", self.value[1])] if self.value else [])
 
 
-def check_objectives(config: ServerConfig) -> None:
-    from alignd.rewardmodels.builtin import BUILTIN_FACTORIES
-
-    unknown = [n for n in config.objectives if n not in BUILTIN_FACTORIES]
-    if unknown:
-        raise ConfigError(f"objectives: unknown objectives {unknown}; built-in: {sorted(BUILTIN_FACTORIES)}")
-    if len(set(config.objectives)) != len(config.objectives):
-        raise ConfigError(f"objectives: duplicate objective names in {list(config.objectives)}")
+def check_objectives(config: ServerConfig) -> tuple[ObjectiveSpec, ...]:
+    """The objective tables, and what they point at (config.json files, entry points)."""
+    return tuple(resolve_objectives(parse_objectives(config.objectives)))
 
 
-def load_heads(config: ServerConfig, model_name: str, hidden_size: int | None) -> ConfiguredHeads:
+def load_heads(
+    config: ServerConfig, model_name: str, hidden_size: int | None, objectives: tuple[ObjectiveSpec, ...] = ()
+) -> CheckedConfig:
     """Load the heads the config names and check them (ConfigError naming the setting): each file's
     kind, its hidden size against the model's (when known), and the objectives.
 
@@ -85,7 +86,7 @@ def load_heads(config: ServerConfig, model_name: str, hidden_size: int | None) -
         check_compatible(field, head, model_name, hidden_size)
         return head
 
-    served = list(config.objectives)
+    served = [spec.name for spec in objectives]
     reward: list[tuple[str, Head]] = []
     for i, path in enumerate(config.reward_heads):
         head = load(path, f"reward_heads[{i}]", "reward")
@@ -99,7 +100,7 @@ def load_heads(config: ServerConfig, model_name: str, hidden_size: int | None) -
     auto = config.value_heads == "auto"
     value_path = shipped_value_heads(model_name) if auto else config.value_heads or None
     if value_path is None:
-        return ConfiguredHeads(tuple(reward))
+        return CheckedConfig(objectives, tuple(reward))
     value = load(value_path, "value_heads", "value")
     if not any(o in served for o in value.objectives):
         if not auto:
@@ -111,8 +112,8 @@ def load_heads(config: ServerConfig, model_name: str, hidden_size: int | None) -
             model_name,
             value.objectives,
         )
-        return ConfiguredHeads(tuple(reward))
-    return ConfiguredHeads(tuple(reward), (str(value_path), value))
+        return CheckedConfig(objectives, tuple(reward))
+    return CheckedConfig(objectives, tuple(reward), (str(value_path), value))
 
 
 def check_compatible(field: str, head: Head, model_name: str, hidden_size: int | None) -> None:
@@ -126,13 +127,14 @@ def check_compatible(field: str, head: Head, model_name: str, hidden_size: int |
         raise ConfigError(f"{field}: {error}") from None
 
 
-def check_config(config: ServerConfig) -> ConfiguredHeads:
+def check_config(config: ServerConfig) -> CheckedConfig:
     """Every check that needs no policy, before it loads: the settings, the model's folder, the
-    device, the objectives, the heads against the model's config.json and the objectives, the
-    default weights and sampling, and the experiments (all but what their strategies ask of the
-    policy, checked again when the service starts). Returns the loaded heads for `load_scorer`."""
+    device, the objectives (reward models' config.json, entry points), the heads against the
+    model's config.json and the objectives, the default weights and sampling, and the experiments
+    (all but what their strategies ask of the policy, checked again when the service starts).
+    Returns what `load_scorer` needs."""
     check_settings(config)
-    check_objectives(config)
+    objectives = check_objectives(config)
     if config.backend == "transformers":  # vLLM picks its device itself
         from alignd.backends.transformers_policy import resolve_device
 
@@ -142,9 +144,11 @@ def check_config(config: ServerConfig) -> ConfiguredHeads:
             raise ConfigError(f"device: {error}") from None
     # ModelNotFound is one line from the CLI too; a registered model is converted here on first use.
     checkpoint = models.resolve(config.model)
-    heads = load_heads(config, served_model_name(config.model, checkpoint), checkpoint_hidden_size(checkpoint))
-    _check_requests(config, (*config.objectives, *(h.objectives[0] for _, h in heads.reward)))
-    return heads
+    checked = load_heads(
+        config, served_model_name(config.model, checkpoint), checkpoint_hidden_size(checkpoint), objectives
+    )
+    _check_requests(config, (*(o.name for o in objectives), *(h.objectives[0] for _, h in checked.reward)))
+    return checked
 
 
 def _check_requests(config: ServerConfig, objective_names: tuple[str, ...]) -> None:
@@ -169,34 +173,35 @@ def _check_requests(config: ServerConfig, objective_names: tuple[str, ...]) -> N
 
 
 def load_scorer(
-    config: ServerConfig, policy: Policy, configured: ConfiguredHeads | None = None
+    config: ServerConfig, policy: Policy, configured: CheckedConfig | None = None
 ) -> tuple[Scorer, list[tuple[str, Head]]]:
-    """The built-in objectives, reward heads as extra objectives, and value heads on top;
-    `configured`: the heads `check_config` loaded (else they are loaded here).
+    """The configured objectives (reward models on one scoring engine), reward heads as extra
+    objectives, and value heads on top; `configured`: what `check_config` checked and loaded
+    (else it is done here).
 
     Returns the scorer and the loaded heads with their paths (for GetServerInfo)."""
     from alignd.backends.features import response_features
-    from alignd.rewardmodels.builtin import build_objectives
     from alignd.rewardmodels.guided_scorer import ValueGuidedScorer
     from alignd.rewardmodels.objective_scorer import ObjectiveScorer
     from alignd.rewardmodels.reward_head import RewardHeadObjective
     from alignd.rewardmodels.value_sources import HEADS
 
-    check_objectives(config)
     hidden_size = getattr(policy, "hidden_size", None)
     if configured is None:
-        configured = load_heads(config, policy.model_name, hidden_size)
+        configured = load_heads(config, policy.model_name, hidden_size, check_objectives(config))
     else:
         # The model's config.json may not have said; the loaded model does.
         for field, head in configured.fields():
             check_compatible(field, head, policy.model_name, hidden_size)
-    objectives = build_objectives(config.objectives, policy.device)
+    objectives = build_objectives(configured.objectives, ScoringEngine(config.scoring), policy.device)
     heads: list[tuple[str, Head]] = []
     if configured.reward:
         _ensure_hidden_states(config, "reward_heads", policy)
     for path, head in configured.reward:
         heads.append((path, head.to(policy.device)))
-        objectives.append(RewardHeadObjective(head, lambda p, r: response_features(policy, p, r)))
+        objectives.append(
+            RewardHeadObjective(head, lambda p, r: response_features(policy, p, r), source=f"reward_head {path}")
+        )
     try:
         scorer: Scorer = ObjectiveScorer(objectives)
     except ValueError as error:

@@ -334,6 +334,7 @@ class AligndService(pb_grpc.AligndServicer):
                     value_sources=list(sources[o.name].available),
                     auto_value_source=sources[o.name].auto,
                     value_source_pair_accuracy=dict(sources[o.name].pair_accuracy),
+                    source=o.source,
                 )
                 for o in self.scorer.objectives
             ],

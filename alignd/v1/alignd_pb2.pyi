@@ -399,7 +399,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ObjectiveInfo(_message.Message):
-    __slots__ = ("name", "description", "min_value", "max_value", "higher_is_better", "default_weight", "value_sources", "auto_value_source", "value_source_pair_accuracy")
+    __slots__ = ("name", "description", "min_value", "max_value", "higher_is_better", "default_weight", "value_sources", "auto_value_source", "value_source_pair_accuracy", "source")
     class ValueSourcePairAccuracyEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -416,6 +416,7 @@ class ObjectiveInfo(_message.Message):
     VALUE_SOURCES_FIELD_NUMBER: _ClassVar[int]
     AUTO_VALUE_SOURCE_FIELD_NUMBER: _ClassVar[int]
     VALUE_SOURCE_PAIR_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     min_value: float
@@ -425,7 +426,8 @@ class ObjectiveInfo(_message.Message):
     value_sources: _containers.RepeatedScalarFieldContainer[str]
     auto_value_source: str
     value_source_pair_accuracy: _containers.ScalarMap[str, float]
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., min_value: _Optional[float] = ..., max_value: _Optional[float] = ..., higher_is_better: _Optional[bool] = ..., default_weight: _Optional[float] = ..., value_sources: _Optional[_Iterable[str]] = ..., auto_value_source: _Optional[str] = ..., value_source_pair_accuracy: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    source: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., min_value: _Optional[float] = ..., max_value: _Optional[float] = ..., higher_is_better: _Optional[bool] = ..., default_weight: _Optional[float] = ..., value_sources: _Optional[_Iterable[str]] = ..., auto_value_source: _Optional[str] = ..., value_source_pair_accuracy: _Optional[_Mapping[str, float]] = ..., source: _Optional[str] = ...) -> None: ...
 
 class ParameterInfo(_message.Message):
     __slots__ = ("name", "type", "default_value", "description", "min_value", "max_value", "choices")

@@ -20,6 +20,7 @@ from alignd.backends.transformers_policy import TransformersPolicy
 from alignd.clients import AligndClient
 from alignd.config import ConfigError, ServerConfig
 from alignd.errors import AligndError
+from alignd.rewardmodels.engine import EngineOptions
 from alignd.rewardmodels.heads import Head, HeadMetadata
 from alignd.server.app import check_config, load_scorer, shipped_value_heads
 from tests.server.conftest import running_server
@@ -70,6 +71,17 @@ def save_head(path: Path, kind: str, objectives: list[str], hidden_size: int = H
     return str(Head(meta).save(path))
 
 
+def rm(tmp: Path, path: str | None = None, **keys) -> dict:
+    """An [[objectives]] table over a 3-output reward-model folder (config.json only: the checks
+    read no weights). Keys set to None are left out."""
+    folder = tmp / "rm3"
+    folder.mkdir(exist_ok=True)
+    labels = {"0": "helpful", "1": "safe", "2": "terse"}
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "id2label": labels}))
+    table = {"name": "helpful", "kind": "sequence_classification", "path": path or str(folder), "output": 0, **keys}
+    return {k: v for k, v in table.items() if v is not None}
+
+
 def never_load_policy(*args, **kwargs):
     pytest.fail("load_policy was called although the config is wrong")
 
@@ -92,8 +104,33 @@ GOOD_ARMS = {
 @pytest.mark.parametrize(
     "settings, message",
     [
-        (lambda tmp: {"objectives": ("positivty",)}, r"^objectives: unknown objectives \['positivty'\]"),
-        (lambda tmp: {"objectives": ("positivity", "positivity")}, r"^objectives: duplicate"),
+        (lambda tmp: {"objectives": ("positivty",)}, r"^objectives\[0\]\.name: unknown built-in objective 'positivty'"),
+        (lambda tmp: {"objectives": ("positivity", "positivity")}, r"^objectives\[1\]\.name: duplicate"),
+        (
+            lambda tmp: {"objectives": (rm(tmp, path="/no/such/model"),)},
+            r"^objectives\[0\]\.path: no reward model .*no such folder",
+        ),
+        (
+            lambda tmp: {"objectives": (rm(tmp, output=3),)},
+            r"^objectives\[0\]\.output: index 3 out of range; the model has 3",
+        ),
+        (
+            lambda tmp: {"objectives": (rm(tmp, output="tone"),)},
+            r"^objectives\[0\]\.output: unknown label 'tone'; labels: \['helpful'",
+        ),
+        (lambda tmp: {"objectives": (rm(tmp, output=None),)}, r"^objectives\[0\]\.output: the model has 3 outputs"),
+        (
+            lambda tmp: {"objectives": (rm(tmp, transform="standardise"),)},
+            r"^objectives\[0\]\.transform: 'standardise' needs mean",
+        ),
+        (lambda tmp: {"objectives": (rm(tmp, transform="softmax"),)}, r"^objectives\[0\]\.transform: must be one of"),
+        (lambda tmp: {"objectives": (rm(tmp, temperature=2),)}, r"^objectives\[0\]\.temperature: unknown key"),
+        (lambda tmp: {"objectives": ({"name": "x", "kind": "onnx"},)}, r"^objectives\[0\]\.kind: must be one of"),
+        (
+            lambda tmp: {"objectives": ({"name": "x", "kind": "python", "entry_point": "nope"},)},
+            r"^objectives\[0\]\.entry_point: no entry point 'nope' in group 'alignd.objectives'",
+        ),
+        (lambda tmp: {"scoring": EngineOptions(coalesce_ms=-1)}, r"^scoring\.coalesce_ms: must be a number"),
         (lambda tmp: {"objectives": (), "value_heads": ""}, r"^objectives: .*at least one objective"),
         (lambda tmp: {"value_heads": str(tmp / "nope")}, r"^value_heads: head .*needs"),
         (
@@ -210,7 +247,7 @@ def test_the_cli_reports_a_config_error_in_one_line_without_starting_the_engine(
         timeout=120,
     )
     assert done.returncode == 2
-    assert done.stderr.strip().startswith("alignd: error: objectives: unknown objectives ['positivty']")
+    assert done.stderr.strip().startswith("alignd: error: objectives[0].name: unknown built-in objective 'positivty'")
     assert done.stderr.strip().count("\n") == 0, done.stderr
 
 

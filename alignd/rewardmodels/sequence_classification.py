@@ -1,0 +1,241 @@
+"""Reward models as objectives: any transformers `AutoModelForSequenceClassification` checkpoint.
+
+A checkpoint is loaded once (`SequenceClassifier`, on the scoring engine) and each objective
+(`ModelOutputObjective`) reads one of its outputs: a single-score reward model serves one
+objective, a multi-attribute one serves several from one forward.
+
+Each (prompt, response) pair is rendered as the reward model expects:
+- `chat`: the checkpoint's own chat template over [user: prompt, assistant: response], as reward
+  models trained on chat data read it;
+- `plain`: the tokenizer's text-pair encoding (prompt, response), e.g. [CLS] p [SEP] r [SEP] for
+  an encoder, the two texts in sequence for a decoder;
+- `auto`: `chat` when the tokenizer has a chat template, else `plain`.
+Texts longer than `max_length` tokens are cut at the end. The model pools its own way (decoders:
+the last token that is not padding; encoders: their [CLS] head).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from alignd.errors import FailedPrecondition
+from alignd.rewardmodels.base import Objective, ObjectiveInfo
+from alignd.rewardmodels.engine import EngineModel, ScoringEngine
+
+TEMPLATES = ("auto", "chat", "plain")
+TRANSFORMS = ("raw", "sigmoid", "standardise")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+# Written by `alignd train reward --export hf` into config.json: what the model was trained for
+# and the mean and std of its scores on its training responses (the `standardise` defaults).
+METADATA_KEY = "alignd"
+
+
+class ScoringError(FailedPrecondition):
+    """A reward model gave an unusable score (FAILED_PRECONDITION: the request was fine, this
+    server's reward model is not)."""
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto`: half precision (bfloat16, or float16 where bf16 is unsupported) on CUDA, float32
+    on the CPU."""
+    if dtype == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return getattr(torch, dtype)
+
+
+def read_checkpoint_config(path: str) -> Any:
+    """The checkpoint's `PretrainedConfig` (config.json only, no weights): what the start-up
+    checks need. Raises OSError/ValueError when there is no usable checkpoint at `path`."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path)
+
+
+def output_labels(config: Any) -> list[str]:
+    """The label of each output, in order (`id2label`; transformers fills LABEL_i by default)."""
+    return [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
+
+
+def score_statistics(config: Any) -> tuple[float, float] | None:
+    """(mean, std) stored by an alignd export, else None."""
+    stored = getattr(config, METADATA_KEY, None)
+    if isinstance(stored, dict) and "score_mean" in stored and "score_std" in stored:
+        return float(stored["score_mean"]), float(stored["score_std"])
+    return None
+
+
+class SequenceClassifier(EngineModel):
+    """One sequence-classification checkpoint on the engine: texts -> logits [N, num_labels]."""
+
+    def __init__(
+        self,
+        path: str,
+        device: str | torch.device = "cpu",
+        dtype: str = "auto",
+        max_length: int = 512,
+        template: str = "auto",
+        num_labels: int | None = None,
+    ) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        self.path = path
+        self.device = torch.device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.max_length = max_length
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.template = ("chat" if self.tokenizer.chat_template else "plain") if template == "auto" else template
+        if self.template == "chat" and not self.tokenizer.chat_template:
+            raise ValueError(f"{path}: template 'chat' asked for, but the tokenizer has no chat template")
+        extra = {} if num_labels is None else {"num_labels": num_labels}
+        verbosity = hf_logging.get_verbosity()
+        if num_labels is not None:  # a fresh score layer (training an export): no warning about it
+            hf_logging.set_verbosity_error()
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(path, dtype=self.dtype, **extra)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        if model.config.pad_token_id is None:
+            # Decoders find each row's last token by the pad id; without one they refuse batches.
+            model.config.pad_token_id = pad
+        self.pad_id = int(model.config.pad_token_id)
+        self.model = model.to(self.device).eval()
+        self.outputs = int(model.config.num_labels)
+        self.key = self.key_for(path, device, dtype, max_length, template)
+        # Request threads encode concurrently; a fast tokenizer changing its truncation settings
+        # while another thread encodes fails with "Already borrowed".
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key_for(path: str, device: str | torch.device, dtype: str, max_length: int, template: str) -> tuple:
+        """The engine key: one copy per checkpoint and settings however many objectives read it."""
+        where = str(Path(path).resolve()) if Path(path).exists() else path
+        return ("sequence_classification", where, str(torch.device(device)), dtype, max_length, template)
+
+    @property
+    def labels(self) -> list[str]:
+        return output_labels(self.model.config)
+
+    def render(self, prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
+        """The chat-template texts (template `chat` only)."""
+        conversations = [
+            [{"role": "user", "content": p}, {"role": "assistant", "content": r}] for p, r in zip(prompts, responses)
+        ]
+        return list(self.tokenizer.apply_chat_template(conversations, tokenize=False))
+
+    def encode(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[int]]:
+        """Token ids of each pair as the model reads it, at most max_length each."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
+        with self._lock:
+            if self.template == "chat":
+                encoded = self.tokenizer(
+                    self.render(prompts, responses),
+                    add_special_tokens=False,
+                    truncation=True,
+                    max_length=self.max_length,
+                )
+            else:
+                encoded = self.tokenizer(list(prompts), list(responses), truncation=True, max_length=self.max_length)
+        return [ids if ids else [self.pad_id] for ids in encoded["input_ids"]]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def scores(self, engine: ScoringEngine, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        """Raw outputs [N, num_labels] for the pairs, through the engine."""
+        if not responses:
+            return np.zeros((0, self.outputs))
+        return engine.run(self, self.encode(prompts, responses)).double().numpy()
+
+
+@dataclass(frozen=True)
+class Transform:
+    """What an objective applies to its raw output: raw, sigmoid, or (x - mean) / std; then the
+    sign that makes higher better."""
+
+    kind: str = "raw"
+    mean: float = 0.0
+    std: float = 1.0
+    negate: bool = False
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        if self.kind == "sigmoid":
+            out = 1.0 / (1.0 + np.exp(-raw))
+        elif self.kind == "standardise":
+            out = (raw - self.mean) / self.std
+        else:
+            out = raw
+        return -out if self.negate else out
+
+    @property
+    def range(self) -> tuple[float, float]:
+        low, high = (0.0, 1.0) if self.kind == "sigmoid" else (-math.inf, math.inf)
+        return (-high, -low) if self.negate else (low, high)
+
+    def describe(self) -> str:
+        text = {"raw": "raw", "sigmoid": "sigmoid", "standardise": f"(x - {self.mean:.4g}) / {self.std:.4g}"}[self.kind]
+        return f"negated {text}" if self.negate else text
+
+
+class ModelOutputObjective(Objective):
+    """One output of a sequence-classification model, transformed. Objectives on the same
+    model share its forward: a scorer asks `model_scores` once and gives each its column."""
+
+    def __init__(
+        self,
+        name: str,
+        classifier: SequenceClassifier,
+        engine: ScoringEngine,
+        output: int,
+        transform: Transform = Transform(),
+        source: str = "",
+    ) -> None:
+        self.classifier = classifier
+        self.engine = engine
+        self.output = output
+        self.transform = transform
+        low, high = transform.range
+        label = classifier.labels[output]
+        self.info = ObjectiveInfo(
+            name=name,
+            description=f"output {output} ({label}) of the reward model at {classifier.path}, {transform.describe()}",
+            min_value=low,
+            max_value=high,
+            source=source or f"sequence_classification {classifier.path} output {output}",
+        )
+
+    @property
+    def shared_model(self) -> SequenceClassifier:
+        return self.classifier
+
+    def model_scores(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        return self.classifier.scores(self.engine, prompts, responses)
+
+    def from_model_scores(self, raw: np.ndarray) -> np.ndarray:
+        values = self.transform(raw[:, self.output])
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            raise ScoringError(
+                f"objectives.{self.name}: the reward model at {self.classifier.path} gave a non-finite score "
+                f"({values[bad[0]]}) for candidate {int(bad[0])}"
+            )
+        return values
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        if not responses:
+            return np.zeros(0)
+        return self.from_model_scores(self.model_scores(prompts, responses))
