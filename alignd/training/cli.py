@@ -9,7 +9,13 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from alignd.training.options import add_options, config_from
-from alignd.training.reward_trainer import PairsConfig, RewardConfig, pairs_from_rollouts, train_reward_head
+from alignd.training.reward_trainer import (
+    PairsConfig,
+    RewardConfig,
+    pairs_from_rollouts,
+    train_reward_head,
+    train_reward_model,
+)
 from alignd.training.rollouts import RolloutsConfig, generate_rollouts
 from alignd.training.value_trainer import ValueConfig, train_value_heads
 
@@ -53,7 +59,18 @@ def run_value(config: ValueConfig) -> None:
 
 def run_reward(config: RewardConfig) -> None:
     from alignd.backends.loading import load_policy
+    from alignd.training.data import DataError
 
+    if config.export not in ("head", "hf"):
+        raise DataError(f"--export must be head or hf, not {config.export!r}")
+    if config.export == "hf":
+        folder, metrics = train_reward_model(config)
+        print(
+            f"pairwise accuracy: train {metrics['train_accuracy']:.3f}, held-out {metrics['eval_accuracy']:.3f} "
+            f"({metrics['eval_pairs']} pairs)"
+        )
+        print(f"wrote the reward model {folder} (serve it with kind = 'sequence_classification')")
+        return
     policy = load_policy(config.model, device=config.device)
     head, metrics = train_reward_head(policy, config)
     path = head.save(config.output)

@@ -6,9 +6,13 @@ import json
 import math
 
 import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from alignd.cli import main
+from alignd.rewardmodels.engine import ScoringEngine
 from alignd.rewardmodels.heads import Head
+from alignd.rewardmodels.objective_tables import build_objectives, parse_objectives
 from alignd.training.data import DataError, load_prompts, read_jsonl
 from tests.tiny import tiny_model, tiny_tokenizer
 
@@ -145,10 +149,9 @@ def test_pairs_from_rollouts_rank_by_the_objective(rollouts, tmp_path):
         assert scores[pair["chosen"]] == max(scores.values()) > scores[pair["rejected"]] == min(scores.values())
 
 
-def test_reward_head_learns_a_held_out_preference(tiny_checkpoint, tmp_path, capsys):
-    # Distinct pairs whose preferred answer always ends in the same polite words: a linear head
-    # on the final hidden state can pick that up and must generalise to unseen pairs.
-    pairs = tmp_path / "pairs.jsonl"
+def polite_pairs(path):
+    """Distinct pairs whose preferred answer always ends in the same polite words: a linear head
+    on the final hidden state can pick that up and must generalise to unseen pairs."""
     topics = [
         "bread",
         "dogs",
@@ -179,7 +182,13 @@ def test_reward_head_learns_a_held_out_preference(tiny_checkpoint, tmp_path, cap
         }
         for t in topics
     ]
-    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def test_reward_head_learns_a_held_out_preference(tiny_checkpoint, tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    polite_pairs(pairs)
     out = tmp_path / "rm.safetensors"
     code = main(
         [
@@ -207,6 +216,80 @@ def test_reward_head_learns_a_held_out_preference(tiny_checkpoint, tmp_path, cap
     assert head.metadata.kind == "reward" and head.objectives == ["rm_polite"]
     assert head.metadata.metrics["eval_pairs"] == 5
     assert head.metadata.metrics["eval_accuracy"] >= 0.8
+
+
+def test_reward_export_writes_a_standard_checkpoint_that_objectives_serve(tiny_checkpoint, tmp_path, capsys):
+    rows = polite_pairs(tmp_path / "pairs.jsonl")
+    out = tmp_path / "rm-polite"
+    code = main(
+        [
+            "train",
+            "reward",
+            "--export",
+            "hf",
+            "--pairs",
+            str(tmp_path / "pairs.jsonl"),
+            "--model",
+            str(tiny_checkpoint),
+            "--device",
+            "cpu",
+            "--epochs",
+            "60",
+            "--eval-fraction",
+            "0.25",
+            "--name",
+            "polite",
+            "--output",
+            str(out),
+        ]
+    )
+    assert code == 0
+    assert "wrote the reward model" in capsys.readouterr().out
+    # A standard checkpoint: plain transformers loads it, with the stats alignd wrote.
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert model.config.num_labels == 1 and model.config.id2label == {0: "polite"}
+    stored = model.config.alignd
+    assert stored["objective"] == "polite" and stored["eval_pairs"] == 5 and stored["score_std"] > 0
+    assert stored["eval_accuracy"] >= 0.8
+    # Served through the generic path, standardised with the stored statistics.
+    specs = parse_objectives(
+        [{"name": "polite", "kind": "sequence_classification", "path": str(out), "transform": "standardise"}]
+    )
+    (objective,) = build_objectives(specs, ScoringEngine())
+    prompts = [r["prompt"] for r in rows]
+    chosen = objective.score(prompts, [r["chosen"] for r in rows])
+    rejected = objective.score(prompts, [r["rejected"] for r in rows])
+    assert (chosen > rejected).mean() >= 0.8
+    # The same numbers as one plain forward of the rendered text.
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompts[0]}, {"role": "assistant", "content": rows[0]["chosen"]}], tokenize=False
+    )
+    with torch.no_grad():
+        raw = model(**tokenizer(text, add_special_tokens=False, return_tensors="pt")).logits[0, 0].item()
+    assert chosen[0] == pytest.approx((raw - stored["score_mean"]) / stored["score_std"], abs=1e-4)
+
+
+def test_reward_export_needs_a_linear_layer(tiny_checkpoint, tmp_path, capsys):
+    polite_pairs(tmp_path / "pairs.jsonl")
+    code = main(
+        [
+            "train",
+            "reward",
+            "--export",
+            "hf",
+            "--width",
+            "8",
+            "--pairs",
+            str(tmp_path / "pairs.jsonl"),
+            "--model",
+            str(tiny_checkpoint),
+            "--output",
+            str(tmp_path / "rm"),
+        ]
+    )
+    assert code == 2
+    assert "--export hf writes a linear score layer" in capsys.readouterr().err
 
 
 def test_every_prefix_regresses_to_its_rollouts_final_reward():

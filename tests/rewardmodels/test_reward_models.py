@@ -1,0 +1,309 @@
+"""Reward models on the scoring engine: tiny sequence-classification checkpoints built in-process
+(one and three outputs), users' Python objectives through a real entry point, and the server."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForSequenceClassification
+
+from alignd.backends.base import SamplingParams
+from alignd.clients import AligndClient, AligndClientError
+from alignd.config import ConfigError, ServerConfig
+from alignd.errors import FailedPrecondition
+from alignd.rewardmodels.engine import EngineModel, EngineOptions, ScoringEngine
+from alignd.rewardmodels.objective_scorer import ObjectiveScorer
+from alignd.rewardmodels.objective_tables import build_objectives, parse_objectives
+from alignd.rewardmodels.sequence_classification import ScoringError, SequenceClassifier
+from alignd.server.app import load_scorer
+from tests.server.conftest import running_server
+from tests.tiny import tiny_tokenizer
+
+LABELS = {0: "helpful", 1: "safe", 2: "terse"}
+PROMPT = "how do I bake bread"
+RESPONSES = ["the quick brown fox " * k for k in (1, 7, 2, 9, 3)] + ["thank you", "stop here. new line"]
+
+
+def save_classifier(folder: Path, labels: dict[int, str], seed: int = 0) -> Path:
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_labels=len(labels),
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForSequenceClassification(config).eval()
+    with torch.no_grad():  # spread the scores: random init leaves them near 0
+        model.score.weight.mul_(20.0)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def rm3(tmp_path_factory) -> Path:
+    return save_classifier(tmp_path_factory.mktemp("rm3"), LABELS)
+
+
+@pytest.fixture(scope="module")
+def rm1(tmp_path_factory) -> Path:
+    return save_classifier(tmp_path_factory.mktemp("rm1"), {0: "score"}, seed=1)
+
+
+def table(path: Path, name: str, **keys) -> dict:
+    return {"name": name, "kind": "sequence_classification", "path": str(path), **keys}
+
+
+def one_by_one(classifier: SequenceClassifier, prompts, responses) -> np.ndarray:
+    """Each pair alone through plain transformers: what the engine must reproduce."""
+    rows = []
+    with torch.no_grad():
+        for ids in classifier.encode(prompts, responses):
+            rows.append(classifier.model(input_ids=torch.tensor([ids])).logits[0].double().numpy())
+    return np.stack(rows)
+
+
+# -- the engine --------------------------------------------------------------------------------
+
+
+def test_engine_batches_by_length_and_matches_one_forward_per_text(rm3):
+    engine = ScoringEngine(EngineOptions(max_batch_tokens=200, coalesce_ms=0))
+    classifier = SequenceClassifier(str(rm3))
+    prompts = [PROMPT] * len(RESPONSES)
+    batched = classifier.scores(engine, prompts, RESPONSES)
+    np.testing.assert_allclose(batched, one_by_one(classifier, prompts, RESPONSES), atol=1e-4)
+    lengths = sorted(len(ids) for ids in classifier.encode(prompts, RESPONSES))
+    assert 1 < engine.forwards < len(RESPONSES)  # a 200-token budget: several rows per forward
+    assert engine.rounds == 1
+    assert max(lengths) * 2 > 200  # the longest rows could not share a batch with each other
+
+
+def test_concurrent_requests_share_forwards_and_get_their_own_rows(rm3):
+    engine = ScoringEngine(EngineOptions(max_batch_tokens=100_000, coalesce_ms=300))
+    classifier = SequenceClassifier(str(rm3))
+    requests = [[f"{PROMPT} {i}"] * 3 for i in range(8)]
+    expected = [one_by_one(classifier, p, RESPONSES[i % 4 : i % 4 + 3]) for i, p in enumerate(requests)]
+    results: dict[int, np.ndarray] = {}
+    start = threading.Barrier(len(requests))
+
+    def call(i: int) -> None:
+        start.wait()
+        results[i] = classifier.scores(engine, requests[i], RESPONSES[i % 4 : i % 4 + 3])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(len(requests)):
+        np.testing.assert_allclose(results[i], expected[i], atol=1e-4)
+    assert engine.rounds < len(requests)  # coalesced: fewer rounds than requests
+    assert engine.forwards == engine.rounds  # one forward per round within this budget
+
+
+def test_a_failing_forward_reaches_its_callers_and_the_engine_goes_on():
+    class Flaky(EngineModel):
+        key = "flaky"
+        pad_id = 0
+        device = torch.device("cpu")
+        fail = True
+
+        def forward(self, input_ids, attention_mask):
+            if self.fail:
+                raise RuntimeError("boom")
+            return attention_mask.sum(1, keepdim=True).float()
+
+    engine = ScoringEngine(EngineOptions(coalesce_ms=0))
+    model = engine.model("flaky", Flaky)
+    with pytest.raises(RuntimeError, match="boom"):
+        engine.run(model, [[1, 2]])
+    model.fail = False
+    assert engine.run(model, [[1, 2, 3], [4]]).flatten().tolist() == [3.0, 1.0]
+    with pytest.raises(ValueError, match="at least one token"):
+        engine.run(model, [[]])
+    engine.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.run(model, [[1]])
+
+
+# -- objectives from tables ----------------------------------------------------------------------
+
+
+def test_outputs_of_one_checkpoint_share_its_copy_and_one_forward(rm3, rm1):
+    engine = ScoringEngine(EngineOptions(coalesce_ms=0))
+    specs = parse_objectives(
+        [
+            "conciseness",
+            table(rm3, "helpful", output="helpful"),
+            table(rm3, "terse", output=2, transform="sigmoid"),
+            table(rm3, "unsafe", output="safe", higher_is_better=False),
+            table(rm1, "rm", transform="standardise", mean=1.0, std=2.0),
+        ]
+    )
+    scorer = ObjectiveScorer(build_objectives(specs, engine))
+    assert len(engine.models) == 2  # rm3 once for three objectives, rm1
+    prompts = [PROMPT] * len(RESPONSES)
+    rewards = scorer.score(prompts, RESPONSES)
+    assert engine.rounds == 2  # one engine call per checkpoint, not per objective
+    raw3 = one_by_one(engine.models[0], prompts, RESPONSES)
+    raw1 = one_by_one(engine.models[1], prompts, RESPONSES)
+    np.testing.assert_allclose(rewards[:, 1], raw3[:, 0], atol=1e-4)
+    np.testing.assert_allclose(rewards[:, 2], 1 / (1 + np.exp(-raw3[:, 2])), atol=1e-4)
+    np.testing.assert_allclose(rewards[:, 3], -raw3[:, 1], atol=1e-4)
+    np.testing.assert_allclose(rewards[:, 4], (raw1[:, 0] - 1.0) / 2.0, atol=1e-4)
+    info = {o.name: o for o in scorer.objectives}
+    assert (info["terse"].min_value, info["terse"].max_value) == (0.0, 1.0)
+    assert (info["unsafe"].min_value, info["unsafe"].max_value) == (-np.inf, np.inf)
+    assert info["unsafe"].description.endswith("negated raw")
+    assert info["helpful"].source == f"sequence_classification {rm3} output 0"
+    assert info["conciseness"].source == "built-in"
+    # Subsets keep the sharing and the order asked for.
+    subset = scorer.score_objectives(prompts[:2], RESPONSES[:2], ["terse", "conciseness", "helpful"])
+    np.testing.assert_allclose(subset[:, [0, 2]], rewards[:2, [2, 1]], atol=1e-6)
+
+
+def test_a_non_finite_score_is_a_failed_precondition_naming_the_objective(tmp_path):
+    folder = save_classifier(tmp_path / "nan", {0: "score"})
+    model = LlamaForSequenceClassification.from_pretrained(folder)
+    with torch.no_grad():
+        model.score.weight.fill_(float("nan"))
+    model.save_pretrained(folder)
+    (objective,) = build_objectives(parse_objectives([table(folder, "broken")]), ScoringEngine())
+    with pytest.raises(ScoringError, match=r"^objectives\.broken: the reward model .* non-finite score") as error:
+        objective.score([PROMPT], ["hello"])
+    assert isinstance(error.value, FailedPrecondition)
+
+
+# -- users' Python objectives --------------------------------------------------------------------
+
+PLUGIN = """
+import numpy as np
+from alignd.rewardmodels import ObjectiveInfo
+
+class Exclaims:
+    def __init__(self, mark="!", broken=False):
+        self.mark, self.broken = mark, broken
+        self.info = ObjectiveInfo("exclaims", "count of a mark", 0.0, float("inf"))
+
+    def score(self, prompts, responses):
+        if self.broken:
+            return [float("nan")] * len(responses)
+        return np.array([r.count(self.mark) for r in responses], dtype=float)
+
+def not_an_objective():
+    return object()
+"""
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    """A package installed the way pip installs one: a module and a dist-info with entry points."""
+    (tmp_path / "my_objectives.py").write_text(PLUGIN)
+    info = tmp_path / "my_objectives-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-objectives\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[alignd.objectives]\nexclaims = my_objectives:Exclaims\nbad = my_objectives:not_an_objective\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    sys.modules.pop("my_objectives", None)
+
+
+def test_a_python_entry_point_adds_an_objective(plugin):
+    specs = parse_objectives([{"name": "bangs", "kind": "python", "entry_point": "exclaims", "options": {"mark": "?"}}])
+    (objective,) = build_objectives(specs, ScoringEngine())
+    assert objective.name == "bangs" and objective.info.source == "python exclaims"
+    assert objective.score(["q", "q"], ["what? why?", "fine"]).tolist() == [2.0, 0.0]
+    broken = parse_objectives([{"name": "b", "kind": "python", "entry_point": "exclaims", "options": {"broken": True}}])
+    (objective,) = build_objectives(broken, ScoringEngine())
+    with pytest.raises(ScoringError, match=r"^objectives\.b: the python objective gave a non-finite score"):
+        objective.score(["q"], ["a"])
+    with pytest.raises(ConfigError, match=r"^objectives\[0\]\.entry_point: 'bad' must give an object with `info`"):
+        build_objectives(parse_objectives([{"name": "x", "kind": "python", "entry_point": "bad"}]), ScoringEngine())
+    with pytest.raises(ConfigError, match=r"^objectives\[0\]\.entry_point: 'exclaims' failed with \{'colour': 1\}"):
+        build_objectives(
+            parse_objectives([{"name": "x", "kind": "python", "entry_point": "exclaims", "options": {"colour": 1}}]),
+            ScoringEngine(),
+        )
+
+
+# -- in the server -------------------------------------------------------------------------------
+
+
+def nan_classifier(folder: Path) -> Path:
+    save_classifier(folder, {0: "score"})
+    model = LlamaForSequenceClassification.from_pretrained(folder)
+    with torch.no_grad():
+        model.score.weight.fill_(float("nan"))
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_reward_models_serve_requests_with_weights_over_builtin_and_model_objectives(tiny_policy, rm3):
+    config = ServerConfig(
+        port=0,
+        objectives=(
+            "positivity",
+            table(rm3, "helpful", output="helpful"),
+            table(rm3, "terse", output="terse", transform="sigmoid"),
+        ),
+        value_heads="",
+        default_sampling=SamplingParams(max_tokens=8),
+    )
+    scorer, heads = load_scorer(config, tiny_policy)
+    with (
+        running_server(tiny_policy, scorer, config, heads) as running,
+        AligndClient(f"127.0.0.1:{running.port}", timeout=60) as client,
+    ):
+        info = {o.name: o for o in client.server_info().objectives}
+        assert info["terse"].source == f"sequence_classification {rm3} output 2"
+        assert info["positivity"].source == "built-in"
+        assert (info["terse"].min_value, info["terse"].max_value) == (0.0, 1.0)
+        weights = {"positivity": 0.3, "helpful": 0.5, "terse": 0.2}
+        best = client.generate(PROMPT, strategy="best_of_n", n=4, weights=weights, seed=3, return_candidates=True)
+        assert set(best.rewards) == {"positivity", "helpful", "terse"}
+        scores = [sum(w * c.rewards[k] for k, w in weights.items()) for c in best.candidates]
+        assert len({round(x, 6) for x in scores}) > 1  # the model objectives tell candidates apart
+        assert best.text == best.candidates[int(np.argmax(scores))].text
+        for strategy in ("controlled", "robust"):
+            steered = client.generate(
+                PROMPT, strategy=strategy, weights=weights, num_candidates=2, block_tokens=4, value_source="prefix"
+            )
+            assert set(steered.rewards) == {"positivity", "helpful", "terse"}
+            assert steered.usage.scored_texts > 2
+
+
+def test_a_reward_model_giving_nan_fails_requests_with_failed_precondition_and_the_server_goes_on(
+    tiny_policy, tmp_path
+):
+    config = ServerConfig(
+        port=0,
+        objectives=("positivity", table(nan_classifier(tmp_path / "nan"), "broken")),
+        value_heads="",
+        default_sampling=SamplingParams(max_tokens=6),
+    )
+    scorer, heads = load_scorer(config, tiny_policy)
+    with (
+        running_server(tiny_policy, scorer, config, heads) as running,
+        AligndClient(f"127.0.0.1:{running.port}", timeout=60) as client,
+    ):
+        for _ in range(2):
+            with pytest.raises(AligndClientError) as error:
+                client.generate(PROMPT, strategy="best_of_n", n=2, weights={"positivity": 1.0}, seed=3)
+            assert error.value.code == grpc.StatusCode.FAILED_PRECONDITION
+            assert error.value.details.startswith("objectives.broken: the reward model")
+        assert {o.name for o in client.server_info().objectives} == {"positivity", "broken"}
