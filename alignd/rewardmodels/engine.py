@@ -9,6 +9,11 @@ Concurrent requests share forwards: what arrives while a forward runs, or within
 the first sequence of a round, goes into the next round. The wait is bounded, and skipped once a
 round has a full batch of tokens waiting.
 
+Sequences of one request usually share a prefix (the rendered prompt). A model that keeps a
+key/value cache reads it once and each sequence's rest after it, when that pads to fewer tokens
+than sorting full sequences together (requests with different prompts coalesce best as full
+sequences; one request's candidates with one prompt, after it).
+
 A model is loaded once per engine however many objectives read it (`EngineModel.key`): two
 objectives on two outputs of one checkpoint share its copy, and one forward serves both.
 """
@@ -20,7 +25,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -35,15 +40,27 @@ class EngineOptions:
 
 
 class EngineModel(ABC):
-    """A model the engine runs: padded token ids -> one float row per sequence."""
+    """A model the engine runs: padded token ids -> one float row per sequence.
+
+    A model that can read a shared prefix once (`shares_prefix`: a decoder with a key/value
+    cache) also implements `prefix_state` and `forward_after`."""
 
     key: Hashable  # identity: one copy per engine
     pad_id: int
     device: torch.device
+    shares_prefix: bool = False
 
     @abstractmethod
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Outputs [B, K] for right-padded `input_ids` [B, T] (mask 1 on real tokens)."""
+
+    def prefix_state(self, prefix_ids: torch.Tensor) -> Any:
+        """What the model keeps of a prefix [1, P] (its key/value cache)."""
+        raise NotImplementedError
+
+    def forward_after(self, state: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Outputs [B, K] for right-padded continuations [B, T] of the prefix in `state`."""
+        raise NotImplementedError
 
 
 M = TypeVar("M", bound=EngineModel)
@@ -52,15 +69,19 @@ M = TypeVar("M", bound=EngineModel)
 @dataclass(eq=False)
 class _Job:
     model: EngineModel
-    sequences: Sequence[Sequence[int]]
+    sequences: Sequence[Sequence[int]]  # after `prefix`
     submitted: float
+    prefix: tuple[int, ...] = ()
     done: threading.Event = field(default_factory=threading.Event)
     result: torch.Tensor | None = None
     error: BaseException | None = None
 
     @property
     def tokens(self) -> int:
-        return sum(len(s) for s in self.sequences)
+        return sum(len(s) for s in self.sequences) + len(self.prefix) * len(self.sequences)
+
+    def full(self) -> list[Sequence[int]]:
+        return [[*self.prefix, *s] for s in self.sequences] if self.prefix else list(self.sequences)
 
 
 class ScoringEngine:
@@ -89,14 +110,15 @@ class ScoringEngine:
     def models(self) -> tuple[EngineModel, ...]:
         return tuple(self._models.values())
 
-    def run(self, model: EngineModel, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
-        """The model's outputs for the sequences, [N, K] float32 on the CPU, in input order.
-        Blocks until the forwards that carry them have run; raises what the forward raised."""
+    def run(self, model: EngineModel, sequences: Sequence[Sequence[int]], prefix: Sequence[int] = ()) -> torch.Tensor:
+        """The model's outputs for the sequences (each read after `prefix`, which they share),
+        [N, K] float32 on the CPU, in input order. Blocks until the forwards that carry them
+        have run; raises what the forward raised."""
         if not sequences:
             raise ValueError("the engine needs at least one sequence")
         if any(len(s) == 0 for s in sequences):
             raise ValueError("every sequence needs at least one token")
-        job = _Job(model, sequences, time.monotonic())
+        job = _Job(model, sequences, time.monotonic(), tuple(prefix))
         with self._cond:
             if self._closed:
                 raise RuntimeError("the scoring engine is closed")
@@ -162,8 +184,39 @@ class ScoringEngine:
 
     @torch.inference_mode()
     def _forward_all(self, model: EngineModel, jobs: list[_Job]) -> list[torch.Tensor]:
-        """Every job's sequences for one model in length-sorted micro-batches; outputs per job."""
-        sequences = [s for job in jobs for s in job.sequences]
+        """Every job of one model, outputs per job. Jobs sharing a prefix read it once when that
+        pads to fewer tokens than sorting all full sequences together (`_plan`)."""
+        groups = self._plan(model, jobs)
+        results: dict[int, torch.Tensor] = {}
+        for prefix, group in groups:
+            state = model.prefix_state(torch.tensor([prefix], device=model.device)) if prefix else None
+            sequences = [s for job in group for s in (job.sequences if prefix else job.full())]
+            outputs = self._forward_sequences(model, sequences, state)
+            for job, out in zip(group, torch.split(outputs, [len(job.sequences) for job in group])):
+                results[id(job)] = out
+        return [results[id(job)] for job in jobs]
+
+    def _plan(self, model: EngineModel, jobs: list[_Job]) -> list[tuple[tuple[int, ...], list[_Job]]]:
+        """(prefix, jobs) groups to run: by shared prefix, or all together with no prefix,
+        whichever pads to fewer tokens (a prefix counts once)."""
+        together: list[tuple[tuple[int, ...], list[_Job]]] = [((), jobs)]
+        if not model.shares_prefix or not any(job.prefix for job in jobs):
+            return together
+        by_prefix: dict[tuple[int, ...], list[_Job]] = {}
+        for job in jobs:
+            by_prefix.setdefault(job.prefix, []).append(job)
+        split = list(by_prefix.items())
+        cost_split = sum(len(p) + self._padded([len(s) for j in g for s in j.sequences]) for p, g in split)
+        cost_together = self._padded([len(j.prefix) + len(s) for j in jobs for s in j.sequences])
+        return split if cost_split < cost_together else together
+
+    def _padded(self, lengths: list[int]) -> int:
+        ordered = sorted(lengths)
+        return sum(len(b) * ordered[b[-1]] for b in self._micro_batches(list(range(len(ordered))), ordered))
+
+    def _forward_sequences(self, model: EngineModel, sequences: list[Sequence[int]], state: Any) -> torch.Tensor:
+        """Length-sorted micro-batches of the sequences (after the prefix in `state`, if any);
+        outputs in input order."""
         lengths = torch.tensor([len(s) for s in sequences])
         order = torch.argsort(lengths, stable=True).tolist()
         outputs: torch.Tensor | None = None
@@ -175,13 +228,14 @@ class ScoringEngine:
                 padding_value=model.pad_id,
             )
             mask = (torch.arange(ids.shape[1]) < lengths[batch_index].unsqueeze(1)).long()
-            out = model.forward(ids.to(model.device), mask.to(model.device)).float().cpu()
+            ids, mask = ids.to(model.device), mask.to(model.device)
+            out = (model.forward(ids, mask) if state is None else model.forward_after(state, ids, mask)).float().cpu()
             self.forwards += 1
             if outputs is None:
                 outputs = torch.empty((len(sequences), out.shape[1]), dtype=torch.float32)
             outputs[batch_index] = out
         assert outputs is not None
-        return list(torch.split(outputs, [len(job.sequences) for job in jobs]))
+        return outputs
 
     def _micro_batches(self, order: list[int], lengths: list[int]) -> list[list[int]]:
         """Consecutive runs of the length-sorted rows, each at most max_batch_tokens padded

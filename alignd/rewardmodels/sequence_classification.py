@@ -16,6 +16,7 @@ the last token that is not padding; encoders: their [CLS] head).
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 from collections.abc import Sequence
@@ -118,6 +119,15 @@ class SequenceClassifier(EngineModel):
         # Request threads encode concurrently; a fast tokenizer changing its truncation settings
         # while another thread encodes fails with "Already borrowed".
         self._lock = threading.Lock()
+        # Encoders read a text pair with segment ids (BERT: 0 up to the first [SEP], 1 after);
+        # the engine passes ids and mask only, so `forward` rebuilds them from the [SEP] token.
+        self._pair_segments = (
+            self.template == "plain"
+            and "token_type_ids" in self.tokenizer.model_input_names
+            and getattr(model.config, "type_vocab_size", 1) > 1
+            and self.tokenizer.sep_token_id is not None
+        )
+        self.shares_prefix = self._prefix_reuse_works()
 
     @staticmethod
     def key_for(path: str, device: str | torch.device, dtype: str, max_length: int, template: str) -> tuple:
@@ -153,13 +163,74 @@ class SequenceClassifier(EngineModel):
         return [ids if ids else [self.pad_id] for ids in encoded["input_ids"]]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        if not self._pair_segments:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        sep = (input_ids == self.tokenizer.sep_token_id).long()
+        segments = ((sep.cumsum(1) - sep) >= 1).long() * attention_mask
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=segments).logits
+
+    def prefix_state(self, prefix_ids: torch.Tensor) -> Any:
+        return self.model.base_model(input_ids=prefix_ids, use_cache=True).past_key_values
+
+    def forward_after(self, state: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        cache = copy.deepcopy(state)  # the forward appends to it; the prefix's stays for the next batch
+        cache.batch_repeat_interleave(input_ids.shape[0])
+        done = cache.get_seq_length()
+        rows, width = input_ids.shape
+        mask = torch.cat([attention_mask.new_ones((rows, done)), attention_mask], dim=1)
+        positions = torch.arange(done, done + width, device=input_ids.device).expand(rows, width)
+        return self.model(
+            input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+        ).logits
+
+    @torch.inference_mode()
+    def _prefix_reuse_works(self) -> bool:
+        """Whether reading a prefix once gives the scores of full forwards: checked on two probe
+        pairs at load (decoders with a key/value cache pass; encoders, which read both ways, and
+        models without a cache do not)."""
+        if getattr(self.model.config, "is_encoder_decoder", False) or not hasattr(self.model, "score"):
+            return False
+        try:
+            prefix, rest = self.encode_shared(["Is this a probe?"] * 2, ["Yes, a short one.", "No."])
+            if not prefix:
+                return False
+            full = self.forward(*_padded([[*prefix, *r] for r in rest], self.pad_id, self.device))
+            after = self.forward_after(
+                self.prefix_state(torch.tensor([prefix], device=self.device)), *_padded(rest, self.pad_id, self.device)
+            )
+        except (TypeError, ValueError, RuntimeError, AttributeError, NotImplementedError):
+            return False
+        return bool(torch.allclose(full.float(), after.float(), atol=1e-3, rtol=1e-2))
+
+    def encode_shared(self, prompts: Sequence[str], responses: Sequence[str]) -> tuple[list[int], list[list[int]]]:
+        """The pairs' token ids as (the prefix they all share, each one's rest); every rest keeps
+        at least one token."""
+        encoded = self.encode(prompts, responses)
+        shortest = min(len(ids) for ids in encoded)
+        if len(encoded) < 2 or shortest < 2:
+            return [], encoded
+        head = np.array([ids[: shortest - 1] for ids in encoded])
+        differs = np.flatnonzero((head != head[0]).any(axis=0))
+        shared = int(differs[0]) if differs.size else shortest - 1
+        return encoded[0][:shared], [ids[shared:] for ids in encoded]
 
     def scores(self, engine: ScoringEngine, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
-        """Raw outputs [N, num_labels] for the pairs, through the engine."""
+        """Raw outputs [N, num_labels] for the pairs, through the engine (their shared prefix
+        read once where the model allows)."""
         if not responses:
             return np.zeros((0, self.outputs))
+        if self.shares_prefix:
+            prefix, rest = self.encode_shared(prompts, responses)
+            return engine.run(self, rest, prefix).double().numpy()
         return engine.run(self, self.encode(prompts, responses)).double().numpy()
+
+
+def _padded(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and their mask."""
+    width = max(len(s) for s in sequences)
+    ids = torch.tensor([[*s, *[pad_id] * (width - len(s))] for s in sequences], device=device)
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=device)
+    return ids, mask
 
 
 @dataclass(frozen=True)

