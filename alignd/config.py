@@ -5,7 +5,7 @@ Example::
 
     model = "smollm2-135m-instruct"
     port = 50051
-    objectives = ["relevance", "positivity", "harmlessness", "conciseness"]
+    objectives = ["relevance", "positivity", "harmlessness", "conciseness"]  # or tables (objectives.md)
 
     [default_weights]
     relevance = 0.7
@@ -45,11 +45,22 @@ from alignd.backends.base import SamplingParams
 from alignd.backends.vllm import VLLMOptions
 from alignd.decoding.params import Limits
 from alignd.models import DEFAULT_MODEL
-from alignd.rewardmodels.engine import EngineOptions
 
 
 class ConfigError(ValueError):
     """A configuration problem, reported as one line at start-up."""
+
+
+MAX_COALESCE_MS = 1000.0
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """The `[scoring]` table: the engine every model-based objective's forwards run on
+    (alignd/rewardmodels/engine.py)."""
+
+    max_batch_tokens: int = 8192  # padded tokens (rows x longest row, a shared prefix in each) per forward
+    coalesce_ms: float = 2.0  # how long a round waits for more requests' texts
 
 
 @dataclass(frozen=True)
@@ -179,8 +190,8 @@ def check_settings(config: ServerConfig) -> None:
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
         raise ConfigError(f"scoring.max_batch_tokens: must be a whole number >= 1, got {tokens!r}")
     wait = scoring.coalesce_ms
-    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= 1000:
-        raise ConfigError(f"scoring.coalesce_ms: must be a number from 0 to 1000, got {wait!r}")
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= MAX_COALESCE_MS:
+        raise ConfigError(f"scoring.coalesce_ms: must be a number from 0 to {MAX_COALESCE_MS:g}, got {wait!r}")
     from alignd.rewardmodels.objective_tables import parse_objectives
 
     parse_objectives(config.objectives)

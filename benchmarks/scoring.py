@@ -10,9 +10,14 @@ reward models, reading (prompt, response) as a text pair; `--model PATH`, any ch
    - transformers.pipeline("text-classification") with its own batching, at batch sizes 8, 16
      and 32; the engine is compared with the fastest                   (target: engine >= 1.3x)
    - the engine (length-sorted, token-budgeted micro-batches)
-2. 16 concurrent requests of 8 candidates each:
-   - each request scored alone, one after another (one forward each)
+2. 16 concurrent requests of 8 candidates each, each request with its own prompt (the shipped
+   train prompts):
+   - each request scored alone, one after another
    - all 16 submitted at once from 16 threads, coalesced by the engine (target: >= 2x throughput)
+
+3. value-guided decoding's case: 4 candidate blocks of 16 tokens after 160 committed response
+   tokens (what `controlled` with `value_source = "prefix"` scores at each block), per text vs
+   the engine, which reads the shared prompt + committed text once (decoder models).
 
 Every path includes rendering and tokenization; fresh score layers are random (speed does not
 depend on their weights). Rounds are interleaved; medians are reported.
@@ -84,7 +89,12 @@ def main() -> None:
     model, tokenizer = classifier.model, classifier.tokenizer
     rng = random.Random(0)
     texts = candidate_texts(tokenizer, 64, rng)
+    from alignd.training.data import load_prompts
+
+    request_prompts = load_prompts("train")[:16]
     requests = [candidate_texts(tokenizer, 8, rng) for _ in range(16)]
+    committed = candidate_texts(tokenizer, 1, rng, 160, 160)[0]
+    blocks = [committed + " " + t for t in candidate_texts(tokenizer, 4, rng, 16, 16)]
     # The pipeline reads what the engine reads: chat-rendered text, or (prompt, response) pairs.
     if classifier.template == "chat":
         rendered: list = classifier.render([PROMPT] * len(texts), texts)
@@ -119,6 +129,14 @@ def main() -> None:
             ids = classifier.encode([PROMPT], [text])[0]
             model(input_ids=torch.tensor([ids], device=classifier.device))
 
+    @torch.inference_mode()
+    def blocks_per_text() -> None:
+        for text in blocks:
+            model(input_ids=torch.tensor([classifier.encode([PROMPT], [text])[0]], device=classifier.device))
+
+    def blocks_engine() -> None:
+        classifier.scores(engine, [PROMPT] * len(blocks), blocks)
+
     def engine_64() -> None:
         classifier.scores(engine, [PROMPT] * len(texts), texts)
 
@@ -130,17 +148,17 @@ def main() -> None:
         return run
 
     def requests_alone() -> None:
-        for texts_of_request in requests:
-            classifier.scores(alone_engine, [PROMPT] * 8, texts_of_request)
+        for prompt, texts_of_request in zip(request_prompts, requests):
+            classifier.scores(alone_engine, [prompt] * 8, texts_of_request)
 
     def requests_coalesced() -> None:
         barrier = threading.Barrier(len(requests))
 
-        def one(texts_of_request: list[str]) -> None:
+        def one(prompt: str, texts_of_request: list[str]) -> None:
             barrier.wait()
-            classifier.scores(engine, [PROMPT] * 8, texts_of_request)
+            classifier.scores(engine, [prompt] * 8, texts_of_request)
 
-        threads = [threading.Thread(target=one, args=(r,)) for r in requests]
+        threads = [threading.Thread(target=one, args=pair) for pair in zip(request_prompts, requests)]
         for t in threads:
             t.start()
         for t in threads:
@@ -152,6 +170,8 @@ def main() -> None:
         "engine": engine_64,
         "16 requests alone": requests_alone,
         "16 requests coalesced": requests_coalesced,
+        "4 blocks per text": blocks_per_text,
+        "4 blocks engine": blocks_engine,
     }
     # A check that the engine gives the pipeline's numbers (and warm-up).
     reference = torch.tensor([r["score"] for r in pipes[8](rendered, truncation=True, max_length=512, **pipe_options)])
@@ -166,15 +186,18 @@ def main() -> None:
     best_pipe = min((n for n in median if n.startswith("pipeline")), key=median.__getitem__)
     print(f"\n{'path':<24}{'median s':>10}{'cand/s':>10}")
     for name, seconds in median.items():
-        print(f"{name:<24}{seconds:>10.3f}{(128 if 'requests' in name else 64) / seconds:>10.1f}")
+        count = 128 if "requests" in name else 4 if "blocks" in name else 64
+        print(f"{name:<24}{seconds:>10.3f}{count / seconds:>10.1f}")
     ratios = {
         "engine_vs_per_text": median["per text"] / median["engine"],
         "engine_vs_best_pipeline": median[best_pipe] / median["engine"],
         "coalesced_vs_alone": median["16 requests alone"] / median["16 requests coalesced"],
+        "blocks_engine_vs_per_text": median["4 blocks per text"] / median["4 blocks engine"],
     }
     print(f"\nengine / per text:               {ratios['engine_vs_per_text']:.2f}x   (target >= 3)")
     print(f"engine / {best_pipe + ':':<24}{ratios['engine_vs_best_pipeline']:.2f}x   (target >= 1.3)")
     print(f"16x8 coalesced / alone:          {ratios['coalesced_vs_alone']:.2f}x   (target >= 2)")
+    print(f"4 blocks, engine / per text:     {ratios['blocks_engine_vs_per_text']:.2f}x")
     out = Path(args.output or f"build/bench/scoring-{'custom' if args.model else args.backbone}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(

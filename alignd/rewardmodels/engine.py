@@ -30,13 +30,7 @@ from typing import Any, TypeVar
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """The `[scoring]` table of the server config."""
-
-    max_batch_tokens: int = 8192  # padded tokens (rows x longest row) per forward
-    coalesce_ms: float = 2.0  # how long a round waits for more requests' sequences
+from alignd.config import MAX_COALESCE_MS, EngineOptions
 
 
 class EngineModel(ABC):
@@ -89,9 +83,10 @@ class ScoringEngine:
         self.options = options or EngineOptions()
         if self.options.max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be >= 1, got {self.options.max_batch_tokens}")
-        if not 0 <= self.options.coalesce_ms < float("inf"):
-            raise ValueError(f"coalesce_ms must be a number >= 0, got {self.options.coalesce_ms}")
+        if not 0 <= self.options.coalesce_ms <= MAX_COALESCE_MS:
+            raise ValueError(f"coalesce_ms must be from 0 to {MAX_COALESCE_MS}, got {self.options.coalesce_ms}")
         self._models: dict[Hashable, EngineModel] = {}
+        self._building = threading.Lock()  # loads models; submissions go on meanwhile
         self._queue: list[_Job] = []
         self._cond = threading.Condition()
         self._worker: threading.Thread | None = None
@@ -101,7 +96,7 @@ class ScoringEngine:
 
     def model(self, key: Hashable, build: Callable[[], M]) -> M:
         """The engine's copy of the model with this key, built on first use."""
-        with self._cond:
+        with self._building:
             if key not in self._models:
                 self._models[key] = build()
             return self._models[key]  # type: ignore[return-value]
@@ -149,20 +144,28 @@ class ScoringEngine:
             if jobs is None:
                 return
             self.rounds += 1
-            by_model: dict[Hashable, list[_Job]] = {}
+            by_model: dict[int, list[_Job]] = {}
             for job in jobs:
-                by_model.setdefault(job.model.key, []).append(job)
+                by_model.setdefault(id(job.model), []).append(job)
             for group in by_model.values():
-                try:
-                    results = self._forward_all(group[0].model, group)
-                except BaseException as error:  # handed to every caller of the group
-                    for job in group:
-                        job.error = error
-                else:
-                    for job, result in zip(group, results):
-                        job.result = result
+                self._finish(group)
+
+    def _finish(self, group: list[_Job]) -> None:
+        """Run one model's jobs and wake their callers, whatever happens. When a shared forward
+        fails, each job is retried alone, so that only the requests that fail alone get the
+        error (one bad input does not fail the requests coalesced with it)."""
+        try:
+            for job, result in zip(group, self._forward_all(group[0].model, group)):
+                job.result = result
+        except BaseException as error:
+            if len(group) == 1:
+                group[0].error = error
+            else:
                 for job in group:
-                    job.done.set()
+                    self._finish([job])
+                return
+        for job in group:
+            job.done.set()
 
     def _next_round(self) -> list[_Job] | None:
         """Wait for work, then up to `coalesce_ms` after the oldest job for more (less once a
@@ -191,14 +194,18 @@ class ScoringEngine:
         for prefix, group in groups:
             state = model.prefix_state(torch.tensor([prefix], device=model.device)) if prefix else None
             sequences = [s for job in group for s in (job.sequences if prefix else job.full())]
-            outputs = self._forward_sequences(model, sequences, state)
+            outputs = self._forward_sequences(model, sequences, state, len(prefix))
             for job, out in zip(group, torch.split(outputs, [len(job.sequences) for job in group])):
-                results[id(job)] = out
+                results[id(job)] = out.clone()  # not a view keeping the whole round's outputs alive
         return [results[id(job)] for job in jobs]
 
     def _plan(self, model: EngineModel, jobs: list[_Job]) -> list[tuple[tuple[int, ...], list[_Job]]]:
         """(prefix, jobs) groups to run: by shared prefix, or all together with no prefix,
-        whichever pads to fewer tokens (a prefix counts once)."""
+        whichever computes fewer (padded) tokens, a prefix counting once.
+
+        Fewer tokens is what decides on the CPU, where these models are compute-bound
+        (benchmarks/scoring.py): concurrent requests with different prompts then usually run one
+        prompt group after another in the same round, rather than in one forward."""
         together: list[tuple[tuple[int, ...], list[_Job]]] = [((), jobs)]
         if not model.shares_prefix or not any(job.prefix for job in jobs):
             return together
@@ -206,29 +213,27 @@ class ScoringEngine:
         for job in jobs:
             by_prefix.setdefault(job.prefix, []).append(job)
         split = list(by_prefix.items())
-        cost_split = sum(len(p) + self._padded([len(s) for j in g for s in j.sequences]) for p, g in split)
+        cost_split = sum(len(p) + self._padded([len(s) for j in g for s in j.sequences], len(p)) for p, g in split)
         cost_together = self._padded([len(j.prefix) + len(s) for j in jobs for s in j.sequences])
         return split if cost_split < cost_together else together
 
-    def _padded(self, lengths: list[int]) -> int:
+    def _padded(self, lengths: list[int], prefix: int = 0) -> int:
+        """Tokens computed for sequences of these lengths (after a prefix of `prefix` tokens)."""
         ordered = sorted(lengths)
-        return sum(len(b) * ordered[b[-1]] for b in self._micro_batches(list(range(len(ordered))), ordered))
+        batches = self._micro_batches(list(range(len(ordered))), ordered, prefix)
+        return sum(len(b) * ordered[b[-1]] for b in batches)
 
-    def _forward_sequences(self, model: EngineModel, sequences: list[Sequence[int]], state: Any) -> torch.Tensor:
-        """Length-sorted micro-batches of the sequences (after the prefix in `state`, if any);
-        outputs in input order."""
+    def _forward_sequences(
+        self, model: EngineModel, sequences: list[Sequence[int]], state: Any, prefix: int
+    ) -> torch.Tensor:
+        """Length-sorted micro-batches of the sequences (after the `prefix` tokens in `state`,
+        if any); outputs in input order."""
         lengths = torch.tensor([len(s) for s in sequences])
         order = torch.argsort(lengths, stable=True).tolist()
         outputs: torch.Tensor | None = None
-        for batch in self._micro_batches(order, lengths.tolist()):
+        for batch in self._micro_batches(order, lengths.tolist(), prefix):
             batch_index = torch.tensor(batch)
-            ids = pad_sequence(
-                [torch.as_tensor(sequences[i], dtype=torch.long) for i in batch],
-                batch_first=True,
-                padding_value=model.pad_id,
-            )
-            mask = (torch.arange(ids.shape[1]) < lengths[batch_index].unsqueeze(1)).long()
-            ids, mask = ids.to(model.device), mask.to(model.device)
+            ids, mask = pad_batch([sequences[i] for i in batch], model.pad_id, model.device)
             out = (model.forward(ids, mask) if state is None else model.forward_after(state, ids, mask)).float().cpu()
             self.forwards += 1
             if outputs is None:
@@ -237,20 +242,33 @@ class ScoringEngine:
         assert outputs is not None
         return outputs
 
-    def _micro_batches(self, order: list[int], lengths: list[int]) -> list[list[int]]:
+    def _micro_batches(self, order: list[int], lengths: list[int], prefix: int = 0) -> list[list[int]]:
         """Consecutive runs of the length-sorted rows, each at most max_batch_tokens padded
-        tokens (a row longer than that runs alone)."""
+        tokens, a shared prefix counted in every row (each row holds its own copy of the
+        prefix's keys and values); a row longer than the budget runs alone."""
         budget = self.options.max_batch_tokens
         batches: list[list[int]] = []
         current: list[int] = []
         for index in order:
-            if current and (len(current) + 1) * lengths[index] > budget:
+            if current and (len(current) + 1) * (prefix + lengths[index]) > budget:
                 batches.append(current)
                 current = []
             current.append(index)
         if current:
             batches.append(current)
         return batches
+
+
+def pad_batch(
+    sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded token ids [B, T] and their attention mask (1 on real tokens)."""
+    ids = pad_sequence(
+        [torch.as_tensor(s, dtype=torch.long) for s in sequences], batch_first=True, padding_value=pad_id
+    )
+    lengths = torch.tensor([len(s) for s in sequences])
+    mask = (torch.arange(ids.shape[1]) < lengths.unsqueeze(1)).long()
+    return ids.to(device), mask.to(device)
 
 
 _default: ScoringEngine | None = None

@@ -20,7 +20,7 @@
 
 Checks run in two steps: `parse_objectives` (the tables alone) and `resolve_objectives` (reads
 each checkpoint's config.json and imports entry points, but loads no weights), both before the
-policy loads; `build_objectives` then loads the models. Every problem is one ConfigError naming
+policy loads; `load_objectives` then loads the models. Every problem is one ConfigError naming
 the table and key, e.g. ``objectives[2].output: unknown label 'tone'; labels: [...]``.
 """
 
@@ -39,7 +39,9 @@ from alignd.config import ConfigError
 from alignd.rewardmodels.base import Objective, ObjectiveInfo
 from alignd.rewardmodels.engine import ScoringEngine
 from alignd.rewardmodels.sequence_classification import (
+    DEFAULT_MAX_LENGTH,
     DTYPES,
+    METADATA_KEY,
     TEMPLATES,
     TRANSFORMS,
     ModelOutputObjective,
@@ -89,17 +91,13 @@ class ObjectiveSpec:
     transform: str = "raw"
     mean: float | None = None
     std: float | None = None
-    max_length: int = 512
+    max_length: int | None = None  # None: what an alignd export was trained with, else 512
     dtype: str = "auto"
     device: str = "auto"
     template: str = "auto"
     higher_is_better: bool = True
     entry_point: str = ""
     options: dict[str, Any] = field(default_factory=dict)
-
-
-def objective_names(entries: Sequence[Any]) -> tuple[str, ...]:
-    return tuple(spec.name for spec in parse_objectives(entries))
 
 
 def parse_objectives(entries: Sequence[Any]) -> list[ObjectiveSpec]:
@@ -210,8 +208,18 @@ def _resolve(spec: ObjectiveSpec) -> ObjectiveSpec:
     try:
         config = read_checkpoint_config(spec.path)
     except (OSError, ValueError) as error:
-        problem = "no such folder" if not Path(spec.path).exists() else str(error).splitlines()[0]
+        problem = "no such folder" if not Path(spec.path).exists() else _first_line(error)
         raise ConfigError(f"{spec.where}.path: no reward model checkpoint at {spec.path!r} ({problem})") from None
+    max_length = _max_length(spec, config)
+    if spec.template == "chat":
+        _check_chat_template(spec)
+    if spec.device != "auto":
+        from alignd.backends.transformers_policy import resolve_device
+
+        try:
+            resolve_device(spec.device)
+        except (RuntimeError, ValueError) as error:
+            raise ConfigError(f"{spec.where}.device: {error}") from None
     labels = output_labels(config)
     if spec.output is None:
         if len(labels) != 1:
@@ -240,7 +248,32 @@ def _resolve(spec: ObjectiveSpec) -> ObjectiveSpec:
         std = stored[1] if std is None else std
         if not std > 0:
             raise ConfigError(f"{spec.where}.std: the checkpoint's stored std {std} is not > 0")
-    return replace(spec, output=output, mean=mean, std=std)
+    return replace(spec, output=output, mean=mean, std=std, max_length=max_length)
+
+
+def _max_length(spec: ObjectiveSpec, config: Any) -> int:
+    """The table's max_length, else the export's, else 512; never past the model's positions."""
+    stored = getattr(config, METADATA_KEY, None)
+    default = stored.get("max_length", DEFAULT_MAX_LENGTH) if isinstance(stored, dict) else DEFAULT_MAX_LENGTH
+    positions = getattr(config, "max_position_embeddings", None)
+    if spec.max_length is None:
+        return min(int(default), positions) if isinstance(positions, int) else int(default)
+    if isinstance(positions, int) and spec.max_length > positions:
+        raise ConfigError(f"{spec.where}.max_length: {spec.max_length} is past the model's {positions} positions")
+    return spec.max_length
+
+
+def _check_chat_template(spec: ObjectiveSpec) -> None:
+    from transformers import AutoTokenizer
+
+    try:
+        has_template = bool(AutoTokenizer.from_pretrained(spec.path).chat_template)
+    except (OSError, ValueError) as error:
+        raise ConfigError(
+            f"{spec.where}.path: cannot load the tokenizer at {spec.path!r}: {_first_line(error)}"
+        ) from None
+    if not has_template:
+        raise ConfigError(f"{spec.where}.template: 'chat', but the tokenizer at {spec.path!r} has no chat template")
 
 
 def _entry_point(spec: ObjectiveSpec) -> Callable[..., Any]:
@@ -261,7 +294,7 @@ def _entry_point(spec: ObjectiveSpec) -> Callable[..., Any]:
     return factory
 
 
-def build_objectives(specs: Sequence[ObjectiveSpec], engine: ScoringEngine, device: str = "cpu") -> list[Objective]:
+def load_objectives(specs: Sequence[ObjectiveSpec], engine: ScoringEngine, device: str = "cpu") -> list[Objective]:
     """Load every objective; `device`: where `device = "auto"` models go (the policy's)."""
     from alignd.rewardmodels.builtin import BUILTIN_FACTORIES
 
@@ -278,13 +311,15 @@ def build_objectives(specs: Sequence[ObjectiveSpec], engine: ScoringEngine, devi
 
 def _model_objective(spec: ObjectiveSpec, engine: ScoringEngine, device: str) -> Objective:
     target = device if spec.device == "auto" else spec.device
-    key = SequenceClassifier.key_for(spec.path, target, spec.dtype, spec.max_length, spec.template)
+    assert spec.max_length is not None  # resolved
+    length = spec.max_length
+    key = SequenceClassifier.key_for(spec.path, target, spec.dtype, length, spec.template)
     try:
-        classifier = engine.model(
-            key, lambda: SequenceClassifier(spec.path, target, spec.dtype, spec.max_length, spec.template)
-        )
-    except (OSError, ValueError, RuntimeError) as error:
-        raise ConfigError(f"{spec.where}.path: cannot load the reward model at {spec.path!r}: {error}") from None
+        classifier = engine.model(key, lambda: SequenceClassifier(spec.path, target, spec.dtype, length, spec.template))
+    except Exception as error:  # whatever the checkpoint's code raises: one line naming the table
+        raise ConfigError(
+            f"{spec.where}.path: cannot load the reward model at {spec.path!r}: {_first_line(error)}"
+        ) from None
     assert isinstance(spec.output, int)
     transform = Transform(
         spec.transform,
@@ -332,3 +367,9 @@ class PluginObjective(Objective):
                 f"for candidate {int(bad[0])}"
             )
         return values
+
+
+def _first_line(error: BaseException) -> str:
+    """Errors are reported in one line; transformers' span several."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -26,7 +26,7 @@ from alignd.errors import InvalidArgument
 from alignd.rewardmodels.base import Scorer
 from alignd.rewardmodels.engine import ScoringEngine
 from alignd.rewardmodels.heads import Head, HeadError
-from alignd.rewardmodels.objective_tables import ObjectiveSpec, build_objectives, parse_objectives, resolve_objectives
+from alignd.rewardmodels.objective_tables import ObjectiveSpec, load_objectives, parse_objectives, resolve_objectives
 from alignd.server.metrics import Metrics
 from alignd.server.service import AligndService
 from alignd.v1 import alignd_pb2, alignd_pb2_grpc
@@ -193,7 +193,7 @@ def load_scorer(
         # The model's config.json may not have said; the loaded model does.
         for field, head in configured.fields():
             check_compatible(field, head, policy.model_name, hidden_size)
-    objectives = build_objectives(configured.objectives, ScoringEngine(config.scoring), policy.device)
+    objectives = load_objectives(configured.objectives, ScoringEngine(config.scoring), policy.device)
     heads: list[tuple[str, Head]] = []
     if configured.reward:
         _ensure_hidden_states(config, "reward_heads", policy)

@@ -204,6 +204,9 @@ def train_reward_model(config: RewardConfig, progress: bool = True) -> tuple[Pat
             "score_mean": float(scores.mean()),
             "score_std": float(scores.std()),
             "data_hash": head.metadata.data_hash,
+            # What the layer was fitted on; serving reads the same unless a table says otherwise.
+            "max_length": config.max_length,
+            "template": classifier.template,
             **metrics,
         },
     )

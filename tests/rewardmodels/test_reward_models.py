@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForSequenceClassification
+from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
 from alignd.backends.base import SamplingParams
 from alignd.clients import AligndClient, AligndClientError
@@ -19,11 +19,11 @@ from alignd.config import ConfigError, ServerConfig
 from alignd.errors import FailedPrecondition
 from alignd.rewardmodels.engine import EngineModel, EngineOptions, ScoringEngine, _Job
 from alignd.rewardmodels.objective_scorer import ObjectiveScorer
-from alignd.rewardmodels.objective_tables import build_objectives, parse_objectives
+from alignd.rewardmodels.objective_tables import load_objectives, parse_objectives
 from alignd.rewardmodels.sequence_classification import ScoringError, SequenceClassifier
 from alignd.server.app import load_scorer
 from tests.server.conftest import running_server
-from tests.tiny import tiny_tokenizer
+from tests.tiny import CHAT_TEMPLATE, tiny_tokenizer
 
 LABELS = {0: "helpful", 1: "safe", 2: "terse"}
 PROMPT = "how do I bake bread"
@@ -79,16 +79,16 @@ def one_by_one(classifier: SequenceClassifier, prompts, responses) -> np.ndarray
 # -- the engine --------------------------------------------------------------------------------
 
 
-def test_engine_batches_by_length_and_matches_one_forward_per_text(rm3):
+@pytest.mark.parametrize("shares_prefix", [True, False])
+def test_engine_batches_by_length_and_matches_one_forward_per_text(rm3, shares_prefix):
     engine = ScoringEngine(EngineOptions(max_batch_tokens=200, coalesce_ms=0))
     classifier = SequenceClassifier(str(rm3))
+    classifier.shares_prefix = shares_prefix
     prompts = [PROMPT] * len(RESPONSES)
     batched = classifier.scores(engine, prompts, RESPONSES)
     np.testing.assert_allclose(batched, one_by_one(classifier, prompts, RESPONSES), atol=1e-4)
-    lengths = sorted(len(ids) for ids in classifier.encode(prompts, RESPONSES))
     assert 1 < engine.forwards < len(RESPONSES)  # a 200-token budget: several rows per forward
     assert engine.rounds == 1
-    assert max(lengths) * 2 > 200  # the longest rows could not share a batch with each other
 
 
 def test_one_requests_shared_prompt_is_read_once_with_unchanged_scores(rm3):
@@ -105,8 +105,27 @@ def test_one_requests_shared_prompt_is_read_once_with_unchanged_scores(rm3):
     # The plan reads a prefix once when that pads to fewer tokens, else sorts full sequences.
     shared = [_Job(classifier, rest, 0.0, tuple(prefix))]
     assert [p for p, _ in engine._plan(classifier, shared)] == [tuple(prefix)]
-    tiny_prefixes = [_Job(classifier, [[5] * 40], 0.0, (i,)) for i in range(6)]
-    assert [p for p, _ in engine._plan(classifier, tiny_prefixes)] == [()]
+    # Two one-token prompts, each with a short and a long response: sorting all four together
+    # pads less (2x11 + 2x101 tokens) than each prompt's pair padded to its long one (2x(1 + 200)).
+    budgeted = ScoringEngine(EngineOptions(max_batch_tokens=250, coalesce_ms=0))
+    short_prompts = [_Job(classifier, [[5] * 10, [5] * 100], 0.0, (i,)) for i in (7, 8)]
+    assert [p for p, _ in budgeted._plan(classifier, short_prompts)] == [()]
+
+
+def test_duplicate_candidates_keep_the_token_a_decoder_pools_on(tmp_path):
+    # A template that ends the turn with EOS, and EOS is the pad id: the shared part must stop
+    # before the last real token, or identical candidates would pool on padding.
+    folder = save_classifier(tmp_path / "eos", {0: "score"})
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = CHAT_TEMPLATE.replace("<|im_end|>\n", "<|im_end|>")
+    tokenizer.save_pretrained(folder)
+    classifier = SequenceClassifier(str(folder))
+    assert classifier.encode([PROMPT], ["same"])[0][-1] == classifier.pad_id
+    prompts, responses = [PROMPT] * 3, ["same", "same", "other words"]
+    prefix, rest = classifier.encode_shared(prompts, responses)
+    assert prefix and all(any(t != classifier.pad_id for t in r) for r in rest)
+    got = classifier.scores(ScoringEngine(EngineOptions(coalesce_ms=0)), prompts, responses)
+    np.testing.assert_allclose(got, one_by_one(classifier, prompts, responses), atol=1e-4)
 
 
 def test_an_encoder_reads_prompt_and_response_as_a_text_pair():
@@ -150,6 +169,38 @@ def test_concurrent_requests_share_forwards_and_get_their_own_rows(rm3):
     assert engine.forwards == engine.rounds  # one forward per round within this budget
 
 
+def test_a_request_that_fails_fails_alone_when_coalesced_with_others():
+    class RefusesThirteen(EngineModel):
+        key = "thirteen"
+        pad_id = 0
+        device = torch.device("cpu")
+
+        def forward(self, input_ids, attention_mask):
+            if (input_ids == 13).any():
+                raise ValueError("token 13")
+            return attention_mask.sum(1, keepdim=True).float()
+
+    engine = ScoringEngine(EngineOptions(coalesce_ms=300))
+    model = engine.model("thirteen", RefusesThirteen)
+    outcomes: dict[int, object] = {}
+    barrier = threading.Barrier(3)
+
+    def call(i: int, sequences) -> None:
+        barrier.wait()
+        try:
+            outcomes[i] = engine.run(model, sequences).flatten().tolist()
+        except ValueError as error:
+            outcomes[i] = str(error)
+
+    threads = [threading.Thread(target=call, args=(i, s)) for i, s in enumerate([[[1, 2]], [[13, 1]], [[4, 5, 6]]])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes == {0: [2.0], 1: "token 13", 2: [3.0]}
+    assert engine.rounds < 3  # they were coalesced, then retried alone
+
+
 def test_a_failing_forward_reaches_its_callers_and_the_engine_goes_on():
     class Flaky(EngineModel):
         key = "flaky"
@@ -189,7 +240,7 @@ def test_outputs_of_one_checkpoint_share_its_copy_and_one_forward(rm3, rm1):
             table(rm1, "rm", transform="standardise", mean=1.0, std=2.0),
         ]
     )
-    scorer = ObjectiveScorer(build_objectives(specs, engine))
+    scorer = ObjectiveScorer(load_objectives(specs, engine))
     assert len(engine.models) == 2  # rm3 once for three objectives, rm1
     prompts = [PROMPT] * len(RESPONSES)
     rewards = scorer.score(prompts, RESPONSES)
@@ -217,7 +268,7 @@ def test_a_non_finite_score_is_a_failed_precondition_naming_the_objective(tmp_pa
     with torch.no_grad():
         model.score.weight.fill_(float("nan"))
     model.save_pretrained(folder)
-    (objective,) = build_objectives(parse_objectives([table(folder, "broken")]), ScoringEngine())
+    (objective,) = load_objectives(parse_objectives([table(folder, "broken")]), ScoringEngine())
     with pytest.raises(ScoringError, match=r"^objectives\.broken: the reward model .* non-finite score") as error:
         objective.score([PROMPT], ["hello"])
     assert isinstance(error.value, FailedPrecondition)
@@ -261,17 +312,17 @@ def plugin(tmp_path, monkeypatch):
 
 def test_a_python_entry_point_adds_an_objective(plugin):
     specs = parse_objectives([{"name": "bangs", "kind": "python", "entry_point": "exclaims", "options": {"mark": "?"}}])
-    (objective,) = build_objectives(specs, ScoringEngine())
+    (objective,) = load_objectives(specs, ScoringEngine())
     assert objective.name == "bangs" and objective.info.source == "python exclaims"
     assert objective.score(["q", "q"], ["what? why?", "fine"]).tolist() == [2.0, 0.0]
     broken = parse_objectives([{"name": "b", "kind": "python", "entry_point": "exclaims", "options": {"broken": True}}])
-    (objective,) = build_objectives(broken, ScoringEngine())
+    (objective,) = load_objectives(broken, ScoringEngine())
     with pytest.raises(ScoringError, match=r"^objectives\.b: the python objective gave a non-finite score"):
         objective.score(["q"], ["a"])
     with pytest.raises(ConfigError, match=r"^objectives\[0\]\.entry_point: 'bad' must give an object with `info`"):
-        build_objectives(parse_objectives([{"name": "x", "kind": "python", "entry_point": "bad"}]), ScoringEngine())
+        load_objectives(parse_objectives([{"name": "x", "kind": "python", "entry_point": "bad"}]), ScoringEngine())
     with pytest.raises(ConfigError, match=r"^objectives\[0\]\.entry_point: 'exclaims' failed with \{'colour': 1\}"):
-        build_objectives(
+        load_objectives(
             parse_objectives([{"name": "x", "kind": "python", "entry_point": "exclaims", "options": {"colour": 1}}]),
             ScoringEngine(),
         )

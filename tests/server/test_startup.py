@@ -18,9 +18,8 @@ import alignd.server.app as app
 from alignd.backends.base import Capability, SamplingParams
 from alignd.backends.transformers_policy import TransformersPolicy
 from alignd.clients import AligndClient
-from alignd.config import ConfigError, ServerConfig
+from alignd.config import ConfigError, EngineOptions, ServerConfig
 from alignd.errors import AligndError
-from alignd.rewardmodels.engine import EngineOptions
 from alignd.rewardmodels.heads import Head, HeadMetadata
 from alignd.server.app import check_config, load_scorer, shipped_value_heads
 from tests.server.conftest import running_server
@@ -131,6 +130,12 @@ GOOD_ARMS = {
             r"^objectives\[0\]\.entry_point: no entry point 'nope' in group 'alignd.objectives'",
         ),
         (lambda tmp: {"scoring": EngineOptions(coalesce_ms=-1)}, r"^scoring\.coalesce_ms: must be a number"),
+        (
+            lambda tmp: {"objectives": (rm(tmp, max_length=4096),)},
+            r"^objectives\[0\]\.max_length: 4096 is past the model's 2048 positions",
+        ),
+        (lambda tmp: {"objectives": (rm(tmp, device="gpu"),)}, r"^objectives\[0\]\.device: "),
+        (lambda tmp: {"objectives": (rm(tmp, template="chat"),)}, r"^objectives\[0\]\.path: cannot load the tokenizer"),
         (lambda tmp: {"objectives": (), "value_heads": ""}, r"^objectives: .*at least one objective"),
         (lambda tmp: {"value_heads": str(tmp / "nope")}, r"^value_heads: head .*needs"),
         (

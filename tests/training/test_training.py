@@ -12,7 +12,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from alignd.cli import main
 from alignd.rewardmodels.engine import ScoringEngine
 from alignd.rewardmodels.heads import Head
-from alignd.rewardmodels.objective_tables import build_objectives, parse_objectives
+from alignd.rewardmodels.objective_tables import load_objectives, parse_objectives
 from alignd.training.data import DataError, load_prompts, read_jsonl
 from tests.tiny import tiny_model, tiny_tokenizer
 
@@ -255,7 +255,7 @@ def test_reward_export_writes_a_standard_checkpoint_that_objectives_serve(tiny_c
     specs = parse_objectives(
         [{"name": "polite", "kind": "sequence_classification", "path": str(out), "transform": "standardise"}]
     )
-    (objective,) = build_objectives(specs, ScoringEngine())
+    (objective,) = load_objectives(specs, ScoringEngine())
     prompts = [r["prompt"] for r in rows]
     chosen = objective.score(prompts, [r["chosen"] for r in rows])
     rejected = objective.score(prompts, [r["rejected"] for r in rows])
@@ -293,7 +293,6 @@ def test_reward_export_needs_a_linear_layer(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_every_prefix_regresses_to_its_rollouts_final_reward():
-    import torch
 
     from alignd.training.value_trainer import prefix_examples
 
@@ -317,7 +316,6 @@ def test_malformed_jsonl_reports_the_line_number(tmp_path, tiny_checkpoint, caps
 
 
 def test_ranking_pairs_share_a_prompt_and_a_prefix_length():
-    import torch
 
     from alignd.training.value_trainer import RankingPairs
 
@@ -335,7 +333,6 @@ def test_ranking_pairs_share_a_prompt_and_a_prefix_length():
 
 
 def test_ranking_loss_rewards_the_final_rewards_order_and_ignores_ties():
-    import torch
 
     from alignd.training.value_trainer import ranking_loss
 
