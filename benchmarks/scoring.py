@@ -19,6 +19,9 @@ reward models, reading (prompt, response) as a text pair; `--model PATH`, any ch
    tokens (what `controlled` with `value_source = "prefix"` scores at each block), per text vs
    the engine, which reads the shared prompt + committed text once (decoder models).
 
+4. with `--vllm`: 64 fresh candidates per round (vLLM caches what it has seen) through the engine
+   and through vLLM's pooling runner (`runner = "vllm"`), same checkpoint, same inputs.
+
 Every path includes rendering and tokenization; fresh score layers are random (speed does not
 depend on their weights). Rounds are interleaved; medians are reported.
 
@@ -72,6 +75,7 @@ def main() -> None:
     parser.add_argument("--model", default="", help="a sequence-classification checkpoint (instead of --backbone)")
     parser.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (every path alike)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--vllm", action="store_true", help="also measure vLLM's pooling runner")
     parser.add_argument("--output", default="", help="JSON results (default build/bench/scoring-<backbone>.json)")
     args = parser.parse_args()
 
@@ -198,12 +202,45 @@ def main() -> None:
     print(f"engine / {best_pipe + ':':<24}{ratios['engine_vs_best_pipeline']:.2f}x   (target >= 1.3)")
     print(f"16x8 coalesced / alone:          {ratios['coalesced_vs_alone']:.2f}x   (target >= 2)")
     print(f"4 blocks, engine / per text:     {ratios['blocks_engine_vs_per_text']:.2f}x")
+    if args.vllm:
+        ratios["engine_vs_vllm_pooling"] = compare_with_vllm(classifier, engine, tokenizer, rng, args.rounds)
     out = Path(args.output or f"build/bench/scoring-{'custom' if args.model else args.backbone}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps({"model": path, "dtype": args.dtype, "device": args.device, "median_s": median, **ratios}, indent=2)
     )
     print(f"wrote {out}")
+
+
+def compare_with_vllm(classifier, engine, tokenizer, rng, rounds: int) -> float:
+    """Median time of vLLM's pooling runner over the engine's, on fresh candidates each round."""
+    from alignd.rewardmodels.vllm_classifier import VLLMClassifier
+
+    folder = Path("build/bench/scoring-rm")  # the benchmark's checkpoint, as vLLM loads one
+    classifier.model.save_pretrained(folder)
+    classifier.tokenizer.save_pretrained(folder)
+    runner = VLLMClassifier(str(folder), "float32" if classifier.dtype == torch.float32 else "auto")
+    times: dict[str, list[float]] = {"engine": [], "vllm": []}
+    try:
+        runner.forward_sequences(classifier.encode([PROMPT] * 4, candidate_texts(tokenizer, 4, rng)))  # warm-up
+        for round_ in range(rounds):
+            texts = candidate_texts(tokenizer, 64, rng)
+            started = time.perf_counter()
+            ours = classifier.scores(engine, [PROMPT] * 64, texts)
+            times["engine"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            theirs = runner.scores(engine, [PROMPT] * 64, texts)
+            times["vllm"].append(time.perf_counter() - started)
+            print(
+                f"round {round_ + 1}: engine {times['engine'][-1]:.2f} s, vLLM pooling {times['vllm'][-1]:.2f} s, "
+                f"max |diff| {abs(ours - theirs).max():.1e}",
+                flush=True,
+            )
+    finally:
+        runner.close()
+    ratio = statistics.median(times["vllm"]) / statistics.median(times["engine"])
+    print(f"engine / vLLM pooling runner:    {ratio:.2f}x")
+    return ratio
 
 
 if __name__ == "__main__":

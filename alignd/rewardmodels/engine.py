@@ -37,12 +37,15 @@ class EngineModel(ABC):
     """A model the engine runs: padded token ids -> one float row per sequence.
 
     A model that can read a shared prefix once (`shares_prefix`: a decoder with a key/value
-    cache) also implements `prefix_state` and `forward_after`."""
+    cache) also implements `prefix_state` and `forward_after`. A model that schedules its own
+    batches (`schedules_itself`: vLLM's pooling runner) gets each round's sequences in one
+    `forward_sequences` call instead of padded micro-batches."""
 
     key: Hashable  # identity: one copy per engine
     pad_id: int
     device: torch.device
     shares_prefix: bool = False
+    schedules_itself: bool = False
 
     @abstractmethod
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -54,6 +57,10 @@ class EngineModel(ABC):
 
     def forward_after(self, state: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Outputs [B, K] for right-padded continuations [B, T] of the prefix in `state`."""
+        raise NotImplementedError
+
+    def forward_sequences(self, sequences: list[Sequence[int]]) -> torch.Tensor:
+        """Outputs [N, K] for unpadded sequences, in order (`schedules_itself` models)."""
         raise NotImplementedError
 
 
@@ -129,12 +136,17 @@ class ScoringEngine:
         return job.result
 
     def close(self) -> None:
-        """Finish what is queued, then stop the worker."""
+        """Finish what is queued, stop the worker, then close the models that hold processes
+        (those with a `close`: vLLM's runner)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         if self._worker is not None:
             self._worker.join()
+        for model in self._models.values():
+            close = getattr(model, "close", None)
+            if callable(close):
+                close()
 
     # -- the worker ----------------------------------------------------------------------------
 
@@ -189,6 +201,10 @@ class ScoringEngine:
     def _forward_all(self, model: EngineModel, jobs: list[_Job]) -> list[torch.Tensor]:
         """Every job of one model, outputs per job. Jobs sharing a prefix read it once when that
         pads to fewer tokens than sorting all full sequences together (`_plan`)."""
+        if model.schedules_itself:
+            outputs = model.forward_sequences([s for job in jobs for s in job.full()]).float().cpu()
+            self.forwards += 1
+            return [out.clone() for out in torch.split(outputs, [len(job.sequences) for job in jobs])]
         groups = self._plan(model, jobs)
         results: dict[int, torch.Tensor] = {}
         for prefix, group in groups:

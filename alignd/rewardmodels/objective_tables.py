@@ -26,6 +26,7 @@ the table and key, e.g. ``objectives[2].output: unknown label 'tone'; labels: [.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -45,6 +46,7 @@ from alignd.rewardmodels.sequence_classification import (
     TEMPLATES,
     TRANSFORMS,
     ModelOutputObjective,
+    RewardModel,
     ScoringError,
     SequenceClassifier,
     Transform,
@@ -58,6 +60,7 @@ BUILTIN = "builtin"
 SEQUENCE_CLASSIFICATION = "sequence_classification"
 PYTHON = "python"
 KINDS = (BUILTIN, SEQUENCE_CLASSIFICATION, PYTHON)
+RUNNERS = ("engine", "vllm")
 
 _KEYS = {
     BUILTIN: {"name", "kind"},
@@ -74,6 +77,7 @@ _KEYS = {
         "device",
         "template",
         "higher_is_better",
+        "runner",
     },
     PYTHON: {"name", "kind", "entry_point", "options"},
 }
@@ -96,6 +100,7 @@ class ObjectiveSpec:
     device: str = "auto"
     template: str = "auto"
     higher_is_better: bool = True
+    runner: str = "engine"  # engine: alignd's scoring engine; vllm: vLLM's pooling runner
     entry_point: str = ""
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -159,6 +164,7 @@ def _typed(entry: dict[str, Any], where: str) -> dict[str, Any]:
     text("device")
     text("template", TEMPLATES)
     text("entry_point")
+    text("runner", RUNNERS)
     number("mean")
     number("std")
     if "output" in entry:
@@ -184,6 +190,8 @@ def _typed(entry: dict[str, Any], where: str) -> dict[str, Any]:
         raise ConfigError(f"{where}.path: a sequence_classification objective needs the checkpoint's path")
     if kind == PYTHON and "entry_point" not in values:
         raise ConfigError(f"{where}.entry_point: a python objective needs an entry point name in {ENTRY_POINT_GROUP!r}")
+    if values.get("runner") == "vllm" and "device" in values:
+        raise ConfigError(f"{where}.device: the vllm runner places the model itself; leave device out")
     if "std" in values and values["std"] <= 0:
         raise ConfigError(f"{where}.std: must be > 0, got {values['std']}")
     if ("mean" in values or "std" in values) and values.get("transform") != "standardise":
@@ -211,6 +219,8 @@ def _resolve(spec: ObjectiveSpec) -> ObjectiveSpec:
         problem = "no such folder" if not Path(spec.path).exists() else _first_line(error)
         raise ConfigError(f"{spec.where}.path: no reward model checkpoint at {spec.path!r} ({problem})") from None
     max_length = _max_length(spec, config)
+    if spec.runner == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ConfigError(f"{spec.where}.runner: 'vllm' needs vLLM installed (see the README: Install)")
     if spec.template == "chat":
         _check_chat_template(spec)
     if spec.device != "auto":
@@ -313,9 +323,18 @@ def _model_objective(spec: ObjectiveSpec, engine: ScoringEngine, device: str) ->
     target = device if spec.device == "auto" else spec.device
     assert spec.max_length is not None  # resolved
     length = spec.max_length
-    key = SequenceClassifier.key_for(spec.path, target, spec.dtype, length, spec.template)
+    classifier: RewardModel
     try:
-        classifier = engine.model(key, lambda: SequenceClassifier(spec.path, target, spec.dtype, length, spec.template))
+        if spec.runner == "vllm":
+            from alignd.rewardmodels.vllm_classifier import VLLMClassifier
+
+            key = VLLMClassifier.key_for(spec.path, spec.dtype, length, spec.template)
+            classifier = engine.model(key, lambda: VLLMClassifier(spec.path, spec.dtype, length, spec.template))
+        else:
+            key = SequenceClassifier.key_for(spec.path, target, spec.dtype, length, spec.template)
+            classifier = engine.model(
+                key, lambda: SequenceClassifier(spec.path, target, spec.dtype, length, spec.template)
+            )
     except Exception as error:  # whatever the checkpoint's code raises: one line naming the table
         raise ConfigError(
             f"{spec.where}.path: cannot load the reward model at {spec.path!r}: {_first_line(error)}"

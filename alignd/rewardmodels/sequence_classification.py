@@ -77,24 +77,18 @@ def score_statistics(config: Any) -> tuple[float, float] | None:
     return None
 
 
-class SequenceClassifier(EngineModel):
-    """One sequence-classification checkpoint on the engine: texts -> logits [N, num_labels]."""
+class RewardModel(EngineModel):
+    """What every runner of a reward-model checkpoint shares: its tokenizer, how (prompt,
+    response) pairs are rendered and encoded, its labels, and `scores` through the engine."""
 
-    def __init__(
-        self,
-        path: str,
-        device: str | torch.device = "cpu",
-        dtype: str = "auto",
-        max_length: int = DEFAULT_MAX_LENGTH,
-        template: str = "auto",
-        num_labels: int | None = None,
-    ) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+    path: str
+    config: Any  # the checkpoint's PretrainedConfig
+    outputs: int
+
+    def _set_up_inputs(self, path: str, max_length: int, template: str) -> None:
+        from transformers import AutoTokenizer
 
         self.path = path
-        self.device = torch.device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
         self.max_length = max_length
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.template = ("chat" if self.tokenizer.chat_template else "plain") if template == "auto" else template
@@ -102,46 +96,19 @@ class SequenceClassifier(EngineModel):
             raise ValueError(f"{path}: template 'chat' asked for, but the tokenizer has no chat template")
         if self.template == "chat":
             self.tokenizer.truncation_side = "left"
-        extra = {} if num_labels is None else {"num_labels": num_labels}
-        verbosity = hf_logging.get_verbosity()
-        if num_labels is not None:  # a fresh score layer (training an export): no warning about it
-            hf_logging.set_verbosity_error()
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(path, dtype=self.dtype, **extra)
-        finally:
-            hf_logging.set_verbosity(verbosity)
-        pad = self.tokenizer.pad_token_id
-        if pad is None:
-            pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
-        if model.config.pad_token_id is None:
-            # Decoders find each row's last token by the pad id; without one they refuse batches.
-            model.config.pad_token_id = pad
-        self.pad_id = int(model.config.pad_token_id)
-        self.model = model.to(self.device).eval()
-        self.outputs = int(model.config.num_labels)
-        self.key = self.key_for(path, device, dtype, max_length, template)
         # Request threads encode concurrently; a fast tokenizer changing its truncation settings
         # while another thread encodes fails with "Already borrowed".
         self._lock = threading.Lock()
-        # Encoders read a text pair with segment ids (BERT: 0 up to the first [SEP], 1 after);
-        # the engine passes ids and mask only, so `forward` rebuilds them from the [SEP] token.
-        self._pair_segments = (
-            self.template == "plain"
-            and "token_type_ids" in self.tokenizer.model_input_names
-            and getattr(model.config, "type_vocab_size", 1) > 1
-            and self.tokenizer.sep_token_id is not None
-        )
-        self.shares_prefix = self._prefix_reuse_works()
 
-    @staticmethod
-    def key_for(path: str, device: str | torch.device, dtype: str, max_length: int, template: str) -> tuple:
-        """The engine key: one copy per checkpoint and settings however many objectives read it."""
-        where = str(Path(path).resolve()) if Path(path).exists() else path
-        return ("sequence_classification", where, str(torch.device(device)), dtype, max_length, template)
+    def _fallback_pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        return int(pad)
 
     @property
     def labels(self) -> list[str]:
-        return output_labels(self.model.config)
+        return output_labels(self.config)
 
     def render(self, prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
         """The chat-template texts (template `chat` only)."""
@@ -166,6 +133,82 @@ class SequenceClassifier(EngineModel):
                 encoded = self.tokenizer(list(prompts), list(responses), truncation=True, max_length=self.max_length)
         # An empty text pair (no special tokens to add) still needs one token to pool on.
         return [ids if ids else [self.pad_id] for ids in encoded["input_ids"]]
+
+    def encode_shared(self, prompts: Sequence[str], responses: Sequence[str]) -> tuple[list[int], list[list[int]]]:
+        """The pairs' token ids as (the prefix they all share, each one's rest). Every rest
+        keeps its last token that is not the pad id: decoders pool on it, and a rest of pad ids
+        alone (a template ending in EOS when EOS pads) would pool elsewhere."""
+        encoded = self.encode(prompts, responses)
+        if len(encoded) < 2:
+            return [], encoded
+        last_real = min(_last_not(ids, self.pad_id) for ids in encoded)
+        if last_real < 1:
+            return [], encoded
+        head = np.array([ids[:last_real] for ids in encoded])
+        differs = np.flatnonzero((head != head[0]).any(axis=0))
+        shared = int(differs[0]) if differs.size else last_real
+        return encoded[0][:shared], [ids[shared:] for ids in encoded]
+
+    def scores(self, engine: ScoringEngine, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        """Raw outputs [N, num_labels] for the pairs, through the engine (their shared prefix
+        read once where the model allows)."""
+        if not responses:
+            return np.zeros((0, self.outputs))
+        if self.shares_prefix:
+            prefix, rest = self.encode_shared(prompts, responses)
+            return engine.run(self, rest, prefix).double().numpy()
+        return engine.run(self, self.encode(prompts, responses)).double().numpy()
+
+
+class SequenceClassifier(RewardModel):
+    """One sequence-classification checkpoint on the engine: texts -> logits [N, num_labels]."""
+
+    def __init__(
+        self,
+        path: str,
+        device: str | torch.device = "cpu",
+        dtype: str = "auto",
+        max_length: int = DEFAULT_MAX_LENGTH,
+        template: str = "auto",
+        num_labels: int | None = None,
+    ) -> None:
+        from transformers import AutoModelForSequenceClassification
+        from transformers.utils import logging as hf_logging
+
+        self._set_up_inputs(path, max_length, template)
+        self.device = torch.device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        extra = {} if num_labels is None else {"num_labels": num_labels}
+        verbosity = hf_logging.get_verbosity()
+        if num_labels is not None:  # a fresh score layer (training an export): no warning about it
+            hf_logging.set_verbosity_error()
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(path, dtype=self.dtype, **extra)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        if model.config.pad_token_id is None:
+            # Decoders find each row's last token by the pad id; without one they refuse batches.
+            model.config.pad_token_id = self._fallback_pad_id()
+        self.pad_id = int(model.config.pad_token_id)
+        self.model = model.to(self.device).eval()
+        self.config = model.config
+        self.outputs = int(model.config.num_labels)
+        self.key = self.key_for(path, device, dtype, max_length, template)
+        # Encoders read a text pair with segment ids (BERT: 0 up to the first [SEP], 1 after);
+        # the engine passes ids and mask only, so `forward` rebuilds them from the [SEP] token.
+        self._pair_segments = (
+            self.template == "plain"
+            and "token_type_ids" in self.tokenizer.model_input_names
+            and getattr(model.config, "type_vocab_size", 1) > 1
+            and self.tokenizer.sep_token_id is not None
+        )
+        self.shares_prefix = self._prefix_reuse_works()
+
+    @staticmethod
+    def key_for(path: str, device: str | torch.device, dtype: str, max_length: int, template: str) -> tuple:
+        """The engine key: one copy per checkpoint and settings however many objectives read it."""
+        where = str(Path(path).resolve()) if Path(path).exists() else path
+        return ("sequence_classification", where, str(torch.device(device)), dtype, max_length, template)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if not self._pair_segments:
@@ -210,31 +253,6 @@ class SequenceClassifier(EngineModel):
         tolerance = 1e-3 if self.dtype == torch.float32 else 3e-2
         scale = max(1.0, float(full.float().abs().max()))
         return bool(torch.allclose(full.float(), after.float(), atol=tolerance * scale, rtol=0.0))
-
-    def encode_shared(self, prompts: Sequence[str], responses: Sequence[str]) -> tuple[list[int], list[list[int]]]:
-        """The pairs' token ids as (the prefix they all share, each one's rest). Every rest
-        keeps its last token that is not the pad id: decoders pool on it, and a rest of pad ids
-        alone (a template ending in EOS when EOS pads) would pool elsewhere."""
-        encoded = self.encode(prompts, responses)
-        if len(encoded) < 2:
-            return [], encoded
-        last_real = min(_last_not(ids, self.pad_id) for ids in encoded)
-        if last_real < 1:
-            return [], encoded
-        head = np.array([ids[:last_real] for ids in encoded])
-        differs = np.flatnonzero((head != head[0]).any(axis=0))
-        shared = int(differs[0]) if differs.size else last_real
-        return encoded[0][:shared], [ids[shared:] for ids in encoded]
-
-    def scores(self, engine: ScoringEngine, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
-        """Raw outputs [N, num_labels] for the pairs, through the engine (their shared prefix
-        read once where the model allows)."""
-        if not responses:
-            return np.zeros((0, self.outputs))
-        if self.shares_prefix:
-            prefix, rest = self.encode_shared(prompts, responses)
-            return engine.run(self, rest, prefix).double().numpy()
-        return engine.run(self, self.encode(prompts, responses)).double().numpy()
 
 
 def _last_not(ids: Sequence[int], pad_id: int) -> int:
@@ -281,7 +299,7 @@ class ModelOutputObjective(Objective):
     def __init__(
         self,
         name: str,
-        classifier: SequenceClassifier,
+        classifier: RewardModel,
         engine: ScoringEngine,
         output: int,
         transform: Transform = Transform(),
@@ -294,14 +312,17 @@ class ModelOutputObjective(Objective):
         label = classifier.labels[output]
         self.info = ObjectiveInfo(
             name=name,
-            description=f"output {output} ({label}) of the reward model at {classifier.path}, {transform.describe()}",
+            description=(
+                f"output {output} ({label}) of the reward model at {classifier.path}, {transform.describe()}"
+                + (" (vLLM pooling runner)" if classifier.schedules_itself else "")
+            ),
             min_value=low,
             max_value=high,
             source=f"sequence_classification {classifier.path} output {output}",
         )
 
     @property
-    def shared_model(self) -> SequenceClassifier:
+    def shared_model(self) -> RewardModel:
         return self.classifier
 
     def model_scores(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:

@@ -173,11 +173,15 @@ def _check_requests(config: ServerConfig, objective_names: tuple[str, ...]) -> N
 
 
 def load_scorer(
-    config: ServerConfig, policy: Policy, configured: CheckedConfig | None = None
+    config: ServerConfig,
+    policy: Policy,
+    configured: CheckedConfig | None = None,
+    engine: ScoringEngine | None = None,
 ) -> tuple[Scorer, list[tuple[str, Head]]]:
     """The configured objectives (reward models on one scoring engine), reward heads as extra
     objectives, and value heads on top; `configured`: what `check_config` checked and loaded
-    (else it is done here).
+    (else it is done here); `engine`: the scoring engine to run model objectives on (else a new
+    one from the `[scoring]` table).
 
     Returns the scorer and the loaded heads with their paths (for GetServerInfo)."""
     from alignd.backends.features import response_features
@@ -193,7 +197,8 @@ def load_scorer(
         # The model's config.json may not have said; the loaded model does.
         for field, head in configured.fields():
             check_compatible(field, head, policy.model_name, hidden_size)
-    objectives = load_objectives(configured.objectives, ScoringEngine(config.scoring), policy.device)
+    engine = engine or ScoringEngine(config.scoring)
+    objectives = load_objectives(configured.objectives, engine, policy.device)
     heads: list[tuple[str, Head]] = []
     if configured.reward:
         _ensure_hidden_states(config, "reward_heads", policy)
@@ -301,8 +306,9 @@ async def serve(config: ServerConfig) -> None:
         )
     except (ValueError, EngineStartError) as error:
         raise ConfigError(str(error)) from None
+    engine = ScoringEngine(config.scoring)
     try:
-        scorer, heads = load_scorer(config, policy, configured)
+        scorer, heads = load_scorer(config, policy, configured, engine)
         running = await start_server(policy, scorer, config, heads)
         # Tests and scripts read this line to learn the port when config.port is 0.
         print(
@@ -318,5 +324,6 @@ async def serve(config: ServerConfig) -> None:
         log.info("draining for up to %.1f s", config.grace_seconds)
         await running.stop(config.grace_seconds)
     finally:
-        # After a failed start too: the engine stops here, not with tracebacks at interpreter exit.
+        # After a failed start too: the engines stop here, not with tracebacks at interpreter exit.
+        engine.close()
         policy.close()

@@ -3,12 +3,18 @@ multi-output model, on the real SmolLM2 server through gRPC."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
+import torch
 from transformers import AutoConfig
 
 from alignd.cli import main
 from alignd.clients import AligndClient
+from alignd.rewardmodels.engine import ScoringEngine
+from alignd.rewardmodels.objective_scorer import ObjectiveScorer
+from alignd.rewardmodels.objective_tables import load_objectives, parse_objectives
 from tests.integration.conftest import start_serve, stop
 from tests.rewardmodels.test_reward_models import LABELS, save_classifier
 
@@ -93,3 +99,45 @@ objectives = [
                 assert steered.usage.scored_texts >= 4
     finally:
         assert stop(server) == 0
+
+
+@pytest.fixture(scope="module")
+def smollm_reward_model(tmp_path_factory):
+    """The embedded model's backbone with a seeded score layer of three outputs, saved."""
+    from alignd import models
+    from alignd.rewardmodels.sequence_classification import SequenceClassifier
+
+    folder = tmp_path_factory.mktemp("smollm-rm")
+    classifier = SequenceClassifier(str(models.resolve(models.DEFAULT_MODEL)), num_labels=3)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        classifier.model.score.weight.normal_(0.0, 0.05)
+    classifier.model.config.id2label = dict(LABELS)
+    classifier.model.config.label2id = {v: k for k, v in LABELS.items()}
+    classifier.model.save_pretrained(folder)
+    classifier.tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
+def test_the_vllm_pooling_runner_gives_the_engines_scores(smollm_reward_model):
+    tables = [
+        {"name": f"{label}_{runner}", "kind": "sequence_classification", "path": str(smollm_reward_model)}
+        | {"output": label, "runner": runner}
+        for runner in ("engine", "vllm")
+        for label in ("helpful", "terse")
+    ]
+    engine = ScoringEngine()
+    scorer = ObjectiveScorer(load_objectives(parse_objectives(tables), engine))
+    assert len(engine.models) == 2  # one copy per runner, two outputs each
+    assert "vLLM pooling runner" in scorer.objectives[2].description
+    prompts = ["How do I bake bread?"] * 5 + ["Name a colour."] * 3
+    responses = ["Mix flour, water, yeast and salt; knead, rise, bake."] + [
+        "word " * n for n in (3, 40, 12, 90, 1, 7, 25)
+    ]
+    try:
+        rewards = scorer.score(prompts, responses)
+    finally:
+        engine.close()  # stops vLLM's engine processes
+    np.testing.assert_allclose(rewards[:, 2:], rewards[:, :2], atol=2e-3)
+    assert np.ptp(rewards[:, 0]) > 0.01  # the outputs tell responses apart

@@ -1,0 +1,90 @@
+"""A reward-model checkpoint on vLLM's pooling runner (`runner = "vllm"` in its objective table).
+
+vLLM loads the checkpoint as a classification model (`LLM(runner="pooling")`), schedules the
+sequences itself (continuous batching, prefix caching across a request's candidates) and returns
+the raw logits (its activation turned off, so transforms mean what they mean on the default
+runner). Inputs are rendered and tokenized exactly as on the default runner; the scoring engine
+still coalesces concurrent requests, handing each round to vLLM in one call from its one worker
+thread (vLLM's offline engine is not for concurrent callers).
+
+vLLM runs in its own engine processes, beside the policy's engine when the server is on
+`--backend vllm`. On the CPU it takes the KV-cache share `gpu_memory_utilization` (default 0.25)
+with 32-token blocks, as the policy's vLLM engine does there.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignd.rewardmodels.sequence_classification import (
+    DEFAULT_MAX_LENGTH,
+    RewardModel,
+    read_checkpoint_config,
+    resolve_dtype,
+)
+
+CPU_MEMORY_UTILIZATION = 0.25
+CPU_BLOCK_SIZE = 32
+
+
+class VLLMClassifier(RewardModel):
+    schedules_itself = True
+
+    def __init__(
+        self,
+        path: str,
+        dtype: str = "auto",
+        max_length: int = DEFAULT_MAX_LENGTH,
+        template: str = "auto",
+        gpu_memory_utilization: float | None = None,
+    ) -> None:
+        os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+        from vllm import LLM, PoolingParams
+
+        self._set_up_inputs(path, max_length, template)
+        self.config = read_checkpoint_config(path)
+        self.outputs = int(self.config.num_labels)
+        self.pad_id = self._fallback_pad_id()
+        on_gpu = torch.cuda.is_available()
+        self.device = torch.device("cuda" if on_gpu else "cpu")
+        options: dict[str, Any] = {}
+        if not on_gpu:
+            options["block_size"] = CPU_BLOCK_SIZE
+            options["gpu_memory_utilization"] = gpu_memory_utilization or CPU_MEMORY_UTILIZATION
+        elif gpu_memory_utilization is not None:
+            options["gpu_memory_utilization"] = gpu_memory_utilization
+        # `auto` as on the default runner: half precision on CUDA, float32 on the CPU.
+        resolved = str(resolve_dtype(dtype, self.device)).removeprefix("torch.")
+        self.llm: Any = LLM(
+            model=path,
+            runner="pooling",
+            dtype=resolved,
+            max_model_len=max_length,
+            **options,
+        )
+        self._raw = PoolingParams(use_activation=False)
+        self.key = self.key_for(path, dtype, max_length, template)
+
+    @staticmethod
+    def key_for(path: str, dtype: str, max_length: int, template: str) -> tuple:
+        where = str(Path(path).resolve()) if Path(path).exists() else path
+        return ("vllm_classify", where, dtype, max_length, template)
+
+    def close(self) -> None:
+        """Stop vLLM's engine processes now, not during interpreter exit."""
+        if self.llm is not None:
+            self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("the vLLM runner takes whole rounds (forward_sequences)")
+
+    def forward_sequences(self, sequences: list[Sequence[int]]) -> torch.Tensor:
+        prompts: Any = [{"prompt_token_ids": list(ids)} for ids in sequences]
+        results = self.llm.classify(prompts, pooling_params=self._raw, use_tqdm=False)
+        return torch.tensor([r.outputs.probs for r in results], dtype=torch.float32)
