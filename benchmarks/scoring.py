@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (every path alike)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--vllm", action="store_true", help="also measure vLLM's pooling runner")
-    parser.add_argument("--output", default="", help="JSON results (default build/bench/scoring-<backbone>.json)")
+    parser.add_argument("--output", default="", help="JSON results (default benchmarks/results/scoring-<backbone>.json)")
     args = parser.parse_args()
 
     from transformers import pipeline
@@ -204,7 +204,7 @@ def main() -> None:
     print(f"4 blocks, engine / per text:     {ratios['blocks_engine_vs_per_text']:.2f}x")
     if args.vllm:
         ratios["engine_vs_vllm_pooling"] = compare_with_vllm(classifier, engine, tokenizer, rng, args.rounds)
-    out = Path(args.output or f"build/bench/scoring-{'custom' if args.model else args.backbone}.json")
+    out = Path(args.output or f"benchmarks/results/scoring-{'custom' if args.model else args.backbone}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps({"model": path, "dtype": args.dtype, "device": args.device, "median_s": median, **ratios}, indent=2)
@@ -216,7 +216,7 @@ def compare_with_vllm(classifier, engine, tokenizer, rng, rounds: int) -> float:
     """Median time of vLLM's pooling runner over the engine's, on fresh candidates each round."""
     from alignd.rewardmodels.vllm_classifier import VLLMClassifier
 
-    folder = Path("build/bench/scoring-rm")  # the benchmark's checkpoint, as vLLM loads one
+    folder = Path("benchmarks/results/scoring-rm")  # the benchmark's checkpoint, as vLLM loads one
     classifier.model.save_pretrained(folder)
     classifier.tokenizer.save_pretrained(folder)
     runner = VLLMClassifier(str(folder), "float32" if classifier.dtype == torch.float32 else "auto")

@@ -11,6 +11,7 @@
     path = "/models/my-reward-model"      # a local folder (or a hub id where there is network)
     output = 0                            # output index or label name (optional for one output)
     transform = "sigmoid"                 # raw | sigmoid | standardise (with mean/std)
+    runner = "engine"                     # or "vllm": vLLM's pooling runner
 
     [[objectives]]
     name = "mine"
