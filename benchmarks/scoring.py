@@ -76,7 +76,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (every path alike)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--vllm", action="store_true", help="also measure vLLM's pooling runner")
-    parser.add_argument("--output", default="", help="JSON results (default benchmarks/results/scoring-<backbone>.json)")
+    parser.add_argument(
+        "--output", default="", help="JSON results (default benchmarks/results/scoring-<backbone>.json)"
+    )
     args = parser.parse_args()
 
     from transformers import pipeline

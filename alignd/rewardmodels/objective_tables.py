@@ -51,6 +51,7 @@ from alignd.rewardmodels.sequence_classification import (
     ScoringError,
     SequenceClassifier,
     Transform,
+    check_finite,
     output_labels,
     read_checkpoint_config,
     score_statistics,
@@ -380,13 +381,7 @@ class PluginObjective(Objective):
             raise ScoringError(
                 f"objectives.{self.name}: the python objective gave shape {values.shape} for {len(responses)} responses"
             )
-        bad = np.flatnonzero(~np.isfinite(values))
-        if bad.size:
-            raise ScoringError(
-                f"objectives.{self.name}: the python objective gave a non-finite score ({values[bad[0]]}) "
-                f"for candidate {int(bad[0])}"
-            )
-        return values
+        return check_finite(values, self.name, "the python objective")
 
 
 def _first_line(error: BaseException) -> str:

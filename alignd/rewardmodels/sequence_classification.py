@@ -46,6 +46,16 @@ class ScoringError(FailedPrecondition):
     server's reward model is not)."""
 
 
+def check_finite(values: np.ndarray, objective: str, source: str) -> np.ndarray:
+    """`values`, or ScoringError naming the objective and the first non-finite candidate."""
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise ScoringError(
+            f"objectives.{objective}: {source} gave a non-finite score ({values[bad[0]]}) for candidate {int(bad[0])}"
+        )
+    return values
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """`auto`: half precision (bfloat16, or float16 where bf16 is unsupported) on CUDA, float32
     on the CPU."""
@@ -329,14 +339,9 @@ class ModelOutputObjective(Objective):
         return self.classifier.scores(self.engine, prompts, responses)
 
     def from_model_scores(self, raw: np.ndarray) -> np.ndarray:
-        values = self.transform(raw[:, self.output])
-        bad = np.flatnonzero(~np.isfinite(values))
-        if bad.size:
-            raise ScoringError(
-                f"objectives.{self.name}: the reward model at {self.classifier.path} gave a non-finite score "
-                f"({values[bad[0]]}) for candidate {int(bad[0])}"
-            )
-        return values
+        return check_finite(
+            self.transform(raw[:, self.output]), self.name, f"the reward model at {self.classifier.path}"
+        )
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
         if not responses:

@@ -59,14 +59,8 @@ class VLLMClassifier(RewardModel):
         elif gpu_memory_utilization is not None:
             options["gpu_memory_utilization"] = gpu_memory_utilization
         # `auto` as on the default runner: half precision on CUDA, float32 on the CPU.
-        resolved = str(resolve_dtype(dtype, self.device)).removeprefix("torch.")
-        self.llm: Any = LLM(
-            model=path,
-            runner="pooling",
-            dtype=resolved,
-            max_model_len=max_length,
-            **options,
-        )
+        options["dtype"] = str(resolve_dtype(dtype, self.device)).removeprefix("torch.")
+        self.llm: Any = LLM(model=path, runner="pooling", max_model_len=max_length, **options)
         self._raw = PoolingParams(use_activation=False)
         self.key = self.key_for(path, dtype, max_length, template)
 

@@ -189,7 +189,9 @@ def train_reward_model(config: RewardConfig, progress: bool = True) -> tuple[Pat
         engine.close()
     name = served_model_name(config.model, checkpoint)
     head, metrics = _fit(config, name, train_states, held_states, (len(train), len(held)), progress)
-    weight = head.net[0].weight.detach()
+    layer = head.net[0]
+    assert isinstance(layer, torch.nn.Linear)  # width 0: one linear layer
+    weight = layer.weight.detach()
     with torch.no_grad():
         score.weight.copy_(weight.to(score.weight.dtype))
     scores = torch.cat(train_states) @ weight[0]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -331,6 +333,18 @@ def test_a_python_entry_point_adds_an_objective(plugin):
 # -- in the server -------------------------------------------------------------------------------
 
 
+@contextmanager
+def serving(policy, objectives) -> Iterator[AligndClient]:
+    """An in-process server with these objectives, and a client of it."""
+    config = ServerConfig(port=0, objectives=objectives, value_heads="", default_sampling=SamplingParams(max_tokens=8))
+    scorer, heads = load_scorer(config, policy)
+    with (
+        running_server(policy, scorer, config, heads) as running,
+        AligndClient(f"127.0.0.1:{running.port}", timeout=60) as client,
+    ):
+        yield client
+
+
 def nan_classifier(folder: Path) -> Path:
     save_classifier(folder, {0: "score"})
     model = LlamaForSequenceClassification.from_pretrained(folder)
@@ -341,21 +355,12 @@ def nan_classifier(folder: Path) -> Path:
 
 
 def test_reward_models_serve_requests_with_weights_over_builtin_and_model_objectives(tiny_policy, rm3):
-    config = ServerConfig(
-        port=0,
-        objectives=(
-            "positivity",
-            table(rm3, "helpful", output="helpful"),
-            table(rm3, "terse", output="terse", transform="sigmoid"),
-        ),
-        value_heads="",
-        default_sampling=SamplingParams(max_tokens=8),
+    objectives = (
+        "positivity",
+        table(rm3, "helpful", output="helpful"),
+        table(rm3, "terse", output="terse", transform="sigmoid"),
     )
-    scorer, heads = load_scorer(config, tiny_policy)
-    with (
-        running_server(tiny_policy, scorer, config, heads) as running,
-        AligndClient(f"127.0.0.1:{running.port}", timeout=60) as client,
-    ):
+    with serving(tiny_policy, objectives) as client:
         info = {o.name: o for o in client.server_info().objectives}
         assert info["terse"].source == f"sequence_classification {rm3} output 2"
         assert info["positivity"].source == "built-in"
@@ -377,17 +382,7 @@ def test_reward_models_serve_requests_with_weights_over_builtin_and_model_object
 def test_a_reward_model_giving_nan_fails_requests_with_failed_precondition_and_the_server_goes_on(
     tiny_policy, tmp_path
 ):
-    config = ServerConfig(
-        port=0,
-        objectives=("positivity", table(nan_classifier(tmp_path / "nan"), "broken")),
-        value_heads="",
-        default_sampling=SamplingParams(max_tokens=6),
-    )
-    scorer, heads = load_scorer(config, tiny_policy)
-    with (
-        running_server(tiny_policy, scorer, config, heads) as running,
-        AligndClient(f"127.0.0.1:{running.port}", timeout=60) as client,
-    ):
+    with serving(tiny_policy, ("positivity", table(nan_classifier(tmp_path / "nan"), "broken"))) as client:
         for _ in range(2):
             with pytest.raises(AligndClientError) as error:
                 client.generate(PROMPT, strategy="best_of_n", n=2, weights={"positivity": 1.0}, seed=3)

@@ -221,29 +221,9 @@ def test_reward_head_learns_a_held_out_preference(tiny_checkpoint, tmp_path, cap
 def test_reward_export_writes_a_standard_checkpoint_that_objectives_serve(tiny_checkpoint, tmp_path, capsys):
     rows = polite_pairs(tmp_path / "pairs.jsonl")
     out = tmp_path / "rm-polite"
-    code = main(
-        [
-            "train",
-            "reward",
-            "--export",
-            "hf",
-            "--pairs",
-            str(tmp_path / "pairs.jsonl"),
-            "--model",
-            str(tiny_checkpoint),
-            "--device",
-            "cpu",
-            "--epochs",
-            "60",
-            "--eval-fraction",
-            "0.25",
-            "--name",
-            "polite",
-            "--output",
-            str(out),
-        ]
-    )
-    assert code == 0
+    train = ["train", "reward", "--export", "hf", "--pairs", str(tmp_path / "pairs.jsonl"), "--name", "polite"]
+    options = ["--model", str(tiny_checkpoint), "--device", "cpu", "--epochs", "60", "--eval-fraction", "0.25"]
+    assert main([*train, *options, "--output", str(out)]) == 0
     assert "wrote the reward model" in capsys.readouterr().out
     # A standard checkpoint: plain transformers loads it, with the stats alignd wrote.
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
