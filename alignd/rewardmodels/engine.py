@@ -20,6 +20,7 @@ objectives on two outputs of one checkpoint share its copy, and one forward serv
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -31,6 +32,8 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from alignd.config import MAX_COALESCE_MS, EngineOptions
+
+log = logging.getLogger("alignd.scoring")
 
 
 class EngineModel(ABC):
@@ -104,6 +107,8 @@ class ScoringEngine:
     def model(self, key: Hashable, build: Callable[[], M]) -> M:
         """The engine's copy of the model with this key, built on first use."""
         with self._building:
+            if self._closed:
+                raise RuntimeError("the scoring engine is closed")
             if key not in self._models:
                 self._models[key] = build()
             return self._models[key]  # type: ignore[return-value]
@@ -143,10 +148,15 @@ class ScoringEngine:
             self._cond.notify_all()
         if self._worker is not None:
             self._worker.join()
-        for model in self._models.values():
+        with self._building:
+            models = list(self._models.values())
+        for model in models:
             close = getattr(model, "close", None)
             if callable(close):
-                close()
+                try:
+                    close()
+                except Exception:  # the others still close
+                    log.exception("closing %s failed", type(model).__name__)
 
     # -- the worker ----------------------------------------------------------------------------
 

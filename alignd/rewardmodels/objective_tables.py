@@ -80,6 +80,7 @@ _KEYS = {
         "template",
         "higher_is_better",
         "runner",
+        "gpu_memory_utilization",
     },
     PYTHON: {"name", "kind", "entry_point", "options"},
 }
@@ -103,6 +104,7 @@ class ObjectiveSpec:
     template: str = "auto"
     higher_is_better: bool = True
     runner: str = "engine"  # engine: alignd's scoring engine; vllm: vLLM's pooling runner
+    gpu_memory_utilization: float | None = None  # runner = "vllm": its engine's memory share
     entry_point: str = ""
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -169,6 +171,7 @@ def _typed(entry: dict[str, Any], where: str) -> dict[str, Any]:
     text("runner", RUNNERS)
     number("mean")
     number("std")
+    number("gpu_memory_utilization")
     if "output" in entry:
         output = entry["output"]
         if isinstance(output, bool) or not isinstance(output, (int, str)) or (isinstance(output, int) and output < 0):
@@ -194,6 +197,13 @@ def _typed(entry: dict[str, Any], where: str) -> dict[str, Any]:
         raise ConfigError(f"{where}.entry_point: a python objective needs an entry point name in {ENTRY_POINT_GROUP!r}")
     if values.get("runner") == "vllm" and "device" in values:
         raise ConfigError(f"{where}.device: the vllm runner places the model itself; leave device out")
+    if "gpu_memory_utilization" in values:
+        if values.get("runner") != "vllm":
+            raise ConfigError(f"{where}.gpu_memory_utilization: only used with runner = 'vllm'")
+        if not 0 < values["gpu_memory_utilization"] <= 1:
+            raise ConfigError(
+                f"{where}.gpu_memory_utilization: must be in (0, 1], got {values['gpu_memory_utilization']}"
+            )
     if "std" in values and values["std"] <= 0:
         raise ConfigError(f"{where}.std: must be > 0, got {values['std']}")
     if ("mean" in values or "std" in values) and values.get("transform") != "standardise":
@@ -231,7 +241,7 @@ def _resolve(spec: ObjectiveSpec) -> ObjectiveSpec:
         try:
             resolve_device(spec.device)
         except (RuntimeError, ValueError) as error:
-            raise ConfigError(f"{spec.where}.device: {error}") from None
+            raise ConfigError(f"{spec.where}.device: {_first_line(error)}") from None
     labels = output_labels(config)
     if spec.output is None:
         if len(labels) != 1:
@@ -266,7 +276,9 @@ def _resolve(spec: ObjectiveSpec) -> ObjectiveSpec:
 def _max_length(spec: ObjectiveSpec, config: Any) -> int:
     """The table's max_length, else the export's, else 512; never past the model's positions."""
     stored = getattr(config, METADATA_KEY, None)
-    default = stored.get("max_length", DEFAULT_MAX_LENGTH) if isinstance(stored, dict) else DEFAULT_MAX_LENGTH
+    default = stored.get("max_length") if isinstance(stored, dict) else None
+    if isinstance(default, bool) or not isinstance(default, int) or default < 2:
+        default = DEFAULT_MAX_LENGTH
     positions = getattr(config, "max_position_embeddings", None)
     if spec.max_length is None:
         return min(int(default), positions) if isinstance(positions, int) else int(default)
@@ -300,7 +312,7 @@ def _entry_point(spec: ObjectiveSpec) -> Callable[..., Any]:
     try:
         factory = matches[0].load()
     except Exception as error:  # the user's module failed to import
-        raise ConfigError(f"{spec.where}.entry_point: cannot load {matches[0].value!r}: {error}") from None
+        raise ConfigError(f"{spec.where}.entry_point: cannot load {matches[0].value!r}: {_first_line(error)}") from None
     if not callable(factory):
         raise ConfigError(f"{spec.where}.entry_point: {matches[0].value!r} is not callable")
     return factory
@@ -331,15 +343,17 @@ def _model_objective(spec: ObjectiveSpec, engine: ScoringEngine, device: str) ->
             from alignd.rewardmodels.vllm_classifier import VLLMClassifier
 
             key = VLLMClassifier.key_for(spec.path, spec.dtype, length, spec.template)
-            classifier = engine.model(key, lambda: VLLMClassifier(spec.path, spec.dtype, length, spec.template))
+            share = spec.gpu_memory_utilization
+            classifier = engine.model(key, lambda: VLLMClassifier(spec.path, spec.dtype, length, spec.template, share))
         else:
             key = SequenceClassifier.key_for(spec.path, target, spec.dtype, length, spec.template)
             classifier = engine.model(
                 key, lambda: SequenceClassifier(spec.path, target, spec.dtype, length, spec.template)
             )
     except Exception as error:  # whatever the checkpoint's code raises: one line naming the table
+        key_name = "runner" if spec.runner == "vllm" else "path"
         raise ConfigError(
-            f"{spec.where}.path: cannot load the reward model at {spec.path!r}: {_first_line(error)}"
+            f"{spec.where}.{key_name}: cannot load the reward model at {spec.path!r}: {_first_line(error)}"
         ) from None
     assert isinstance(spec.output, int)
     transform = Transform(
@@ -361,7 +375,9 @@ class PluginObjective(Objective):
         try:
             self.plugin = factory(**spec.options)
         except Exception as error:
-            raise ConfigError(f"{where}: {spec.entry_point!r} failed with {spec.options}: {error}") from None
+            raise ConfigError(
+                f"{where}: {spec.entry_point!r} failed with {spec.options}: {_first_line(error)}"
+            ) from None
         info = getattr(self.plugin, "info", None)
         if not callable(getattr(self.plugin, "score", None)) or not isinstance(info, ObjectiveInfo):
             raise ConfigError(

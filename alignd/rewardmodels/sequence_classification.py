@@ -151,7 +151,7 @@ class RewardModel(EngineModel):
         encoded = self.encode(prompts, responses)
         if len(encoded) < 2:
             return [], encoded
-        last_real = min(_last_not(ids, self.pad_id) for ids in encoded)
+        last_real = min(last_not_pad(ids, self.pad_id) for ids in encoded)
         if last_real < 1:
             return [], encoded
         head = np.array([ids[:last_real] for ids in encoded])
@@ -265,7 +265,7 @@ class SequenceClassifier(RewardModel):
         return bool(torch.allclose(full.float(), after.float(), atol=tolerance * scale, rtol=0.0))
 
 
-def _last_not(ids: Sequence[int], pad_id: int) -> int:
+def last_not_pad(ids: Sequence[int], pad_id: int) -> int:
     """Index of the last token that is not `pad_id` (0 if there is none)."""
     for index in range(len(ids) - 1, -1, -1):
         if ids[index] != pad_id:

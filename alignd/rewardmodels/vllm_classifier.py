@@ -8,8 +8,10 @@ still coalesces concurrent requests, handing each round to vLLM in one call from
 thread (vLLM's offline engine is not for concurrent callers).
 
 vLLM runs in its own engine processes, beside the policy's engine when the server is on
-`--backend vllm`. On the CPU it takes the KV-cache share `gpu_memory_utilization` (default 0.25)
-with 32-token blocks, as the policy's vLLM engine does there.
+`--backend vllm`. It takes the memory share `gpu_memory_utilization` (the table's key; on the CPU
+0.25 by default, with 32-token blocks, as the policy's vLLM engine does there; on a GPU vLLM's
+default, which leaves no room beside a vLLM policy: set it). Text-pair encoders stay on the
+engine: vLLM reads token ids only, without segment ids.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from alignd.rewardmodels.sequence_classification import (
     DEFAULT_MAX_LENGTH,
     RewardModel,
+    last_not_pad,
     read_checkpoint_config,
     resolve_dtype,
 )
@@ -49,13 +52,18 @@ class VLLMClassifier(RewardModel):
         self._set_up_inputs(path, max_length, template)
         self.config = read_checkpoint_config(path)
         self.outputs = int(self.config.num_labels)
-        self.pad_id = self._fallback_pad_id()
+        pad = getattr(self.config, "pad_token_id", None)
+        self.pad_id = int(pad) if isinstance(pad, int) else self._fallback_pad_id()
+        if self.template == "plain" and "token_type_ids" in self.tokenizer.model_input_names:
+            # vLLM reads token ids only: a text-pair encoder would lose its segment ids.
+            raise ValueError("the vllm runner reads token ids only; serve text-pair encoders on runner = 'engine'")
         on_gpu = torch.cuda.is_available()
         self.device = torch.device("cuda" if on_gpu else "cpu")
         options: dict[str, Any] = {}
         if not on_gpu:
             options["block_size"] = CPU_BLOCK_SIZE
-            options["gpu_memory_utilization"] = gpu_memory_utilization or CPU_MEMORY_UTILIZATION
+            share = CPU_MEMORY_UTILIZATION if gpu_memory_utilization is None else gpu_memory_utilization
+            options["gpu_memory_utilization"] = share
         elif gpu_memory_utilization is not None:
             options["gpu_memory_utilization"] = gpu_memory_utilization
         # `auto` as on the default runner: half precision on CUDA, float32 on the CPU.
@@ -79,6 +87,8 @@ class VLLMClassifier(RewardModel):
         raise NotImplementedError("the vLLM runner takes whole rounds (forward_sequences)")
 
     def forward_sequences(self, sequences: list[Sequence[int]]) -> torch.Tensor:
-        prompts: Any = [{"prompt_token_ids": list(ids)} for ids in sequences]
+        # vLLM pools the final token; transformers (the engine) the last one that is not the pad
+        # id. Trailing pad ids (a turn ending in EOS when EOS pads) are cut so both read the same.
+        prompts: Any = [{"prompt_token_ids": list(ids[: last_not_pad(ids, self.pad_id) + 1])} for ids in sequences]
         results = self.llm.classify(prompts, pooling_params=self._raw, use_tqdm=False)
         return torch.tensor([r.outputs.probs for r in results], dtype=torch.float32)

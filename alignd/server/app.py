@@ -325,5 +325,7 @@ async def serve(config: ServerConfig) -> None:
         await running.stop(config.grace_seconds)
     finally:
         # After a failed start too: the engines stop here, not with tracebacks at interpreter exit.
-        engine.close()
-        policy.close()
+        try:
+            engine.close()
+        finally:
+            policy.close()

@@ -226,6 +226,8 @@ def test_a_failing_forward_reaches_its_callers_and_the_engine_goes_on():
     engine.close()
     with pytest.raises(RuntimeError, match="closed"):
         engine.run(model, [[1]])
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.model("another", Flaky)
 
 
 # -- objectives from tables ----------------------------------------------------------------------

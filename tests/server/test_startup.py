@@ -135,6 +135,18 @@ GOOD_ARMS = {
             r"^objectives\[0\]\.max_length: 4096 is past the model's 2048 positions",
         ),
         (lambda tmp: {"objectives": (rm(tmp, device="gpu"),)}, r"^objectives\[0\]\.device: "),
+        (
+            lambda tmp: {"objectives": (rm(tmp, runner="vllm", device="cpu"),)},
+            r"^objectives\[0\]\.device: the vllm runner places the model itself",
+        ),
+        (
+            lambda tmp: {"objectives": (rm(tmp, gpu_memory_utilization=0.2),)},
+            r"^objectives\[0\]\.gpu_memory_utilization: only used with runner = 'vllm'",
+        ),
+        (
+            lambda tmp: {"objectives": (rm(tmp, runner="vllm", gpu_memory_utilization=1.5),)},
+            r"^objectives\[0\]\.gpu_memory_utilization: must be in \(0, 1\]",
+        ),
         (lambda tmp: {"objectives": (rm(tmp, template="chat"),)}, r"^objectives\[0\]\.path: cannot load the tokenizer"),
         (lambda tmp: {"objectives": (), "value_heads": ""}, r"^objectives: .*at least one objective"),
         (lambda tmp: {"value_heads": str(tmp / "nope")}, r"^value_heads: head .*needs"),
