@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,6 +223,13 @@ def experiment_store_path(config: ServerConfig) -> Path | None:
             raise ConfigError('experiment_store: experiments are configured but the store is disabled ("")')
         return None
     if config.experiment_store != "auto":
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", config.experiment_store):
+            # Taken as a path, "postgresql://host/db" would quietly become a local folder.
+            scheme = config.experiment_store.split("://", 1)[0]
+            raise ConfigError(
+                f"experiment_store: {scheme}:// URLs are not supported; the store is a SQLite file path "
+                "(a networked store is not built yet)"
+            )
         return Path(config.experiment_store)
     path = data_dir() / "experiments.sqlite"
     return path if config.experiments or config.admin_rpcs or path.exists() else None

@@ -173,6 +173,10 @@ GOOD_ARMS = {
             r"^experiments\[0\] \('cfg'\)\.arms\[1\]\.request\.best_of_n\.n: arm 'broken'",
         ),
         (lambda tmp: {"experiments": (GOOD_ARMS,), "experiment_store": ""}, r"^experiment_store: experiments are"),
+        (
+            lambda tmp: {"experiment_store": "postgresql://alignd@db:5432/ab"},
+            r"^experiment_store: postgresql:// URLs are not supported; the store is a SQLite file path",
+        ),
         (lambda tmp: {"port": 70000}, r"^port: must be at most 65535"),
         (lambda tmp: {"workers": -1}, r"^workers: must be a whole number >= 0"),
         (lambda tmp: {"grace_seconds": "soon"}, r"^grace_seconds: must be a number"),
