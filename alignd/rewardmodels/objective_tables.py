@@ -107,6 +107,8 @@ class ObjectiveSpec:
     gpu_memory_utilization: float | None = None  # runner = "vllm": its engine's memory share
     entry_point: str = ""
     options: dict[str, Any] = field(default_factory=dict)
+    # Set by `resolve_objectives`: what the spec points at was checked (loading resolves only once).
+    resolved: bool = False
 
 
 def parse_objectives(entries: Sequence[Any]) -> list[ObjectiveSpec]:
@@ -220,11 +222,11 @@ def resolve_objectives(specs: Sequence[ObjectiveSpec]) -> list[ObjectiveSpec]:
 
 
 def _resolve(spec: ObjectiveSpec) -> ObjectiveSpec:
+    if spec.resolved or spec.kind == BUILTIN:
+        return replace(spec, resolved=True)
     if spec.kind == PYTHON:
         _entry_point(spec)
-        return spec
-    if spec.kind != SEQUENCE_CLASSIFICATION:
-        return spec
+        return replace(spec, resolved=True)
     try:
         config = read_checkpoint_config(spec.path)
     except (OSError, ValueError) as error:
@@ -270,7 +272,7 @@ def _resolve(spec: ObjectiveSpec) -> ObjectiveSpec:
         std = stored[1] if std is None else std
         if not std > 0:
             raise ConfigError(f"{spec.where}.std: the checkpoint's stored std {std} is not > 0")
-    return replace(spec, output=output, mean=mean, std=std, max_length=max_length)
+    return replace(spec, output=output, mean=mean, std=std, max_length=max_length, resolved=True)
 
 
 def _max_length(spec: ObjectiveSpec, config: Any) -> int:

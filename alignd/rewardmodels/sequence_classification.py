@@ -74,6 +74,11 @@ def read_checkpoint_config(path: str) -> Any:
     return AutoConfig.from_pretrained(path)
 
 
+def checkpoint_id(path: str) -> str:
+    """A checkpoint's identity in engine keys: the resolved folder, or the hub id as given."""
+    return str(Path(path).resolve()) if Path(path).exists() else path
+
+
 def output_labels(config: Any) -> list[str]:
     """The label of each output, in order (`id2label`; transformers fills LABEL_i by default)."""
     return [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
@@ -217,8 +222,7 @@ class SequenceClassifier(RewardModel):
     @staticmethod
     def key_for(path: str, device: str | torch.device, dtype: str, max_length: int, template: str) -> tuple:
         """The engine key: one copy per checkpoint and settings however many objectives read it."""
-        where = str(Path(path).resolve()) if Path(path).exists() else path
-        return ("sequence_classification", where, str(torch.device(device)), dtype, max_length, template)
+        return ("sequence_classification", checkpoint_id(path), str(torch.device(device)), dtype, max_length, template)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if not self._pair_segments:
@@ -257,7 +261,7 @@ class SequenceClassifier(RewardModel):
                 self.prefix_state(torch.tensor([prefix], device=self.device)),
                 *pad_batch(rest, self.pad_id, self.device),
             )
-        except (TypeError, ValueError, RuntimeError, AttributeError, NotImplementedError):
+        except (TypeError, ValueError, RuntimeError, AttributeError):
             return False
         # Half precision rounds the two orders of work differently, as it does different batches.
         tolerance = 1e-3 if self.dtype == torch.float32 else 3e-2

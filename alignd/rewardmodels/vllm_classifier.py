@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +25,7 @@ import torch
 from alignd.rewardmodels.sequence_classification import (
     DEFAULT_MAX_LENGTH,
     RewardModel,
+    checkpoint_id,
     last_not_pad,
     read_checkpoint_config,
     resolve_dtype,
@@ -74,8 +74,7 @@ class VLLMClassifier(RewardModel):
 
     @staticmethod
     def key_for(path: str, dtype: str, max_length: int, template: str) -> tuple:
-        where = str(Path(path).resolve()) if Path(path).exists() else path
-        return ("vllm_classify", where, dtype, max_length, template)
+        return ("vllm_classify", checkpoint_id(path), dtype, max_length, template)
 
     def close(self) -> None:
         """Stop vLLM's engine processes now, not during interpreter exit."""
@@ -84,7 +83,10 @@ class VLLMClassifier(RewardModel):
             self.llm = None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("the vLLM runner takes whole rounds (forward_sequences)")
+        """Padded rows, as any engine model takes them (the engine hands whole rounds to
+        `forward_sequences` instead)."""
+        lengths = attention_mask.sum(1).tolist()
+        return self.forward_sequences([row[:length] for row, length in zip(input_ids.tolist(), lengths)])
 
     def forward_sequences(self, sequences: list[Sequence[int]]) -> torch.Tensor:
         # vLLM pools the final token; transformers (the engine) the last one that is not the pad
