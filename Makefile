@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 50051
+HTTP_PORT ?= 8000
 MODEL ?= smollm2-135m-instruct
 SERVE_ARGS ?=
 PYTEST_ARGS ?=
@@ -25,10 +26,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
-# Start the gRPC server on the embedded default model (prepared on first use).
+# Start the server on the embedded default model (prepared on first use): gRPC on PORT, the
+# OpenAI-compatible HTTP API on HTTP_PORT.
 serve: $(STAMP)
 	$(VENV)/bin/alignd models prepare $(MODEL)
-	$(VENV)/bin/alignd serve --model $(MODEL) --port $(PORT) $(SERVE_ARGS)
+	$(VENV)/bin/alignd serve --model $(MODEL) --port $(PORT) --http-port $(HTTP_PORT) $(SERVE_ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/alignd models prepare smollm2-135m-instruct

@@ -94,6 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             objectives=args.objectives,
             workers=args.workers,
             metrics_port=args.metrics_port,
+            http={"enabled": True, "port": args.http_port} if args.http_port is not None else None,
             vllm=engine or None,
         )
         from alignd.server.app import serve
@@ -405,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--objectives", nargs="+", help="objective names to serve")
     serve.add_argument("--workers", type=int, help="decode worker threads")
     serve.add_argument("--metrics-port", type=int, help="Prometheus metrics HTTP port (0: off)")
+    serve.add_argument(
+        "--http-port", type=int, help="serve the OpenAI-compatible HTTP API on this port too (0 picks a free one)"
+    )
     engine = serve.add_argument_group("vLLM engine (with --backend vllm; also the [vllm] table of the config)")
     engine.add_argument("--tensor-parallel-size", type=int)
     engine.add_argument("--pipeline-parallel-size", type=int)

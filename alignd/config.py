@@ -65,6 +65,16 @@ class EngineOptions:
 
 
 @dataclass(frozen=True)
+class HTTPOptions:
+    """The `[http]` table: the OpenAI-compatible HTTP API served beside gRPC, in the same process
+    (`alignd serve --http-port N` turns it on)."""
+
+    enabled: bool = False
+    port: int = 8000  # 0 picks a free one
+    host: str = ""  # "": the gRPC `host`
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     model: str = DEFAULT_MODEL
     backend: str = "transformers"
@@ -97,6 +107,7 @@ class ServerConfig:
     # Requests admitted at once (running + waiting); more get RESOURCE_EXHAUSTED.
     max_pending: int = 64
     metrics_port: int = 0  # Prometheus /metrics over HTTP; 0 disables
+    http: HTTPOptions = field(default_factory=HTTPOptions)  # the OpenAI-compatible API ([http] table)
     grace_seconds: float = 10.0  # drain time on SIGTERM
     # A/B experiments: [[experiments]] tables (validated at start-up), the SQLite store that records
     # their requests and feedback ("auto": <data dir>/experiments.sqlite, opened when experiments
@@ -114,7 +125,13 @@ class ServerConfig:
         return self.workers or (64 if self.backend == "vllm" else 32)
 
 
-_NESTED = {"default_sampling": SamplingParams, "limits": Limits, "vllm": VLLMOptions, "scoring": EngineOptions}
+_NESTED = {
+    "default_sampling": SamplingParams,
+    "limits": Limits,
+    "vllm": VLLMOptions,
+    "scoring": EngineOptions,
+    "http": HTTPOptions,
+}
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -181,6 +198,11 @@ def check_settings(config: ServerConfig) -> None:
     for name in ("port", "metrics_port"):
         if getattr(config, name) > MAX_PORT:
             raise ConfigError(f"{name}: must be at most {MAX_PORT}, got {getattr(config, name)}")
+    http = config.http
+    if not isinstance(http.port, int) or isinstance(http.port, bool) or not 0 <= http.port <= MAX_PORT:
+        raise ConfigError(f"http.port: must be a whole number from 0 to {MAX_PORT}, got {http.port!r}")
+    if not isinstance(http.host, str):
+        raise ConfigError(f"http.host: must be a string, got {http.host!r}")
     grace = config.grace_seconds
     if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not 0 <= grace < float("inf"):
         raise ConfigError(f"grace_seconds: must be a number >= 0, got {grace!r}")

@@ -64,3 +64,15 @@ class Unavailable(AligndError):
     """A dependency of the request (the experiment store) cannot take work now (gRPC UNAVAILABLE)."""
 
     code_name = "UNAVAILABLE"
+
+
+class ResourceExhausted(AligndError):
+    """The server is at its pending-request limit; retry later (gRPC RESOURCE_EXHAUSTED)."""
+
+    code_name = "RESOURCE_EXHAUSTED"
+
+
+class Internal(AligndError):
+    """A bug: logged with its traceback on the server, reported without details (gRPC INTERNAL)."""
+
+    code_name = "INTERNAL"

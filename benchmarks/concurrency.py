@@ -67,7 +67,7 @@ def start_server(backend: str, serve_from: Path | None, log: Path) -> tuple[subp
     while time.monotonic() < deadline and process.poll() is None:
         if select.select([process.stdout], [], [], 1.0)[0]:
             line = process.stdout.readline()
-            found = re.search(r"alignd serving .* on [\d.]+:(\d+)", line)
+            found = re.search(r"alignd serving .*? on [\d.]+:(\d+)", line)
             if found:
                 print(line.strip(), flush=True)
                 return process, f"127.0.0.1:{found.group(1)}"

@@ -62,6 +62,8 @@ class ChatPrompt:
     user: str
     system: str | None = None
     raw: bool = False
+    # Earlier (role, content) turns of a conversation, oldest first, that `user` follows.
+    history: tuple[tuple[str, str], ...] = ()
     # The rendered prompt's token ids, once `Policy.encode` has tokenized it: a request is
     # tokenized once and its ids travel with it to every backend call. Build a new ChatPrompt
     # (not dataclasses.replace) when the text changes, or the old ids would travel with it.
@@ -205,6 +207,13 @@ class Policy(ABC):
         """k sampled continuations of up to `block_tokens` tokens for every row; child j of row r is
         row r*k + j. Finished rows are copied unchanged. The prefix is never re-encoded."""
         raise self._missing(Capability.EXTEND)
+
+    def advance(
+        self, partial: PartialResponses, tokens: int, cancel: threading.Event | None = None
+    ) -> PartialResponses:
+        """Every row continued by up to `tokens` sampled tokens, for a caller that gives `partial`
+        up (a backend may continue it in place instead of copying its cache as `extend` does)."""
+        return self.extend(partial, 1, tokens, cancel)
 
     def select(self, partial: PartialResponses, rows: Sequence[int]) -> PartialResponses:
         """Keep these rows (repeats allowed), in this order."""

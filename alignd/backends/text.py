@@ -7,6 +7,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from alignd.backends.base import ChatPrompt
+from alignd.errors import InvalidArgument
 
 
 class TokenizerText:
@@ -38,12 +39,23 @@ def render_chat(tokenizer: Any, prompt: ChatPrompt) -> str:
     """The exact text the model is conditioned on: the tokenizer's chat template unless the
     prompt is raw or the model has none."""
     if prompt.raw or not getattr(tokenizer, "chat_template", None):
-        return prompt.user if prompt.system is None else f"{prompt.system}\n\n{prompt.user}"
+        # No template: the texts one after another (a raw request has no history).
+        earlier = [content for _, content in prompt.history]
+        return "\n\n".join([*([prompt.system] if prompt.system is not None else []), *earlier, prompt.user])
     messages = []
     if prompt.system is not None:
         messages.append({"role": "system", "content": prompt.system})
+    messages.extend({"role": role, "content": content} for role, content in prompt.history)
     messages.append({"role": "user", "content": prompt.user})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as error:
+        # Templates refuse what their model was not trained on (a system role, two user turns
+        # in a row) by raising a jinja2 error: the request's, not the server's, problem.
+        if not type(error).__module__.startswith("jinja2"):
+            raise
+        field = "history" if prompt.history else "system_prompt" if prompt.system is not None else "prompt"
+        raise InvalidArgument(field, f"the model's chat template refuses this conversation: {error}") from None
 
 
 def stop_window(stops: Sequence[str]) -> int:

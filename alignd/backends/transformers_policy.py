@@ -419,6 +419,15 @@ class TransformersPolicy(TokenizerText, Policy):
         return children
 
     @torch.inference_mode()
+    def advance(self, partial: PartialResponses, tokens: int, cancel: threading.Event | None = None) -> _Partial:
+        if tokens < 1:
+            raise ValueError("advance needs tokens >= 1")
+        check_cancelled(cancel)
+        partial = owned(partial, _Partial)
+        self._run(partial, tokens, cancel)  # in place: the cache grows, nothing is copied
+        return partial
+
+    @torch.inference_mode()
     def select(self, partial: PartialResponses, rows: Sequence[int]) -> _Partial:
         return self._select(owned(partial, _Partial), rows)
 

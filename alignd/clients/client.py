@@ -75,11 +75,13 @@ def build_request(
     request_id: str = "",
     experiment: str = "",
     subject: str = "",
+    history: Sequence[tuple[str, str]] = (),
     **options: Any,
 ) -> pb.GenerateRequest:
     """A GenerateRequest from keyword arguments: sampling keywords go to `sampling`, the rest are
     the strategy's parameters (its message in the `params` oneof). An empty strategy leaves the
-    choice to the server: its default, or with `experiment` the subject's arm."""
+    choice to the server: its default, or with `experiment` the subject's arm. `history`: the
+    conversation's earlier (role, content) turns, oldest first, that `prompt` follows."""
     sampling = {k: options.pop(k) for k in _SAMPLING_FIELDS if options.get(k) is not None}
     for k in _SAMPLING_FIELDS:
         options.pop(k, None)
@@ -94,6 +96,7 @@ def build_request(
         experiment=experiment,
         subject=subject,
         sampling=pb.SamplingParams(**sampling),
+        history=[pb.ChatTurn(role=role, content=content) for role, content in history],
     )
     params = {k: v for k, v in options.items() if v is not None}
     oneof_fields = {f.name for f in pb.GenerateRequest.DESCRIPTOR.oneofs_by_name["params"].fields}
@@ -155,6 +158,7 @@ def progress_from(message: pb.Progress) -> Progress:
         message.worst_objective,
         message.worst_value,
         list(message.instructions),
+        message.text_delta,
     )
 
 

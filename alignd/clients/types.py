@@ -88,6 +88,7 @@ class Progress:
     worst_objective: str = ""
     worst_value: float = 0.0
     instructions: list[str] = field(default_factory=list)  # evolutionary: each candidate's instruction
+    text_delta: str = ""  # the answer's text committed since the previous event
 
 
 @dataclass(frozen=True)

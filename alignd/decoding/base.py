@@ -65,6 +65,9 @@ class ProgressEvent:
     worst_objective: str = ""  # blockwise: the chosen block's lowest objective on the common scale
     worst_value: float = 0.0
     instructions: list[str] = field(default_factory=list)  # evolutionary: each candidate's instruction
+    # The response text committed so far (it stays in the answer whatever comes next), when this
+    # step committed more: the chosen blocks or tokens of incremental strategies. Streams send it.
+    committed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,15 @@ class DecodeContext:
             extended = self.policy.extend(partial, k, block_tokens, self.request.cancel)
         self.usage.generated_tokens += sum(len(ids) for ids in extended.token_ids) - k * before
         return extended
+
+    def advance(self, partial: PartialResponses, tokens: int) -> PartialResponses:
+        """Every row continued by up to `tokens` tokens; `partial` is given up (continued in place
+        where the backend can)."""
+        before = sum(len(ids) for ids in partial.token_ids)
+        with self.phase("extend"):
+            advanced = self.policy.advance(partial, tokens, self.request.cancel)
+        self.usage.generated_tokens += sum(len(ids) for ids in advanced.token_ids) - before
+        return advanced
 
     def branch(self, partial: PartialResponses, tokens: Sequence[Sequence[int]]) -> PartialResponses:
         """Row r gets one child per token in tokens[r]."""

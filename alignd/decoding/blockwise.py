@@ -167,6 +167,7 @@ def decode_blocks(
                 weights={n: float(w) for n, w in zip(names, choice.weights)},
                 worst_objective=names[worst],
                 worst_value=float(chosen[worst]),
+                committed=ctx.policy.completion(run.partial, 0).text,
             )
     run.kl = [
         KLEstimate(

@@ -113,7 +113,13 @@ def decode_tokenwise(
                 )
                 for row in range(children.rows)
             ]
-            ctx.report("token", step, f"token {step}: {candidates[pick].completion.text!r}", candidates)
+            ctx.report(
+                "token",
+                step,
+                f"token {step}: {candidates[pick].completion.text!r}",
+                candidates,
+                committed=policy.completion(partial, 0).text,
+            )
     kl = [
         KLEstimate(
             "tokenwise_estimate",

@@ -156,7 +156,10 @@ class _Search:
         prompt = ctx.request.prompt
         sampling = dataclasses.replace(ctx.request.sampling, seed=_derive(ctx.request.sampling.seed, 2 * cycle + 1))
         # The original instruction keeps the request's prompt, already tokenized.
-        prompts = [prompt if i == self.original else ChatPrompt(i, prompt.system, prompt.raw) for i in instructions]
+        prompts = [
+            prompt if i == self.original else ChatPrompt(i, prompt.system, prompt.raw, prompt.history)
+            for i in instructions
+        ]
         partial = ctx.prefill(prompts, sampling)
         owner = list(range(len(instructions)))  # instruction of each row
         keep = self.params.keep_top

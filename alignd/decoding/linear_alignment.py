@@ -33,7 +33,6 @@ DEFAULT_PRINCIPLE = (
     "You are a helpful, honest and harmless assistant. Answer the question directly and "
     "accurately, in a kind and respectful tone, and do not help with anything dangerous."
 )
-PROGRESS_EVERY = 16  # tokens between stream events
 
 
 @dataclass(frozen=True)
@@ -96,9 +95,10 @@ def decode_aligned(ctx: DecodeContext, params: LinearAlignmentParams, principled
             support_tokens += step.support_tokens
             overridden += step.overridden
             partial = ctx.append(partial, step.token, step.logprob)
-            generated = ctx.usage.generated_tokens
-            if generated % PROGRESS_EVERY == 0:
-                ctx.report("tokens", generated, f"{generated} tokens: {policy.completion(partial, 0).text!r}")
+            if request.on_progress is not None:
+                text = policy.completion(partial, 0).text
+                step_number = ctx.usage.generated_tokens
+                ctx.report("token", step_number, f"token {step_number}: {text[-40:]!r}", committed=text)
     estimate = KLEstimate(
         "linear_alignment_estimate",
         "estimate",
@@ -126,9 +126,9 @@ def with_principle(
     if prompt.raw:
         return ChatPrompt(f"{principle}\n\n{prompt.user}", None, True)
     if placement == "user":
-        return ChatPrompt(f"{prompt.user}\n\n{principle}", prompt.system, False)
+        return ChatPrompt(f"{prompt.user}\n\n{principle}", prompt.system, False, prompt.history)
     system = prompt.system or default_system
-    return ChatPrompt(prompt.user, f"{system}\n\n{principle}" if system else principle, False)
+    return ChatPrompt(prompt.user, f"{system}\n\n{principle}" if system else principle, False, prompt.history)
 
 
 def template_system(policy: Policy, prompt: ChatPrompt) -> str | None:
@@ -138,7 +138,7 @@ def template_system(policy: Policy, prompt: ChatPrompt) -> str | None:
         return None
     marker = "\x1f"
     plain = policy.render(prompt)
-    before, found, after = policy.render(ChatPrompt(prompt.user, marker)).partition(marker)
+    before, found, after = policy.render(ChatPrompt(prompt.user, marker, history=prompt.history)).partition(marker)
     if found and plain.startswith(before) and plain.endswith(after) and len(plain) > len(before) + len(after):
         return plain[len(before) : len(plain) - len(after)]
     return None

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -27,7 +28,9 @@ from alignd.rewardmodels.base import Scorer
 from alignd.rewardmodels.engine import ScoringEngine
 from alignd.rewardmodels.heads import Head, HeadError
 from alignd.rewardmodels.objective_tables import ObjectiveSpec, load_objectives, parse_objectives, resolve_objectives
+from alignd.server.core import ServerCore
 from alignd.server.metrics import Metrics
+from alignd.server.openai_api.app import OpenAIApi
 from alignd.server.service import AligndService
 from alignd.v1 import alignd_pb2, alignd_pb2_grpc
 
@@ -255,26 +258,49 @@ def _ensure_hidden_states(config: ServerConfig, field: str, policy: Policy) -> N
 @dataclass
 class RunningServer:
     server: grpc.aio.Server
-    service: AligndService
+    core: ServerCore
     health: health.aio.HealthServicer
     port: int
+    http: HTTPServer | None = None  # the OpenAI-compatible API, when [http] enables it
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http is not None else None
 
     async def stop(self, grace: float) -> None:
         """Stop taking new work, let in-flight requests finish for `grace` seconds."""
         await self.health.enter_graceful_shutdown()
+        if self.http is not None:
+            await self.http.stop_listening()
         await self.server.stop(grace)
-        await self.service.aclose()
+        if self.http is not None:
+            await self.http.runner.cleanup()  # waits up to `grace` for open HTTP requests
+        await self.core.aclose()
+
+
+@dataclass
+class HTTPServer:
+    api: OpenAIApi
+    runner: web.AppRunner
+    port: int
+
+    async def stop_listening(self) -> None:
+        """No new connections; /health answers 503 to the ones open."""
+        self.api.draining = True
+        for site in list(self.runner.sites):
+            await site.stop()
 
 
 async def start_server(
     policy: Policy, scorer: Scorer, config: ServerConfig, heads: list[tuple[str, Head]] | None = None
 ) -> RunningServer:
-    """Bind and start; `config.port` 0 picks a free port (see RunningServer.port)."""
+    """Bind and start; `config.port` 0 picks a free port (see RunningServer.port), as does
+    `config.http.port` 0 for the HTTP API."""
     metrics = Metrics()
-    service = AligndService(policy, scorer, config, metrics, heads or [])
-    await service.start()
+    core = ServerCore(policy, scorer, config, metrics, heads or [])
+    await core.start()
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
-    alignd_pb2_grpc.add_AligndServicer_to_server(service, server)
+    alignd_pb2_grpc.add_AligndServicer_to_server(AligndService(core), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -283,12 +309,34 @@ async def start_server(
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     if port == 0:
         raise ConfigError(f"port: cannot bind {config.host}:{config.port}")
+    try:
+        http = await start_http(core, config) if config.http.enabled else None
+    except ConfigError:
+        await core.aclose()
+        raise
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     if config.metrics_port:
         metrics.serve_http(config.metrics_port, config.host)
-    return RunningServer(server, service, health_servicer, port)
+    return RunningServer(server, core, health_servicer, port, http)
+
+
+async def start_http(core: ServerCore, config: ServerConfig) -> HTTPServer:
+    """The OpenAI-compatible API on the running event loop."""
+    host = (config.http.host or config.host).strip("[]")  # gRPC writes IPv6 hosts as [::]
+    api = OpenAIApi(core)
+    # handler_cancellation: a client that disconnects cancels its request (and so its decode).
+    runner = web.AppRunner(
+        api.application(), handler_cancellation=True, access_log=None, shutdown_timeout=config.grace_seconds
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, config.http.port).start()
+    except OSError as error:
+        await runner.cleanup()
+        raise ConfigError(f"http.port: cannot bind {host}:{config.http.port}: {error.strerror}") from None
+    return HTTPServer(api, runner, runner.addresses[0][1])
 
 
 async def serve(config: ServerConfig) -> None:
@@ -311,9 +359,11 @@ async def serve(config: ServerConfig) -> None:
         scorer, heads = load_scorer(config, policy, configured, engine)
         running = await start_server(policy, scorer, config, heads)
         # Tests and scripts read this line to learn the port when config.port is 0.
+        http = f"; OpenAI-compatible HTTP API on {config.http.host or config.host}:{running.http_port}"
         print(
             f"alignd serving {policy.model_name} on {config.host}:{running.port} "
-            f"(device {policy.device}, dtype {policy.dtype}{' from auto' if config.dtype == 'auto' else ''})",
+            f"(device {policy.device}, dtype {policy.dtype}{' from auto' if config.dtype == 'auto' else ''})"
+            f"{http if running.http_port is not None else ''}",
             flush=True,
         )
         stopping = asyncio.Event()

@@ -87,6 +87,7 @@ def parse_generate(
     arm's `template` has no prompt of its own."""
     check_text("prompt", request.prompt, limits.max_prompt_chars, required=not template)
     check_text("system_prompt", request.system_prompt, limits.max_prompt_chars, required=False)
+    history = parse_history(request, limits)
 
     chosen = request.WhichOneof("params")
     name = requested_strategy(request)
@@ -99,11 +100,32 @@ def parse_generate(
     return ParsedGenerate(
         strategy=strategy,
         params=params,
-        prompt=ChatPrompt(request.prompt, request.system_prompt or None, request.raw_prompt),
+        prompt=ChatPrompt(request.prompt, request.system_prompt or None, request.raw_prompt, history),
         sampling=parse_sampling(request.sampling, strategy.default_sampling(default_sampling), limits),
         weights=parse_weights(dict(request.weights), objective_names, default_weights),
         return_candidates=request.return_candidates,
     )
+
+
+CHAT_ROLES = ("user", "assistant")
+
+
+def parse_history(request: pb.GenerateRequest, limits: Limits) -> tuple[tuple[str, str], ...]:
+    """The earlier turns of a conversation, checked: known roles, and the whole conversation
+    within max_prompt_chars."""
+    if not request.history:
+        return ()
+    if request.raw_prompt:
+        raise InvalidArgument("history", "a raw prompt has no chat template to render a conversation with")
+    for i, turn in enumerate(request.history):
+        if turn.role not in CHAT_ROLES:
+            raise InvalidArgument(f"history[{i}].role", f"must be one of {list(CHAT_ROLES)}, got {turn.role!r}")
+    total = len(request.prompt) + sum(len(turn.content) for turn in request.history)
+    if total > limits.max_prompt_chars:
+        raise InvalidArgument(
+            "history", f"the conversation has {total} characters, over the limit of {limits.max_prompt_chars}"
+        )
+    return tuple((turn.role, turn.content) for turn in request.history)
 
 
 def _plain(value: Any) -> Any:

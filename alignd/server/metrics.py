@@ -10,14 +10,14 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "alignd_requests",
-            "Requests by method, strategy and status code",
-            ["method", "strategy", "code"],
+            "Requests by transport (grpc, http), method, strategy and status code",
+            ["transport", "method", "strategy", "code"],
             registry=self.registry,
         )
         self.latency = Histogram(
             "alignd_request_seconds",
-            "Request latency by method and strategy",
-            ["method", "strategy"],
+            "Request latency by transport, method and strategy",
+            ["transport", "method", "strategy"],
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128),
             registry=self.registry,
         )
@@ -29,6 +29,11 @@ class Metrics:
         )
         self.pending = Gauge(
             "alignd_pending_requests", "Requests admitted and not finished (queue depth)", registry=self.registry
+        )
+        self.decoding = Gauge(
+            "alignd_decodes_running",
+            "Decodes running in worker threads (a cancelled request's stops at its next step)",
+            registry=self.registry,
         )
         # A/B experiment store (server/experiments/store.py).
         self.experiment_records = Counter(

@@ -1,365 +1,75 @@
-"""The alignd.v1.Alignd gRPC service (grpc.aio).
-
-Handlers validate on the event loop and run decoding in worker threads, so health checks and
-GetServerInfo stay responsive while a decode is running. Errors: alignd.errors map to their
-status code; anything else is logged and reported as INTERNAL without killing the server.
-"""
+"""The alignd.v1.Alignd gRPC service (grpc.aio): each RPC calls the server core and maps
+alignd.errors to their status codes."""
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import logging
-import threading
-import time
-import uuid
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import grpc
 
-from alignd import __version__
-from alignd.backends.base import ChatPrompt, Policy
-from alignd.config import ConfigError, ServerConfig
-from alignd.decoding.base import STRATEGIES, Decode, DecodeContext, DecodeRequest, DecodeResult, ProgressEvent
-from alignd.decoding.params import describe_params
-from alignd.decoding.weights import parse_weights
-from alignd.errors import AligndError, InvalidArgument, PermissionDenied
-from alignd.rewardmodels.base import Scorer
-from alignd.rewardmodels.heads import Head
-from alignd.server import convert
-from alignd.server.experiments.registry import Experiments, Routed
-from alignd.server.metrics import Metrics
-from alignd.server.request_fields import requested_strategy
+from alignd.errors import AligndError
+from alignd.server.core import ServerCore, StreamStarted
 from alignd.v1 import alignd_pb2 as pb
 from alignd.v1 import alignd_pb2_grpc as pb_grpc
 
-log = logging.getLogger("alignd.server")
+TRANSPORT = "grpc"
 
 
-@dataclass
-class _Call:
-    """One RPC in flight: its strategy label for metrics."""
-
-    strategy: str
+@asynccontextmanager
+async def status_codes(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """An AligndError ends the RPC with its status code and message."""
+    try:
+        yield
+    except AligndError as error:
+        await context.abort(grpc.StatusCode[error.code_name], str(error))
 
 
 class AligndService(pb_grpc.AligndServicer):
-    def __init__(
-        self,
-        policy: Policy,
-        scorer: Scorer,
-        config: ServerConfig,
-        metrics: Metrics | None = None,
-        heads: list[tuple[str, Head]] | None = None,
-    ) -> None:
-        self.policy = policy
-        self.heads = heads or []
-        self.scorer = scorer
-        self.config = config
-        self.metrics = metrics or Metrics()
-        self.objective_names = scorer.objective_names
-        # Defaults are checked once at start-up: a bad config fails there, not in every request.
-        try:
-            self.default_weights = parse_weights(config.default_weights, self.objective_names).as_dict()
-            convert.parse_sampling(pb.SamplingParams(), config.default_sampling, config.limits)
-        except InvalidArgument as error:
-            raise ConfigError(f"default_{error}") from None
-        self._executor = ThreadPoolExecutor(max_workers=config.decode_workers, thread_name_prefix="alignd-decode")
-        self._pending = 0
-        self._info = self._server_info()
-        self.experiments = Experiments(None, self._check_arm)
-
-    async def start(self) -> None:
-        """Open the experiment store and load the experiments (ConfigError naming the arm)."""
-        self.experiments = await Experiments.open(self.config, self.metrics, self._check_arm)
-
-    async def aclose(self) -> None:
-        """After the last request: flush the experiment store, stop the workers."""
-        await self.experiments.close()
-        self.close()
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-    # -- plumbing ---------------------------------------------------------------------------
-
-    @asynccontextmanager
-    async def _handle(self, context: grpc.aio.ServicerContext, method: str, strategy: str = "") -> AsyncIterator[_Call]:
-        """Admission control, metrics, and the mapping of errors to status codes. The handler may
-        set the call's strategy label once it knows it (after experiment routing)."""
-        call = _Call(strategy)
-        if self._pending >= self.config.max_pending:
-            self.metrics.requests.labels(method, strategy, "RESOURCE_EXHAUSTED").inc()
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, f"server busy: {self._pending} requests pending (max_pending)"
-            )
-        self._pending += 1
-        self.metrics.pending.set(self._pending)
-        started = time.perf_counter()
-        code = "OK"
-        try:
-            yield call
-        except AligndError as error:
-            code = error.code_name
-            await context.abort(grpc.StatusCode[code], str(error))
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except grpc.aio.AbortError:
-            code = context.code().name if context.code() else "UNKNOWN"
-            raise
-        except Exception:
-            code = "INTERNAL"
-            log.exception("%s failed", method)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method} (logged on the server)")
-        finally:
-            self._pending -= 1
-            self.metrics.pending.set(self._pending)
-            self.metrics.requests.labels(method, call.strategy, code).inc()
-            self.metrics.latency.labels(method, call.strategy).observe(time.perf_counter() - started)
-
-    def _parse(self, request: pb.GenerateRequest, *, template: bool = False) -> convert.ParsedGenerate:
-        return convert.parse_generate(
-            request,
-            self.objective_names,
-            self.default_weights,
-            self.config.default_sampling,
-            self.config.limits,
-            template=template,
-        )
-
-    def _check_arm(self, template: pb.GenerateRequest) -> None:
-        """An experiment arm must be servable for any prompt: everything a request is checked for
-        except the prompt itself (its strategy's own conditions, the memory budget at its
-        max_tokens), or it would fail every request of its subjects."""
-        parsed = self._parse(template, template=True)
-        self._prepare(parsed, DecodeRequest(ChatPrompt("", token_ids=()), parsed.sampling, parsed.weights))
-
-    async def _route(self, request: pb.GenerateRequest, call: _Call) -> tuple[Routed | None, pb.GenerateRequest, str]:
-        """The experiment arm serving the request (if it names one), the request to decode, its id;
-        the call's metrics label becomes the strategy that serves it."""
-        routed = await self.experiments.route(request)
-        call.strategy = self._strategy_label(routed.arm.strategy if routed else requested_strategy(request))
-        if routed is not None and request.request_id:
-            await self.experiments.check_new_request_id(request.request_id)
-        return routed, routed.request if routed else request, request.request_id or uuid.uuid4().hex
-
-    async def _finish(
-        self,
-        routed: Routed | None,
-        parsed: convert.ParsedGenerate,
-        result: DecodeResult,
-        request_id: str,
-        started: float,
-    ) -> pb.GenerateResponse:
-        """The response; an experiment request is recorded (committed) before it is answered."""
-        response = self._response(parsed, result, request_id)
-        if routed is not None:
-            await self.experiments.record(routed, parsed, result, request_id, time.perf_counter() - started)
-            response.experiment, response.arm = routed.experiment.name, routed.arm.name
-        return response
-
-    def _prepare(self, parsed: convert.ParsedGenerate, request: DecodeRequest) -> tuple[Decode, int]:
-        """Every check a request gets before decoding, once: the strategy's (capabilities, its
-        parameters, value sources) and the memory budget for its encoded prompt. Returns the
-        decode and the key/value tokens it may hold."""
-        assert request.prompt.token_ids is not None
-        decode = parsed.strategy.prepare(request, parsed.params, self.policy, self.scorer)
-        return decode, self._check_budget(parsed, len(request.prompt.token_ids))
-
-    def _decode(
-        self,
-        parsed: convert.ParsedGenerate,
-        on_progress: Callable[[ProgressEvent], None] | None,
-        cancel: threading.Event,
-    ) -> DecodeResult:
-        prompt = self.policy.encode(parsed.prompt)  # the only tokenization of the request's prompt
-        request = DecodeRequest(prompt, parsed.sampling, parsed.weights, parsed.return_candidates, on_progress, cancel)
-        decode, tokens = self._prepare(parsed, request)
-        # Requests decoding at once share the backend's memory: wait for room, then decode.
-        with self.policy.reserve(tokens, cancel) as memory:
-            result = decode(DecodeContext(request, self.policy, self.scorer, memory))
-        self.metrics.generated_tokens.labels(parsed.strategy.name).inc(result.usage.generated_tokens)
-        return result
-
-    def _check_budget(self, parsed: convert.ParsedGenerate, prompt_tokens: int) -> int:
-        """Refuse requests whose sequences would not fit the model or the memory budget; the
-        tokens they may hold (sequences x (prompt + max_tokens)) if they fit."""
-        length = prompt_tokens + parsed.sampling.max_tokens
-        context = self.policy.context_length
-        if context is not None and length > context:
-            raise InvalidArgument(
-                "sampling.max_tokens",
-                f"prompt ({prompt_tokens} tokens) + max_tokens "
-                f"({parsed.sampling.max_tokens}) exceeds the model's context of {context}",
-            )
-        rows = parsed.strategy.rows(parsed.params)
-        tokens = parsed.strategy.held_tokens(parsed.params, prompt_tokens, parsed.sampling.max_tokens)
-        budget = self.config.limits.max_batch_tokens
-        if tokens > budget:
-            raise InvalidArgument(
-                "sampling.max_tokens",
-                f"{rows} sequences x ({prompt_tokens} prompt + {parsed.sampling.max_tokens} new) tokens: "
-                f"{tokens} key/value tokens held at once exceeds the server's max_batch_tokens {budget}; "
-                "use fewer candidates or tokens",
-            )
-        return tokens
-
-    def _response(self, parsed: convert.ParsedGenerate, result: DecodeResult, request_id: str) -> pb.GenerateResponse:
-        return convert.result_message(result, request_id, parsed.strategy.name, self.policy.model_name, parsed.weights)
-
-    @staticmethod
-    def _strategy_label(name: str) -> str:
-        return name if name in STRATEGIES else "unknown"
-
-    # -- RPCs -------------------------------------------------------------------------------
+    def __init__(self, core: ServerCore) -> None:
+        self.core = core
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
-        async with self._handle(context, "Generate", self._strategy_label(requested_strategy(request))) as call:
-            started = time.perf_counter()
-            routed, request, request_id = await self._route(request, call)
-            parsed = self._parse(request)
-            cancel = threading.Event()
-            work = asyncio.get_running_loop().run_in_executor(self._executor, self._decode, parsed, None, cancel)
-            try:
-                result = await work
-            finally:
-                # Client gone or deadline passed: stop decoding at the next step. (Awaiting a
-                # cancelled task cancels `work` itself, so test nothing: setting it after a
-                # finished decode is harmless.)
-                cancel.set()
-            return await self._finish(routed, parsed, result, request_id, started)
+        async with status_codes(context):
+            return await self.core.generate(request, TRANSPORT)
 
     async def GenerateStream(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateEvent]:
-        label = self._strategy_label(requested_strategy(request))
-        async with self._handle(context, "GenerateStream", label) as call:
-            started = time.perf_counter()
-            routed, request, request_id = await self._route(request, call)
-            parsed = self._parse(request)
-            loop = asyncio.get_running_loop()
-            events: asyncio.Queue[ProgressEvent | None] = asyncio.Queue()
-
-            def on_progress(event: ProgressEvent) -> None:
-                loop.call_soon_threadsafe(events.put_nowait, event)
-
-            cancel = threading.Event()
-            work = loop.run_in_executor(self._executor, self._decode, parsed, on_progress, cancel)
-            work.add_done_callback(lambda _: events.put_nowait(None))
+        async with status_codes(context):
+            stream = self.core.generate_stream(request, TRANSPORT)
             try:
-                while (event := await events.get()) is not None:
-                    yield convert.progress_message(parsed.weights.names, event)
-                result = await work
-                yield pb.GenerateEvent(result=await self._finish(routed, parsed, result, request_id, started))
+                async for event in stream:
+                    if not isinstance(event, StreamStarted):
+                        yield event
             finally:
-                # Cancellation can arrive as CancelledError here or as GeneratorExit when grpc
-                # stops consuming the stream: either way the decode must stop too.
-                cancel.set()
+                await stream.aclose()
 
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
-        async with self._handle(context, "Score"):
-            limits = self.config.limits
-            convert.check_text("prompt", request.prompt, limits.max_prompt_chars, required=True)
-            if not request.responses:
-                raise InvalidArgument("responses", "at least one response is required")
-            if len(request.responses) > limits.max_score_responses:
-                raise InvalidArgument(
-                    "responses", f"{len(request.responses)} responses, over the limit of {limits.max_score_responses}"
-                )
-            for i, text in enumerate(request.responses):
-                convert.check_text(f"responses[{i}]", text, limits.max_prompt_chars, required=False)
-            weights = parse_weights(dict(request.weights), self.objective_names, self.default_weights)
-            prompts = [request.prompt] * len(request.responses)
-            loop = asyncio.get_running_loop()
-            rewards = await loop.run_in_executor(self._executor, self.scorer.score, prompts, list(request.responses))
-            weighted = weights.weighted(rewards)
-            return pb.ScoreResponse(
-                scores=[
-                    pb.ScoredText(rewards={n: float(v) for n, v in zip(weights.names, row)}, weighted_score=float(w))
-                    for row, w in zip(rewards, weighted)
-                ],
-                weights=weights.as_dict(),
-            )
+        async with status_codes(context):
+            return await self.core.score(request, TRANSPORT)
 
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext) -> pb.ServerInfo:
-        return self._info
+        return self.core.info
 
     async def RecordFeedback(
         self, request: pb.FeedbackRequest, context: grpc.aio.ServicerContext
     ) -> pb.FeedbackResponse:
-        async with self._handle(context, "RecordFeedback"):
-            return pb.FeedbackResponse(replaced=await self.experiments.feedback(request))
+        async with status_codes(context):
+            return await self.core.feedback(request, TRANSPORT)
 
     async def GetExperimentReport(
         self, request: pb.ExperimentReportRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExperimentReport:
-        async with self._handle(context, "GetExperimentReport"):
-            return await self.experiments.report(request.name)
+        async with status_codes(context):
+            return await self.core.report(request, TRANSPORT)
 
     async def ListExperiments(
         self, request: pb.ListExperimentsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListExperimentsResponse:
-        async with self._handle(context, "ListExperiments"):
-            return pb.ListExperimentsResponse(experiments=self.experiments.list())
+        async with status_codes(context):
+            return await self.core.list_experiments(TRANSPORT)
 
     async def CreateExperiment(self, request: pb.Experiment, context: grpc.aio.ServicerContext) -> pb.Experiment:
-        async with self._handle(context, "CreateExperiment"):
-            if not self.config.admin_rpcs:
-                raise PermissionDenied("CreateExperiment is an admin RPC: this server's config has admin_rpcs = false")
-            return await self.experiments.create(request)
-
-    def _server_info(self) -> pb.ServerInfo:
-        c, s, limits = self.config, self.config.default_sampling, self.config.limits
-        sources = self.scorer.value_sources
-        sampling = pb.SamplingParams(
-            temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_tokens, stop=list(s.stop)
-        )
-        return pb.ServerInfo(
-            version=__version__,
-            model=self.policy.model_name,
-            backend=c.backend,
-            device=self.policy.device,
-            objectives=[
-                pb.ObjectiveInfo(
-                    name=o.name,
-                    description=o.description,
-                    min_value=o.min_value,
-                    max_value=o.max_value,
-                    higher_is_better=o.higher_is_better,
-                    default_weight=self.default_weights[o.name],
-                    value_sources=list(sources[o.name].available),
-                    auto_value_source=sources[o.name].auto,
-                    value_source_pair_accuracy=dict(sources[o.name].pair_accuracy),
-                    source=o.source,
-                )
-                for o in self.scorer.objectives
-            ],
-            strategies=[
-                pb.StrategyInfo(
-                    name=strategy.name,
-                    description=strategy.description,
-                    parameters=[convert.parameter_message(d) for d in describe_params(strategy.Params, limits)],
-                    requires=sorted(r.value for r in strategy.requires),
-                    sampling_defaults=pb.SamplingParams(**strategy.sampling_defaults),
-                )
-                for strategy in sorted(STRATEGIES.values(), key=lambda st: st.name)
-            ],
-            limits=pb.Limits(**dataclasses.asdict(limits)),
-            default_sampling=sampling,
-            capabilities=sorted(cap.value for cap in self.policy.capabilities),
-            heads=[
-                pb.HeadInfo(
-                    kind=h.metadata.kind,
-                    path=path,
-                    base_model=h.metadata.base_model,
-                    objectives=h.objectives,
-                    data_hash=h.metadata.data_hash,
-                    metrics={k: float(v) for k, v in h.metadata.metrics.items()},
-                )
-                for path, h in self.heads
-            ],
-        )
+        async with status_codes(context):
+            return await self.core.create_experiment(request, TRANSPORT)

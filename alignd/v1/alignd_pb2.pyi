@@ -135,7 +135,7 @@ class SpeculativeBestOfNParams(_message.Message):
     def __init__(self, num_candidates: _Optional[int] = ..., keep_fraction: _Optional[float] = ..., rejection: _Optional[str] = ..., rejection_tokens: _Optional[int] = ..., max_rejections: _Optional[int] = ..., memory_tokens: _Optional[int] = ..., value_source: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "system_prompt", "raw_prompt", "strategy", "weights", "sampling", "return_candidates", "request_id", "experiment", "subject", "sample", "best_of_n", "controlled", "multi_objective", "robust", "linear_alignment", "evolutionary", "soft_best_of_n", "speculative_best_of_n")
+    __slots__ = ("prompt", "system_prompt", "raw_prompt", "strategy", "weights", "sampling", "return_candidates", "request_id", "experiment", "subject", "history", "sample", "best_of_n", "controlled", "multi_objective", "robust", "linear_alignment", "evolutionary", "soft_best_of_n", "speculative_best_of_n")
     class WeightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +153,7 @@ class GenerateRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_FIELD_NUMBER: _ClassVar[int]
     BEST_OF_N_FIELD_NUMBER: _ClassVar[int]
     CONTROLLED_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +173,7 @@ class GenerateRequest(_message.Message):
     request_id: str
     experiment: str
     subject: str
+    history: _containers.RepeatedCompositeFieldContainer[ChatTurn]
     sample: SampleParams
     best_of_n: BestOfNParams
     controlled: ControlledParams
@@ -181,7 +183,15 @@ class GenerateRequest(_message.Message):
     evolutionary: EvolutionaryParams
     soft_best_of_n: SoftBestOfNParams
     speculative_best_of_n: SpeculativeBestOfNParams
-    def __init__(self, prompt: _Optional[str] = ..., system_prompt: _Optional[str] = ..., raw_prompt: _Optional[bool] = ..., strategy: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., return_candidates: _Optional[bool] = ..., request_id: _Optional[str] = ..., experiment: _Optional[str] = ..., subject: _Optional[str] = ..., sample: _Optional[_Union[SampleParams, _Mapping]] = ..., best_of_n: _Optional[_Union[BestOfNParams, _Mapping]] = ..., controlled: _Optional[_Union[ControlledParams, _Mapping]] = ..., multi_objective: _Optional[_Union[MultiObjectiveParams, _Mapping]] = ..., robust: _Optional[_Union[RobustParams, _Mapping]] = ..., linear_alignment: _Optional[_Union[LinearAlignmentParams, _Mapping]] = ..., evolutionary: _Optional[_Union[EvolutionaryParams, _Mapping]] = ..., soft_best_of_n: _Optional[_Union[SoftBestOfNParams, _Mapping]] = ..., speculative_best_of_n: _Optional[_Union[SpeculativeBestOfNParams, _Mapping]] = ...) -> None: ...
+    def __init__(self, prompt: _Optional[str] = ..., system_prompt: _Optional[str] = ..., raw_prompt: _Optional[bool] = ..., strategy: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., return_candidates: _Optional[bool] = ..., request_id: _Optional[str] = ..., experiment: _Optional[str] = ..., subject: _Optional[str] = ..., history: _Optional[_Iterable[_Union[ChatTurn, _Mapping]]] = ..., sample: _Optional[_Union[SampleParams, _Mapping]] = ..., best_of_n: _Optional[_Union[BestOfNParams, _Mapping]] = ..., controlled: _Optional[_Union[ControlledParams, _Mapping]] = ..., multi_objective: _Optional[_Union[MultiObjectiveParams, _Mapping]] = ..., robust: _Optional[_Union[RobustParams, _Mapping]] = ..., linear_alignment: _Optional[_Union[LinearAlignmentParams, _Mapping]] = ..., evolutionary: _Optional[_Union[EvolutionaryParams, _Mapping]] = ..., soft_best_of_n: _Optional[_Union[SoftBestOfNParams, _Mapping]] = ..., speculative_best_of_n: _Optional[_Union[SpeculativeBestOfNParams, _Mapping]] = ...) -> None: ...
+
+class ChatTurn(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: str
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class KLEstimate(_message.Message):
     __slots__ = ("name", "kind", "nats", "description")
@@ -311,7 +321,7 @@ class GenerateResponse(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., strategy: _Optional[str] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., rewards: _Optional[_Mapping[str, float]] = ..., weighted_score: _Optional[float] = ..., weights: _Optional[_Mapping[str, float]] = ..., kl: _Optional[_Iterable[_Union[KLEstimate, _Mapping]]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., model: _Optional[str] = ..., details: _Optional[_Mapping[str, float]] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("phase", "step", "message", "elapsed_seconds", "candidates", "weights", "worst_objective", "worst_value", "instructions")
+    __slots__ = ("phase", "step", "message", "elapsed_seconds", "candidates", "weights", "worst_objective", "worst_value", "instructions", "text_delta")
     class WeightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -328,6 +338,7 @@ class Progress(_message.Message):
     WORST_OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
     WORST_VALUE_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_DELTA_FIELD_NUMBER: _ClassVar[int]
     phase: str
     step: int
     message: str
@@ -337,7 +348,8 @@ class Progress(_message.Message):
     worst_objective: str
     worst_value: float
     instructions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, phase: _Optional[str] = ..., step: _Optional[int] = ..., message: _Optional[str] = ..., elapsed_seconds: _Optional[float] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., weights: _Optional[_Mapping[str, float]] = ..., worst_objective: _Optional[str] = ..., worst_value: _Optional[float] = ..., instructions: _Optional[_Iterable[str]] = ...) -> None: ...
+    text_delta: str
+    def __init__(self, phase: _Optional[str] = ..., step: _Optional[int] = ..., message: _Optional[str] = ..., elapsed_seconds: _Optional[float] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., weights: _Optional[_Mapping[str, float]] = ..., worst_objective: _Optional[str] = ..., worst_value: _Optional[float] = ..., instructions: _Optional[_Iterable[str]] = ..., text_delta: _Optional[str] = ...) -> None: ...
 
 class GenerateEvent(_message.Message):
     __slots__ = ("progress", "result")

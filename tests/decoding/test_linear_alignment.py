@@ -1,6 +1,7 @@
 """linear_alignment on the tiny model: lock-step contexts, alpha = 0, support, KL, errors."""
 
 import dataclasses
+import itertools
 import math
 
 import pytest
@@ -121,10 +122,12 @@ def test_kl_estimate_grows_with_alpha(tiny_policy, letter_scorer):
     assert small.rewards == {"e_count": small.text.count("e"), "o_count": small.text.count("o")}
 
 
-def test_stream_reports_tokens(tiny_policy, letter_scorer):
+def test_stream_reports_each_token_with_the_text_so_far(tiny_policy, letter_scorer):
     events = []
     result = run(tiny_policy, letter_scorer, params(), sampling(max_tokens=32, seed=4), events)
-    assert [e.step for e in events] == list(range(16, len(result.token_ids) + 1, 16))
+    assert [e.step for e in events] == list(range(1, len(result.token_ids) + 1))
+    assert events[-1].committed == result.text
+    assert all(a.committed is not None and b.committed.startswith(a.committed) for a, b in itertools.pairwise(events))
 
 
 def test_raw_and_system_prompts_keep_the_principle():

@@ -84,4 +84,26 @@ def test_sample_reports_rewards_and_exact_zero_kl(tiny_policy, letter_scorer):
     assert [(k.kind, k.nats) for k in result.kl] == [("exact", 0.0)]
     assert result.rewards["e_count"] == result.text.count("e")
     assert result.finish_reason in {"stop", "length"}
-    assert [e.phase for e in events] == ["sampled"]
+    # Streamed, it decodes a few tokens at a time, committing the text as it goes.
+    assert events and all(e.phase == "tokens" for e in events)
+    assert events[-1].committed == result.text
+    assert result.usage.generated_tokens == len(result.token_ids)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_sample_streamed_or_not_gives_the_same_answer_for_a_seed(tiny_policy, letter_scorer, temperature):
+    """Streamed, sample continues its partial in place a few tokens at a time; each row's random
+    stream is keyed by seed and position, so the seeded draw is the unstreamed one."""
+    strategy = get_strategy("sample")
+    sampling = SamplingParams(temperature=temperature, max_tokens=13, seed=7)
+    plain = strategy.decode(request(letter_scorer, sampling=sampling), strategy.Params(), tiny_policy, letter_scorer)
+    events = []
+    streamed = strategy.decode(
+        request(letter_scorer, sampling=sampling, on_progress=events.append),
+        strategy.Params(),
+        tiny_policy,
+        letter_scorer,
+    )
+    assert streamed.token_ids == plain.token_ids and streamed.text == plain.text
+    assert len(events) == -(-len(plain.token_ids) // 4)  # one event per 4-token step
+    assert streamed.usage.lm_forward_tokens == plain.usage.lm_forward_tokens

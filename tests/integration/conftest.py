@@ -24,6 +24,7 @@ class ServerProcess:
     process: subprocess.Popen
     port: int
     log: Path
+    http_port: int | None = None  # with --http-port
 
     @property
     def target(self) -> str:
@@ -49,9 +50,10 @@ def start_serve(tmp_path: Path, *args: str, timeout: float = 180) -> ServerProce
         ready, _, _ = select.select([process.stdout], [], [], 1.0)
         if ready:
             line = process.stdout.readline()
-            found = re.search(r"alignd serving .* on [\d.]+:(\d+)", line)
+            found = re.search(r"alignd serving .*? on [\d.]+:(\d+)", line)
             if found:
-                return ServerProcess(process, int(found.group(1)), log)
+                http = re.search(r"HTTP API on [\d.]+:(\d+)", line)
+                return ServerProcess(process, int(found.group(1)), log, int(http.group(1)) if http else None)
         if process.poll() is not None:
             break
     process.kill()

@@ -71,7 +71,7 @@ def _rows(store_path, experiment="bon-vs-sample"):
 
 
 def test_subject_is_served_by_its_hashed_arm_and_the_request_is_recorded(ab_client, ab_server, store_path):
-    spec = ab_server.service.experiments._specs["bon-vs-sample"]
+    spec = ab_server.core.experiments._specs["bon-vs-sample"]
     for subject in ("user-1", "user-2", "user-3", "user-4", "user-5", "user-6"):
         out = ab_client.generate("hello", strategy="", experiment="bon-vs-sample", subject=subject, seed=1)
         expected = spec.arm_for(subject)
@@ -119,7 +119,7 @@ def test_the_response_waits_for_its_record_to_commit(ab_server, ab_client, monke
     import time as clock
 
     entered, release = threading.Event(), threading.Event()
-    record = ab_server.service.experiments.record
+    record = ab_server.core.experiments.record
 
     async def gated_record(*args, **kwargs):
         entered.set()
@@ -127,7 +127,7 @@ def test_the_response_waits_for_its_record_to_commit(ab_server, ab_client, monke
             await asyncio.sleep(0.01)
         await record(*args, **kwargs)
 
-    monkeypatch.setattr(ab_server.service.experiments, "record", gated_record)
+    monkeypatch.setattr(ab_server.core.experiments, "record", gated_record)
     answers = []
     caller = threading.Thread(
         target=lambda: answers.append(
@@ -144,7 +144,7 @@ def test_the_response_waits_for_its_record_to_commit(ab_server, ab_client, monke
 
 
 def test_pairwise_preference_is_one_record_per_pair(ab_client, ab_server, store_path):
-    spec = ab_server.service.experiments._specs["bon-vs-sample"]
+    spec = ab_server.core.experiments._specs["bon-vs-sample"]
     subjects = {}
     i = 0
     while len(subjects) < 2:  # one subject per arm
@@ -206,7 +206,7 @@ def test_bad_experiment_requests_are_refused_naming_the_field(ab_client, options
 
 
 def test_a_field_the_arm_sets_cannot_be_overridden(ab_client, ab_server):
-    spec = ab_server.service.experiments._specs["bon-vs-sample"]
+    spec = ab_server.core.experiments._specs["bon-vs-sample"]
     subject = next(f"w-{i}" for i in range(100) if spec.arm_for(f"w-{i}").name == "bon4")
     for options, field in (
         (dict(weights={"e_count": 0.5, "o_count": 0.5}), "weights"),

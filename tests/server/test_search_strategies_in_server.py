@@ -33,7 +33,10 @@ def test_linear_alignment_through_grpc(client):
     assert isinstance(out, Generation) and out.kl[0].name == "linear_alignment_estimate"
     assert set(out.details) == {"alpha", "mean_support_tokens", "overridden_fraction"} and len(out.token_ids) <= 16
     assert out.details["alpha"] == 2.5 and out.details["mean_support_tokens"] >= 1
-    assert all(isinstance(e, Progress) and e.phase == "tokens" for e in events[:-1])
+    # One event per token, each with the text it committed: together they are the answer.
+    assert all(isinstance(e, Progress) and e.phase == "token" for e in events[:-1])
+    assert len(events) - 1 == len(out.token_ids)
+    assert "".join(e.text_delta for e in events[:-1]) == out.text
     # The same seed gives the same text; the request's own sampling settings override the defaults.
     again = client.generate(
         "hi", strategy="linear_alignment", principle="answer kindly", alpha=2.5, max_tokens=16, seed=1, top_p=1.0

@@ -214,20 +214,20 @@ def test_defaults_outside_the_limits_fail_at_start_up(tiny_policy, module_letter
     from alignd.backends.base import SamplingParams
     from alignd.config import ConfigError
     from alignd.decoding.params import Limits
-    from alignd.server.service import AligndService
+    from alignd.server.core import ServerCore
 
     with pytest.raises(ConfigError, match=r"^default_sampling\.max_tokens:"):
-        AligndService(
+        ServerCore(
             tiny_policy,
             module_letter_scorer,
             ServerConfig(limits=Limits(max_tokens=8), default_sampling=SamplingParams(max_tokens=16)),
         )
     with pytest.raises(ConfigError, match=r"^default_weights\[nope\]:"):
-        AligndService(tiny_policy, module_letter_scorer, ServerConfig(default_weights={"nope": 1.0}))
+        ServerCore(tiny_policy, module_letter_scorer, ServerConfig(default_weights={"nope": 1.0}))
 
 
 @contextmanager
-def long_greedy_server(policy, scorer):
+def long_greedy_server(policy, scorer, *, http: bool = False):
     """A server allowing 3000-token requests, and a count of the model's forward passes.
     Greedy decoding on the tiny model never emits EOS: such a request runs 3000 steps unless
     cancelled."""
@@ -238,14 +238,21 @@ def long_greedy_server(policy, scorer):
 
     steps: list[int] = []
     hook = policy.model.register_forward_hook(lambda *args: steps.append(1))
-    config = ServerConfig(port=0, limits=Limits(max_tokens=3000), default_sampling=SamplingParams(max_tokens=16))
+    from alignd.config import HTTPOptions
+
+    config = ServerConfig(
+        port=0,
+        limits=Limits(max_tokens=3000),
+        default_sampling=SamplingParams(max_tokens=16),
+        http=HTTPOptions(enabled=http, port=0),
+    )
     try:
         with running_server(policy, scorer, config) as running:
             yield running, steps
             deadline = time.monotonic() + 30
-            while running.service._pending and time.monotonic() < deadline:
+            while running.core.pending and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert running.service._pending == 0
+            assert running.core.pending == 0
     finally:
         hook.remove()
 

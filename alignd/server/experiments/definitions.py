@@ -201,6 +201,7 @@ def serve_by_arm(experiment: ExperimentSpec, arm: ArmSpec, request: pb.GenerateR
     merged = pb.GenerateRequest()
     merged.CopyFrom(arm.request)
     merged.prompt = request.prompt
+    merged.history.extend(request.history)
     merged.raw_prompt = request.raw_prompt
     merged.return_candidates = request.return_candidates
     merged.request_id = request.request_id

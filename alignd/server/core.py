@@ -1,0 +1,454 @@
+"""What every transport serves, once: admission control, metrics, experiment routing, request
+validation, decoding in worker threads, the experiment store. The gRPC service and the HTTP API
+only translate their wire format to these calls and alignd.errors to their status codes.
+
+Validation runs on the event loop and decoding in worker threads, so health checks and server
+info stay responsive while a decode runs. An unexpected exception is logged with its traceback
+and becomes alignd.errors.Internal, which tells the client nothing but that it happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from alignd import __version__
+from alignd.backends.base import ChatPrompt, Policy
+from alignd.backends.text import cut_at_stop
+from alignd.config import ConfigError, ServerConfig
+from alignd.decoding.base import STRATEGIES, Decode, DecodeContext, DecodeRequest, DecodeResult, ProgressEvent
+from alignd.decoding.params import describe_params
+from alignd.decoding.weights import parse_weights
+from alignd.errors import AligndError, Internal, InvalidArgument, PermissionDenied, ResourceExhausted
+from alignd.rewardmodels.base import Scorer
+from alignd.rewardmodels.heads import Head
+from alignd.server import convert
+from alignd.server.experiments.registry import Experiments, Routed
+from alignd.server.metrics import Metrics
+from alignd.server.request_fields import requested_strategy
+from alignd.v1 import alignd_pb2 as pb
+
+log = logging.getLogger("alignd.server")
+
+
+@dataclass
+class Call:
+    """One request in flight: its transport and method, and its strategy label for metrics."""
+
+    transport: str
+    method: str
+    strategy: str
+
+
+@dataclass(frozen=True)
+class StreamStarted:
+    """The first item of `ServerCore.generate_stream`: the request passed admission, routing and
+    validation (a transport can still answer errors before it with a status of their own)."""
+
+    request_id: str
+    strategy: str
+    experiment: str
+    arm: str
+
+
+class ServerCore:
+    def __init__(
+        self,
+        policy: Policy,
+        scorer: Scorer,
+        config: ServerConfig,
+        metrics: Metrics | None = None,
+        heads: list[tuple[str, Head]] | None = None,
+    ) -> None:
+        self.policy = policy
+        self.heads = heads or []
+        self.scorer = scorer
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.objective_names = scorer.objective_names
+        # Defaults are checked once at start-up: a bad config fails there, not in every request.
+        try:
+            self.default_weights = parse_weights(config.default_weights, self.objective_names).as_dict()
+            convert.parse_sampling(pb.SamplingParams(), config.default_sampling, config.limits)
+        except InvalidArgument as error:
+            raise ConfigError(f"default_{error}") from None
+        self._executor = ThreadPoolExecutor(max_workers=config.decode_workers, thread_name_prefix="alignd-decode")
+        self.pending = 0
+        self.info = self._server_info()
+        self.experiments = Experiments(None, self._check_arm)
+
+    async def start(self) -> None:
+        """Open the experiment store and load the experiments (ConfigError naming the arm)."""
+        self.experiments = await Experiments.open(self.config, self.metrics, self._check_arm)
+
+    async def aclose(self) -> None:
+        """After the last request: flush the experiment store, stop the workers."""
+        await self.experiments.close()
+        self.close()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- admission and metrics --------------------------------------------------------------
+
+    @asynccontextmanager
+    async def admitted(self, transport: str, method: str, strategy: str = "") -> AsyncIterator[Call]:
+        """Admission control and metrics around one request. Raises ResourceExhausted when
+        `max_pending` requests are in flight; an unexpected exception inside becomes Internal.
+        The handler may set the call's strategy label once it knows it (after routing)."""
+        call = Call(transport, method, strategy)
+        if self.pending >= self.config.max_pending:
+            self.metrics.requests.labels(transport, method, strategy, "RESOURCE_EXHAUSTED").inc()
+            raise ResourceExhausted(f"server busy: {self.pending} requests pending (max_pending)")
+        self.pending += 1
+        self.metrics.pending.set(self.pending)
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            yield call
+        except AligndError as error:
+            code = error.code_name
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client went away (a stream's consumer stops with GeneratorExit).
+            code = "CANCELLED"
+            raise
+        except Exception:
+            code = "INTERNAL"
+            log.exception("%s failed", method)
+            raise Internal(f"internal error in {method} (logged on the server)") from None
+        finally:
+            self.pending -= 1
+            self.metrics.pending.set(self.pending)
+            self.metrics.requests.labels(transport, method, call.strategy, code).inc()
+            self.metrics.latency.labels(transport, method, call.strategy).observe(time.perf_counter() - started)
+
+    # -- generation -------------------------------------------------------------------------
+
+    async def generate(self, request: pb.GenerateRequest, transport: str) -> pb.GenerateResponse:
+        async with self.admitted(transport, "Generate", self._strategy_label(requested_strategy(request))) as call:
+            started = time.perf_counter()
+            routed, request, request_id = await self._route(request, call)
+            parsed = self._parse(request)
+            cancel = threading.Event()
+            work = asyncio.get_running_loop().run_in_executor(self._executor, self._decode, parsed, None, cancel)
+            try:
+                result = await work
+            finally:
+                # Client gone or deadline passed: stop decoding at the next step. (Awaiting a
+                # cancelled task cancels `work` itself, so test nothing: setting it after a
+                # finished decode is harmless.)
+                cancel.set()
+            return await self._finish(routed, parsed, result, request_id, started)
+
+    async def generate_stream(
+        self, request: pb.GenerateRequest, transport: str
+    ) -> AsyncGenerator[StreamStarted | pb.GenerateEvent]:
+        """StreamStarted once the request is accepted, then progress events (each with the text
+        committed since the previous one), then the result. Closing the iterator early (the
+        client went away) stops the decode at its next step."""
+        label = self._strategy_label(requested_strategy(request))
+        async with self.admitted(transport, "GenerateStream", label) as call:
+            started = time.perf_counter()
+            routed, request, request_id = await self._route(request, call)
+            parsed = self._parse(request)
+            loop = asyncio.get_running_loop()
+            events: asyncio.Queue[ProgressEvent | None] = asyncio.Queue()
+
+            def on_progress(event: ProgressEvent) -> None:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+
+            cancel = threading.Event()
+            planned: asyncio.Future[None] = loop.create_future()
+
+            def checks_passed() -> None:
+                if not planned.done():
+                    planned.set_result(None)
+
+            def plan_then_run() -> DecodeResult:
+                # One worker job: the checks, then the decode; `planned` says the checks passed.
+                plan = self._plan(parsed, on_progress, cancel)
+                loop.call_soon_threadsafe(checks_passed)
+                return self._run(parsed, *plan)
+
+            work: asyncio.Future[DecodeResult] = loop.run_in_executor(self._executor, plan_then_run)
+            work.add_done_callback(lambda _: events.put_nowait(None))
+            # A decode nobody awaits any more (its client left) must not log "exception never
+            # retrieved" when it stops with Cancelled.
+            work.add_done_callback(lambda done: done.cancelled() or done.exception())
+            try:
+                # Every check passes before the stream starts, the strategy's own too.
+                either: list[asyncio.Future[Any]] = [planned, work]
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                if not planned.done():
+                    work.result()  # the checks failed: raise their error
+            except BaseException:
+                cancel.set()
+                raise
+            yield StreamStarted(
+                request_id,
+                parsed.strategy.name,
+                routed.experiment.name if routed else "",
+                routed.arm.name if routed else "",
+            )
+            text = CommittedText(parsed.sampling.stop)
+            try:
+                while (event := await events.get()) is not None:
+                    message = convert.progress_message(parsed.weights.names, event)
+                    if event.committed is not None:
+                        message.progress.text_delta = text.advance(event.committed)
+                    yield message
+                result = await work
+                yield pb.GenerateEvent(result=await self._finish(routed, parsed, result, request_id, started))
+            finally:
+                # Cancellation arrives as CancelledError or as GeneratorExit when the transport
+                # stops consuming the stream: either way the decode must stop too.
+                cancel.set()
+
+    async def _route(self, request: pb.GenerateRequest, call: Call) -> tuple[Routed | None, pb.GenerateRequest, str]:
+        """The experiment arm serving the request (if it names one), the request to decode, its id;
+        the call's metrics label becomes the strategy that serves it."""
+        routed = await self.experiments.route(request)
+        call.strategy = self._strategy_label(routed.arm.strategy if routed else requested_strategy(request))
+        if routed is not None and request.request_id:
+            await self.experiments.check_new_request_id(request.request_id)
+        return routed, routed.request if routed else request, request.request_id or uuid.uuid4().hex
+
+    def _parse(self, request: pb.GenerateRequest, *, template: bool = False) -> convert.ParsedGenerate:
+        return convert.parse_generate(
+            request,
+            self.objective_names,
+            self.default_weights,
+            self.config.default_sampling,
+            self.config.limits,
+            template=template,
+        )
+
+    def _check_arm(self, template: pb.GenerateRequest) -> None:
+        """An experiment arm must be servable for any prompt: everything a request is checked for
+        except the prompt itself (its strategy's own conditions, the memory budget at its
+        max_tokens), or it would fail every request of its subjects."""
+        parsed = self._parse(template, template=True)
+        self._prepare(parsed, DecodeRequest(ChatPrompt("", token_ids=()), parsed.sampling, parsed.weights))
+
+    async def _finish(
+        self,
+        routed: Routed | None,
+        parsed: convert.ParsedGenerate,
+        result: DecodeResult,
+        request_id: str,
+        started: float,
+    ) -> pb.GenerateResponse:
+        """The response; an experiment request is recorded (committed) before it is answered."""
+        response = convert.result_message(
+            result, request_id, parsed.strategy.name, self.policy.model_name, parsed.weights
+        )
+        if routed is not None:
+            await self.experiments.record(routed, parsed, result, request_id, time.perf_counter() - started)
+            response.experiment, response.arm = routed.experiment.name, routed.arm.name
+        return response
+
+    def _prepare(self, parsed: convert.ParsedGenerate, request: DecodeRequest) -> tuple[Decode, int]:
+        """Every check a request gets before decoding, once: the strategy's (capabilities, its
+        parameters, value sources) and the memory budget for its encoded prompt. Returns the
+        decode and the key/value tokens it may hold."""
+        assert request.prompt.token_ids is not None
+        decode = parsed.strategy.prepare(request, parsed.params, self.policy, self.scorer)
+        return decode, self._check_budget(parsed, len(request.prompt.token_ids))
+
+    def _decode(
+        self,
+        parsed: convert.ParsedGenerate,
+        on_progress: Callable[[ProgressEvent], None] | None,
+        cancel: threading.Event,
+    ) -> DecodeResult:
+        return self._run(parsed, *self._plan(parsed, on_progress, cancel))
+
+    def _plan(
+        self,
+        parsed: convert.ParsedGenerate,
+        on_progress: Callable[[ProgressEvent], None] | None,
+        cancel: threading.Event,
+    ) -> tuple[DecodeRequest, Decode, int]:
+        """The encoded request, its prepared decode and the key/value tokens it may hold."""
+        prompt = self.policy.encode(parsed.prompt)  # the only tokenization of the request's prompt
+        request = DecodeRequest(prompt, parsed.sampling, parsed.weights, parsed.return_candidates, on_progress, cancel)
+        decode, tokens = self._prepare(parsed, request)
+        return request, decode, tokens
+
+    def _run(self, parsed: convert.ParsedGenerate, request: DecodeRequest, decode: Decode, tokens: int) -> DecodeResult:
+        # Requests decoding at once share the backend's memory: wait for room, then decode.
+        with self.metrics.decoding.track_inprogress(), self.policy.reserve(tokens, request.cancel) as memory:
+            result = decode(DecodeContext(request, self.policy, self.scorer, memory))
+        self.metrics.generated_tokens.labels(parsed.strategy.name).inc(result.usage.generated_tokens)
+        return result
+
+    def _check_budget(self, parsed: convert.ParsedGenerate, prompt_tokens: int) -> int:
+        """Refuse requests whose sequences would not fit the model or the memory budget; the
+        tokens they may hold (sequences x (prompt + max_tokens)) if they fit."""
+        length = prompt_tokens + parsed.sampling.max_tokens
+        context = self.policy.context_length
+        if context is not None and length > context:
+            raise InvalidArgument(
+                "sampling.max_tokens",
+                f"prompt ({prompt_tokens} tokens) + max_tokens "
+                f"({parsed.sampling.max_tokens}) exceeds the model's context of {context}",
+            )
+        rows = parsed.strategy.rows(parsed.params)
+        tokens = parsed.strategy.held_tokens(parsed.params, prompt_tokens, parsed.sampling.max_tokens)
+        budget = self.config.limits.max_batch_tokens
+        if tokens > budget:
+            raise InvalidArgument(
+                "sampling.max_tokens",
+                f"{rows} sequences x ({prompt_tokens} prompt + {parsed.sampling.max_tokens} new) tokens: "
+                f"{tokens} key/value tokens held at once exceeds the server's max_batch_tokens {budget}; "
+                "use fewer candidates or tokens",
+            )
+        return tokens
+
+    @staticmethod
+    def _strategy_label(name: str) -> str:
+        return name if name in STRATEGIES else "unknown"
+
+    # -- scoring, feedback, experiments -----------------------------------------------------
+
+    async def score(self, request: pb.ScoreRequest, transport: str) -> pb.ScoreResponse:
+        async with self.admitted(transport, "Score"):
+            limits = self.config.limits
+            convert.check_text("prompt", request.prompt, limits.max_prompt_chars, required=True)
+            if not request.responses:
+                raise InvalidArgument("responses", "at least one response is required")
+            if len(request.responses) > limits.max_score_responses:
+                raise InvalidArgument(
+                    "responses", f"{len(request.responses)} responses, over the limit of {limits.max_score_responses}"
+                )
+            for i, text in enumerate(request.responses):
+                convert.check_text(f"responses[{i}]", text, limits.max_prompt_chars, required=False)
+            weights = parse_weights(dict(request.weights), self.objective_names, self.default_weights)
+            prompts = [request.prompt] * len(request.responses)
+            loop = asyncio.get_running_loop()
+            rewards = await loop.run_in_executor(self._executor, self.scorer.score, prompts, list(request.responses))
+            weighted = weights.weighted(rewards)
+            return pb.ScoreResponse(
+                scores=[
+                    pb.ScoredText(rewards={n: float(v) for n, v in zip(weights.names, row)}, weighted_score=float(w))
+                    for row, w in zip(rewards, weighted)
+                ],
+                weights=weights.as_dict(),
+            )
+
+    async def feedback(self, request: pb.FeedbackRequest, transport: str) -> pb.FeedbackResponse:
+        async with self.admitted(transport, "RecordFeedback"):
+            return pb.FeedbackResponse(replaced=await self.experiments.feedback(request))
+
+    async def report(self, request: pb.ExperimentReportRequest, transport: str) -> pb.ExperimentReport:
+        async with self.admitted(transport, "GetExperimentReport"):
+            return await self.experiments.report(request.name)
+
+    async def list_experiments(self, transport: str) -> pb.ListExperimentsResponse:
+        async with self.admitted(transport, "ListExperiments"):
+            return pb.ListExperimentsResponse(experiments=self.experiments.list())
+
+    async def create_experiment(self, request: pb.Experiment, transport: str) -> pb.Experiment:
+        async with self.admitted(transport, "CreateExperiment"):
+            if not self.config.admin_rpcs:
+                raise PermissionDenied("CreateExperiment is an admin RPC: this server's config has admin_rpcs = false")
+            return await self.experiments.create(request)
+
+    def _server_info(self) -> pb.ServerInfo:
+        c, s, limits = self.config, self.config.default_sampling, self.config.limits
+        sources = self.scorer.value_sources
+        sampling = pb.SamplingParams(
+            temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_tokens, stop=list(s.stop)
+        )
+        return pb.ServerInfo(
+            version=__version__,
+            model=self.policy.model_name,
+            backend=c.backend,
+            device=self.policy.device,
+            objectives=[
+                pb.ObjectiveInfo(
+                    name=o.name,
+                    description=o.description,
+                    min_value=o.min_value,
+                    max_value=o.max_value,
+                    higher_is_better=o.higher_is_better,
+                    default_weight=self.default_weights[o.name],
+                    value_sources=list(sources[o.name].available),
+                    auto_value_source=sources[o.name].auto,
+                    value_source_pair_accuracy=dict(sources[o.name].pair_accuracy),
+                    source=o.source,
+                )
+                for o in self.scorer.objectives
+            ],
+            strategies=[
+                pb.StrategyInfo(
+                    name=strategy.name,
+                    description=strategy.description,
+                    parameters=[convert.parameter_message(d) for d in describe_params(strategy.Params, limits)],
+                    requires=sorted(r.value for r in strategy.requires),
+                    sampling_defaults=pb.SamplingParams(**strategy.sampling_defaults),
+                )
+                for strategy in sorted(STRATEGIES.values(), key=lambda st: st.name)
+            ],
+            limits=pb.Limits(**dataclasses.asdict(limits)),
+            default_sampling=sampling,
+            capabilities=sorted(cap.value for cap in self.policy.capabilities),
+            heads=[
+                pb.HeadInfo(
+                    kind=h.metadata.kind,
+                    path=path,
+                    base_model=h.metadata.base_model,
+                    objectives=h.objectives,
+                    data_hash=h.metadata.data_hash,
+                    metrics={k: float(v) for k, v in h.metadata.metrics.items()},
+                )
+                for path, h in self.heads
+            ],
+        )
+
+
+class CommittedText:
+    """The text a stream may send: what a decode committed, cut at the request's stop sequences,
+    less what could still turn out to be the start of one (a stop sequence is not part of the
+    answer) and less a trailing incomplete character. Sent text is never taken back."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self.sent = ""
+
+    def advance(self, committed: str) -> str:
+        """The new text to send after the decode committed `committed` (all of it so far)."""
+        safe = self._safe(committed)
+        if not safe.startswith(self.sent) or len(safe) <= len(self.sent):
+            return ""
+        delta, self.sent = safe[len(self.sent) :], safe
+        return delta
+
+    def _safe(self, committed: str) -> str:
+        text = cut_at_stop(committed, self.stops)
+        if len(text) == len(committed):
+            held = max((n for s in self.stops for n in range(len(s) - 1, 0, -1) if text.endswith(s[:n])), default=0)
+            text = text[: len(text) - held]
+        # A multi-byte character split across tokens decodes as U+FFFD until its last byte comes;
+        # trailing spaces wait too, since some tokenizers' clean-up joins them to the next
+        # token's punctuation ("x " then "," decodes as "x,").
+        return text.rstrip("\ufffd").rstrip()
+
+
+def unsent_text(final: str, sent: str) -> str:
+    """What the final answer adds to the text a stream sent: all of it for strategies that commit
+    nothing before the end (best_of_n, evolutionary)."""
+    if final.startswith(sent):
+        return final[len(sent) :]
+    log.warning("streamed text is not a prefix of the final answer; the rest is not sent")
+    return ""
