@@ -238,20 +238,27 @@ def data_dir() -> Path:
     return Path(user_data_dir("alignd"))
 
 
-def experiment_store_path(config: ServerConfig) -> Path | None:
-    """The store to open, or None (see ServerConfig.experiment_store)."""
-    if config.experiment_store == "":
+STORE_ENV = "ALIGND_EXPERIMENT_STORE"  # overrides experiment_store: keeps a database password out of files
+
+
+def experiment_store_location(config: ServerConfig) -> Path | str | None:
+    """The store to open: a SQLite file path, a postgresql:// URL, or None (see
+    ServerConfig.experiment_store; the ALIGND_EXPERIMENT_STORE environment variable wins)."""
+    setting = os.environ.get(STORE_ENV) or config.experiment_store
+    where = STORE_ENV if os.environ.get(STORE_ENV) else "experiment_store"
+    if setting == "":
         if config.experiments:
-            raise ConfigError('experiment_store: experiments are configured but the store is disabled ("")')
+            raise ConfigError(f'{where}: experiments are configured but the store is disabled ("")')
         return None
-    if config.experiment_store != "auto":
-        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", config.experiment_store):
-            # Taken as a path, "postgresql://host/db" would quietly become a local folder.
-            scheme = config.experiment_store.split("://", 1)[0]
+    if setting != "auto":
+        if setting.startswith(("postgresql://", "postgres://")):
+            return setting
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", setting):
+            # Taken as a path, "mysql://host/db" would quietly become a local folder.
+            scheme = setting.split("://", 1)[0]
             raise ConfigError(
-                f"experiment_store: {scheme}:// URLs are not supported; the store is a SQLite file path "
-                "(a networked store is not built yet)"
+                f"{where}: {scheme}:// is not a store alignd can use: give a SQLite file path or a postgresql:// URL"
             )
-        return Path(config.experiment_store)
+        return Path(setting)
     path = data_dir() / "experiments.sqlite"
     return path if config.experiments or config.admin_rpcs or path.exists() else None

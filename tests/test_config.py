@@ -47,3 +47,23 @@ def test_config_errors_are_one_line_naming_the_setting(tmp_path, text, message):
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="not found"):
         load_config("/nonexistent/alignd.toml")
+
+
+def test_the_experiment_store_is_a_path_a_postgresql_url_or_the_environments(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from alignd.config import STORE_ENV, ServerConfig, experiment_store_location
+    from alignd.server.experiments.databases import redact
+
+    monkeypatch.delenv(STORE_ENV, raising=False)
+    assert experiment_store_location(ServerConfig(experiment_store=str(tmp_path / "s.sqlite"))) == Path(
+        tmp_path / "s.sqlite"
+    )
+    url = "postgresql://alignd:secret@db:5432/ab"
+    assert experiment_store_location(ServerConfig(experiment_store=url)) == url
+    # The environment wins, so a password need not sit in the config file.
+    monkeypatch.setenv(STORE_ENV, url)
+    assert experiment_store_location(ServerConfig(experiment_store=str(tmp_path / "s.sqlite"))) == url
+    assert (
+        redact(url) == "postgresql://alignd:***@db:5432/ab" and redact("postgresql://a@db/x") == "postgresql://a@db/x"
+    )

@@ -22,7 +22,7 @@ from alignd import models
 from alignd.backends.base import Policy
 from alignd.backends.loading import checkpoint_hidden_size, load_policy, served_model_name
 from alignd.backends.vllm import EngineStartError
-from alignd.config import ConfigError, ServerConfig, check_settings, experiment_store_path
+from alignd.config import ConfigError, ServerConfig, check_settings, experiment_store_location
 from alignd.errors import InvalidArgument
 from alignd.rewardmodels.base import Scorer
 from alignd.rewardmodels.engine import ScoringEngine
@@ -172,7 +172,7 @@ def _check_requests(config: ServerConfig, objective_names: tuple[str, ...]) -> N
         )
 
     configured_experiments(config, parse_arm)
-    experiment_store_path(config)
+    experiment_store_location(config)
 
 
 def load_scorer(

@@ -35,7 +35,7 @@ class ServerProcess:
         return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024
 
 
-def start_serve(tmp_path: Path, *args: str, timeout: float = 180) -> ServerProcess:
+def start_serve(tmp_path: Path, *args: str, timeout: float = 180, env: dict[str, str] | None = None) -> ServerProcess:
     models.resolve(models.DEFAULT_MODEL)  # converts the GGUF once if `make test` did not
     log = tmp_path / "serve.log"
     process = subprocess.Popen(
@@ -43,7 +43,7 @@ def start_serve(tmp_path: Path, *args: str, timeout: float = 180) -> ServerProce
         stdout=subprocess.PIPE,
         stderr=log.open("w"),
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -174,8 +174,8 @@ GOOD_ARMS = {
         ),
         (lambda tmp: {"experiments": (GOOD_ARMS,), "experiment_store": ""}, r"^experiment_store: experiments are"),
         (
-            lambda tmp: {"experiment_store": "postgresql://alignd@db:5432/ab"},
-            r"^experiment_store: postgresql:// URLs are not supported; the store is a SQLite file path",
+            lambda tmp: {"experiment_store": "mysql://alignd@db:3306/ab"},
+            r"^experiment_store: mysql:// is not a store alignd can use: give a SQLite file path or a postgresql://",
         ),
         (lambda tmp: {"port": 70000}, r"^port: must be at most 65535"),
         (lambda tmp: {"workers": -1}, r"^workers: must be a whole number >= 0"),

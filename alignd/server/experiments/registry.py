@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING
 
 from google.protobuf import json_format
 
-from alignd.config import ConfigError, ServerConfig, experiment_store_path
+from alignd.config import ConfigError, ServerConfig, experiment_store_location
 from alignd.decoding.base import DecodeResult
 from alignd.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from alignd.server.experiments.databases import one_line, redact
 from alignd.server.experiments.definitions import (
     ArmSpec,
     ExperimentSpec,
@@ -84,13 +85,14 @@ class Experiments:
         """Validate the configured experiments (ConfigError naming the arm), open the store, save
         the configured definitions and load the ones created over RPC earlier."""
         configured = configured_experiments(config, check_arm)
-        path = experiment_store_path(config)
-        if path is None:
+        location = experiment_store_location(config)
+        if location is None:
             return cls(None, check_arm)
         try:
-            store = ExperimentStore(path, metrics, queue_size=config.store_queue_size)
-        except Exception as error:  # sqlite3 errors, unwritable folders: one line at start-up
-            raise ConfigError(f"experiment_store: cannot open {str(path)!r}: {error}") from None
+            store = ExperimentStore(location, metrics, queue_size=config.store_queue_size)
+        except Exception as error:  # database errors, unwritable folders, a newer schema: one line
+            shown = redact(str(location))
+            raise ConfigError(f"experiment_store: cannot open {shown!r}: {one_line(error)}") from None
         store.start()
         experiments = cls(store, check_arm)
         stored = {s.name: s for s in await store.experiments()}
@@ -112,7 +114,7 @@ class Experiments:
             await store.save_experiment(spec.name, definition, "config", spec.created_unix, replace=True)
             experiments._specs[spec.name] = spec
         await experiments.refresh()
-        log.info("experiment store %s: %d experiments", path, len(experiments._specs))
+        log.info("experiment store %s: %d experiments", store.database.description, len(experiments._specs))
         return experiments
 
     async def refresh(self) -> None:

@@ -1,20 +1,22 @@
-"""The experiment store: SQLite in WAL mode, written by one writer task.
+"""The experiment store: SQLite (embedded) or PostgreSQL (shared by replicas), written by one
+writer task.
 
 Writes (served requests, feedback, experiment definitions) go through a bounded queue to a writer
-task that applies them in batches, one transaction and one fsync per batch (group commit), and
+task that applies them in batches, one transaction and one flush per batch (group commit), and
 resolves each caller's future only after the COMMIT. A handler awaits that future before it
-answers, so a response the client received is always on disk: a SIGKILL can lose only requests
-whose answers were never sent. A full queue makes callers wait (counted in metrics), never drops.
-Reads open their own connections: WAL lets them run beside the writer.
+answers, so a response the client received is always stored durably: a SIGKILL can lose only
+requests whose answers were never sent. A full queue makes callers wait (counted in metrics),
+never drops. Reads use their own connections (databases.py): they run beside the writer. A
+database that cannot take work answers UNAVAILABLE; the writer reconnects for its next batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
-import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,46 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from alignd.errors import AligndError, AlreadyExists, InvalidArgument, NotFound, Unavailable
+from alignd.server.experiments.databases import Database, Session, one_line, open_database
 from alignd.server.metrics import Metrics
 
 log = logging.getLogger("alignd.experiments")
-
-SCHEMA_VERSION = 1
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS experiments (
-    name TEXT PRIMARY KEY,
-    definition TEXT NOT NULL,          -- alignd.v1.Experiment as JSON
-    source TEXT NOT NULL,              -- "config" or "rpc"
-    created_unix REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS requests (
-    request_id TEXT PRIMARY KEY,
-    experiment TEXT NOT NULL,
-    arm TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    created_unix REAL NOT NULL,
-    strategy TEXT NOT NULL,
-    params TEXT NOT NULL,              -- the strategy's validated parameters, JSON
-    sampling TEXT NOT NULL,            -- the sampling settings applied, JSON
-    weights TEXT NOT NULL,             -- normalised preference weights, JSON
-    rewards TEXT NOT NULL,             -- reward per objective, JSON
-    weighted_score REAL,               -- NULL where it was not finite (SQLite stores NaN as NULL)
-    latency_seconds REAL NOT NULL,
-    prompt_tokens INTEGER NOT NULL,
-    generated_tokens INTEGER NOT NULL,
-    finish_reason TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS requests_by_experiment ON requests (experiment, arm);
-CREATE TABLE IF NOT EXISTS feedback (
-    request_id TEXT NOT NULL REFERENCES requests (request_id),
-    kind TEXT NOT NULL,                -- "thumbs", "rating" or "preference"
-    key TEXT NOT NULL,
-    other_request_id TEXT NOT NULL,    -- preference: the other request of the pair, else ''
-    value REAL NOT NULL,               -- thumbs 1/0, the rating, preference 1 if request_id won
-    updated_unix REAL NOT NULL,
-    PRIMARY KEY (request_id, kind, key, other_request_id)
-);
-"""
 
 
 @dataclass(frozen=True)
@@ -110,55 +76,40 @@ class ExperimentRows:
     feedback: list[tuple[str, str, str, float, str | None]]  # arm, subject, kind, value, other arm
 
 
-Write = Callable[[sqlite3.Connection], Any]
-
-
-def _connect(path: str) -> sqlite3.Connection:
-    # isolation_level=None: transactions are explicit (BEGIN/COMMIT in the writer).
-    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-    connection.execute("PRAGMA busy_timeout = 30000")
-    return connection
+Write = Callable[[Session], Any]
 
 
 class ExperimentStore:
     def __init__(
         self,
-        path: str | Path,
+        location: str | Path | Database,
         metrics: Metrics | None = None,
         *,
         queue_size: int = 1024,
         batch_size: int = 256,
         write_timeout: float = 30.0,
     ) -> None:
-        self.path = str(path)
+        """`location`: a SQLite file path or a postgresql:// URL. Connects and migrates the schema
+        (raising what the database raises, or Unavailable for a schema newer than this code's)."""
+        self.database = location if isinstance(location, Database) else open_database(location)
         self.metrics = metrics or Metrics()
         self.batch_size = batch_size
         self.write_timeout = write_timeout
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._writer_connection = _connect(self.path)
-        self._setup(self._writer_connection)
+        self._session: Session | None = None
+        try:
+            self._session = self.database.connect()
+            self.database.migrate(self._session)
+        except BaseException:
+            if self._session is not None:
+                self._session.connection.close()
+            self.database.close()
+            raise
         self._queue: asyncio.Queue[tuple[Write, asyncio.Future] | None] = asyncio.Queue(maxsize=queue_size)
         # One thread owns the write connection; reads get their own threads and connections.
         self._write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alignd-store-write")
         self._read_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="alignd-store-read")
         self._writer: asyncio.Task | None = None
         self._closing = False
-
-    @staticmethod
-    def _setup(connection: sqlite3.Connection) -> None:
-        mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise Unavailable(f"experiment store: cannot use WAL mode (got {mode!r})")
-        # FULL: each group commit fsyncs the WAL, so an acknowledged record survives power loss too.
-        connection.execute("PRAGMA synchronous = FULL")
-        connection.execute("PRAGMA foreign_keys = ON")
-        version = connection.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise Unavailable(
-                f"experiment store: schema version {version} is newer than this server's {SCHEMA_VERSION}"
-            )
-        connection.executescript(SCHEMA)
-        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -178,39 +129,43 @@ class ExperimentStore:
             item = self._queue.get_nowait()
             if item is not None and not item[1].done():
                 item[1].set_exception(Unavailable("experiment store: closed before this write"))
-        self._write_thread.submit(self._writer_connection.close).result()
+        self._write_thread.submit(self._close_session).result()
         self._write_thread.shutdown()
         self._read_threads.shutdown(wait=False, cancel_futures=True)
+        self.database.close()
+
+    def _close_session(self) -> None:
+        if self._session is not None:
+            with contextlib.suppress(*self.database.errors):  # already lost
+                self._session.connection.close()
+            self._session = None
 
     # -- writes ----------------------------------------------------------------------------
 
     async def record_request(self, record: RequestRecord) -> None:
-        def write(connection: sqlite3.Connection) -> None:
-            try:
-                connection.execute(
-                    "INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        record.request_id,
-                        record.experiment,
-                        record.arm,
-                        record.subject,
-                        record.created_unix,
-                        record.strategy,
-                        json.dumps(record.params),
-                        json.dumps(record.sampling),
-                        json.dumps(record.weights),
-                        json.dumps(record.rewards),
-                        record.weighted_score,
-                        record.latency_seconds,
-                        record.prompt_tokens,
-                        record.generated_tokens,
-                        record.finish_reason,
-                    ),
-                )
-            except sqlite3.IntegrityError as error:
-                if error.sqlite_errorname == "SQLITE_CONSTRAINT_PRIMARYKEY":
-                    raise AlreadyExists(f"request_id: {record.request_id!r} is already recorded") from None
-                raise
+        def write(session: Session) -> Checked:
+            cursor = session.execute(
+                "INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (request_id) DO NOTHING",
+                (
+                    record.request_id,
+                    record.experiment,
+                    record.arm,
+                    record.subject,
+                    record.created_unix,
+                    record.strategy,
+                    json.dumps(record.params),
+                    json.dumps(record.sampling),
+                    json.dumps(record.weights),
+                    json.dumps(record.rewards),
+                    record.weighted_score,
+                    record.latency_seconds,
+                    record.prompt_tokens,
+                    record.generated_tokens,
+                    record.finish_reason,
+                ),
+            )
+            return Checked(cursor, AlreadyExists(f"request_id: {record.request_id!r} is already recorded"))
 
         await self._submit(write)
         self.metrics.experiment_records.labels(record.experiment, record.arm).inc()
@@ -218,11 +173,11 @@ class ExperimentStore:
     async def record_feedback(self, feedback: Feedback) -> bool:
         """Insert or replace; True when an earlier feedback with the same identity was replaced."""
 
-        def write(connection: sqlite3.Connection) -> bool:
-            experiment = _experiment_of(connection, feedback.request_id, "request_id")
+        def write(session: Session) -> bool:
+            experiment = _experiment_of(session, feedback.request_id, "request_id")
             request_id, other, value = feedback.request_id, "", feedback.value
             if feedback.kind == "preference":
-                other_experiment = _experiment_of(connection, feedback.preferred_over, "preferred_over")
+                other_experiment = _experiment_of(session, feedback.preferred_over, "preferred_over")
                 if other_experiment != experiment:
                     raise InvalidArgument(
                         "preferred_over",
@@ -234,14 +189,16 @@ class ExperimentStore:
                 value = 1.0 if request_id == feedback.request_id else 0.0
             identity = (request_id, feedback.kind, feedback.key, other)
             replaced = (
-                connection.execute(
+                session.execute(
                     "SELECT 1 FROM feedback WHERE request_id = ? AND kind = ? AND key = ? AND other_request_id = ?",
                     identity,
                 ).fetchone()
                 is not None
             )
-            connection.execute(
-                "INSERT OR REPLACE INTO feedback VALUES (?, ?, ?, ?, ?, ?)", (*identity, value, time.time())
+            session.execute(
+                "INSERT INTO feedback VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (request_id, kind, key, other_request_id) "
+                "DO UPDATE SET value = excluded.value, updated_unix = excluded.updated_unix",
+                (*identity, value, time.time()),
             )
             return replaced
 
@@ -250,16 +207,19 @@ class ExperimentStore:
     async def save_experiment(
         self, name: str, definition: str, source: str, created_unix: float, *, replace: bool
     ) -> None:
-        def write(connection: sqlite3.Connection) -> None:
-            verb = "INSERT OR REPLACE" if replace else "INSERT"
-            try:
-                connection.execute(
-                    f"{verb} INTO experiments VALUES (?, ?, ?, ?)", (name, definition, source, created_unix)
-                )
-            except sqlite3.IntegrityError as error:
-                if error.sqlite_errorname == "SQLITE_CONSTRAINT_PRIMARYKEY":
-                    raise AlreadyExists(f"name: an experiment named {name!r} exists") from None
-                raise
+        on_conflict = (
+            "DO UPDATE SET definition = excluded.definition, source = excluded.source, "
+            "created_unix = excluded.created_unix"
+            if replace
+            else "DO NOTHING"
+        )
+
+        def write(session: Session) -> Checked:
+            cursor = session.execute(
+                f"INSERT INTO experiments VALUES (?, ?, ?, ?) ON CONFLICT (name) {on_conflict}",
+                (name, definition, source, created_unix),
+            )
+            return Checked(cursor, AlreadyExists(f"name: an experiment named {name!r} exists"))
 
         await self._submit(write)
 
@@ -310,41 +270,66 @@ class ExperimentStore:
                     future.set_result(result)
 
     def _apply(self, writes: list[Write]) -> list[Any]:
-        """One transaction; each write in a savepoint so one refused write leaves the others."""
-        connection = self._writer_connection
-        results: list[Any] = []
+        """One transaction for the batch. Writes refuse (AligndError) before they change anything,
+        so the batch runs without savepoints; should one fail in the database or in code, the
+        batch is replayed with each write in a savepoint, and only that write is undone."""
+        database = self.database
+        session = self._session
         try:
-            connection.execute("BEGIN IMMEDIATE")
-            for write in writes:
-                connection.execute("SAVEPOINT write")
-                try:
-                    results.append(write(connection))
-                except Exception as error:  # refused (AligndError) or failed: only this write is undone
-                    connection.execute("ROLLBACK TO write")
-                    if not isinstance(error, AligndError):
-                        log.exception("experiment store write failed")
-                        self.metrics.store_errors.inc()
-                        error = Unavailable(f"experiment store: {error}")
-                    results.append(error)
-                connection.execute("RELEASE write")
-            connection.execute("COMMIT")
-        except sqlite3.Error as error:
-            log.exception("experiment store commit failed")
+            if session is None:  # the connection was lost: a new one for this batch
+                session = self._session = database.connect()
+            try:
+                return self._transaction(session, writes, savepoints=False)
+            except Exception:
+                if database.broken(session):
+                    raise
+                if database.in_transaction(session):
+                    session.execute("ROLLBACK")
+                return self._transaction(session, writes, savepoints=True)
+        except database.errors as error:
+            log.error("experiment store %s: batch of %d writes failed: %s", database.description, len(writes), error)
             self.metrics.store_errors.inc()
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            return [Unavailable(f"experiment store: {error}")] * len(writes)
-        return results
+            if session is not None:
+                if database.broken(session):
+                    self._close_session()
+                elif database.in_transaction(session):
+                    session.execute("ROLLBACK")
+            return [Unavailable(f"experiment store: {one_line(error)}")] * len(writes)
+
+    def _transaction(self, session: Session, writes: list[Write], *, savepoints: bool) -> list[Any]:
+        results: list[Any] = []
+        # Without savepoints the batch is pipelined: its statements and the COMMIT go out without
+        # waiting for one another, and the checks on their row counts (Checked) run after.
+        with contextlib.nullcontext() if savepoints else session.pipeline():
+            session.execute(self.database.begin)
+            for write in writes:
+                if savepoints:
+                    session.execute("SAVEPOINT write")
+                try:
+                    result = write(session)
+                    results.append(result.outcome() if savepoints and isinstance(result, Checked) else result)
+                except AligndError as error:  # refused: it changed nothing
+                    results.append(error)
+                except Exception as error:
+                    if not savepoints:
+                        raise  # _apply replays the batch with savepoints
+                    session.execute("ROLLBACK TO SAVEPOINT write")
+                    log.exception("experiment store write failed")
+                    self.metrics.store_errors.inc()
+                    results.append(Unavailable(f"experiment store: {one_line(error)}"))
+                if savepoints:
+                    session.execute("RELEASE SAVEPOINT write")
+            session.execute("COMMIT")
+        return [_outcome(result) for result in results]
 
     # -- reads -----------------------------------------------------------------------------
 
-    async def _read(self, query: Callable[[sqlite3.Connection], Any]) -> Any:
+    async def _read(self, query: Callable[[Session], Any]) -> Any:
         def run() -> Any:
-            connection = _connect(self.path)
             try:
-                return query(connection)
-            finally:
-                connection.close()
+                return self.database.read(query)
+            except self.database.errors as error:
+                raise Unavailable(f"experiment store: {one_line(error)}") from None
 
         return await asyncio.get_running_loop().run_in_executor(self._read_threads, run)
 
@@ -362,29 +347,45 @@ class ExperimentStore:
         return [StoredExperiment(*row) for row in rows]
 
     async def rows(self, experiment: str) -> ExperimentRows:
-        def query(connection: sqlite3.Connection) -> ExperimentRows:
-            connection.execute("BEGIN")  # one snapshot for both queries
+        def query(session: Session) -> ExperimentRows:
+            session.execute(self.database.snapshot)  # one snapshot for both queries
             requests = [
                 (arm, subject, json.loads(rewards), math.nan if score is None else score, latency, tokens)
-                for arm, subject, rewards, score, latency, tokens in connection.execute(
+                for arm, subject, rewards, score, latency, tokens in session.execute(
                     "SELECT arm, subject, rewards, weighted_score, latency_seconds, generated_tokens "
                     "FROM requests WHERE experiment = ? ORDER BY created_unix",
                     (experiment,),
                 )
             ]
-            feedback = connection.execute(
+            feedback = session.execute(
                 "SELECT r.arm, r.subject, f.kind, f.value, o.arm FROM feedback f JOIN requests r USING (request_id) "
                 "LEFT JOIN requests o ON o.request_id = f.other_request_id WHERE r.experiment = ?",
                 (experiment,),
             ).fetchall()
-            connection.execute("COMMIT")
-            return ExperimentRows(requests, feedback)
+            session.execute("COMMIT")
+            return ExperimentRows(requests, [tuple(row) for row in feedback])
 
         return await self._read(query)
 
 
-def _experiment_of(connection: sqlite3.Connection, request_id: str, field: str) -> str:
-    row = connection.execute("SELECT experiment FROM requests WHERE request_id = ?", (request_id,)).fetchone()
+@dataclass(frozen=True)
+class Checked:
+    """An INSERT ... ON CONFLICT DO NOTHING whose row count says whether it was refused: read once
+    its batch has run (in a pipeline the count arrives with the batch's results)."""
+
+    cursor: Any
+    refused: AligndError
+
+    def outcome(self) -> AligndError | None:
+        return self.refused if self.cursor.rowcount == 0 else None
+
+
+def _outcome(result: Any) -> Any:
+    return result.outcome() if isinstance(result, Checked) else result
+
+
+def _experiment_of(session: Session, request_id: str, field: str) -> str:
+    row = session.execute("SELECT experiment FROM requests WHERE request_id = ?", (request_id,)).fetchone()
     if row is None:
         raise NotFound(f"{field}: no recorded experiment request {request_id!r}")
     return row[0]

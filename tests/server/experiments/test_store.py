@@ -1,5 +1,6 @@
-"""The SQLite experiment store: WAL, group commit, idempotent feedback, back-pressure, and no loss
-of an acknowledged write when the process is killed."""
+"""The experiment store on SQLite and on PostgreSQL (a throwaway server): group commit, idempotent
+feedback, back-pressure, schema versions, and no loss of an acknowledged write when the process
+is killed; SQLite's WAL; PostgreSQL going away and coming back."""
 
 from __future__ import annotations
 
@@ -51,6 +52,25 @@ def run(coroutine_function, path, **store_options):
     return asyncio.run(main())
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request, tmp_path) -> str:
+    """Where a test's store lives: a SQLite file, or a fresh database on a PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "s.sqlite")
+    return request.getfixturevalue("postgres_url")
+
+
+def query(location: str, sql: str) -> list[tuple]:
+    """Rows of `sql`, read straight from the database (not through the store)."""
+    if location.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(location) as connection:
+            return [tuple(row) for row in connection.execute(sql).fetchall()]
+    with sqlite3.connect(location) as connection:
+        return connection.execute(sql).fetchall()
+
+
 def test_store_uses_wal(tmp_path):
     run(lambda store: store.record_request(record("r1")), tmp_path / "s.sqlite")
     with sqlite3.connect(tmp_path / "s.sqlite") as connection:
@@ -58,20 +78,19 @@ def test_store_uses_wal(tmp_path):
         assert connection.execute("SELECT request_id FROM requests").fetchall() == [("r1",)]
 
 
-def test_concurrent_writes_share_commits(tmp_path):
+def test_concurrent_writes_share_commits(location):
     metrics = Metrics()
 
     async def many(store):
         await asyncio.gather(*(store.record_request(record(f"r{i}")) for i in range(300)))
 
-    run(many, tmp_path / "s.sqlite", metrics=metrics)
+    run(many, location, metrics=metrics)
     commits = metrics.registry.get_sample_value("alignd_store_commit_seconds_count")
     assert commits < 300 / 4  # group commit: many records per transaction
-    with sqlite3.connect(tmp_path / "s.sqlite") as connection:
-        assert connection.execute("SELECT count(*) FROM requests").fetchone()[0] == 300
+    assert query(location, "SELECT count(*) FROM requests") == [(300,)]
 
 
-def test_a_refused_write_does_not_undo_the_others_in_its_batch(tmp_path):
+def test_a_refused_write_does_not_undo_the_others_in_its_batch(location):
     async def mixed(store):
         await store.record_request(record("dup"))
         return await asyncio.gather(
@@ -81,13 +100,12 @@ def test_a_refused_write_does_not_undo_the_others_in_its_batch(tmp_path):
             return_exceptions=True,
         )
 
-    results = run(mixed, tmp_path / "s.sqlite")
+    results = run(mixed, location)
     assert results[0] is None and isinstance(results[1], AlreadyExists) and results[2] is None
-    with sqlite3.connect(tmp_path / "s.sqlite") as connection:
-        assert {r[0] for r in connection.execute("SELECT request_id FROM requests")} == {"dup", "x1", "x2"}
+    assert {r[0] for r in query(location, "SELECT request_id FROM requests")} == {"dup", "x1", "x2"}
 
 
-def test_feedback_replaces_per_identity_and_checks_requests(tmp_path):
+def test_feedback_replaces_per_identity_and_checks_requests(location):
     async def scenario(store):
         for request_id, experiment in (("a", "exp"), ("b", "exp"), ("c", "other")):
             await store.record_request(record(request_id, experiment))
@@ -106,31 +124,27 @@ def test_feedback_replaces_per_identity_and_checks_requests(tmp_path):
         )
         return replaced, errors, await store.rows("exp")
 
-    replaced, errors, rows = run(scenario, tmp_path / "s.sqlite")
+    replaced, errors, rows = run(scenario, location)
     assert replaced == [False, True, False, False, True]
     assert isinstance(errors[0], NotFound) and str(errors[0]).startswith("request_id")
     assert isinstance(errors[1], NotFound) and str(errors[1]).startswith("preferred_over")
     assert isinstance(errors[2], InvalidArgument) and errors[2].field == "preferred_over"
-    with sqlite3.connect(tmp_path / "s.sqlite") as connection:
-        thumbs = connection.execute("SELECT key, value FROM feedback WHERE kind = 'thumbs' ORDER BY key").fetchall()
-        preference = connection.execute(
-            "SELECT request_id, other_request_id, value FROM feedback WHERE kind = 'preference'"
-        ).fetchall()
+    thumbs = query(location, "SELECT key, value FROM feedback WHERE kind = 'thumbs' ORDER BY key")
+    preference = query(location, "SELECT request_id, other_request_id, value FROM feedback WHERE kind = 'preference'")
     assert thumbs == [("", 0.0), ("rater", 1.0)]
     assert preference == [("a", "b", 1.0)]  # one row per pair; the last judgment (a over b) stands
     assert len(rows.requests) == 2 and len(rows.feedback) == 3
 
 
-def test_a_full_queue_makes_writers_wait_and_is_counted(tmp_path):
+def test_a_full_queue_makes_writers_wait_and_is_counted(location):
     metrics = Metrics()
 
     async def flood(store):
         await asyncio.gather(*(store.record_request(record(f"r{i}")) for i in range(50)))
 
-    run(flood, tmp_path / "s.sqlite", metrics=metrics, queue_size=2, batch_size=2)
+    run(flood, location, metrics=metrics, queue_size=2, batch_size=2)
     assert metrics.registry.get_sample_value("alignd_store_queue_full_total") > 0
-    with sqlite3.connect(tmp_path / "s.sqlite") as connection:
-        assert connection.execute("SELECT count(*) FROM requests").fetchone()[0] == 50  # none dropped
+    assert query(location, "SELECT count(*) FROM requests") == [(50,)]  # none dropped
 
 
 WRITER = textwrap.dedent("""
@@ -156,9 +170,8 @@ WRITER = textwrap.dedent("""
 """)
 
 
-def test_every_acknowledged_write_survives_sigkill(tmp_path):
-    path = tmp_path / "s.sqlite"
-    process = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+def test_every_acknowledged_write_survives_sigkill(location):
+    process = subprocess.Popen([sys.executable, "-c", WRITER, location], stdout=subprocess.PIPE, text=True)
     acknowledged = []
     try:
         while len(acknowledged) < 400:
@@ -168,19 +181,43 @@ def test_every_acknowledged_write_survives_sigkill(tmp_path):
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait(10)
-    connection = sqlite3.connect(path)
-    try:
-        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        stored = {r[0] for r in connection.execute("SELECT request_id FROM requests")}
-    finally:
-        connection.close()
+    if not location.startswith("postgresql://"):
+        assert query(location, "PRAGMA integrity_check") == [("ok",)]
+    stored = {r[0] for r in query(location, "SELECT request_id FROM requests")}
     assert set(acknowledged) <= stored
     # And the server's own code opens it again without repair and keeps writing.
-    run(lambda store: store.record_request(record("after-crash")), path)
+    run(lambda store: store.record_request(record("after-crash")), location)
 
 
-def test_a_store_from_a_newer_schema_is_refused(tmp_path):
-    path = tmp_path / "s.sqlite"
+def test_a_store_from_a_newer_schema_is_refused(location):
+    from alignd.errors import Unavailable
+    from alignd.server.experiments.databases import SCHEMA_VERSION
+
+    run(lambda store: store.record_request(record("r1")), location)
+    assert query(location, "SELECT version FROM alignd_schema") == [(SCHEMA_VERSION,)]
+    if location.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(location, autocommit=True) as connection:
+            connection.execute("INSERT INTO alignd_schema VALUES (99)")
+    else:
+        with sqlite3.connect(location) as connection:
+            connection.execute("INSERT INTO alignd_schema VALUES (99)")
+    with pytest.raises(Unavailable, match="schema version 99 is newer"):
+        ExperimentStore(location)
+
+
+def test_a_sqlite_file_from_before_the_version_table_is_version_1(tmp_path):
+    """Files written by earlier alignd kept their version in PRAGMA user_version."""
+    from alignd.server.experiments.databases import MIGRATIONS
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as connection:
+        for statement in MIGRATIONS[0][1]:
+            connection.execute(statement)
+        connection.execute("PRAGMA user_version = 1")
+    run(lambda store: store.record_request(record("r1")), str(path))
+    assert query(str(path), "SELECT version FROM alignd_schema") == []  # nothing to migrate, nothing written
     with sqlite3.connect(path) as connection:
         connection.execute("PRAGMA user_version = 99")
     from alignd.errors import Unavailable
@@ -189,7 +226,7 @@ def test_a_store_from_a_newer_schema_is_refused(tmp_path):
         ExperimentStore(path)
 
 
-def test_a_score_that_is_not_finite_is_stored_as_null_and_read_back_as_nan(tmp_path):
+def test_a_score_that_is_not_finite_is_stored_as_null_and_read_back_as_nan(location):
     import math
 
     nan_record = RequestRecord(
@@ -200,12 +237,12 @@ def test_a_score_that_is_not_finite_is_stored_as_null_and_read_back_as_nan(tmp_p
         await store.record_request(nan_record)
         return await store.rows("exp")
 
-    rows = run(scenario, tmp_path / "s.sqlite")
+    rows = run(scenario, location)
     ((_arm, _subject, rewards, weighted, _latency, _tokens),) = rows.requests
     assert math.isnan(weighted) and math.isnan(rewards["r"])
 
 
-def test_a_failing_write_is_answered_and_the_writer_keeps_going(tmp_path):
+def test_a_failing_write_is_answered_and_the_writer_keeps_going(location):
     from alignd.errors import Unavailable
 
     broken = RequestRecord(
@@ -217,7 +254,70 @@ def test_a_failing_write_is_answered_and_the_writer_keeps_going(tmp_path):
         await store.record_request(record("good"))
         return first[0]
 
-    error = run(scenario, tmp_path / "s.sqlite")
+    error = run(scenario, location)
     assert isinstance(error, Unavailable)
-    with sqlite3.connect(tmp_path / "s.sqlite") as connection:
-        assert [r[0] for r in connection.execute("SELECT request_id FROM requests")] == ["good"]
+    assert query(location, "SELECT request_id FROM requests") == [("good",)]
+
+
+def test_postgresql_going_away_answers_unavailable_and_the_store_recovers():
+    from alignd.errors import Unavailable
+    from tests.postgres import PostgresServer, missing_reason
+
+    if missing_reason():
+        pytest.skip(missing_reason())
+    server = PostgresServer()
+    server.start()
+
+    async def scenario(store):
+        await store.record_request(record("before"))
+        server.stop("immediate")  # the database is lost mid-service
+        lost = await asyncio.gather(
+            store.record_request(record("while-down")), store.has_request("before"), return_exceptions=True
+        )
+        server.start()
+        await store.record_request(record("after"))  # a new connection for the next batch
+        return lost, await store.has_request("before"), await store.has_request("after")
+
+    try:
+        lost, before, after = run(scenario, server.url)
+        assert all(isinstance(e, Unavailable) for e in lost), lost
+        assert before and after
+        assert {r[0] for r in query(server.url, "SELECT request_id FROM requests")} == {"before", "after"}
+    finally:
+        server.destroy()
+
+
+def test_a_wrong_or_unreachable_database_is_one_line(tmp_path):
+    import psycopg
+
+    from tests.postgres import missing_reason
+
+    if missing_reason():
+        pytest.skip(missing_reason())
+    with pytest.raises(psycopg.OperationalError):
+        ExperimentStore("postgresql://nobody@127.0.0.1:1/none")
+
+
+def test_a_write_that_fails_in_a_batch_is_replayed_alone_and_the_others_commit(location):
+    """Batches run without savepoints (pipelined on PostgreSQL); a write that fails there makes
+    the store replay the batch with savepoints, so only that write is refused."""
+    from alignd.errors import Unavailable
+
+    broken = RequestRecord(
+        "bad", "exp", "a", "s", 1.0, "sample", {"not json": {1, 2}}, {}, {}, {}, 0.0, 0.01, 3, 4, "length"
+    )
+
+    async def scenario(store):
+        await store.record_request(record("dup"))
+        return await asyncio.gather(
+            store.record_request(record("g1")),
+            store.record_request(broken),
+            store.record_request(record("dup")),
+            store.record_request(record("g2")),
+            return_exceptions=True,
+        )
+
+    results = run(scenario, location)
+    assert results[0] is None and results[3] is None
+    assert isinstance(results[1], Unavailable) and isinstance(results[2], AlreadyExists)
+    assert {r[0] for r in query(location, "SELECT request_id FROM requests")} == {"dup", "g1", "g2"}

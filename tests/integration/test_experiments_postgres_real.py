@@ -1,0 +1,223 @@
+"""A/B experiments across replicas: two `alignd serve` on SmolLM2 sharing one PostgreSQL server
+(a throwaway one from the installed binaries): the same arms from either replica, feedback
+through the other replica counted once, reports equal to a recomputation from the rows,
+experiments created on one replica served by the other, a SIGKILL that loses no answered
+request, and a database that goes away and comes back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+
+from alignd.clients import AligndClient, AligndClientError
+from alignd.server.experiments.definitions import assignment_point
+from tests.integration.conftest import start_serve, stop
+from tests.postgres import PostgresServer, missing_reason
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(missing_reason() is not None, reason=missing_reason() or ""),
+]
+
+CONFIG = """
+{store}
+admin_rpcs = true
+[default_sampling]
+max_tokens = 6
+temperature = 0.7
+
+[[experiments]]
+name = "sample-vs-bon"
+[[experiments.arms]]
+name = "sample"
+strategy = "sample"
+split = 0.5
+[[experiments.arms]]
+name = "bon4"
+strategy = "best_of_n"
+params = {{ n = 4 }}
+split = 0.5
+"""
+
+
+def _expected_arm(subject: str) -> str:
+    return "sample" if assignment_point("sample-vs-bon", subject) < 0.5 else "bon4"
+
+
+def _rows(url: str, sql: str) -> list[tuple]:
+    with psycopg.connect(url) as connection:
+        return [tuple(r) for r in connection.execute(sql).fetchall()]
+
+
+@pytest.fixture(scope="module")
+def database():
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture(scope="module")
+def replicas(database, tmp_path_factory):
+    """Replica A reads the URL from its config file; replica B from the environment (no password
+    in a file), with no store in its config at all."""
+    folder = tmp_path_factory.mktemp("replicas")
+    a_config, b_config = folder / "a.toml", folder / "b.toml"
+    a_config.write_text(CONFIG.format(store=f'experiment_store = "{database.url}"'))
+    b_config.write_text(CONFIG.format(store=""))
+    (folder / "a").mkdir()
+    (folder / "b").mkdir()
+    a = start_serve(folder / "a", "--config", str(a_config))
+    try:
+        b = start_serve(folder / "b", "--config", str(b_config), env={"ALIGND_EXPERIMENT_STORE": database.url})
+    except BaseException:
+        stop(a)
+        raise
+    yield a, b
+    stop(a)
+    stop(b)
+
+
+def test_two_replicas_serve_one_experiment(replicas, database):
+    a, b = replicas
+    subjects = [f"user-{i}" for i in range(24)]
+    with AligndClient(a.target, timeout=120) as on_a, AligndClient(b.target, timeout=120) as on_b:
+        clients = [on_a, on_b]
+
+        def serve(i: int):
+            return clients[i % 2].generate(
+                "Name a fruit.", strategy="", experiment="sample-vs-bon", subject=subjects[i]
+            )
+
+        with ThreadPoolExecutor(4) as pool:
+            served = list(pool.map(serve, range(len(subjects))))
+            # The same subjects through the other replica: the same arms.
+            again = list(
+                pool.map(
+                    lambda i: clients[(i + 1) % 2].generate(
+                        "Name a fruit.", strategy="", experiment="sample-vs-bon", subject=subjects[i]
+                    ),
+                    range(len(subjects)),
+                )
+            )
+        assert [g.arm for g in served] == [g.arm for g in again] == [_expected_arm(s) for s in subjects]
+
+        # Feedback for a request served by A, sent to B, then retried on A: one record.
+        first = served[0]
+        assert on_b.feedback(first.request_id, thumbs_up=True) is False
+        assert on_a.feedback(first.request_id, thumbs_up=True) is True
+        for g in served[1:12]:
+            clients[1].feedback(g.request_id, rating=4.0)
+        assert _rows(database.url, f"SELECT count(*) FROM feedback WHERE request_id = '{first.request_id}'") == [(1,)]
+
+        reports = [on_a.report("sample-vs-bon"), on_b.report("sample-vs-bon")]
+        rows = _rows(
+            database.url, "SELECT arm, rewards, weighted_score FROM requests WHERE experiment = 'sample-vs-bon'"
+        )
+        assert len(rows) == 2 * len(subjects)
+        for report in reports:
+            assert report.requests == len(rows)
+            for arm in report.arms:
+                mine = [r for r in rows if r[0] == arm.name]
+                assert arm.requests == len(mine)
+                assert arm.weighted_score.mean == pytest.approx(sum(r[2] for r in mine) / len(mine))
+                for objective, estimate in arm.rewards.items():
+                    assert estimate.mean == pytest.approx(sum(json.loads(r[1])[objective] for r in mine) / len(mine))
+        assert reports[0].arm("sample").thumbs_up.trials + reports[0].arm("bon4").thumbs_up.trials == 1
+
+        # Created on A, served by B without a restart (B looks an unknown name up in the store).
+        arms = [
+            {"name": "plain", "strategy": "sample", "split": 0.5},
+            {"name": "bon2", "strategy": "best_of_n", "n": 2, "split": 0.5},
+        ]
+        on_a.create_experiment("fresh", arms)
+        out = on_b.generate("Name a fruit.", strategy="", experiment="fresh", subject="someone")
+        expected = "plain" if assignment_point("fresh", "someone") < 0.5 else "bon2"
+        assert out.experiment == "fresh" and out.arm == expected
+
+
+def test_sigkill_of_a_replica_loses_no_answered_request(replicas, database, tmp_path):
+    a, _ = replicas
+    config = tmp_path / "c.toml"
+    config.write_text(CONFIG.format(store=f'experiment_store = "{database.url}"'))
+    victim = start_serve(tmp_path, "--config", str(config))
+    answered: list[str] = []
+    lock = threading.Lock()
+    stopping = threading.Event()
+
+    def send(worker: int) -> None:
+        with AligndClient(victim.target, timeout=60) as client:
+            i = 0
+            while not stopping.is_set():
+                try:
+                    g = client.generate(
+                        "Say hi.", strategy="", experiment="sample-vs-bon", subject=f"kill-{worker}-{i}", max_tokens=3
+                    )
+                except AligndClientError:
+                    return  # the replica is gone
+                with lock:
+                    answered.append(g.request_id)
+                i += 1
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        while len(answered) < 16:
+            threads[0].join(0.1)
+            assert victim.process.poll() is None, victim.log.read_text()[-2000:]
+        victim.process.kill()
+        victim.process.wait(30)
+    finally:
+        stopping.set()
+        for t in threads:
+            t.join(60)
+    stored = {r[0] for r in _rows(database.url, "SELECT request_id FROM requests")}
+    assert len(answered) >= 16 and set(answered) <= stored
+    with AligndClient(a.target, timeout=60) as client:  # the other replica takes feedback for them
+        client.feedback(answered[-1], thumbs_up=True)
+
+
+def test_losing_the_database_fails_experiment_requests_only_and_recovers(replicas, database):
+    a, _ = replicas
+    with AligndClient(a.target, timeout=120) as client:
+        database.stop("immediate")
+        try:
+            with pytest.raises(AligndClientError) as error:
+                client.generate("Hi.", strategy="", experiment="sample-vs-bon", subject="down-1")
+            assert error.value.code == grpc.StatusCode.UNAVAILABLE and "experiment store" in error.value.details
+            assert client.generate("Hi.", max_tokens=3).text is not None  # not an experiment: served
+        finally:
+            database.start()
+        out = client.generate("Hi.", strategy="", experiment="sample-vs-bon", subject="down-2")
+        assert out.arm == _expected_arm("down-2")
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("postgresql://nobody@127.0.0.1:1/none", "cannot open 'postgresql://nobody@127.0.0.1:1/none'"),
+        ("mysql://host/db", "mysql:// is not a store alignd can use"),
+    ],
+)
+def test_a_wrong_or_unreachable_database_stops_serve_with_one_line(tmp_path, url, expected):
+    config = tmp_path / "c.toml"
+    config.write_text(CONFIG.format(store=f'experiment_store = "{url}"'))
+    result = subprocess.run(
+        [sys.executable, "-m", "alignd.cli", "serve", "--port", "0", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("alignd: error:")]
+    assert len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
+    assert not (Path.cwd() / "postgresql:").exists() and not (Path.cwd() / "mysql:").exists()

@@ -1,0 +1,72 @@
+"""A throwaway PostgreSQL server for tests, from the installed binaries (`initdb`, `pg_ctl`): a
+data folder in a temporary directory, a free local port, trust authentication. Tests that need
+one skip, printing why, where PostgreSQL is not installed (`.ci/run` installs it)."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+
+def _binaries() -> Path | None:
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).parent
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    return Path(versions[-1]).parent if versions else None
+
+
+def missing_reason() -> str | None:
+    """Why no throwaway server can start here, or None."""
+    if _binaries() is None:
+        return "PostgreSQL is not installed (no pg_ctl/initdb on PATH or in /usr/lib/postgresql)"
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        return "running as root without runuser: initdb refuses root"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PostgresServer:
+    """`start()` initialises and starts it; `stop()` and `start()` again keep its data (a database
+    that goes away and comes back); `destroy()` removes everything."""
+
+    def __init__(self) -> None:
+        self.bin = _binaries()
+        assert self.bin is not None, missing_reason()
+        self.root = Path(tempfile.mkdtemp(prefix="alignd-pg-"))
+        self.data = self.root / "data"
+        self.port = _free_port()
+        self.url = f"postgresql://alignd@127.0.0.1:{self.port}/postgres"
+        # initdb refuses root: run the server as the postgres user then.
+        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self._as:
+            os.chmod(self.root, 0o777)
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "alignd", "-E", "UTF8", "--no-sync")
+
+    def _run(self, program: str, *args: str) -> None:
+        subprocess.run(
+            [*self._as, str(self.bin / program), *args], check=True, capture_output=True, text=True, timeout=120
+        )
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def destroy(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):  # not running
+            self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
