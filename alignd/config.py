@@ -109,9 +109,10 @@ class ServerConfig:
     metrics_port: int = 0  # Prometheus /metrics over HTTP; 0 disables
     http: HTTPOptions = field(default_factory=HTTPOptions)  # the OpenAI-compatible API ([http] table)
     grace_seconds: float = 10.0  # drain time on SIGTERM
-    # A/B experiments: [[experiments]] tables (validated at start-up), the SQLite store that records
-    # their requests and feedback ("auto": <data dir>/experiments.sqlite, opened when experiments
-    # are configured, admin_rpcs is on or the file exists; "": no store), and whether the admin
+    # A/B experiments: [[experiments]] tables (validated at start-up), the store that records their
+    # requests and feedback (a SQLite path or a postgresql:// URL; "auto": <data dir>/experiments.sqlite,
+    # opened when experiments are configured, admin_rpcs is on or the file exists; "": no store;
+    # ALIGND_EXPERIMENT_STORE overrides it), and whether the admin
     # RPCs (CreateExperiment) are enabled. There is no auth yet: enable them on trusted networks only.
     experiments: tuple[dict[str, Any], ...] = ()
     experiment_store: str = "auto"
@@ -241,17 +242,38 @@ def data_dir() -> Path:
 STORE_ENV = "ALIGND_EXPERIMENT_STORE"  # overrides experiment_store: keeps a database password out of files
 
 
+def experiment_store_setting() -> str:
+    """Where the store's location comes from, for messages: the environment or the config."""
+    return STORE_ENV if STORE_ENV in os.environ else "experiment_store"
+
+
+def _check_postgres_url(url: str, where: str) -> None:
+    """The URL's syntax, checked before the model loads (reaching the server waits until then)."""
+    try:
+        from psycopg import conninfo
+    except ImportError:
+        raise ConfigError(f"{where}: a PostgreSQL store needs psycopg: pip install 'alignd[server]'") from None
+    from alignd.server.experiments.databases import redact
+
+    try:
+        conninfo.conninfo_to_dict(url)
+    except Exception as error:  # psycopg.ProgrammingError: libpq could not parse it
+        problem = redact(url, " ".join(str(error).split()))
+        raise ConfigError(f"{where}: not a valid PostgreSQL URL ({redact(url)}): {problem}") from None
+
+
 def experiment_store_location(config: ServerConfig) -> Path | str | None:
     """The store to open: a SQLite file path, a postgresql:// URL, or None (see
     ServerConfig.experiment_store; the ALIGND_EXPERIMENT_STORE environment variable wins)."""
-    setting = os.environ.get(STORE_ENV) or config.experiment_store
-    where = STORE_ENV if os.environ.get(STORE_ENV) else "experiment_store"
+    setting = os.environ.get(STORE_ENV, config.experiment_store)  # set, even empty, it wins
+    where = experiment_store_setting()
     if setting == "":
         if config.experiments:
             raise ConfigError(f'{where}: experiments are configured but the store is disabled ("")')
         return None
     if setting != "auto":
         if setting.startswith(("postgresql://", "postgres://")):
+            _check_postgres_url(setting, where)
             return setting
         if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", setting):
             # Taken as a path, "mysql://host/db" would quietly become a local folder.

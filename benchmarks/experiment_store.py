@@ -2,7 +2,7 @@
 on SQLite and on PostgreSQL.
 
 Many concurrent handlers record a request each and wait for the commit (as the server does before
-answering). For each database, two runs side by side on the same disk: the store's writer task
+answering). For each database, two runs side by side: the store's writer task
 batching up to 256 writes per transaction (one flush each), and the same store limited to one
 write per transaction. Prints records per second, the wait per record (p50/p95) and the ratios.
 PostgreSQL is a throwaway local server started from the installed binaries (as the tests do), or

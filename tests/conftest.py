@@ -59,9 +59,11 @@ def postgres_server():
     if reason is not None:
         pytest.skip(reason)
     server = PostgresServer()
-    server.start()
-    yield server
-    server.destroy()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -18,7 +19,11 @@ def _binaries() -> Path | None:
     found = shutil.which("pg_ctl")
     if found:
         return Path(found).parent
-    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+
+    def version(path: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in Path(path).parts[-3].split(".") if part.isdigit())
+
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=version)
     return Path(versions[-1]).parent if versions else None
 
 
@@ -26,8 +31,13 @@ def missing_reason() -> str | None:
     """Why no throwaway server can start here, or None."""
     if _binaries() is None:
         return "PostgreSQL is not installed (no pg_ctl/initdb on PATH or in /usr/lib/postgresql)"
-    if os.geteuid() == 0 and shutil.which("runuser") is None:
-        return "running as root without runuser: initdb refuses root"
+    if os.geteuid() == 0:
+        if shutil.which("runuser") is None:
+            return "running as root without runuser: initdb refuses root"
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root and there is no postgres user to run the server as"
     return None
 
 
@@ -44,7 +54,8 @@ class PostgresServer:
     def __init__(self) -> None:
         self.bin = _binaries()
         assert self.bin is not None, missing_reason()
-        self.root = Path(tempfile.mkdtemp(prefix="alignd-pg-"))
+        # Under /tmp: the postgres user can reach it, and the socket path stays short.
+        self.root = Path(tempfile.mkdtemp(prefix="alignd-pg-", dir="/tmp"))
         self.data = self.root / "data"
         self.port = _free_port()
         self.url = f"postgresql://alignd@127.0.0.1:{self.port}/postgres"
@@ -55,9 +66,13 @@ class PostgresServer:
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "alignd", "-E", "UTF8", "--no-sync")
 
     def _run(self, program: str, *args: str) -> None:
-        subprocess.run(
-            [*self._as, str(self.bin / program), *args], check=True, capture_output=True, text=True, timeout=120
+        done = subprocess.run(
+            [*self._as, str(self.bin / program), *args], capture_output=True, text=True, timeout=120, cwd=self.root
         )
+        if done.returncode != 0:
+            log = self.root / "log"
+            server_log = log.read_text()[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{program} failed ({done.returncode}): {done.stderr[-2000:]}\n{server_log}")
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
@@ -67,6 +82,6 @@ class PostgresServer:
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
 
     def destroy(self) -> None:
-        with contextlib.suppress(subprocess.CalledProcessError):  # not running
+        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):  # not running
             self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)

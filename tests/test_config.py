@@ -67,3 +67,7 @@ def test_the_experiment_store_is_a_path_a_postgresql_url_or_the_environments(mon
     assert (
         redact(url) == "postgresql://alignd:***@db:5432/ab" and redact("postgresql://a@db/x") == "postgresql://a@db/x"
     )
+    assert redact("postgresql://a@db/x?password=p1") == "postgresql://a@db/x?password=***"
+    # Set but empty, the environment turns the store off.
+    monkeypatch.setenv(STORE_ENV, "")
+    assert experiment_store_location(ServerConfig(experiment_store=str(tmp_path / "s.sqlite"))) is None

@@ -60,9 +60,11 @@ def _rows(url: str, sql: str) -> list[tuple]:
 @pytest.fixture(scope="module")
 def database():
     server = PostgresServer()
-    server.start()
-    yield server
-    server.destroy()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
 
 
 @pytest.fixture(scope="module")

@@ -196,6 +196,13 @@ def test_report_counts_and_means_match_the_stored_rows(ab_client, store_path):
             "strategy",
         ),
         (dict(experiment="bon-vs-sample", subject="x" * 300), grpc.StatusCode.INVALID_ARGUMENT, "subject"),
+        # Text PostgreSQL cannot store is refused before decoding, on SQLite too.
+        (dict(experiment="bon-vs-sample", subject="a\x00b"), grpc.StatusCode.INVALID_ARGUMENT, "subject"),
+        (
+            dict(experiment="bon-vs-sample", subject="u", request_id="id\x00"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "request_id",
+        ),
     ],
 )
 def test_bad_experiment_requests_are_refused_naming_the_field(ab_client, options, code, field):
@@ -242,6 +249,7 @@ def recorded_id(ab_server):
         (dict(preferred_over="SELF"), grpc.StatusCode.INVALID_ARGUMENT, "preferred_over"),
         (dict(preferred_over="never-served"), grpc.StatusCode.NOT_FOUND, "preferred_over"),
         (dict(thumbs_up=True, key="k" * 101), grpc.StatusCode.INVALID_ARGUMENT, "key"),
+        (dict(thumbs_up=True, key="rater\x00"), grpc.StatusCode.INVALID_ARGUMENT, "key"),
     ],
 )
 def test_bad_feedback_is_refused_naming_the_field(ab_client, recorded_id, kwargs, code, field):

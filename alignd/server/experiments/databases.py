@@ -14,7 +14,7 @@ import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from alignd.errors import Unavailable
 
@@ -69,9 +69,15 @@ def is_postgres_url(location: str) -> bool:
     return location.startswith(POSTGRES_SCHEMES)
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    return re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url)
+def redact(url: str, text: str | None = None) -> str:
+    """`text` (default: the URL itself) without the URL's password, for messages and logs: the
+    user:password@ form, a password= parameter, and the password wherever the text quotes it."""
+    text = url if text is None else text
+    secrets = re.findall(r"://[^/@:]*:([^/@]*)@", url) + re.findall(r"[?&]password=([^&]*)", url)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 class Session:
@@ -112,6 +118,19 @@ class Database(ABC):
     def broken(self, session: Session) -> bool:
         """Whether the connection is lost (the writer then opens a new one for its next batch)."""
         return False
+
+    def alive(self, session: Session) -> bool:
+        """Whether a connection idle for a while still reaches the database (checked before a
+        batch, so that a restart of the server does not fail the first batch after it)."""
+        return True
+
+    def usable(self, session: Session) -> bool:
+        """Whether, after an error, a ROLLBACK on this connection can bring it back."""
+        return True
+
+    def scrub(self, text: str) -> str:
+        """`text` (a driver's message) without secrets of the location."""
+        return text
 
     def in_transaction(self, session: Session) -> bool:
         return bool(session.connection.in_transaction)
@@ -198,7 +217,10 @@ class SQLiteDatabase(Database):
     def _version(self, session: Session) -> int:
         version = super()._version(session)
         # Files written before the version table kept their version in SQLite's user_version.
-        return version or int(session.execute("PRAGMA user_version").fetchone()[0])
+        version = max(version, int(session.execute("PRAGMA user_version").fetchone()[0]))
+        # Kept in step, so that an older alignd (which reads only user_version) refuses a newer file.
+        session.execute(f"PRAGMA user_version = {max(version, SCHEMA_VERSION)}")
+        return version
 
 
 class PostgresDatabase(Database):
@@ -209,6 +231,17 @@ class PostgresDatabase(Database):
     snapshot = "BEGIN ISOLATION LEVEL REPEATABLE READ"
     CONNECT_TIMEOUT = 5  # seconds: an unreachable server fails a write fast (UNAVAILABLE), not late
     MIGRATION_LOCK = 0x616C69676E64  # pg_advisory_xact_lock key ("alignd")
+    # A server that stops answering without closing the connection (a partition, a host that lost
+    # power) is given up on after about 30 s, not the kernel's 15 minutes of retransmissions.
+    CONNECTION: ClassVar[dict[str, Any]] = {
+        "autocommit": True,
+        "connect_timeout": CONNECT_TIMEOUT,
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 30_000,  # milliseconds
+    }
 
     def __init__(self, url: str, pool_size: int = 4) -> None:
         import psycopg
@@ -222,17 +255,39 @@ class PostgresDatabase(Database):
             url,
             min_size=0,
             max_size=pool_size,
-            kwargs={"autocommit": True, "connect_timeout": self.CONNECT_TIMEOUT},
+            kwargs=self.CONNECTION,
             check=ConnectionPool.check_connection,  # a connection the server dropped is replaced
             timeout=self.CONNECT_TIMEOUT,  # waiting for a connection (none while the server is down)
+            # A failed attempt gives up soon, so the next read tries again at once rather than
+            # after the pool's backoff (minutes) once the server is back.
+            reconnect_timeout=self.CONNECT_TIMEOUT,
             open=True,
         )
 
     def connect(self) -> Session:
-        connection = self._psycopg.connect(self.url, autocommit=True, connect_timeout=self.CONNECT_TIMEOUT)
-        # Each group commit waits for its WAL flush (the server's default, made explicit).
-        connection.execute("SET synchronous_commit = on")
+        connection = self._psycopg.connect(self.url, **self.CONNECTION)
+        try:
+            # Each group commit waits for its WAL flush (the server's default, made explicit).
+            connection.execute("SET synchronous_commit = on")
+        except BaseException:
+            connection.close()
+            raise
         return Session(connection, "%s")
+
+    def scrub(self, text: str) -> str:
+        return redact(self.url, text)
+
+    def alive(self, session: Session) -> bool:
+        try:
+            session.connection.execute("")  # one round trip, as the pool checks its connections
+        except self._psycopg.Error:
+            return False
+        return True
+
+    def usable(self, session: Session) -> bool:
+        status = session.connection.info.transaction_status
+        ok = (self._psycopg.pq.TransactionStatus.IDLE, self._psycopg.pq.TransactionStatus.INERROR)
+        return not self.broken(session) and status in (*ok, self._psycopg.pq.TransactionStatus.INTRANS)
 
     def read(self, query: Callable[[Session], Any]) -> Any:
         with self._pool.connection() as connection:
@@ -249,6 +304,8 @@ class PostgresDatabase(Database):
         self._pool.close()
 
     def _lock(self, session: Session) -> None:
+        # A replica stuck mid-migration makes the others fail start-up with one line, not hang.
+        session.execute("SET LOCAL lock_timeout = '30s'")
         session.execute(f"SELECT pg_advisory_xact_lock({self.MIGRATION_LOCK})")
 
 

@@ -230,6 +230,13 @@ def check_subject(subject: str) -> None:
         raise InvalidArgument("subject", "required with experiment: a stable id of the user")
     if len(subject) > MAX_SUBJECT_CHARS:
         raise InvalidArgument("subject", f"{len(subject)} characters, over the limit of {MAX_SUBJECT_CHARS}")
+    check_storable("subject", subject)
+
+
+def check_storable(field: str, text: str) -> None:
+    """Text the store keeps must be storable in both databases: PostgreSQL's text has no NUL."""
+    if "\x00" in text:
+        raise InvalidArgument(field, "must not contain NUL characters")
 
 
 def _copy(request: pb.GenerateRequest) -> pb.GenerateRequest:

@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING
 
 from google.protobuf import json_format
 
-from alignd.config import ConfigError, ServerConfig, experiment_store_location
+from alignd.config import ConfigError, ServerConfig, experiment_store_location, experiment_store_setting
 from alignd.decoding.base import DecodeResult
 from alignd.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from alignd.server.experiments.databases import one_line, redact
 from alignd.server.experiments.definitions import (
     ArmSpec,
     ExperimentSpec,
+    check_storable,
     check_subject,
     experiment_from_config,
     serve_by_arm,
@@ -91,8 +92,8 @@ class Experiments:
         try:
             store = ExperimentStore(location, metrics, queue_size=config.store_queue_size)
         except Exception as error:  # database errors, unwritable folders, a newer schema: one line
-            shown = redact(str(location))
-            raise ConfigError(f"experiment_store: cannot open {shown!r}: {one_line(error)}") from None
+            shown, problem = redact(str(location)), redact(str(location), one_line(error))
+            raise ConfigError(f"{experiment_store_setting()}: cannot open {shown!r}: {problem}") from None
         store.start()
         experiments = cls(store, check_arm)
         stored = {s.name: s for s in await store.experiments()}
@@ -171,7 +172,9 @@ class Experiments:
         return Routed(spec, arm, request.subject, serve_by_arm(spec, arm, request))
 
     async def check_new_request_id(self, request_id: str) -> None:
-        """Refuse a client-chosen id that is already recorded before decoding, not after."""
+        """Refuse a client-chosen id that is already recorded (or not storable) before decoding,
+        not after."""
+        check_storable("request_id", request_id)
         if await self._require_store().has_request(request_id):
             raise AlreadyExists(f"request_id: {request_id!r} is already recorded")
 
@@ -206,6 +209,8 @@ class Experiments:
             raise InvalidArgument("request_id", "must not be empty")
         if len(message.key) > MAX_FEEDBACK_KEY_CHARS:
             raise InvalidArgument("key", f"{len(message.key)} characters, over the limit of {MAX_FEEDBACK_KEY_CHARS}")
+        for field in ("request_id", "key", "preferred_over"):
+            check_storable(field, getattr(message, field))
         kind = message.WhichOneof("feedback")
         if kind == "thumbs_up":
             feedback = Feedback(message.request_id, "thumbs", 1.0 if message.thumbs_up else 0.0, message.key)

@@ -77,6 +77,7 @@ class ExperimentRows:
 
 
 Write = Callable[[Session], Any]
+IDLE_CHECK_SECONDS = 10.0  # a writer connection unused this long is checked before its next batch
 
 
 class ExperimentStore:
@@ -110,6 +111,7 @@ class ExperimentStore:
         self._read_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="alignd-store-read")
         self._writer: asyncio.Task | None = None
         self._closing = False
+        self._last_used = time.monotonic()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -274,27 +276,49 @@ class ExperimentStore:
         so the batch runs without savepoints; should one fail in the database or in code, the
         batch is replayed with each write in a savepoint, and only that write is undone."""
         database = self.database
-        session = self._session
         try:
-            if session is None:  # the connection was lost: a new one for this batch
-                session = self._session = database.connect()
+            session = self._writer_session()
             try:
-                return self._transaction(session, writes, savepoints=False)
+                results = self._transaction(session, writes, savepoints=False)
             except Exception:
-                if database.broken(session):
-                    raise
-                if database.in_transaction(session):
-                    session.execute("ROLLBACK")
-                return self._transaction(session, writes, savepoints=True)
+                # Nothing of the batch committed (the COMMIT is its last statement): undo, on a
+                # new connection if this one cannot be brought back, and replay with savepoints.
+                if not self._rolled_back(session):
+                    session = self._writer_session()
+                results = self._transaction(session, writes, savepoints=True)
+            self._last_used = time.monotonic()
+            return results
         except database.errors as error:
             log.error("experiment store %s: batch of %d writes failed: %s", database.description, len(writes), error)
             self.metrics.store_errors.inc()
-            if session is not None:
-                if database.broken(session):
-                    self._close_session()
-                elif database.in_transaction(session):
+            if self._session is not None:
+                self._rolled_back(self._session)
+            return [Unavailable(f"experiment store: {database.scrub(one_line(error))}")] * len(writes)
+
+    def _writer_session(self) -> Session:
+        """The writer's connection: a new one after a loss, and checked first after a quiet spell
+        (the server may have restarted meanwhile: better a new connection than a failed batch)."""
+        session = self._session
+        quiet = time.monotonic() - self._last_used > IDLE_CHECK_SECONDS
+        if session is not None and quiet and not self.database.alive(session):
+            self._close_session()
+            session = None
+        if session is None:
+            session = self._session = self.database.connect()
+        return session
+
+    def _rolled_back(self, session: Session) -> bool:
+        """Roll an open transaction back; False (the connection closed) when that cannot be done."""
+        database = self.database
+        try:
+            if database.usable(session):
+                if database.in_transaction(session):
                     session.execute("ROLLBACK")
-            return [Unavailable(f"experiment store: {one_line(error)}")] * len(writes)
+                return True
+        except database.errors:
+            pass
+        self._close_session()
+        return False
 
     def _transaction(self, session: Session, writes: list[Write], *, savepoints: bool) -> list[Any]:
         results: list[Any] = []
@@ -329,7 +353,7 @@ class ExperimentStore:
             try:
                 return self.database.read(query)
             except self.database.errors as error:
-                raise Unavailable(f"experiment store: {one_line(error)}") from None
+                raise Unavailable(f"experiment store: {self.database.scrub(one_line(error))}") from None
 
         return await asyncio.get_running_loop().run_in_executor(self._read_threads, run)
 
