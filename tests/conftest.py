@@ -53,17 +53,13 @@ def letter_scorer() -> ObjectiveScorer:
 @pytest.fixture(scope="session")
 def postgres_server():
     """A throwaway PostgreSQL server for the session (skipped, with the reason, where none can run)."""
-    from tests.postgres import PostgresServer, missing_reason
+    from tests.postgres import missing_reason, running_postgres
 
     reason = missing_reason()
     if reason is not None:
         pytest.skip(reason)
-    server = PostgresServer()
-    try:
-        server.start()
+    with running_postgres() as server:
         yield server
-    finally:
-        server.destroy()
 
 
 @pytest.fixture

@@ -18,6 +18,37 @@ from alignd import models
 
 pytestmark = pytest.mark.integration
 
+# The experiment the integration tests serve: sample against best-of-4, half the subjects each
+# (TOML tables: append to a config after its top-level settings).
+SAMPLE_VS_BON = """
+[[experiments]]
+name = "sample-vs-bon"
+[[experiments.arms]]
+name = "sample"
+strategy = "sample"
+split = 0.5
+[[experiments.arms]]
+name = "bon4"
+strategy = "best_of_n"
+params = { n = 4 }
+split = 0.5
+"""
+
+
+def expected_arm(subject: str, experiment: str = "sample-vs-bon", arms: tuple[str, str] = ("sample", "bon4")) -> str:
+    """The arm a subject's hash gives in a two-arm, half-and-half experiment."""
+    from alignd.server.experiments.definitions import assignment_point
+
+    return arms[0] if assignment_point(experiment, subject) < 0.5 else arms[1]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 @dataclass
 class ServerProcess:

@@ -18,9 +18,8 @@ import psycopg
 import pytest
 
 from alignd.clients import AligndClient, AligndClientError
-from alignd.server.experiments.definitions import assignment_point
-from tests.integration.conftest import start_serve, stop
-from tests.postgres import PostgresServer, missing_reason
+from tests.integration.conftest import SAMPLE_VS_BON, expected_arm, start_serve, stop
+from tests.postgres import missing_reason, running_postgres
 
 pytestmark = [
     pytest.mark.integration,
@@ -33,23 +32,11 @@ admin_rpcs = true
 [default_sampling]
 max_tokens = 6
 temperature = 0.7
-
-[[experiments]]
-name = "sample-vs-bon"
-[[experiments.arms]]
-name = "sample"
-strategy = "sample"
-split = 0.5
-[[experiments.arms]]
-name = "bon4"
-strategy = "best_of_n"
-params = {{ n = 4 }}
-split = 0.5
 """
 
 
-def _expected_arm(subject: str) -> str:
-    return "sample" if assignment_point("sample-vs-bon", subject) < 0.5 else "bon4"
+def config(store: str = "") -> str:
+    return CONFIG.format(store=store) + SAMPLE_VS_BON
 
 
 def _rows(url: str, sql: str) -> list[tuple]:
@@ -59,12 +46,8 @@ def _rows(url: str, sql: str) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def database():
-    server = PostgresServer()
-    try:
-        server.start()
+    with running_postgres() as server:  # its own: the tests stop and start it
         yield server
-    finally:
-        server.destroy()
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +56,8 @@ def replicas(database, tmp_path_factory):
     in a file), with no store in its config at all."""
     folder = tmp_path_factory.mktemp("replicas")
     a_config, b_config = folder / "a.toml", folder / "b.toml"
-    a_config.write_text(CONFIG.format(store=f'experiment_store = "{database.url}"'))
-    b_config.write_text(CONFIG.format(store=""))
+    a_config.write_text(config(f'experiment_store = "{database.url}"'))
+    b_config.write_text(config())
     (folder / "a").mkdir()
     (folder / "b").mkdir()
     a = start_serve(folder / "a", "--config", str(a_config))
@@ -110,7 +93,7 @@ def test_two_replicas_serve_one_experiment(replicas, database):
                     range(len(subjects)),
                 )
             )
-        assert [g.arm for g in served] == [g.arm for g in again] == [_expected_arm(s) for s in subjects]
+        assert [g.arm for g in served] == [g.arm for g in again] == [expected_arm(s) for s in subjects]
 
         # Feedback for a request served by A, sent to B, then retried on A: one record.
         first = served[0]
@@ -142,15 +125,15 @@ def test_two_replicas_serve_one_experiment(replicas, database):
         ]
         on_a.create_experiment("fresh", arms)
         out = on_b.generate("Name a fruit.", strategy="", experiment="fresh", subject="someone")
-        expected = "plain" if assignment_point("fresh", "someone") < 0.5 else "bon2"
+        expected = expected_arm("someone", "fresh", ("plain", "bon2"))
         assert out.experiment == "fresh" and out.arm == expected
 
 
 def test_sigkill_of_a_replica_loses_no_answered_request(replicas, database, tmp_path):
     a, _ = replicas
-    config = tmp_path / "c.toml"
-    config.write_text(CONFIG.format(store=f'experiment_store = "{database.url}"'))
-    victim = start_serve(tmp_path, "--config", str(config))
+    path = tmp_path / "c.toml"
+    path.write_text(config(f'experiment_store = "{database.url}"'))
+    victim = start_serve(tmp_path, "--config", str(path))
     answered: list[str] = []
     lock = threading.Lock()
     stopping = threading.Event()
@@ -200,7 +183,7 @@ def test_losing_the_database_fails_experiment_requests_only_and_recovers(replica
         finally:
             database.start()
         out = client.generate("Hi.", strategy="", experiment="sample-vs-bon", subject="down-2")
-        assert out.arm == _expected_arm("down-2")
+        assert out.arm == expected_arm("down-2")
 
 
 @pytest.mark.parametrize(
@@ -211,10 +194,10 @@ def test_losing_the_database_fails_experiment_requests_only_and_recovers(replica
     ],
 )
 def test_a_wrong_or_unreachable_database_stops_serve_with_one_line(tmp_path, url, expected):
-    config = tmp_path / "c.toml"
-    config.write_text(CONFIG.format(store=f'experiment_store = "{url}"'))
+    path = tmp_path / "c.toml"
+    path.write_text(config(f'experiment_store = "{url}"'))
     result = subprocess.run(
-        [sys.executable, "-m", "alignd.cli", "serve", "--port", "0", "--config", str(config)],
+        [sys.executable, "-m", "alignd.cli", "serve", "--port", "0", "--config", str(path)],
         capture_output=True,
         text=True,
         timeout=300,

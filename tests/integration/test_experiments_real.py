@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from alignd.clients import AligndClient, AligndClientError
-from alignd.server.experiments.definitions import assignment_point
-from tests.integration.conftest import start_serve, stop
+from tests.integration.conftest import SAMPLE_VS_BON, expected_arm, start_serve, stop
 
 pytestmark = pytest.mark.integration
 
@@ -25,29 +24,13 @@ experiment_store = "{store}"
 [default_sampling]
 max_tokens = 12
 temperature = 0.7
-
-[[experiments]]
-name = "sample-vs-bon"
-[[experiments.arms]]
-name = "sample"
-strategy = "sample"
-split = 0.5
-[[experiments.arms]]
-name = "bon4"
-strategy = "best_of_n"
-params = {{ n = 4 }}
-split = 0.5
-"""
+""" + SAMPLE_VS_BON.replace("{", "{{").replace("}", "}}")
 
 
 def _config(tmp_path: Path, store: Path) -> Path:
     path = tmp_path / "alignd.toml"
     path.write_text(CONFIG.format(store=store))
     return path
-
-
-def _expected_arm(subject: str) -> str:
-    return "sample" if assignment_point("sample-vs-bon", subject) < 0.5 else "bon4"
 
 
 def test_an_experiment_end_to_end_feedback_and_report(tmp_path):
@@ -65,7 +48,7 @@ def test_an_experiment_end_to_end_feedback_and_report(tmp_path):
                         subjects,
                     )
                 )
-            assert [g.arm for g in served] == [_expected_arm(s) for s in subjects]
+            assert [g.arm for g in served] == [expected_arm(s) for s in subjects]
             assert {g.strategy for g in served if g.arm == "bon4"} <= {"best_of_n"}
             sent = {"thumbs": {"sample": [0, 0], "bon4": [0, 0]}, "ratings": {"sample": 0, "bon4": 0}}
             for i, g in enumerate(served):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -16,8 +15,7 @@ import httpx
 import openai
 import pytest
 
-from alignd.server.experiments.definitions import assignment_point
-from tests.integration.conftest import start_serve, stop
+from tests.integration.conftest import SAMPLE_VS_BON, expected_arm, free_port, start_serve, stop
 
 pytestmark = pytest.mark.integration
 
@@ -29,24 +27,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 CONFIG = """
 experiment_store = "{store}"
 metrics_port = {metrics}
-[[experiments]]
-name = "sample-vs-bon"
-[[experiments.arms]]
-name = "sample"
-strategy = "sample"
-split = 0.5
-[[experiments.arms]]
-name = "bon4"
-strategy = "best_of_n"
-params = {{ n = 4 }}
-split = 0.5
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +35,7 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("http")
     metrics = free_port()
     config = tmp / "alignd.toml"
-    config.write_text(CONFIG.format(store=tmp / "experiments.sqlite", metrics=metrics))
+    config.write_text(CONFIG.format(store=tmp / "experiments.sqlite", metrics=metrics) + SAMPLE_VS_BON)
     running = start_serve(tmp, "--http-port", "0", "--config", str(config))
     running.metrics_port = metrics  # type: ignore[attr-defined]
     yield running
@@ -169,8 +150,7 @@ def test_user_is_the_experiment_subject(sdk):
             user=user,
             extra_body={"alignd": {"experiment": "sample-vs-bon"}},
         )
-        expected = "sample" if assignment_point("sample-vs-bon", user) < 0.5 else "bon4"
-        assert out.alignd["experiment"] == "sample-vs-bon" and out.alignd["arm"] == expected
+        assert out.alignd["experiment"] == "sample-vs-bon" and out.alignd["arm"] == expected_arm(user)
     reply = httpx.post(
         str(sdk.base_url).rstrip("/") + "/alignd/feedback",
         json={"request_id": out.alignd["request_id"], "rating": 4.0},
