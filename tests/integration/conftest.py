@@ -8,6 +8,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,50 @@ def start_serve(tmp_path: Path, *args: str, timeout: float = 180, env: dict[str,
             break
     process.kill()
     raise RuntimeError(f"alignd serve did not start: {log.read_text()[-2000:]}")
+
+
+def answered_until_sigkill(server: ServerProcess, answers: int = 16, clients: int = 4) -> list[str]:
+    """`clients` threads send sample-vs-bon requests (a new subject each) until `answers` are
+    answered, then the server is SIGKILLed mid-stream; the ids of every answered request."""
+    from alignd.clients import AligndClient, AligndClientError
+
+    answered: list[str] = []
+    lock = threading.Lock()
+    stopping = threading.Event()
+
+    def send(worker: int) -> None:
+        with AligndClient(server.target, timeout=60) as client:
+            i = 0
+            while not stopping.is_set():
+                try:
+                    g = client.generate(
+                        "Say hello.",
+                        strategy="",
+                        experiment="sample-vs-bon",
+                        subject=f"kill-{worker}-{i}",
+                        max_tokens=4,
+                    )
+                except AligndClientError:
+                    return  # the server is gone
+                with lock:
+                    answered.append(g.request_id)
+                i += 1
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    try:
+        while len(answered) < answers:
+            threads[0].join(0.1)
+            assert server.process.poll() is None, server.log.read_text()[-2000:]
+        server.process.kill()  # other requests are in flight
+        server.process.wait(30)
+    finally:
+        stopping.set()
+        for t in threads:
+            t.join(60)
+    with lock:
+        return list(answered)
 
 
 def stop(server: ServerProcess) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import psycopg
 import pytest
 
 from alignd.clients import AligndClient, AligndClientError
-from tests.integration.conftest import SAMPLE_VS_BON, expected_arm, start_serve, stop
+from tests.integration.conftest import SAMPLE_VS_BON, answered_until_sigkill, expected_arm, start_serve, stop
 from tests.postgres import missing_reason, running_postgres
 
 pytestmark = [
@@ -134,37 +133,7 @@ def test_sigkill_of_a_replica_loses_no_answered_request(replicas, database, tmp_
     path = tmp_path / "c.toml"
     path.write_text(config(f'experiment_store = "{database.url}"'))
     victim = start_serve(tmp_path, "--config", str(path))
-    answered: list[str] = []
-    lock = threading.Lock()
-    stopping = threading.Event()
-
-    def send(worker: int) -> None:
-        with AligndClient(victim.target, timeout=60) as client:
-            i = 0
-            while not stopping.is_set():
-                try:
-                    g = client.generate(
-                        "Say hi.", strategy="", experiment="sample-vs-bon", subject=f"kill-{worker}-{i}", max_tokens=3
-                    )
-                except AligndClientError:
-                    return  # the replica is gone
-                with lock:
-                    answered.append(g.request_id)
-                i += 1
-
-    threads = [threading.Thread(target=send, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    try:
-        while len(answered) < 16:
-            threads[0].join(0.1)
-            assert victim.process.poll() is None, victim.log.read_text()[-2000:]
-        victim.process.kill()
-        victim.process.wait(30)
-    finally:
-        stopping.set()
-        for t in threads:
-            t.join(60)
+    answered = answered_until_sigkill(victim)
     stored = {r[0] for r in _rows(database.url, "SELECT request_id FROM requests")}
     assert len(answered) >= 16 and set(answered) <= stored
     with AligndClient(a.target, timeout=60) as client:  # the other replica takes feedback for them

@@ -4,18 +4,16 @@ and its report, a SIGKILL while requests are being recorded, and a bad arm in th
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from alignd.clients import AligndClient, AligndClientError
-from tests.integration.conftest import SAMPLE_VS_BON, expected_arm, start_serve, stop
+from alignd.clients import AligndClient
+from tests.integration.conftest import SAMPLE_VS_BON, answered_until_sigkill, expected_arm, start_serve, stop
 
 pytestmark = pytest.mark.integration
 
@@ -116,41 +114,7 @@ def test_sigkill_while_recording_loses_no_answered_request(tmp_path):
     store = tmp_path / "experiments.sqlite"
     config = _config(tmp_path, store)
     server = start_serve(tmp_path, "--config", str(config))
-    answered: list[str] = []
-    lock = threading.Lock()
-    stop_sending = threading.Event()
-
-    def send(worker: int) -> None:
-        with AligndClient(server.target, timeout=60) as client:
-            i = 0
-            while not stop_sending.is_set():
-                try:
-                    g = client.generate(
-                        "Say hello.",
-                        strategy="",
-                        experiment="sample-vs-bon",
-                        subject=f"crash-{worker}-{i}",
-                        max_tokens=4,
-                    )
-                except AligndClientError:
-                    return  # the server is gone
-                with lock:
-                    answered.append(g.request_id)
-                i += 1
-
-    threads = [threading.Thread(target=send, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    try:
-        while len(answered) < 16:
-            threads[0].join(0.1)
-            assert server.process.poll() is None, server.log.read_text()[-2000:]
-        server.process.send_signal(signal.SIGKILL)  # mid-stream: other requests are in flight
-        server.process.wait(30)
-    finally:
-        stop_sending.set()
-        for t in threads:
-            t.join(60)
+    answered = answered_until_sigkill(server)
     assert len(answered) >= 16
 
     # The store opens as it is: no repair, no lost acknowledged row.
