@@ -134,6 +134,7 @@ def test_bad_fields_are_400_naming_the_body_field(sdk, raw):
         (dict(extra_body={"alignd": {"strategy": "nope"}}), "alignd.strategy"),
         (dict(extra_body={"alignd": {"strategy": "best_of_n", "params": {"n": 0}}}), "alignd.params.n"),
         (dict(extra_body={"alignd": {"strategy": "best_of_n", "params": {"m": 2}}}), "alignd.params.m"),
+        (dict(extra_body={"alignd": {"strategy": "best_of_n", "params": {"n": "eight"}}}), "alignd.params.n"),
         (dict(extra_body={"alignd": {"weights": {"nope": 1.0}}}), "alignd.weights[nope]"),
         (dict(extra_body={"alignd": {"speed": 1}}), "alignd.speed"),
         (dict(messages=[{"role": "user", "content": ""}]), "messages"),

@@ -261,13 +261,16 @@ def _strategy_params(request: pb.GenerateRequest, strategy: str, params: dict[st
     if strategy not in STRATEGY_PARAMS:
         return  # the core names the unknown strategy
     known = {f.name for f in STRATEGY_PARAMS[strategy].fields}
-    for key in params:
+    message = getattr(request, strategy)
+    for key, value in params.items():
         if key not in known:
             raise InvalidArgument(f"alignd.params.{key}", f"unknown parameter of {strategy}; known: {sorted(known)}")
-    try:
-        json_format.ParseDict(params, getattr(request, strategy))
-    except json_format.ParseError as error:
-        raise InvalidArgument("alignd.params", str(error).splitlines()[0]) from None
+        try:  # one key at a time, so that a wrong type is reported under its own name
+            json_format.ParseDict({key: value}, message)
+        except json_format.ParseError as error:
+            problem = str(error).splitlines()[0]
+            raise InvalidArgument(f"alignd.params.{key}", f"wrong type of value: {problem}") from None
+    message.SetInParent()  # a strategy named with parameters at their defaults still selects it
 
 
 # Core field names (GenerateRequest paths) -> body field names, by first path segment.
