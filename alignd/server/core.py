@@ -191,17 +191,13 @@ class ServerCore:
                 await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
                 if not planned.done():
                     work.result()  # the checks failed: raise their error
-            except BaseException:
-                cancel.set()
-                raise
-            yield StreamStarted(
-                request_id,
-                parsed.strategy.name,
-                routed.experiment.name if routed else "",
-                routed.arm.name if routed else "",
-            )
-            text = CommittedText(parsed.sampling.stop)
-            try:
+                yield StreamStarted(
+                    request_id,
+                    parsed.strategy.name,
+                    routed.experiment.name if routed else "",
+                    routed.arm.name if routed else "",
+                )
+                text = CommittedText(parsed.sampling.stop)
                 while (event := await events.get()) is not None:
                     message = convert.progress_message(parsed.weights.names, event)
                     if event.committed is not None:
