@@ -6,7 +6,8 @@
 request of `tokens` tokens (same prompt, same answer, so the same decoding work) is sent through
 gRPC (the generated stub), through HTTP with a keep-alive httpx client (the transport the openai
 SDK uses), and through the openai SDK itself, in interleaved rounds whose order rotates. Prints
-p50/p95 per path, the p50 differences and the median of per-round differences (HTTP - gRPC).
+p50/p95 per path, the p50 differences and the median of per-round differences (HTTP - gRPC)
+with a distribution-free 95% interval.
 The server serves only `conciseness` by default: with the four default objectives scoring costs
 most of a request and its jitter hides a few milliseconds (`--objectives` changes it).
 Run alone: another torch process on 2 cores skews every number.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import select
@@ -71,6 +73,14 @@ def translation_microseconds(body: dict, response: pb.GenerateResponse, rounds: 
         generate_request(parse_body(ChatBody, body))
         json.dumps(Reply(MODEL, True, response.request_id).complete([response]))
     return (time.perf_counter() - started) / rounds * 1e6
+
+
+def median_interval(ordered: list[float]) -> tuple[float, float]:
+    """A distribution-free 95% interval for the median of `ordered` (sorted): the order statistics
+    that the binomial(n, 1/2) count of values below the median puts it between."""
+    n = len(ordered)
+    k = max(0, int(n / 2 - 1.96 * math.sqrt(n) / 2))
+    return ordered[k], ordered[min(n - 1, n - k - 1)]
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -146,7 +156,9 @@ def main() -> None:
         process.wait(30)
 
     p50 = {name: statistics.median(values) for name, values in times.items()}
-    paired = statistics.median(h - g for h, g in zip(times["http"], times["grpc"]))
+    differences = sorted(h - g for h, g in zip(times["http"], times["grpc"]))
+    paired = statistics.median(differences)
+    low, high = median_interval(differences)
     print(
         f"same greedy sample request of {args.tokens} tokens, {args.pairs} interleaved rounds, "
         f"objectives {' '.join(args.objectives)}"
@@ -154,7 +166,10 @@ def main() -> None:
     print(f"{'path':<12}{'p50 ms':>10}{'p95 ms':>10}{'p50 - grpc':>12}")
     for name, values in times.items():
         print(f"{name:<12}{p50[name]:>10.2f}{quantile(values, 0.95):>10.2f}{p50[name] - p50['grpc']:>+12.2f}")
-    print(f"median of per-round differences, http - grpc: {paired:+.2f} ms (target <= 3 ms)")
+    print(
+        f"median of per-round differences, http - grpc: {paired:+.2f} ms, 95% interval "
+        f"[{low:+.2f}, {high:+.2f}] (target <= 3 ms)"
+    )
     print(f"the HTTP layer's own work (body -> GenerateRequest, answer -> JSON): {translation:.0f} us per request")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "http_overhead.json").write_text(
@@ -165,6 +180,7 @@ def main() -> None:
                 "objectives": args.objectives,
                 "p50_ms": p50,
                 "paired_http_minus_grpc_ms": paired,
+                "paired_interval_ms": [low, high],
                 "translation_us": translation,
             }
         )
