@@ -352,7 +352,7 @@ class ServerCore:
 
     async def list_experiments(self, transport: str) -> pb.ListExperimentsResponse:
         async with self.admitted(transport, "ListExperiments"):
-            return pb.ListExperimentsResponse(experiments=self.experiments.list())
+            return pb.ListExperimentsResponse(experiments=await self.experiments.list())
 
     async def create_experiment(self, request: pb.Experiment, transport: str) -> pb.Experiment:
         async with self.admitted(transport, "CreateExperiment"):

@@ -126,6 +126,8 @@ def test_two_replicas_serve_one_experiment(replicas, database):
         out = on_b.generate("Name a fruit.", strategy="", experiment="fresh", subject="someone")
         expected = expected_arm("someone", "fresh", ("plain", "bon2"))
         assert out.experiment == "fresh" and out.arm == expected
+        on_a.create_experiment("listed", arms)  # and B lists one it was never asked for
+        assert {e.name for e in on_b.experiments()} >= {"sample-vs-bon", "fresh", "listed"}
 
 
 def test_sigkill_of_a_replica_loses_no_answered_request(replicas, database, tmp_path):

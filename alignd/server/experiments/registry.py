@@ -235,7 +235,9 @@ class Experiments:
         # Statistics over many rows take a while: off the event loop.
         return await asyncio.get_running_loop().run_in_executor(None, build_report, spec, rows)
 
-    def list(self) -> list[pb.Experiment]:
+    async def list(self) -> list[pb.Experiment]:
+        """Every experiment served here, those another replica created since included."""
+        await self.refresh()
         return [spec.to_message() for spec in sorted(self._specs.values(), key=lambda s: (s.created_unix, s.name))]
 
     async def create(self, message: pb.Experiment) -> pb.Experiment:
