@@ -49,13 +49,14 @@ STRATEGIES: dict[str, dict] = {
 UNSUPPORTED = {"vllm": {"linear_alignment"}}  # needs next-token logits the vLLM backend does not give
 
 
-def start_server(backend: str, serve_from: Path | None, log: Path) -> tuple[subprocess.Popen, str]:
-    """`alignd serve` on a free port; returns the process and its target."""
+def serve_process(args: list[str], log: Path, serve_from: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """`alignd serve --port 0 ARGS` in its own process; returns it and its start-up line (which
+    names the ports it bound)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if serve_from is not None:
         env["PYTHONPATH"] = str(serve_from)
     process = subprocess.Popen(
-        [sys.executable, "-m", "alignd.cli", "serve", "--port", "0", "--backend", backend],
+        [sys.executable, "-m", "alignd.cli", "serve", "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=log.open("w"),
         text=True,
@@ -67,12 +68,19 @@ def start_server(backend: str, serve_from: Path | None, log: Path) -> tuple[subp
     while time.monotonic() < deadline and process.poll() is None:
         if select.select([process.stdout], [], [], 1.0)[0]:
             line = process.stdout.readline()
-            found = re.search(r"alignd serving .*? on [\d.]+:(\d+)", line)
-            if found:
+            if re.search(r"alignd serving .*? on [\d.]+:(\d+)", line):
                 print(line.strip(), flush=True)
-                return process, f"127.0.0.1:{found.group(1)}"
+                return process, line
     process.kill()
     raise RuntimeError(f"alignd serve did not start: {log.read_text()[-2000:]}")
+
+
+def start_server(backend: str, serve_from: Path | None, log: Path) -> tuple[subprocess.Popen, str]:
+    """`alignd serve` on a free port; returns the process and its target."""
+    process, line = serve_process(["--backend", backend], log, serve_from)
+    found = re.search(r"alignd serving .*? on [\d.]+:(\d+)", line)
+    assert found is not None
+    return process, f"127.0.0.1:{found.group(1)}"
 
 
 def stop_server(process: subprocess.Popen) -> None:

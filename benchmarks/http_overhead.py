@@ -18,13 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
-import select
-import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +28,7 @@ from pathlib import Path
 import grpc
 import httpx
 import openai
+from concurrency import serve_process, stop_server  # benchmarks/, on the path as the script's folder
 
 from alignd.v1 import alignd_pb2 as pb
 from alignd.v1 import alignd_pb2_grpc as pb_grpc
@@ -42,24 +39,13 @@ PROMPT = "Name a colour."
 
 
 def start_server(log: Path, objectives: list[str]) -> tuple[subprocess.Popen, int, int]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "alignd.cli", "serve", "--port", "0", "--http-port", "0", "--objectives", *objectives],
-        stdout=subprocess.PIPE,
-        stderr=log.open("w"),
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if select.select([process.stdout], [], [], 1.0)[0]:
-            line = process.stdout.readline()
-            found = re.search(r"on [\d.]+:(\d+) .*HTTP API on [\d.]+:(\d+)", line)
-            if found:
-                return process, int(found.group(1)), int(found.group(2))
-        if process.poll() is not None:
-            break
-    process.kill()
-    raise SystemExit(f"alignd serve did not start: {log.read_text()[-2000:]}")
+    """The server with its HTTP API; the process, its gRPC port and its HTTP port."""
+    process, line = serve_process(["--http-port", "0", "--objectives", *objectives], log)
+    found = re.search(r"on [\d.]+:(\d+) .*HTTP API on [\d.]+:(\d+)", line)
+    if found is None:
+        stop_server(process)
+        raise SystemExit(f"no HTTP port in the start-up line: {line}")
+    return process, int(found.group(1)), int(found.group(2))
 
 
 def translation_microseconds(body: dict, response: pb.GenerateResponse, rounds: int = 2000) -> float:
@@ -152,8 +138,7 @@ def main() -> None:
                 paths[name]()
                 times[name].append((time.perf_counter() - started) * 1000)
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
+        stop_server(process)
 
     p50 = {name: statistics.median(values) for name, values in times.items()}
     differences = sorted(h - g for h, g in zip(times["http"], times["grpc"]))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -48,6 +50,22 @@ class CountingObjective(Objective):
 @pytest.fixture
 def letter_scorer() -> ObjectiveScorer:
     return ObjectiveScorer([CountingObjective("e_count", "e"), CountingObjective("o_count", "o")])
+
+
+class BlockingObjective(Objective):
+    """Scores only once the test sets `release`; `entered` says a request is scoring (a server
+    then has one request in flight for as long as the test wants)."""
+
+    info = ObjectiveInfo("blocking", "waits for the test", 0.0, 1.0)
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def score(self, prompts, responses):
+        self.entered.set()
+        self.release.wait(30)
+        return np.zeros(len(responses))
 
 
 @pytest.fixture(scope="session")

@@ -42,7 +42,8 @@ def missing_reason() -> str | None:
     return None
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A local TCP port free at the moment (the tests' servers bind it soon after)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -58,7 +59,7 @@ class PostgresServer:
         # Under /tmp: the postgres user can reach it, and the socket path stays short.
         self.root = Path(tempfile.mkdtemp(prefix="alignd-pg-", dir="/tmp"))
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"postgresql://alignd@127.0.0.1:{self.port}/postgres"
         # initdb refuses root: run the server as the postgres user then.
         self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []

@@ -43,14 +43,6 @@ def expected_arm(subject: str, experiment: str = "sample-vs-bon", arms: tuple[st
     return arms[0] if assignment_point(experiment, subject) < 0.5 else arms[1]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class ServerProcess:
     process: subprocess.Popen

@@ -15,7 +15,8 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.conftest import SAMPLE_VS_BON, expected_arm, free_port, start_serve, stop
+from tests.integration.conftest import SAMPLE_VS_BON, expected_arm, start_serve, stop
+from tests.postgres import free_port
 
 pytestmark = pytest.mark.integration
 

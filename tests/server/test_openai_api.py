@@ -198,23 +198,13 @@ def test_user_routes_an_experiment_and_feedback_reaches_its_record(sdk, raw):
 def test_a_busy_server_answers_429(tiny_policy):
     import threading
 
-    import numpy as np
-
-    from alignd.rewardmodels.base import Objective, ObjectiveInfo
     from alignd.rewardmodels.objective_scorer import ObjectiveScorer
+    from tests.conftest import BlockingObjective
 
-    entered, release = threading.Event(), threading.Event()
-
-    class Blocking(Objective):
-        info = ObjectiveInfo("blocking", "waits for the test", 0.0, 1.0)
-
-        def score(self, prompts, responses):
-            entered.set()
-            release.wait(30)
-            return np.zeros(len(responses))
-
+    blocking = BlockingObjective()
+    entered, release = blocking.entered, blocking.release
     config = ServerConfig(port=0, max_pending=1, http=HTTPOptions(enabled=True, port=0))
-    with running_server(tiny_policy, ObjectiveScorer([Blocking()]), config) as running:
+    with running_server(tiny_policy, ObjectiveScorer([blocking]), config) as running:
         url = f"http://127.0.0.1:{running.http_port}/v1/chat/completions"
         body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
         first = threading.Thread(target=lambda: httpx.post(url, json=body, timeout=30))

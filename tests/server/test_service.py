@@ -178,23 +178,12 @@ def test_unexpected_failures_are_internal_and_the_server_survives(tiny_policy):
 
 def test_admission_queue_full_is_resource_exhausted(tiny_policy):
     from alignd.clients import AligndClient
-    from alignd.rewardmodels.base import Objective, ObjectiveInfo
     from alignd.rewardmodels.objective_scorer import ObjectiveScorer
+    from tests.conftest import BlockingObjective
 
-    release = threading.Event()
-    entered = threading.Event()
-
-    class Blocking(Objective):
-        info = ObjectiveInfo("blocking", "waits for the test", 0.0, 1.0)
-
-        def score(self, prompts, responses):
-            entered.set()
-            release.wait(30)
-            import numpy as np
-
-            return np.zeros(len(responses))
-
-    with running_server(tiny_policy, ObjectiveScorer([Blocking()]), ServerConfig(port=0, max_pending=1)) as running:
+    blocking = BlockingObjective()
+    entered, release = blocking.entered, blocking.release
+    with running_server(tiny_policy, ObjectiveScorer([blocking]), ServerConfig(port=0, max_pending=1)) as running:
         target = f"127.0.0.1:{running.port}"
         results = []
         first = threading.Thread(target=lambda: results.append(AligndClient(target).generate("a", max_tokens=2)))
