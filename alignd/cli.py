@@ -1,4 +1,4 @@
-"""`alignd serve | generate | score | info | experiments | feedback | train | models`.
+"""`alignd serve | generate | score | info | experiments | feedback | keys | train | models`.
 
 Client commands (generate, score, info) import no torch; `serve` and `models prepare` load the
 heavy parts lazily. Errors a user can fix print one line and exit with status 2.
@@ -95,6 +95,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
             workers=args.workers,
             metrics_port=args.metrics_port,
             http={"enabled": True, "port": args.http_port} if args.http_port is not None else None,
+            auth={k: v for k, v in (("enabled", args.auth), ("keys_file", args.keys_file)) if v is not None} or None,
+            tls={
+                k: v
+                for k, v in (
+                    ("cert_file", args.tls_cert),
+                    ("key_file", args.tls_key),
+                    ("client_ca_file", args.tls_client_ca),
+                )
+                if v is not None
+            }
+            or None,
+            log_text=args.log_text or None,
             vllm=engine or None,
         )
         from alignd.server.app import serve
@@ -110,6 +122,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 # -- client commands --------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> AligndClient:
+    from alignd.clients import TLS, AligndClient
+
+    tls = None
+    if args.tls or args.tls_ca or args.tls_cert:
+        tls = TLS(ca_file=args.tls_ca, cert_file=args.tls_cert, key_file=args.tls_key, server_name=args.tls_server_name)
+    return AligndClient(args.target, timeout=args.timeout, api_key=args.api_key, tls=tls)
 
 
 def _print_generation(out: Generation, as_json: bool) -> None:
@@ -145,7 +166,7 @@ def _print_generation(out: Generation, as_json: bool) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from alignd.clients import AligndClient, AligndClientError, Generation
+    from alignd.clients import AligndClientError, Generation
 
     options = dict(
         weights=_parse_weights(args.weights),
@@ -165,7 +186,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.n is not None:
         options["n"] = args.n
     try:
-        with AligndClient(args.target, timeout=args.timeout) as client:
+        with _client(args) as client:
             if args.stream:
                 for event in client.generate_stream(args.prompt, strategy=args.strategy, **options):
                     if isinstance(event, Generation):
@@ -191,10 +212,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from alignd.clients import AligndClient, AligndClientError
+    from alignd.clients import AligndClientError
 
     try:
-        with AligndClient(args.target, timeout=args.timeout) as client:
+        with _client(args) as client:
             scored = client.score(args.prompt, args.responses, _parse_weights(args.weights))
     except AligndClientError as error:
         return _fail(str(error))
@@ -218,10 +239,10 @@ def _json_ready(value: Any) -> Any:
 def cmd_info(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from alignd.clients import AligndClient, AligndClientError
+    from alignd.clients import AligndClientError
 
     try:
-        with AligndClient(args.target, timeout=args.timeout) as client:
+        with _client(args) as client:
             info = client.server_info()
     except AligndClientError as error:
         return _fail(str(error))
@@ -293,12 +314,12 @@ def print_report(report: ExperimentReport) -> None:
 def cmd_experiments(args: argparse.Namespace) -> int:
     from google.protobuf import json_format
 
-    from alignd.clients import AligndClient, AligndClientError
+    from alignd.clients import AligndClientError
     from alignd.clients.client import report_from
     from alignd.server.request_fields import requested_strategy
 
     try:
-        with AligndClient(args.target, timeout=args.timeout) as client:
+        with _client(args) as client:
             if args.action == "list":
                 for e in client.experiments():
                     arms = ", ".join(f"{a.name} ({requested_strategy(a.request)} {a.split:.2f})" for a in e.arms)
@@ -347,7 +368,7 @@ def _create_experiments(client: AligndClient, path: str) -> int:
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
-    from alignd.clients import AligndClient, AligndClientError
+    from alignd.clients import AligndClientError
 
     options = {
         "thumbs_up": True if args.up else False if args.down else None,
@@ -355,7 +376,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
         "preferred_over": args.preferred_over,
     }
     try:
-        with AligndClient(args.target, timeout=args.timeout) as client:
+        with _client(args) as client:
             replaced = client.feedback(args.request_id, key=args.key, **options)
     except AligndClientError as error:
         return _fail(str(error))
@@ -364,6 +385,41 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 
 
 # -- models -----------------------------------------------------------------------------------
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from alignd.config import ConfigError, keys_file, load_config
+    from alignd.server.auth.keys import KeysFile, KeysFileError, new_key
+    from alignd.server.auth.quotas import Quota, QuotaError
+
+    try:
+        path = args.keys_file or keys_file(load_config(args.config) if args.config else None)
+        keys = KeysFile(path)
+        if args.action == "create":
+            quota = Quota.from_dict({name: getattr(args, name) or 0 for name in QUOTA_FLAGS}, "--quota")
+            secret, record = new_key(args.role, args.name or "", quota)
+            keys.add(record)
+            print(secret)
+            limits = ", ".join(f"{k}={v}" for k, v in quota.as_dict().items()) or "no quota"
+            print(
+                f"key {record.id} ({record.name}, role {record.role}, {limits}) added to {path}; "
+                "the secret above is shown only now",
+                file=sys.stderr,
+            )
+        elif args.action == "revoke":
+            record = keys.revoke(args.key)
+            print(f"key {record.id} ({record.name}) revoked at {record.revoked}; servers drop it within a second")
+        else:
+            for r in keys.read():
+                state = f"revoked {r.revoked}" if r.revoked else "valid"
+                limits = ", ".join(f"{k}={v}" for k, v in r.quota.as_dict().items()) or "no quota"
+                print(f"{r.id}  {r.name:<20} {r.role:<6} {state:<32} {limits}")
+    except (ConfigError, KeysFileError, QuotaError, OSError) as error:
+        return _fail(str(error))
+    return 0
+
+
+QUOTA_FLAGS = ("concurrent", "requests_per_minute", "tokens_per_minute", "max_n", "max_tokens")
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -409,6 +465,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--http-port", type=int, help="serve the OpenAI-compatible HTTP API on this port too (0 picks a free one)"
     )
+    security = serve.add_argument_group("security (also the [auth] and [tls] tables of the config)")
+    security.add_argument(
+        "--auth",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="require API keys (`alignd keys create`); --no-auth serves anyone who reaches the port",
+    )
+    security.add_argument("--keys-file", help="API keys file (default <data dir>/keys.json)")
+    security.add_argument("--tls-cert", help="server certificate chain (PEM); turns TLS on with --tls-key")
+    security.add_argument("--tls-key", help="server private key (PEM)")
+    security.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mTLS)")
+    security.add_argument(
+        "--log-text", action="store_true", help="log prompts and responses (debug; off: logs hold no request text)"
+    )
     engine = serve.add_argument_group("vLLM engine (with --backend vllm; also the [vllm] table of the config)")
     engine.add_argument("--tensor-parallel-size", type=int)
     engine.add_argument("--pipeline-parallel-size", type=int)
@@ -424,9 +494,18 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None)
     serve.set_defaults(func=cmd_serve)
 
-    def client_options(p: argparse.ArgumentParser) -> None:
+    def connection_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--target", default=DEFAULT_TARGET, help=f"server address (default {DEFAULT_TARGET})")
         p.add_argument("--timeout", type=float, default=None, help="seconds")
+        p.add_argument("--api-key", help="API key (default: $ALIGND_API_KEY)")
+        p.add_argument("--tls", action="store_true", help="connect over TLS (the system's CAs)")
+        p.add_argument("--tls-ca", help="CA certificate (PEM) that signed the server's; implies --tls")
+        p.add_argument("--tls-cert", help="client certificate (PEM), for servers that require one (mTLS)")
+        p.add_argument("--tls-key", help="client private key (PEM)")
+        p.add_argument("--tls-server-name", help="name the server's certificate must carry, if not the target's host")
+
+    def client_options(p: argparse.ArgumentParser) -> None:
+        connection_options(p)
         p.add_argument(
             "--weights", action="append", default=[], metavar="NAME=W[,NAME=W]", help="preference weights per objective"
         )
@@ -467,20 +546,18 @@ def build_parser() -> argparse.ArgumentParser:
     score.set_defaults(func=cmd_score)
 
     info = commands.add_parser("info", help="show the server's model, objectives, strategies and limits")
-    info.add_argument("--target", default=DEFAULT_TARGET)
-    info.add_argument("--timeout", type=float, default=None)
+    connection_options(info)
     info.set_defaults(func=cmd_info)
 
     experiments = commands.add_parser("experiments", help="A/B experiments: list, create, report")
     experiment_actions = experiments.add_subparsers(dest="action", required=True)
     for name, text in (
         ("list", "experiments the server serves"),
-        ("create", "create the [[experiments]] of a TOML file (server needs admin_rpcs = true)"),
+        ("create", "create the [[experiments]] of a TOML file (needs an admin key)"),
         ("report", "per-arm rewards, latency and feedback with 95%% intervals, and tests"),
     ):
         action = experiment_actions.add_parser(name, help=text)
-        action.add_argument("--target", default=DEFAULT_TARGET)
-        action.add_argument("--timeout", type=float, default=None)
+        connection_options(action)
         if name == "create":
             action.add_argument("file", help="TOML file with [[experiments]] tables")
         if name == "report":
@@ -497,9 +574,33 @@ def build_parser() -> argparse.ArgumentParser:
     kind.add_argument("--rating", type=float, help="a scalar rating")
     kind.add_argument("--preferred-over", metavar="REQUEST_ID", help="this response beat that one")
     feedback.add_argument("--key", default="", help="idempotency key, e.g. a rater id (default: one per kind)")
-    feedback.add_argument("--target", default=DEFAULT_TARGET)
-    feedback.add_argument("--timeout", type=float, default=None)
+    connection_options(feedback)
     feedback.set_defaults(func=cmd_feedback)
+
+    keys = commands.add_parser("keys", help="API keys: create, list, revoke (the server reloads the file)")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    for name, text in (
+        ("create", "make a key; prints its secret once (stored only as a salted scrypt hash)"),
+        ("list", "the keys, their roles, quotas and whether revoked"),
+        ("revoke", "revoke a key by id or name; servers stop accepting it within a second"),
+    ):
+        action = key_actions.add_parser(name, help=text)
+        action.add_argument(
+            "--keys-file", help="the keys file (default: the config's [auth] keys_file, else <data dir>/keys.json)"
+        )
+        action.add_argument("--config", help="server config whose [auth] keys_file to use")
+        if name == "create":
+            action.add_argument("--role", choices=["user", "admin"], default="user")
+            action.add_argument("--name", help="a label for the key (default: its id)")
+            quota = action.add_argument_group("quota (0 or unset: no limit)")
+            quota.add_argument("--concurrent", type=int, metavar="N", help="requests in flight at once")
+            quota.add_argument("--requests-per-minute", type=int, metavar="N")
+            quota.add_argument("--tokens-per-minute", type=int, metavar="N", help="generated tokens, all candidates")
+            quota.add_argument("--max-n", type=int, metavar="N", help="candidates (sequences) per request")
+            quota.add_argument("--max-tokens", type=int, metavar="N", help="max_tokens per request")
+        if name == "revoke":
+            action.add_argument("key", help="the key's id (or its name)")
+    keys.set_defaults(func=cmd_keys)
 
     from alignd.training.cli import add_train_command
 

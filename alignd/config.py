@@ -75,6 +75,30 @@ class HTTPOptions:
 
 
 @dataclass(frozen=True)
+class AuthOptions:
+    """The `[auth]` table: API keys (`alignd keys create`) and what callers without one get."""
+
+    # true: every request needs a key; false: none does; unset: off when every port listens on
+    # a loopback address, else the server refuses to start until the config says which.
+    enabled: bool | None = None
+    keys_file: str = ""  # "": <data dir>/keys.json (where `alignd keys create` writes)
+    # The role of every caller while authentication is off: "admin" allows the admin RPCs
+    # (CreateExperiment) on a trusted network.
+    anonymous_role: str = "user"
+    # gRPC services served without a key ("health", "reflection"); HTTP's /health follows "health".
+    open_services: tuple[str, ...] = ("health", "reflection")
+
+
+@dataclass(frozen=True)
+class TLSOptions:
+    """The `[tls]` table: TLS for gRPC and the HTTP API (PEM files); mTLS with `client_ca_file`."""
+
+    cert_file: str = ""  # the server's certificate chain; with key_file, turns TLS on
+    key_file: str = ""
+    client_ca_file: str = ""  # set: clients must present a certificate this CA signed
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     model: str = DEFAULT_MODEL
     backend: str = "transformers"
@@ -109,14 +133,19 @@ class ServerConfig:
     metrics_port: int = 0  # Prometheus /metrics over HTTP; 0 disables
     http: HTTPOptions = field(default_factory=HTTPOptions)  # the OpenAI-compatible API ([http] table)
     grace_seconds: float = 10.0  # drain time on SIGTERM
-    # A/B experiments: [[experiments]] tables (validated at start-up), the store that records their
-    # requests and feedback (a SQLite path or a postgresql:// URL; "auto": <data dir>/experiments.sqlite,
-    # opened when experiments are configured, admin_rpcs is on or the file exists; "": no store;
-    # ALIGND_EXPERIMENT_STORE overrides it), and whether the admin
-    # RPCs (CreateExperiment) are enabled. There is no auth yet: enable them on trusted networks only.
+    auth: AuthOptions = field(default_factory=AuthOptions)  # API keys and roles ([auth] table)
+    tls: TLSOptions = field(default_factory=TLSOptions)  # [tls] table
+    max_message_bytes: int = 4 * 1024 * 1024  # largest gRPC message or HTTP body accepted
+    max_streams_per_connection: int = 16  # concurrent gRPC calls on one HTTP/2 connection
+    # Log prompts and responses (debug only: logs otherwise never hold request or answer text).
+    log_text: bool = False
+    # A/B experiments: [[experiments]] tables (validated at start-up) and the store that records
+    # their requests and feedback (a SQLite path or a postgresql:// URL; "auto":
+    # <data dir>/experiments.sqlite, opened when experiments are configured, admin callers are
+    # possible (keys, or anonymous_role = "admin") or the file exists; "": no store;
+    # ALIGND_EXPERIMENT_STORE overrides it).
     experiments: tuple[dict[str, Any], ...] = ()
     experiment_store: str = "auto"
-    admin_rpcs: bool = False
     store_queue_size: int = 1024  # writes waiting for the store before callers wait (metrics count it)
     # Engine options of the vllm backend ([vllm] table; `alignd serve --tensor-parallel-size ...`).
     vllm: VLLMOptions = field(default_factory=VLLMOptions)
@@ -132,6 +161,13 @@ _NESTED = {
     "vllm": VLLMOptions,
     "scoring": EngineOptions,
     "http": HTTPOptions,
+    "auth": AuthOptions,
+    "tls": TLSOptions,
+}
+# Settings that are gone, with what replaced them.
+_REPLACED = {
+    "admin_rpcs": "replaced by API keys with the admin role ([auth], `alignd keys create --role admin`); "
+    'without authentication, [auth] anonymous_role = "admin"',
 }
 
 
@@ -139,13 +175,15 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     known = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
+        if key in _REPLACED and not where:
+            raise ConfigError(f"{key}: {_REPLACED[key]}")
         if key not in known:
             raise ConfigError(f"{where}{key}: unknown setting; known: {sorted(known)}")
         if key in _NESTED:
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}{key}: must be a table")
             value = _build(_NESTED[key], value, f"{where}{key}.")
-        elif known[key].type in ("bool", bool) and not isinstance(value, bool):
+        elif known[key].type in ("bool", bool, "bool | None") and not isinstance(value, bool):
             raise ConfigError(f"{where}{key}: must be true or false, got {value!r}")
         elif isinstance(value, list):
             value = tuple(value)
@@ -178,7 +216,15 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfi
 
 _TEXT_SETTINGS = ("model", "backend", "device", "dtype", "host", "value_heads", "experiment_store")
 # Whole-number settings and their smallest allowed value.
-_COUNT_SETTINGS = {"port": 0, "metrics_port": 0, "workers": 0, "max_pending": 1, "store_queue_size": 0}
+_COUNT_SETTINGS = {
+    "port": 0,
+    "metrics_port": 0,
+    "workers": 0,
+    "max_pending": 1,
+    "store_queue_size": 0,
+    "max_message_bytes": 1024,
+    "max_streams_per_connection": 1,
+}
 MAX_PORT = 65535
 
 
@@ -204,6 +250,8 @@ def check_settings(config: ServerConfig) -> None:
         raise ConfigError(f"http.port: must be a whole number from 0 to {MAX_PORT}, got {http.port!r}")
     if not isinstance(http.host, str):
         raise ConfigError(f"http.host: must be a string, got {http.host!r}")
+    _check_auth(config)
+    _check_tls(config.tls)
     grace = config.grace_seconds
     if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not 0 <= grace < float("inf"):
         raise ConfigError(f"grace_seconds: must be a number >= 0, got {grace!r}")
@@ -227,6 +275,56 @@ def check_settings(config: ServerConfig) -> None:
         check_backend(config.backend)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+
+
+OPEN_SERVICES = ("health", "reflection")
+
+
+def _check_auth(config: ServerConfig) -> None:
+    from alignd.server.auth import is_loopback
+    from alignd.server.auth.keys import ROLES
+
+    auth = config.auth
+    if auth.anonymous_role not in ROLES:
+        raise ConfigError(f"auth.anonymous_role: must be one of {ROLES}, got {auth.anonymous_role!r}")
+    if not isinstance(auth.keys_file, str):
+        raise ConfigError(f"auth.keys_file: must be a string, got {auth.keys_file!r}")
+    if not isinstance(auth.open_services, (tuple, list)) or not set(auth.open_services) <= set(OPEN_SERVICES):
+        raise ConfigError(f"auth.open_services: a list of {OPEN_SERVICES}, got {auth.open_services!r}")
+    if auth.enabled is None:
+        hosts = [config.host] + ([config.http.host or config.host] if config.http.enabled else [])
+        exposed = [h for h in hosts if not is_loopback(h)]
+        if exposed:
+            raise ConfigError(
+                f"auth.enabled: serving on {exposed[0]} (not a loopback address) without authentication: "
+                "set [auth] enabled = true (keys from `alignd keys create`), or enabled = false to serve "
+                "anyone who can reach the port"
+            )
+
+
+def _check_tls(tls: TLSOptions) -> None:
+    for name in ("cert_file", "key_file", "client_ca_file"):
+        value = getattr(tls, name)
+        if not isinstance(value, str):
+            raise ConfigError(f"tls.{name}: must be a string, got {value!r}")
+        if value and not Path(value).is_file():
+            raise ConfigError(f"tls.{name}: no file {value!r}")
+    if bool(tls.cert_file) != bool(tls.key_file):
+        raise ConfigError("tls: cert_file and key_file go together")
+    if tls.client_ca_file and not tls.cert_file:
+        raise ConfigError("tls.client_ca_file: client certificates (mTLS) need TLS: set cert_file and key_file")
+
+
+def auth_enabled(config: ServerConfig) -> bool:
+    """Whether requests need a key (unset: only when serving beyond loopback, which
+    `check_settings` refuses)."""
+    return bool(config.auth.enabled)
+
+
+def keys_file(config: ServerConfig | None = None) -> Path:
+    """Where the API keys are: [auth] keys_file, else <data dir>/keys.json."""
+    configured = config.auth.keys_file if config is not None else ""
+    return Path(configured) if configured else data_dir() / "keys.json"
 
 
 def data_dir() -> Path:
@@ -283,4 +381,5 @@ def experiment_store_location(config: ServerConfig) -> Path | str | None:
             )
         return Path(setting)
     path = data_dir() / "experiments.sqlite"
-    return path if config.experiments or config.admin_rpcs or path.exists() else None
+    admins = auth_enabled(config) or config.auth.anonymous_role == "admin"  # CreateExperiment possible
+    return path if config.experiments or admins or path.exists() else None

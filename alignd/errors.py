@@ -66,10 +66,24 @@ class Unavailable(AligndError):
     code_name = "UNAVAILABLE"
 
 
+class Unauthenticated(AligndError):
+    """No API key, or one the server does not know or has revoked (gRPC UNAUTHENTICATED)."""
+
+    code_name = "UNAUTHENTICATED"
+
+
 class ResourceExhausted(AligndError):
-    """The server is at its pending-request limit; retry later (gRPC RESOURCE_EXHAUSTED)."""
+    """The server is at its pending-request limit, or the caller's key at one of its quotas
+    (gRPC RESOURCE_EXHAUSTED). `retry_after`: seconds after which a retry can succeed, when
+    waiting helps (transports send it as a header)."""
 
     code_name = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        if retry_after is not None:
+            message = f"{message}; retry after {retry_after:.1f} s"
+        super().__init__(message)
 
 
 class Internal(AligndError):

@@ -32,8 +32,8 @@ def test_no_file_gives_the_embedded_defaults():
         ("limits = 3\n", "limits: must be a table"),
         ("port = \n", "alignd.toml"),
         ('small_batch_matmul = "no"\n', "small_batch_matmul: must be true or false"),
-        ("admin_rpcs = 1\n", "admin_rpcs: must be true or false"),
-        ("admin_rpcs = [false]\n", "admin_rpcs: must be true or false"),
+        ("[auth]\nenabled = 1\n", "auth.enabled: must be true or false"),
+        ("admin_rpcs = true\n", "admin_rpcs: replaced by API keys with the admin role"),
     ],
 )
 def test_config_errors_are_one_line_naming_the_setting(tmp_path, text, message):

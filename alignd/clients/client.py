@@ -17,11 +17,17 @@ A/B experiments: ``client.generate(prompt, experiment="bon-vs-sample", subject="
 served by the subject's arm (``out.arm``), which chooses the strategy (name none);
 ``client.feedback(out.request_id, thumbs_up=True)``; ``client.report("bon-vs-sample")`` returns
 an `ExperimentReport`.
+
+A server that requires API keys: ``AligndClient(target, api_key="alignd-...")`` (default: the
+``ALIGND_API_KEY`` environment variable). TLS: ``tls=True`` trusts the system's CAs,
+``tls=TLS(ca_file="ca.pem")`` a CA of your own, and with ``cert_file``/``key_file`` the client
+presents its own certificate (mutual TLS).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -55,13 +61,57 @@ _KL_KIND = {pb.KLEstimate.ESTIMATE: "estimate", pb.KLEstimate.UPPER_BOUND: "uppe
 _SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "max_tokens", "stop", "seed")
 
 
-class AligndClientError(Exception):
-    """A request the server refused or failed: `code` is the grpc.StatusCode."""
+API_KEY_ENV = "ALIGND_API_KEY"
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+
+class AligndClientError(Exception):
+    """A request the server refused or failed: `code` is the grpc.StatusCode; `retry_after`
+    (seconds) when the server said waiting will help (a key's rate quota)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, retry_after: float | None = None) -> None:
         self.code = code
         self.details = details
+        self.retry_after = retry_after
         super().__init__(f"{code.name}: {details}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TLS:
+    """How to reach a server over TLS. `ca_file`: PEM of the CA that signed the server's
+    certificate (None: the system's); `cert_file`/`key_file`: this client's certificate, for a
+    server that requires one (mTLS); `server_name`: the name the server's certificate must carry,
+    when it differs from the target's host."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: str | None) -> bytes | None:
+            if path is None:
+                return None
+            with open(path, "rb") as f:
+                return f.read()
+
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls: cert_file and key_file go together")
+        return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file), read(self.cert_file))
+
+    def options(self) -> list[tuple[str, str]]:
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+
+
+def _connection(
+    target: str, api_key: str | None, tls: TLS | bool | None
+) -> tuple[list[tuple[str, str]], grpc.ChannelCredentials | None, tuple[tuple[str, str], ...] | None]:
+    """Channel options, credentials (None: plaintext) and the metadata every call sends."""
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+    metadata = (("authorization", f"Bearer {key}"),) if key else None
+    if tls is None or tls is False:
+        return [], None, metadata
+    settings = TLS() if tls is True else tls
+    return settings.options(), settings.credentials(), metadata
 
 
 def build_request(
@@ -322,16 +372,34 @@ def server_info_from(message: pb.ServerInfo) -> ServerInfo:
 
 
 def _error(error: grpc.RpcError) -> AligndClientError:
-    return AligndClientError(error.code(), error.details() or "")
+    retry_after = None
+    trailer = getattr(error, "trailing_metadata", None)
+    for key, value in (trailer() if trailer else None) or ():
+        if key == "retry-after-ms":
+            retry_after = int(value) / 1000
+    return AligndClientError(error.code(), error.details() or "", retry_after)
 
 
 class AligndClient:
-    """Blocking client. `timeout` (seconds) applies to every call unless overridden."""
+    """Blocking client. `timeout` (seconds) applies to every call unless overridden; `api_key`
+    and `tls` as the module says."""
 
     def __init__(
-        self, target: str = "localhost:50051", *, timeout: float | None = None, channel: grpc.Channel | None = None
+        self,
+        target: str = "localhost:50051",
+        *,
+        timeout: float | None = None,
+        channel: grpc.Channel | None = None,
+        api_key: str | None = None,
+        tls: TLS | bool | None = None,
     ) -> None:
-        self._channel = channel or grpc.insecure_channel(target)
+        options, credentials, self._metadata = _connection(target, api_key, tls)
+        if channel is None:
+            if credentials is None:
+                channel = grpc.insecure_channel(target, options=options)
+            else:
+                channel = grpc.secure_channel(target, credentials, options=options)
+        self._channel = channel
         self._stub = pb_grpc.AligndStub(self._channel)
         self.timeout = timeout
 
@@ -356,7 +424,9 @@ class AligndClient:
         """Progress events as they happen, then the final Generation."""
         try:
             for event in self._stub.GenerateStream(
-                build_request(prompt, strategy=strategy, **options), timeout=timeout or self.timeout
+                build_request(prompt, strategy=strategy, **options),
+                timeout=timeout or self.timeout,
+                metadata=self._metadata,
             ):
                 yield event_from(event)
         except grpc.RpcError as error:
@@ -404,7 +474,7 @@ class AligndClient:
     def create_experiment(
         self, name: str, arms: Sequence[Mapping[str, Any]], *, description: str = "", timeout: float | None = None
     ) -> pb.Experiment:
-        """Admin RPC (the server needs admin_rpcs = true). See `experiment_message` for `arms`."""
+        """Admin RPC (an admin key). See `experiment_message` for `arms`."""
         return self.create_experiment_message(experiment_message(name, arms, description), timeout=timeout)
 
     def create_experiment_message(self, message: pb.Experiment, *, timeout: float | None = None) -> pb.Experiment:
@@ -412,7 +482,7 @@ class AligndClient:
 
     def _call(self, method: Callable[..., Any], message: Message, timeout: float | None) -> Any:
         try:
-            return method(message, timeout=timeout or self.timeout)
+            return method(message, timeout=timeout or self.timeout, metadata=self._metadata)
         except grpc.RpcError as error:
             raise _error(error) from None
 
@@ -420,8 +490,19 @@ class AligndClient:
 class AsyncAligndClient:
     """asyncio client with the same methods as AligndClient, awaited."""
 
-    def __init__(self, target: str = "localhost:50051", *, timeout: float | None = None) -> None:
-        self._channel = grpc.aio.insecure_channel(target)
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        *,
+        timeout: float | None = None,
+        api_key: str | None = None,
+        tls: TLS | bool | None = None,
+    ) -> None:
+        options, credentials, self._metadata = _connection(target, api_key, tls)
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
         self._stub = pb_grpc.AligndStub(self._channel)
         self.timeout = timeout
 
@@ -445,7 +526,9 @@ class AsyncAligndClient:
     ) -> AsyncIterator[Progress | Generation]:
         try:
             async for event in self._stub.GenerateStream(
-                build_request(prompt, strategy=strategy, **options), timeout=timeout or self.timeout
+                build_request(prompt, strategy=strategy, **options),
+                timeout=timeout or self.timeout,
+                metadata=self._metadata,
             ):
                 yield event_from(event)
         except grpc.RpcError as error:
@@ -493,7 +576,7 @@ class AsyncAligndClient:
     async def create_experiment(
         self, name: str, arms: Sequence[Mapping[str, Any]], *, description: str = "", timeout: float | None = None
     ) -> pb.Experiment:
-        """Admin RPC (the server needs admin_rpcs = true). See `experiment_message` for `arms`."""
+        """Admin RPC (an admin key). See `experiment_message` for `arms`."""
         return await self.create_experiment_message(experiment_message(name, arms, description), timeout=timeout)
 
     async def create_experiment_message(self, message: pb.Experiment, *, timeout: float | None = None) -> pb.Experiment:
@@ -501,6 +584,6 @@ class AsyncAligndClient:
 
     async def _call(self, method: Callable[..., Any], message: Message, timeout: float | None) -> Any:
         try:
-            return await method(message, timeout=timeout or self.timeout)
+            return await method(message, timeout=timeout or self.timeout, metadata=self._metadata)
         except grpc.RpcError as error:
             raise _error(error) from None

@@ -224,6 +224,7 @@ class ServerLimits:
     max_stop_chars: int
     max_score_responses: int
     max_batch_tokens: int  # sequences x (prompt + max_tokens) per request
+    max_prompt_tokens: int  # the encoded prompt, chat template and history included
 
 
 @dataclass(frozen=True)

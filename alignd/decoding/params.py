@@ -21,6 +21,7 @@ class Limits:
     """Per-request limits from the server's configuration."""
 
     max_prompt_chars: int = 16_000
+    max_prompt_tokens: int = 4096  # the encoded prompt (chat template and history included)
     max_tokens: int = 1024
     max_candidates: int = 64
     max_stop_sequences: int = 8

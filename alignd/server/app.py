@@ -22,12 +22,22 @@ from alignd import models
 from alignd.backends.base import Policy
 from alignd.backends.loading import checkpoint_hidden_size, load_policy, served_model_name
 from alignd.backends.vllm import EngineStartError
-from alignd.config import ConfigError, ServerConfig, check_settings, experiment_store_location
+from alignd.config import (
+    OPEN_SERVICES,
+    ConfigError,
+    ServerConfig,
+    auth_enabled,
+    check_settings,
+    experiment_store_location,
+    keys_file,
+)
 from alignd.errors import InvalidArgument
 from alignd.rewardmodels.base import Scorer
 from alignd.rewardmodels.engine import ScoringEngine
 from alignd.rewardmodels.heads import Head, HeadError
 from alignd.rewardmodels.objective_tables import ObjectiveSpec, load_objectives, parse_objectives, resolve_objectives
+from alignd.server import tls
+from alignd.server.auth.interceptor import KeyRequired
 from alignd.server.core import ServerCore
 from alignd.server.metrics import Metrics
 from alignd.server.openai_api.app import OpenAIApi
@@ -299,15 +309,30 @@ async def start_server(
     metrics = Metrics()
     core = ServerCore(policy, scorer, config, metrics, heads or [])
     await core.start()
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
+    protected = tuple(s for s in OPEN_SERVICES if s not in config.auth.open_services)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_concurrent_streams", config.max_streams_per_connection),
+        ],
+        interceptors=[KeyRequired(core.auth, protected)] if core.auth.enabled and protected else None,
+    )
     alignd_pb2_grpc.add_AligndServicer_to_server(AligndService(core), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    address = f"{config.host}:{config.port}"
+    try:
+        if config.tls.cert_file:
+            port = server.add_secure_port(address, tls.grpc_credentials(config.tls))
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError:  # grpc raises it for an address it cannot bind
+        port = 0
     if port == 0:
+        await core.aclose()
         raise ConfigError(f"port: cannot bind {config.host}:{config.port}")
     try:
         http = await start_http(core, config) if config.http.enabled else None
@@ -325,18 +350,29 @@ async def start_server(
 async def start_http(core: ServerCore, config: ServerConfig) -> HTTPServer:
     """The OpenAI-compatible API on the running event loop."""
     host = (config.http.host or config.host).strip("[]")  # gRPC writes IPv6 hosts as [::]
-    api = OpenAIApi(core)
+    api = OpenAIApi(core, open_health="health" in config.auth.open_services)
     # handler_cancellation: a client that disconnects cancels its request (and so its decode).
     runner = web.AppRunner(
         api.application(), handler_cancellation=True, access_log=None, shutdown_timeout=config.grace_seconds
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, config.http.port).start()
+        context = tls.http_context(config.tls) if config.tls.cert_file else None
+        await web.TCPSite(runner, host, config.http.port, ssl_context=context).start()
     except OSError as error:
         await runner.cleanup()
         raise ConfigError(f"http.port: cannot bind {host}:{config.http.port}: {error.strerror}") from None
     return HTTPServer(api, runner, runner.addresses[0][1])
+
+
+def security_summary(config: ServerConfig, core: ServerCore) -> str:
+    """For the start-up line: who may call, and over what."""
+    transport = tls.describe(config.tls)
+    if auth_enabled(config):
+        assert core.auth.ring is not None
+        return f"{transport}, API keys required ({core.auth.ring.count} valid in {keys_file(config)})"
+    role = config.auth.anonymous_role
+    return f"{transport}, authentication OFF (anyone who reaches the port{' is admin' if role == 'admin' else ''})"
 
 
 async def serve(config: ServerConfig) -> None:
@@ -363,13 +399,15 @@ async def serve(config: ServerConfig) -> None:
         print(
             f"alignd serving {policy.model_name} on {config.host}:{running.port} "
             f"(device {policy.device}, dtype {policy.dtype}{' from auto' if config.dtype == 'auto' else ''})"
-            f"{http if running.http_port is not None else ''}",
+            f"{http if running.http_port is not None else ''}; {security_summary(config, running.core)}",
             flush=True,
         )
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
+        # SIGHUP reloads the keys file at once (it is also re-read within a second of a change).
+        loop.add_signal_handler(signal.SIGHUP, running.core.auth.reload)
         await stopping.wait()
         log.info("draining for up to %.1f s", config.grace_seconds)
         await running.stop(config.grace_seconds)

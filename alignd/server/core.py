@@ -16,37 +16,46 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from alignd import __version__
 from alignd.backends.base import ChatPrompt, Policy
 from alignd.backends.text import cut_at_stop
-from alignd.config import ConfigError, ServerConfig
+from alignd.config import ConfigError, ServerConfig, auth_enabled, keys_file
 from alignd.decoding.base import STRATEGIES, Decode, DecodeContext, DecodeRequest, DecodeResult, ProgressEvent
 from alignd.decoding.params import describe_params
 from alignd.decoding.weights import parse_weights
-from alignd.errors import AligndError, Internal, InvalidArgument, PermissionDenied, ResourceExhausted
+from alignd.errors import AligndError, Internal, InvalidArgument
 from alignd.rewardmodels.base import Scorer
 from alignd.rewardmodels.heads import Head
 from alignd.server import convert
+from alignd.server.auth import Authenticator, Caller
+from alignd.server.auth.quotas import Admission, check_request_size
 from alignd.server.experiments.registry import Experiments, Routed
 from alignd.server.metrics import Metrics
 from alignd.server.request_fields import requested_strategy
+from alignd.server.scheduling import FairExecutor
 from alignd.v1 import alignd_pb2 as pb
 
 log = logging.getLogger("alignd.server")
+T = TypeVar("T")
 
 
 @dataclass
 class Call:
-    """One request in flight: its transport and method, and its strategy label for metrics."""
+    """One request in flight: its transport and method, its strategy label for metrics, and who
+    sent it."""
 
     transport: str
     method: str
     strategy: str
+    caller: Caller | None = None
+
+    @property
+    def key(self) -> str:
+        return self.caller.key_id if self.caller else ""
 
 
 @dataclass(frozen=True)
@@ -81,8 +90,11 @@ class ServerCore:
             convert.parse_sampling(pb.SamplingParams(), config.default_sampling, config.limits)
         except InvalidArgument as error:
             raise ConfigError(f"default_{error}") from None
-        self._executor = ThreadPoolExecutor(max_workers=config.decode_workers, thread_name_prefix="alignd-decode")
-        self.pending = 0
+        self._executor = FairExecutor(config.decode_workers, thread_name_prefix="alignd-decode")
+        self.auth = Authenticator(
+            keys_file(config) if auth_enabled(config) else None, anonymous_role=config.auth.anonymous_role
+        )
+        self.admission = Admission(config.max_pending)
         self.info = self._server_info()
         self.experiments = Experiments(None, self._check_arm)
 
@@ -96,23 +108,33 @@ class ServerCore:
         self.close()
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor.shutdown(cancel_futures=True)
+
+    @property
+    def pending(self) -> int:
+        return self.admission.pending
 
     # -- admission and metrics --------------------------------------------------------------
 
     @asynccontextmanager
-    async def admitted(self, transport: str, method: str, strategy: str = "") -> AsyncIterator[Call]:
-        """Admission control and metrics around one request. Raises ResourceExhausted when
-        `max_pending` requests are in flight; an unexpected exception inside becomes Internal.
-        The handler may set the call's strategy label once it knows it (after routing)."""
+    async def admitted(
+        self, transport: str, method: str, authorization: str | None, strategy: str = ""
+    ) -> AsyncIterator[Call]:
+        """Authentication, admission control and metrics around one request. Raises
+        Unauthenticated or PermissionDenied for the caller's key, ResourceExhausted when
+        `max_pending` requests are in flight or the key is at a quota; an unexpected exception
+        inside becomes Internal. The handler may set the call's strategy label once it knows it
+        (after routing)."""
         call = Call(transport, method, strategy)
-        if self.pending >= self.config.max_pending:
-            self.metrics.requests.labels(transport, method, strategy, "RESOURCE_EXHAUSTED").inc()
-            raise ResourceExhausted(f"server busy: {self.pending} requests pending (max_pending)")
-        self.pending += 1
-        self.metrics.pending.set(self.pending)
         started = time.perf_counter()
         code = "OK"
+        try:
+            call.caller = await self.auth.caller(authorization, method)
+            self.admission.admit(call.caller.key_id, call.caller.name, call.caller.quota)
+        except AligndError as error:
+            self.metrics.requests.labels(transport, method, strategy, error.code_name).inc()
+            raise
+        self.metrics.pending.set(self.pending)
         try:
             yield call
         except AligndError as error:
@@ -127,20 +149,27 @@ class ServerCore:
             log.exception("%s failed", method)
             raise Internal(f"internal error in {method} (logged on the server)") from None
         finally:
-            self.pending -= 1
+            self.admission.release(call.key)
             self.metrics.pending.set(self.pending)
             self.metrics.requests.labels(transport, method, call.strategy, code).inc()
             self.metrics.latency.labels(transport, method, call.strategy).observe(time.perf_counter() - started)
 
+    def _in_worker(self, call: Call, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Run `fn` on a worker thread; workers take callers' jobs round-robin."""
+        return asyncio.wrap_future(self._executor.submit(call.key, fn, *args))
+
     # -- generation -------------------------------------------------------------------------
 
-    async def generate(self, request: pb.GenerateRequest, transport: str) -> pb.GenerateResponse:
-        async with self.admitted(transport, "Generate", self._strategy_label(requested_strategy(request))) as call:
+    async def generate(
+        self, request: pb.GenerateRequest, transport: str, authorization: str | None = None
+    ) -> pb.GenerateResponse:
+        label = self._strategy_label(requested_strategy(request))
+        async with self.admitted(transport, "Generate", authorization, label) as call:
             started = time.perf_counter()
             routed, request, request_id = await self._route(request, call)
-            parsed = self._parse(request)
+            parsed = self._parse(request, call)
             cancel = threading.Event()
-            work = asyncio.get_running_loop().run_in_executor(self._executor, self._decode, parsed, None, cancel)
+            work = self._in_worker(call, self._decode, parsed, None, cancel)
             try:
                 result = await work
             finally:
@@ -148,19 +177,20 @@ class ServerCore:
                 # cancelled task cancels `work` itself, so test nothing: setting it after a
                 # finished decode is harmless.)
                 cancel.set()
+            self.admission.charge_tokens(call.key, result.usage.generated_tokens)
             return await self._finish(routed, parsed, result, request_id, started)
 
     async def generate_stream(
-        self, request: pb.GenerateRequest, transport: str
+        self, request: pb.GenerateRequest, transport: str, authorization: str | None = None
     ) -> AsyncGenerator[StreamStarted | pb.GenerateEvent]:
         """StreamStarted once the request is accepted, then progress events (each with the text
         committed since the previous one), then the result. Closing the iterator early (the
         client went away) stops the decode at its next step."""
         label = self._strategy_label(requested_strategy(request))
-        async with self.admitted(transport, "GenerateStream", label) as call:
+        async with self.admitted(transport, "GenerateStream", authorization, label) as call:
             started = time.perf_counter()
             routed, request, request_id = await self._route(request, call)
-            parsed = self._parse(request)
+            parsed = self._parse(request, call)
             loop = asyncio.get_running_loop()
             events: asyncio.Queue[ProgressEvent | None] = asyncio.Queue()
 
@@ -180,7 +210,7 @@ class ServerCore:
                 loop.call_soon_threadsafe(checks_passed)
                 return self._run(parsed, *plan)
 
-            work: asyncio.Future[DecodeResult] = loop.run_in_executor(self._executor, plan_then_run)
+            work = self._in_worker(call, plan_then_run)
             work.add_done_callback(lambda _: events.put_nowait(None))
             # A decode nobody awaits any more (its client left) must not log "exception never
             # retrieved" when it stops with Cancelled.
@@ -204,6 +234,7 @@ class ServerCore:
                         message.progress.text_delta = text.advance(event.committed)
                     yield message
                 result = await work
+                self.admission.charge_tokens(call.key, result.usage.generated_tokens)
                 yield pb.GenerateEvent(result=await self._finish(routed, parsed, result, request_id, started))
             finally:
                 # Cancellation arrives as CancelledError or as GeneratorExit when the transport
@@ -219,8 +250,11 @@ class ServerCore:
             await self.experiments.check_new_request_id(request.request_id)
         return routed, routed.request if routed else request, request.request_id or uuid.uuid4().hex
 
-    def _parse(self, request: pb.GenerateRequest, *, template: bool = False) -> convert.ParsedGenerate:
-        return convert.parse_generate(
+    def _parse(
+        self, request: pb.GenerateRequest, call: Call | None = None, *, template: bool = False
+    ) -> convert.ParsedGenerate:
+        """The request checked against the server's limits and the caller's per-request quota."""
+        parsed = convert.parse_generate(
             request,
             self.objective_names,
             self.default_weights,
@@ -228,6 +262,10 @@ class ServerCore:
             self.config.limits,
             template=template,
         )
+        if call is not None and call.caller is not None:
+            rows = parsed.strategy.rows(parsed.params)
+            check_request_size(call.caller.name, call.caller.quota, rows, parsed.sampling.max_tokens)
+        return parsed
 
     def _check_arm(self, template: pb.GenerateRequest) -> None:
         """An experiment arm must be servable for any prompt: everything a request is checked for
@@ -248,6 +286,8 @@ class ServerCore:
         response = convert.result_message(
             result, request_id, parsed.strategy.name, self.policy.model_name, parsed.weights
         )
+        if self.config.log_text:  # debug only: logs hold no request text otherwise
+            log.info("request %s: prompt %r, response %r", request_id, parsed.prompt, result.text)
         if routed is not None:
             await self.experiments.record(routed, parsed, result, request_id, time.perf_counter() - started)
             response.experiment, response.arm = routed.experiment.name, routed.arm.name
@@ -277,6 +317,12 @@ class ServerCore:
     ) -> tuple[DecodeRequest, Decode, int]:
         """The encoded request, its prepared decode and the key/value tokens it may hold."""
         prompt = self.policy.encode(parsed.prompt)  # the only tokenization of the request's prompt
+        assert prompt.token_ids is not None
+        most = self.config.limits.max_prompt_tokens
+        if len(prompt.token_ids) > most:
+            raise InvalidArgument(
+                "prompt", f"{len(prompt.token_ids)} tokens (chat template included), over the limit of {most}"
+            )
         request = DecodeRequest(prompt, parsed.sampling, parsed.weights, parsed.return_candidates, on_progress, cancel)
         decode, tokens = self._prepare(parsed, request)
         return request, decode, tokens
@@ -317,8 +363,10 @@ class ServerCore:
 
     # -- scoring, feedback, experiments -----------------------------------------------------
 
-    async def score(self, request: pb.ScoreRequest, transport: str) -> pb.ScoreResponse:
-        async with self.admitted(transport, "Score"):
+    async def score(
+        self, request: pb.ScoreRequest, transport: str, authorization: str | None = None
+    ) -> pb.ScoreResponse:
+        async with self.admitted(transport, "Score", authorization) as call:
             limits = self.config.limits
             convert.check_text("prompt", request.prompt, limits.max_prompt_chars, required=True)
             if not request.responses:
@@ -329,10 +377,11 @@ class ServerCore:
                 )
             for i, text in enumerate(request.responses):
                 convert.check_text(f"responses[{i}]", text, limits.max_prompt_chars, required=False)
+            assert call.caller is not None
+            check_request_size(call.caller.name, call.caller.quota, len(request.responses), 0)
             weights = parse_weights(dict(request.weights), self.objective_names, self.default_weights)
             prompts = [request.prompt] * len(request.responses)
-            loop = asyncio.get_running_loop()
-            rewards = await loop.run_in_executor(self._executor, self.scorer.score, prompts, list(request.responses))
+            rewards = await self._in_worker(call, self.scorer.score, prompts, list(request.responses))
             weighted = weights.weighted(rewards)
             return pb.ScoreResponse(
                 scores=[
@@ -342,23 +391,32 @@ class ServerCore:
                 weights=weights.as_dict(),
             )
 
-    async def feedback(self, request: pb.FeedbackRequest, transport: str) -> pb.FeedbackResponse:
-        async with self.admitted(transport, "RecordFeedback"):
+    async def feedback(
+        self, request: pb.FeedbackRequest, transport: str, authorization: str | None = None
+    ) -> pb.FeedbackResponse:
+        async with self.admitted(transport, "RecordFeedback", authorization):
             return pb.FeedbackResponse(replaced=await self.experiments.feedback(request))
 
-    async def report(self, request: pb.ExperimentReportRequest, transport: str) -> pb.ExperimentReport:
-        async with self.admitted(transport, "GetExperimentReport"):
+    async def report(
+        self, request: pb.ExperimentReportRequest, transport: str, authorization: str | None = None
+    ) -> pb.ExperimentReport:
+        async with self.admitted(transport, "GetExperimentReport", authorization):
             return await self.experiments.report(request.name)
 
-    async def list_experiments(self, transport: str) -> pb.ListExperimentsResponse:
-        async with self.admitted(transport, "ListExperiments"):
+    async def list_experiments(self, transport: str, authorization: str | None = None) -> pb.ListExperimentsResponse:
+        async with self.admitted(transport, "ListExperiments", authorization):
             return pb.ListExperimentsResponse(experiments=await self.experiments.list())
 
-    async def create_experiment(self, request: pb.Experiment, transport: str) -> pb.Experiment:
-        async with self.admitted(transport, "CreateExperiment"):
-            if not self.config.admin_rpcs:
-                raise PermissionDenied("CreateExperiment is an admin RPC: this server's config has admin_rpcs = false")
+    async def create_experiment(
+        self, request: pb.Experiment, transport: str, authorization: str | None = None
+    ) -> pb.Experiment:
+        async with self.admitted(transport, "CreateExperiment", authorization):  # admin role checked there
             return await self.experiments.create(request)
+
+    async def server_info(self, authorization: str | None = None) -> pb.ServerInfo:
+        """What the server serves (no admission: it is computed once, at start-up)."""
+        await self.auth.caller(authorization, "GetServerInfo")
+        return self.info
 
     def _server_info(self) -> pb.ServerInfo:
         c, s, limits = self.config, self.config.default_sampling, self.config.limits

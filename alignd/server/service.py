@@ -1,5 +1,5 @@
-"""The alignd.v1.Alignd gRPC service (grpc.aio): each RPC calls the server core and maps
-alignd.errors to their status codes."""
+"""The alignd.v1.Alignd gRPC service (grpc.aio): each RPC calls the server core with the call's
+`authorization` metadata and maps alignd.errors to their status codes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 import grpc
 
-from alignd.errors import AligndError
+from alignd.errors import AligndError, ResourceExhausted
 from alignd.server.core import ServerCore, StreamStarted
 from alignd.v1 import alignd_pb2 as pb
 from alignd.v1 import alignd_pb2_grpc as pb_grpc
@@ -18,11 +18,23 @@ TRANSPORT = "grpc"
 
 @asynccontextmanager
 async def status_codes(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-    """An AligndError ends the RPC with its status code and message."""
+    """An AligndError ends the RPC with its status code and message (and, for a quota that
+    waiting will free, a `retry-after-ms` trailer)."""
     try:
         yield
     except AligndError as error:
-        await context.abort(grpc.StatusCode[error.code_name], str(error))
+        trailer: tuple[tuple[str, str], ...] = ()
+        if isinstance(error, ResourceExhausted) and error.retry_after is not None:
+            trailer = (("retry-after-ms", str(max(1, round(error.retry_after * 1000)))),)
+        await context.abort(grpc.StatusCode[error.code_name], str(error), trailing_metadata=trailer)
+
+
+def authorization(context: grpc.aio.ServicerContext) -> str | None:
+    """The call's `authorization` metadata (gRPC lower-cases keys)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else None
+    return None
 
 
 class AligndService(pb_grpc.AligndServicer):
@@ -31,13 +43,13 @@ class AligndService(pb_grpc.AligndServicer):
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
         async with status_codes(context):
-            return await self.core.generate(request, TRANSPORT)
+            return await self.core.generate(request, TRANSPORT, authorization(context))
 
     async def GenerateStream(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateEvent]:
         async with status_codes(context):
-            stream = self.core.generate_stream(request, TRANSPORT)
+            stream = self.core.generate_stream(request, TRANSPORT, authorization(context))
             try:
                 async for event in stream:
                     if not isinstance(event, StreamStarted):
@@ -47,29 +59,30 @@ class AligndService(pb_grpc.AligndServicer):
 
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
         async with status_codes(context):
-            return await self.core.score(request, TRANSPORT)
+            return await self.core.score(request, TRANSPORT, authorization(context))
 
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext) -> pb.ServerInfo:
-        return self.core.info
+        async with status_codes(context):
+            return await self.core.server_info(authorization(context))
 
     async def RecordFeedback(
         self, request: pb.FeedbackRequest, context: grpc.aio.ServicerContext
     ) -> pb.FeedbackResponse:
         async with status_codes(context):
-            return await self.core.feedback(request, TRANSPORT)
+            return await self.core.feedback(request, TRANSPORT, authorization(context))
 
     async def GetExperimentReport(
         self, request: pb.ExperimentReportRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExperimentReport:
         async with status_codes(context):
-            return await self.core.report(request, TRANSPORT)
+            return await self.core.report(request, TRANSPORT, authorization(context))
 
     async def ListExperiments(
         self, request: pb.ListExperimentsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListExperimentsResponse:
         async with status_codes(context):
-            return await self.core.list_experiments(TRANSPORT)
+            return await self.core.list_experiments(TRANSPORT, authorization(context))
 
     async def CreateExperiment(self, request: pb.Experiment, context: grpc.aio.ServicerContext) -> pb.Experiment:
         async with status_codes(context):
-            return await self.core.create_experiment(request, TRANSPORT)
+            return await self.core.create_experiment(request, TRANSPORT, authorization(context))

@@ -474,7 +474,7 @@ class StrategyInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[ParameterInfo, _Mapping]]] = ..., requires: _Optional[_Iterable[str]] = ..., sampling_defaults: _Optional[_Union[SamplingParams, _Mapping]] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_prompt_chars", "max_tokens", "max_candidates", "max_stop_sequences", "max_stop_chars", "max_score_responses", "max_batch_tokens")
+    __slots__ = ("max_prompt_chars", "max_tokens", "max_candidates", "max_stop_sequences", "max_stop_chars", "max_score_responses", "max_batch_tokens", "max_prompt_tokens")
     MAX_PROMPT_CHARS_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
@@ -482,6 +482,7 @@ class Limits(_message.Message):
     MAX_STOP_CHARS_FIELD_NUMBER: _ClassVar[int]
     MAX_SCORE_RESPONSES_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     max_prompt_chars: int
     max_tokens: int
     max_candidates: int
@@ -489,7 +490,8 @@ class Limits(_message.Message):
     max_stop_chars: int
     max_score_responses: int
     max_batch_tokens: int
-    def __init__(self, max_prompt_chars: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_candidates: _Optional[int] = ..., max_stop_sequences: _Optional[int] = ..., max_stop_chars: _Optional[int] = ..., max_score_responses: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ...) -> None: ...
+    max_prompt_tokens: int
+    def __init__(self, max_prompt_chars: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_candidates: _Optional[int] = ..., max_stop_sequences: _Optional[int] = ..., max_stop_chars: _Optional[int] = ..., max_score_responses: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class HeadInfo(_message.Message):
     __slots__ = ("kind", "path", "base_model", "objectives", "data_hash", "metrics")

@@ -128,7 +128,7 @@ class AligndServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateExperiment(self, request, context):
-        """Admin: only when the server's config sets admin_rpcs = true (PERMISSION_DENIED otherwise).
+        """Admin: needs a key with the admin role (PERMISSION_DENIED otherwise).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -115,6 +115,7 @@ def fake_server_info() -> pb.ServerInfo:
             max_stop_chars=10,
             max_score_responses=8,
             max_batch_tokens=4096,
+            max_prompt_tokens=512,
         ),
         default_sampling=pb.SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_tokens=16),
         capabilities=["extend", "sample"],
@@ -392,7 +393,7 @@ def test_server_info_is_plain_dataclasses(client):
     assert best_of_n.sampling_defaults == SamplingSettings(temperature=0.7, stop=["\n\n"])
     assert info.strategy("sample").sampling_defaults == SamplingSettings()
     assert info.default_sampling == SamplingSettings(temperature=1.0, top_p=1.0, top_k=0, max_tokens=16)
-    assert info.limits == ServerLimits(100, 32, 64, 4, 10, 8, 4096)
+    assert info.limits == ServerLimits(100, 32, 64, 4, 10, 8, 4096, 512)
     assert info.capabilities == ["extend", "sample"]
     assert info.heads == [HeadInfo("value", "/h.safetensors", "m", ["positivity"], "", {})]
 

@@ -27,7 +27,8 @@ pytestmark = [
 
 CONFIG = """
 {store}
-admin_rpcs = true
+[auth]
+anonymous_role = "admin"
 [default_sampling]
 max_tokens = 6
 temperature = 0.7

@@ -12,7 +12,7 @@ import pytest
 
 from alignd.backends.base import SamplingParams
 from alignd.clients import AligndClient, AligndClientError
-from alignd.config import ConfigError, ServerConfig
+from alignd.config import AuthOptions, ConfigError, ServerConfig
 from tests.server.conftest import TEST_LIMITS, running_server
 
 EXPERIMENT = {
@@ -51,7 +51,8 @@ def store_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ab_server(tiny_policy, module_letter_scorer, store_path):
-    with running_server(tiny_policy, module_letter_scorer, _config(store_path, admin_rpcs=True)) as running:
+    config = _config(store_path, auth=AuthOptions(anonymous_role="admin"))
+    with running_server(tiny_policy, module_letter_scorer, config) as running:
         yield running
 
 
@@ -381,7 +382,7 @@ def test_an_arm_this_server_cannot_serve_is_refused_naming_it(ab_client):
     assert error.value.details.startswith("arms[1]: arm 'steered'") and "controlled.value_source" in error.value.details
 
 
-def test_admin_rpcs_are_refused_unless_enabled(tiny_policy, module_letter_scorer, tmp_path):
+def test_admin_rpcs_are_refused_to_anonymous_users_by_default(tiny_policy, module_letter_scorer, tmp_path):
     with (
         running_server(tiny_policy, module_letter_scorer, _config(tmp_path / "s.sqlite")) as running,
         AligndClient(f"127.0.0.1:{running.port}", timeout=30) as c,

@@ -5,6 +5,9 @@ Streams are server-sent events in OpenAI's chunk format; each chunk carries the 
 committed since the last one, and an `alignd` object with the steering progress. A client that
 disconnects cancels its handler (aiohttp's handler_cancellation), which stops the decode at its
 next step, as a gRPC cancel does.
+
+API keys come as `Authorization: Bearer <key>` (what the openai SDKs send for `api_key`); the
+core checks them with every call, as it does gRPC's metadata.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from alignd.errors import AligndError, Internal, InvalidArgument, NotFound
+from alignd.errors import AligndError, Internal, InvalidArgument, NotFound, ResourceExhausted
+from alignd.server.auth.quotas import retry_seconds
 from alignd.server.core import ServerCore, StreamStarted, unsent_text
 from alignd.server.openai_api import schema
 from alignd.v1 import alignd_pb2 as pb
@@ -28,7 +32,6 @@ from alignd.v1 import alignd_pb2 as pb
 log = logging.getLogger("alignd.server")
 
 TRANSPORT = "http"
-MAX_BODY_BYTES = 16 * 1024 * 1024  # as the gRPC server's message limit
 
 HTTP_STATUS = {
     "INVALID_ARGUMENT": 400,
@@ -96,7 +99,10 @@ def error_body(error: AligndError, names: FieldNames) -> tuple[int, dict[str, An
 
 def error_response(error: AligndError, names: FieldNames) -> web.Response:
     status, body = error_body(error, names)
-    return json_response(body, status=status)
+    response = json_response(body, status=status)
+    if isinstance(error, ResourceExhausted) and error.retry_after is not None:
+        response.headers["Retry-After"] = str(retry_seconds(error.retry_after))
+    return response
 
 
 def dumps(data: Any) -> str:
@@ -123,15 +129,20 @@ def sse(data: dict[str, Any] | str) -> bytes:
     return f"data: {data if isinstance(data, str) else dumps(data)}\n\n".encode()
 
 
+def authorization(request: web.Request) -> str | None:
+    return request.headers.get("Authorization")
+
+
 class OpenAIApi:
-    def __init__(self, core: ServerCore) -> None:
+    def __init__(self, core: ServerCore, open_health: bool = True) -> None:
         self.core = core
+        self.open_health = open_health  # /health without a key (load balancers)
         self.model = core.policy.model_name
         self.started = int(time.time())
         self.draining = False  # set on shutdown: /health says so, so load balancers move on
 
     def application(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._http_errors])
+        app = web.Application(client_max_size=self.core.config.max_message_bytes, middlewares=[self._http_errors])
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_get("/v1/models", self.models)
@@ -187,7 +198,8 @@ class OpenAIApi:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
             return await self._stream(http, requests, reply, names, include_usage)
         try:
-            responses = await _all([self.core.generate(r, TRANSPORT) for r in requests])
+            key = authorization(http)
+            responses = await _all([self.core.generate(r, TRANSPORT, key) for r in requests])
         except AligndError as error:
             return error_response(error, names)
         return json_response(reply.complete(responses))
@@ -200,7 +212,7 @@ class OpenAIApi:
         names: FieldNames,
         include_usage: bool,
     ) -> web.StreamResponse:
-        streams = [self.core.generate_stream(r, TRANSPORT) for r in requests]
+        streams = [self.core.generate_stream(r, TRANSPORT, authorization(http)) for r in requests]
         try:
             # Admission, routing and validation happen before the first item: their errors get
             # a status code of their own rather than an error event in a 200 stream.
@@ -248,13 +260,20 @@ class OpenAIApi:
     # -- the rest --------------------------------------------------------------------------------
 
     async def models(self, request: web.Request) -> web.Response:
+        try:
+            await self.core.auth.caller(authorization(request), "ListModels")
+        except AligndError as error:
+            return error_response(error, FieldNames())
         return json_response({"object": "list", "data": [self._model_card()]})
 
     async def model_info(self, request: web.Request) -> web.Response:
-        if request.match_info["model"] != self.model:
-            error = NotFound(
-                f"model: {request.match_info['model']!r} is not served here; this server serves {self.model!r}"
-            )
+        try:
+            await self.core.auth.caller(authorization(request), "ListModels")
+            if request.match_info["model"] != self.model:
+                raise NotFound(
+                    f"model: {request.match_info['model']!r} is not served here; this server serves {self.model!r}"
+                )
+        except AligndError as error:
             return error_response(error, FieldNames())
         return json_response(self._model_card())
 
@@ -262,6 +281,11 @@ class OpenAIApi:
         return {"id": self.model, "object": "model", "created": self.started, "owned_by": "alignd"}
 
     async def health(self, request: web.Request) -> web.Response:
+        if not self.open_health:
+            try:
+                await self.core.auth.caller(authorization(request), "Health")
+            except AligndError as error:
+                return error_response(error, FieldNames())
         if self.draining:
             return json_response({"status": "draining"}, status=503)
         return json_response({"status": "ok"})
@@ -276,7 +300,7 @@ class OpenAIApi:
                 raise InvalidArgument("feedback", f"set one of thumbs_up, rating, preferred_over, not {given}")
             for name in given:
                 setattr(message, name, getattr(body, name))
-            answer = await self.core.feedback(message, TRANSPORT)
+            answer = await self.core.feedback(message, TRANSPORT, authorization(request))
         except AligndError as error:
             return error_response(error, names)
         return json_response({"replaced": answer.replaced})

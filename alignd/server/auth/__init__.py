@@ -1,0 +1,82 @@
+"""Who may call: API keys with roles (`keys.py`) and per-key quotas (`quotas.py`).
+
+Every request names its method; the transports hand over the request's ``authorization`` value
+(gRPC metadata or the HTTP header, ``Bearer <key>``) and get back the `Caller`, or
+Unauthenticated (no key, a wrong or revoked one) or PermissionDenied (a user key on an admin
+method). With authentication off every caller is the anonymous caller, whose role the config
+sets (`anonymous_role`)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from alignd.errors import PermissionDenied, Unauthenticated
+from alignd.server.auth.keys import KeyRing
+from alignd.server.auth.quotas import UNLIMITED, Quota
+
+ADMIN_METHODS = frozenset({"CreateExperiment"})
+BEARER = "bearer "
+
+
+@dataclass(frozen=True)
+class Caller:
+    key_id: str  # "" for the anonymous caller (authentication off)
+    name: str
+    role: str
+    quota: Quota = UNLIMITED
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Authenticator:
+    """Turns a request's authorization value into its Caller. `keys_file` None: authentication
+    is off and every caller is anonymous with `anonymous_role`."""
+
+    def __init__(self, keys_file: str | Path | None, anonymous_role: str = "user") -> None:
+        self.ring = KeyRing(keys_file) if keys_file is not None else None
+        self.anonymous = Caller("", "anonymous", anonymous_role)
+
+    @property
+    def enabled(self) -> bool:
+        return self.ring is not None
+
+    def reload(self) -> None:
+        if self.ring is not None:
+            self.ring.reload()
+
+    async def caller(self, authorization: str | None, method: str) -> Caller:
+        """The caller, allowed to call `method`."""
+        caller = self.anonymous if self.ring is None else await self._verified(self.ring, authorization)
+        if method in ADMIN_METHODS and caller.role != "admin":
+            raise PermissionDenied(
+                f"{method} is an admin RPC: "
+                + (
+                    f"key {caller.name!r} has role {caller.role!r}"
+                    if caller.key_id
+                    else "this server needs an admin key"
+                )
+            )
+        return caller
+
+    async def _verified(self, ring: KeyRing, authorization: str | None) -> Caller:
+        if not authorization:
+            raise Unauthenticated("authorization: an API key is required (authorization: Bearer <key>)")
+        if authorization[: len(BEARER)].lower() != BEARER:
+            raise Unauthenticated("authorization: expected 'Bearer <key>'")
+        key = authorization[len(BEARER) :].strip()
+        # A key seen before is checked at once; a new one costs a scrypt hash, off the event loop.
+        record = ring.known(key)
+        if record is None:
+            record = await asyncio.to_thread(ring.verify, key)
+        return Caller(record.id, record.name, record.role, record.quota)
