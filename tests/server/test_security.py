@@ -1,0 +1,359 @@
+"""API keys, roles, quotas, TLS and limits on a running server (tiny model, both transports)."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+import grpc
+import httpx
+import numpy as np
+import openai
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from alignd.backends.base import SamplingParams
+from alignd.clients import TLS, AligndClient, AligndClientError
+from alignd.config import AuthOptions, HTTPOptions, ServerConfig, TLSOptions
+from alignd.rewardmodels.base import Objective, ObjectiveInfo
+from alignd.rewardmodels.objective_scorer import ObjectiveScorer
+from alignd.server.auth.keys import KeysFile, new_key
+from alignd.server.auth.quotas import Quota
+from tests.certificates import make_pki
+from tests.server.conftest import TEST_LIMITS, running_server
+
+Code = grpc.StatusCode
+
+
+@dataclass
+class Keys:
+    user: str
+    admin: str
+    slow: str  # 2 requests a minute
+    small: str  # max_n 2, max_tokens 4
+    file: KeysFile
+
+
+def _keys(path) -> Keys:
+    keys = KeysFile(path)
+    made = {}
+    for name, role, quota in (
+        ("user", "user", Quota()),
+        ("admin", "admin", Quota()),
+        ("slow", "user", Quota(requests_per_minute=2)),
+        ("small", "user", Quota(max_n=2, max_tokens=4)),
+    ):
+        secret, record = new_key(role, name, quota)
+        keys.add(record)
+        made[name] = secret
+    return Keys(**made, file=keys)
+
+
+@pytest.fixture(scope="module")
+def secured(tiny_policy, module_letter_scorer, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("secured")
+    keys = _keys(folder / "keys.json")
+    config = ServerConfig(
+        port=0,
+        limits=TEST_LIMITS,
+        default_sampling=SamplingParams(max_tokens=4),
+        workers=2,
+        auth=AuthOptions(enabled=True, keys_file=str(keys.file.path)),
+        http=HTTPOptions(enabled=True, port=0),
+        experiment_store=str(folder / "experiments.sqlite"),
+    )
+    with running_server(tiny_policy, module_letter_scorer, config) as running:
+        yield running, keys
+
+
+def _client(running, key=None, timeout=30, **kwargs) -> AligndClient:
+    return AligndClient(f"127.0.0.1:{running.port}", timeout=timeout, api_key=key, **kwargs)
+
+
+def _refused(call) -> AligndClientError:
+    with pytest.raises(AligndClientError) as error:
+        call()
+    return error.value
+
+
+ARMS = [{"name": "a", "strategy": "sample", "split": 0.5}, {"name": "b", "strategy": "sample", "split": 0.5}]
+
+
+def test_requests_need_a_valid_key(secured, monkeypatch):
+    running, keys = secured
+    monkeypatch.delenv("ALIGND_API_KEY", raising=False)
+    for key, message in ((None, "an API key is required"), ("alignd-000000000000-nope", "unknown or revoked")):
+        with _client(running, key) as c:
+            for call in (lambda: c.generate("hi"), c.server_info, lambda: c.score("hi", ["a"]), c.experiments):
+                error = _refused(call)
+                assert error.code == Code.UNAUTHENTICATED and error.details.startswith("authorization: ")
+                assert message in error.details
+    with _client(running, keys.user) as c:
+        assert c.generate("hi").text is not None and c.server_info().model
+    monkeypatch.setenv("ALIGND_API_KEY", keys.user)  # the client's default
+    with _client(running) as c:
+        assert c.score("hi", ["a"])
+
+
+def test_admin_rpcs_need_an_admin_key(secured):
+    running, keys = secured
+    with _client(running, keys.user) as c:
+        error = _refused(lambda: c.create_experiment("x", ARMS))
+    assert error.code == Code.PERMISSION_DENIED and "key 'user' has role 'user'" in error.details
+    with _client(running, keys.admin) as c:
+        assert c.create_experiment("by-admin", ARMS).name == "by-admin"
+
+
+def test_health_and_reflection_stay_open(secured):
+    running, _ = secured
+    with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    assert httpx.get(f"http://127.0.0.1:{running.http_port}/health").status_code == 200
+
+
+def test_a_revoked_key_is_refused_without_a_restart(secured):
+    running, keys = secured
+    secret, record = new_key("user", "temporary")
+    keys.file.add(record)
+    time.sleep(1.1)  # the server looks at the file at most once a second
+    with _client(running, secret) as c:
+        assert c.generate("hi").text is not None
+        keys.file.revoke(record.id)
+        time.sleep(1.1)
+        assert _refused(lambda: c.generate("hi")).code == Code.UNAUTHENTICATED
+
+
+def test_http_takes_the_key_as_a_bearer_token(secured):
+    running, keys = secured
+    base = f"http://127.0.0.1:{running.http_port}/v1"
+
+    def chat(key):
+        sdk = openai.OpenAI(base_url=base, api_key=key, max_retries=0)
+        return sdk.chat.completions.create(
+            model=running.core.policy.model_name, messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
+
+    assert chat(keys.user).choices[0].message.content is not None
+    with pytest.raises(openai.AuthenticationError) as error:
+        chat("alignd-000000000000-nope")
+    assert error.value.status_code == 401 and "authorization" in error.value.body["message"]
+    assert httpx.get(f"{base}/models").status_code == 401
+    assert httpx.get(f"{base}/models", headers={"Authorization": f"Bearer {keys.user}"}).status_code == 200
+
+
+def test_a_rate_quota_answers_with_a_retry_hint_on_both_transports(secured):
+    running, keys = secured
+    with _client(running, keys.slow) as c:
+        c.generate("hi")
+        c.generate("hi")
+        error = _refused(lambda: c.generate("hi"))
+    assert error.code == Code.RESOURCE_EXHAUSTED and "quota.requests_per_minute" in error.details
+    assert 0 < error.retry_after <= 30
+    answer = httpx.post(
+        f"http://127.0.0.1:{running.http_port}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {keys.slow}"},
+        json={"model": running.core.policy.model_name, "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert answer.status_code == 429 and 1 <= int(answer.headers["Retry-After"]) <= 30
+    assert answer.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_per_request_quotas(secured):
+    running, keys = secured
+    with _client(running, keys.small) as c:
+        assert c.generate("hi", max_tokens=4).text is not None
+        too_long = _refused(lambda: c.generate("hi", max_tokens=5))
+        too_many = _refused(lambda: c.generate("hi", strategy="best_of_n", n=3, max_tokens=2))
+        scores = _refused(lambda: c.score("hi", ["a", "b", "c"]))
+    assert too_long.code == Code.RESOURCE_EXHAUSTED and "quota.max_tokens" in too_long.details
+    assert too_many.code == Code.RESOURCE_EXHAUSTED and "quota.max_n" in too_many.details
+    assert scores.code == Code.RESOURCE_EXHAUSTED and "quota.max_n" in scores.details
+    assert too_long.retry_after is None  # waiting would not help
+
+
+class GateObjective(Objective):
+    """Each request's scoring waits for one `gate.release()`; `entered` counts the waiting."""
+
+    info = ObjectiveInfo("gate", "waits for the test", 0.0, 1.0)
+
+    def __init__(self) -> None:
+        self.gate = threading.Semaphore(0)
+        self.entered = 0
+        self.lock = threading.Lock()
+
+    def score(self, prompts, responses):
+        with self.lock:
+            self.entered += 1
+        self.gate.acquire(timeout=30)
+        return np.zeros(len(responses))
+
+    def wait_entered(self, count: int) -> None:
+        deadline = time.monotonic() + 20
+        while self.entered < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert self.entered >= count
+
+
+def test_one_heavy_key_cannot_starve_another(tiny_policy, tmp_path):
+    keys = _keys(tmp_path / "keys.json")
+    gate = GateObjective()
+    config = ServerConfig(
+        port=0,
+        limits=TEST_LIMITS,
+        default_sampling=SamplingParams(max_tokens=2),
+        workers=8,
+        max_pending=4,
+        auth=AuthOptions(enabled=True, keys_file=str(keys.file.path)),
+    )
+    with (
+        running_server(tiny_policy, ObjectiveScorer([gate]), config) as running,
+        _client(running, keys.user) as heavy,
+        _client(running, keys.admin) as light,
+        ThreadPoolExecutor(8) as pool,
+    ):
+        flood = [pool.submit(heavy.generate, "hi") for _ in range(4)]
+        gate.wait_entered(4)
+        assert "server busy" in _refused(lambda: light.generate("hi")).details
+        gate.gate.release()
+        done, _ = wait(flood, timeout=10, return_when=FIRST_COMPLETED)
+        assert len(done) == 1
+        # The light key asked: the heavy one is held to half the server until it is served.
+        busy = _refused(lambda: heavy.generate("hi"))
+        assert busy.code == Code.RESOURCE_EXHAUSTED and "fair share" in busy.details
+        served = pool.submit(light.generate, "hi")
+        gate.wait_entered(5)
+        for _ in range(4):
+            gate.gate.release()
+        assert served.result(10).text is not None
+        for f in flood:
+            assert f.result(10).text is not None
+
+
+def test_concurrency_quota(tiny_policy, tmp_path):
+    keys = KeysFile(tmp_path / "keys.json")
+    secret, record = new_key("user", "one-at-a-time", Quota(concurrent=1))
+    keys.add(record)
+    gate = GateObjective()
+    config = ServerConfig(
+        port=0,
+        workers=4,
+        default_sampling=SamplingParams(max_tokens=2),
+        auth=AuthOptions(enabled=True, keys_file=str(keys.path)),
+    )
+    with (
+        running_server(tiny_policy, ObjectiveScorer([gate]), config) as running,
+        _client(running, secret) as c,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        first = pool.submit(c.generate, "hi")
+        gate.wait_entered(1)
+        error = _refused(lambda: c.generate("hi"))
+        gate.gate.release()
+        assert first.result(10).text is not None
+    assert error.code == Code.RESOURCE_EXHAUSTED and "quota.concurrent" in error.details
+
+
+def test_protected_health_needs_a_key(tiny_policy, module_letter_scorer, tmp_path):
+    keys = _keys(tmp_path / "keys.json")
+    config = ServerConfig(
+        port=0,
+        workers=1,
+        http=HTTPOptions(enabled=True, port=0),
+        auth=AuthOptions(enabled=True, keys_file=str(keys.file.path), open_services=()),
+    )
+    with running_server(tiny_policy, module_letter_scorer, config) as running:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            with pytest.raises(grpc.RpcError) as error:
+                stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert error.value.code() == Code.UNAUTHENTICATED
+            answer = stub.Check(
+                health_pb2.HealthCheckRequest(), timeout=10, metadata=(("authorization", f"Bearer {keys.user}"),)
+            )
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        url = f"http://127.0.0.1:{running.http_port}/health"
+        assert httpx.get(url).status_code == 401
+        assert httpx.get(url, headers={"Authorization": f"Bearer {keys.user}"}).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def test_tls_serves_clients_that_trust_its_ca(tiny_policy, module_letter_scorer, pki):
+    tls = TLSOptions(cert_file=str(pki.server_cert), key_file=str(pki.server_key))
+    config = ServerConfig(port=0, workers=1, tls=tls, http=HTTPOptions(enabled=True, port=0))
+    with running_server(tiny_policy, module_letter_scorer, config) as running:
+        with _client(running, tls=TLS(ca_file=str(pki.ca))) as c:
+            assert c.server_info().model
+        with _client(running, timeout=5) as plain:  # no TLS: the handshake never happens
+            assert _refused(plain.server_info).code == Code.UNAVAILABLE
+        assert (
+            httpx.get(
+                f"https://127.0.0.1:{running.http_port}/health", verify=ssl.create_default_context(cafile=str(pki.ca))
+            ).status_code
+            == 200
+        )
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"https://127.0.0.1:{running.http_port}/health")  # the system's CAs do not know it
+
+
+def test_mutual_tls_requires_a_client_certificate_from_the_client_ca(tiny_policy, module_letter_scorer, pki):
+    tls = TLSOptions(cert_file=str(pki.server_cert), key_file=str(pki.server_key), client_ca_file=str(pki.ca))
+    config = ServerConfig(port=0, workers=1, tls=tls)
+    with running_server(tiny_policy, module_letter_scorer, config) as running:
+        signed = TLS(ca_file=str(pki.ca), cert_file=str(pki.client_cert), key_file=str(pki.client_key))
+        with _client(running, tls=signed) as c:
+            assert c.server_info().model
+        stranger = TLS(ca_file=str(pki.ca), cert_file=str(pki.stranger_cert), key_file=str(pki.stranger_key))
+        for refused in (TLS(ca_file=str(pki.ca)), stranger):
+            with _client(running, tls=refused, timeout=5) as c:
+                assert _refused(c.server_info).code == Code.UNAVAILABLE
+
+
+def test_limits_on_messages_and_prompt_tokens(tiny_policy, module_letter_scorer):
+    limits = TEST_LIMITS.__class__(**{**TEST_LIMITS.__dict__, "max_prompt_chars": 100_000, "max_prompt_tokens": 40})
+    config = ServerConfig(
+        port=0,
+        workers=1,
+        limits=limits,
+        default_sampling=SamplingParams(max_tokens=4),
+        max_message_bytes=20_000,
+        http=HTTPOptions(enabled=True, port=0),
+    )
+    with running_server(tiny_policy, module_letter_scorer, config) as running, _client(running) as c:
+        huge = _refused(lambda: c.generate("x" * 30_000))
+        assert huge.code == Code.RESOURCE_EXHAUSTED  # gRPC's own message-size refusal
+        long_prompt = _refused(lambda: c.generate("word " * 200))
+        assert long_prompt.code == Code.INVALID_ARGUMENT and long_prompt.details.startswith("prompt: ")
+        assert "over the limit of 40" in long_prompt.details
+        answer = httpx.post(
+            f"http://127.0.0.1:{running.http_port}/v1/completions",
+            json={"model": running.core.policy.model_name, "prompt": "x" * 30_000},
+        )
+        assert answer.status_code == 413 and "error" in answer.json()
+        assert c.generate("still serving").text is not None
+
+
+def test_logs_hold_no_request_text_unless_asked(tiny_policy, module_letter_scorer, caplog):
+    prompt = "PROMPT-MARKER tell me a secret"
+    for log_text in (False, True):
+        caplog.clear()
+        config = ServerConfig(
+            port=0, workers=1, log_text=log_text, limits=TEST_LIMITS, default_sampling=SamplingParams(max_tokens=4)
+        )
+        with (
+            caplog.at_level(logging.DEBUG),
+            running_server(tiny_policy, module_letter_scorer, config) as running,
+            _client(running) as c,
+        ):
+            out = c.generate(prompt, max_tokens=4)
+            _refused(lambda: c.generate(prompt, max_tokens=10_000))
+        assert ("PROMPT-MARKER" in caplog.text) is log_text
+        assert (repr(out.text) in caplog.text) is (log_text and bool(out.text))
