@@ -82,3 +82,22 @@ def test_param_option_parses_typed_values():
     }
     with pytest.raises(SystemExit, match="min_weights: not valid JSON"):
         _parse_params(["min_weights={harmlessness: 0.2}"])
+
+
+def test_keys_create_list_revoke(tmp_path, capsys):
+    from alignd.server.auth.keys import KeyRing
+
+    path = tmp_path / "keys.json"
+    assert main(["keys", "create", "--keys-file", str(path), "--role", "admin", "--name", "ops", "--max-n", "4"]) == 0
+    secret = capsys.readouterr().out.strip()
+    assert secret.startswith("alignd-") and secret not in path.read_text()
+    assert KeyRing(path).verify(secret).quota.max_n == 4
+    assert main(["keys", "list", "--keys-file", str(path)]) == 0
+    listing = capsys.readouterr().out
+    assert "ops" in listing and "admin" in listing and "max_n=4" in listing and secret not in listing
+    assert main(["keys", "revoke", "--keys-file", str(path), "ops"]) == 0
+    assert KeyRing(path).count == 0
+    assert main(["keys", "revoke", "--keys-file", str(path), "nobody"]) == 2
+    assert "no key with id or name 'nobody'" in capsys.readouterr().err
+    assert main(["keys", "create", "--keys-file", str(path), "--concurrent", "-1"]) == 2
+    assert "concurrent: must be a whole number >= 0" in capsys.readouterr().err

@@ -71,3 +71,35 @@ def test_the_experiment_store_is_a_path_a_postgresql_url_or_the_environments(mon
     # Set but empty, the environment turns the store off.
     monkeypatch.setenv(STORE_ENV, "")
     assert experiment_store_location(ServerConfig(experiment_store=str(tmp_path / "s.sqlite"))) is None
+
+
+def test_serving_beyond_loopback_needs_a_word_on_authentication(tmp_path):
+    from alignd.config import check_settings
+
+    with pytest.raises(ConfigError, match=r"^auth\.enabled: serving on 0\.0\.0\.0 .* without authentication"):
+        check_settings(load_config(host="0.0.0.0"))
+    with pytest.raises(ConfigError, match=r"^auth\.enabled: serving on 10\.1\.2\.3"):
+        check_settings(load_config(http={"enabled": True, "host": "10.1.2.3"}))
+    check_settings(load_config(host="0.0.0.0", auth={"enabled": True}))
+    check_settings(load_config(host="0.0.0.0", auth={"enabled": False}))  # said explicitly
+    check_settings(load_config(host="127.0.0.1"))
+
+
+@pytest.mark.parametrize(
+    "auth, tls, message",
+    [
+        ({"anonymous_role": "root"}, {}, "auth.anonymous_role: must be one of"),
+        ({"open_services": ["metrics"]}, {}, "auth.open_services: a list of"),
+        ({}, {"cert_file": "nowhere.pem", "key_file": "nowhere.key"}, "tls.cert_file: no file 'nowhere.pem'"),
+        ({}, {"client_ca_file": "{here}"}, "tls.client_ca_file: client certificates .* need TLS"),
+        ({}, {"cert_file": "{here}"}, "tls: cert_file and key_file go together"),
+    ],
+)
+def test_auth_and_tls_settings_are_checked(tmp_path, auth, tls, message):
+    from alignd.config import check_settings
+
+    here = tmp_path / "x.pem"
+    here.write_text("")
+    tls = {k: v.format(here=here) for k, v in tls.items()}
+    with pytest.raises(ConfigError, match=message):
+        check_settings(load_config(auth=auth or None, tls=tls or None))
