@@ -132,7 +132,7 @@ def message(descriptor: Descriptor, names: Sequence[str], depth: int = 0) -> st.
             optional[f.name] = st.one_of(st.lists(one, max_size=4), st.lists(one, min_size=50, max_size=300))
         else:
             optional[f.name] = value(f, names, depth)
-    return st.fixed_dictionaries({}, optional=optional)  # type: ignore[arg-type]
+    return st.fixed_dictionaries({}, optional=optional)
 
 
 def plausible_generate(names: Sequence[str]) -> st.SearchStrategy[dict[str, Any]]:
