@@ -35,6 +35,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -136,7 +137,9 @@ class ServerConfig:
     auth: AuthOptions = field(default_factory=AuthOptions)  # API keys and roles ([auth] table)
     tls: TLSOptions = field(default_factory=TLSOptions)  # [tls] table
     max_message_bytes: int = 4 * 1024 * 1024  # largest gRPC message or HTTP body accepted
-    max_streams_per_connection: int = 16  # concurrent gRPC calls on one HTTP/2 connection
+    # Concurrent gRPC calls on one HTTP/2 connection (HTTP/2's customary 100; above max_pending a
+    # connection's calls would be refused by admission anyway).
+    max_streams_per_connection: int = 100
     # Log prompts and responses (debug only: logs otherwise never hold request or answer text).
     log_text: bool = False
     # A/B experiments: [[experiments]] tables (validated at start-up) and the store that records
@@ -278,12 +281,20 @@ def check_settings(config: ServerConfig) -> None:
 
 
 OPEN_SERVICES = ("health", "reflection")
+ROLES = ("user", "admin")  # of API keys; admins may call the admin RPCs too
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_auth(config: ServerConfig) -> None:
-    from alignd.server.auth import is_loopback
-    from alignd.server.auth.keys import ROLES
-
     auth = config.auth
     if auth.anonymous_role not in ROLES:
         raise ConfigError(f"auth.anonymous_role: must be one of {ROLES}, got {auth.anonymous_role!r}")

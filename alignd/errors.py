@@ -7,10 +7,23 @@ reported as INTERNAL. Messages always start with the offending field so clients 
 from __future__ import annotations
 
 
+# Status messages travel in a gRPC trailer, which clients refuse above 16 KiB of metadata: a
+# message that quotes a huge input is cut to this length before it is sent.
+MAX_MESSAGE_CHARS = 1000
+
+
 class AligndError(Exception):
     """Base class: an error with a user-facing message."""
 
     code_name = "INTERNAL"
+
+    def client_message(self) -> str:
+        """The message as sent to the client: at most MAX_MESSAGE_CHARS characters."""
+        return shorten(str(self))
+
+
+def shorten(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
 class InvalidArgument(AligndError, ValueError):

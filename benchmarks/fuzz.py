@@ -110,6 +110,10 @@ def main() -> None:
     print(f"{'all':<22}" + "".join(f"{outcomes.codes[c]:>20}" for c in sorted(outcomes.codes)))
     print(f"server alive: {alive}; health after: {'SERVING' if serving else health.status}")
     print(f"server RSS: {rss_before / 2**20:.0f} MiB before, {rss_after / 2**20:.0f} MiB after")
+    print("\nexamples of each refusal:")
+    for (method, code), details in sorted(outcomes.examples.items()):
+        if code != "OK":
+            print(f"  {method} {code}: {details}")
     for bad in outcomes.bad[:20]:
         print("BAD:", bad)
     RESULTS.mkdir(exist_ok=True)
@@ -122,6 +126,7 @@ def main() -> None:
                 "codes": dict(outcomes.codes),
                 "by_method": {m: dict(c) for m, c in outcomes.by_method.items()},
                 "internal_or_unknown": len(outcomes.bad),
+                "examples": {f"{m} {c}": d for (m, c), d in outcomes.examples.items()},
                 "alive": alive,
                 "serving_after": serving,
                 "rss_mib": [rss_before / 2**20, rss_after / 2**20],

@@ -202,12 +202,14 @@ class Outcomes:
         default_factory=lambda: collections.defaultdict(collections.Counter)
     )
     bad: list[str] = field(default_factory=list)  # INTERNAL / UNKNOWN answers, with their request
+    examples: dict[tuple[str, str], str] = field(default_factory=dict)  # (method, code) -> first details
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, call: Call, code: str, details: str = "") -> None:
         with self.lock:
             self.codes[code] += 1
             self.by_method[call.method][code] += 1
+            self.examples.setdefault((call.method, code), details[:160])
             if code in ("INTERNAL", "UNKNOWN"):
                 self.bad.append(f"{call.method} {code} {details[:200]} <- {str(call.request)[:300]!r}")
 

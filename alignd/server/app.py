@@ -326,11 +326,15 @@ async def start_server(
     address = f"{config.host}:{config.port}"
     try:
         if config.tls.cert_file:
+            tls.http_context(config.tls)  # loads the files: a ConfigError says what is wrong with them
             port = server.add_secure_port(address, tls.grpc_credentials(config.tls))
         else:
             port = server.add_insecure_port(address)
     except RuntimeError:  # grpc raises it for an address it cannot bind
         port = 0
+    except ConfigError:
+        await core.aclose()
+        raise
     if port == 0:
         await core.aclose()
         raise ConfigError(f"port: cannot bind {config.host}:{config.port}")

@@ -26,7 +26,7 @@ async def status_codes(context: grpc.aio.ServicerContext) -> AsyncIterator[None]
         trailer: tuple[tuple[str, str], ...] = ()
         if isinstance(error, ResourceExhausted) and error.retry_after is not None:
             trailer = (("retry-after-ms", str(max(1, round(error.retry_after * 1000)))),)
-        await context.abort(grpc.StatusCode[error.code_name], str(error), trailing_metadata=trailer)
+        await context.abort(grpc.StatusCode[error.code_name], error.client_message(), trailing_metadata=trailer)
 
 
 def authorization(context: grpc.aio.ServicerContext) -> str | None:

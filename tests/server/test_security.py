@@ -357,3 +357,36 @@ def test_logs_hold_no_request_text_unless_asked(tiny_policy, module_letter_score
             _refused(lambda: c.generate(prompt, max_tokens=10_000))
         assert ("PROMPT-MARKER" in caplog.text) is log_text
         assert (repr(out.text) in caplog.text) is (log_text and bool(out.text))
+
+
+def test_unreadable_certificates_stop_start_up_with_one_line(tiny_policy, module_letter_scorer, pki, tmp_path):
+    from alignd.config import ConfigError
+
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    for cert, key in ((garbage, pki.server_key), (pki.server_cert, pki.client_key)):  # not PEM; not its key
+        config = ServerConfig(port=0, workers=1, tls=TLSOptions(cert_file=str(cert), key_file=str(key)))
+        with (
+            pytest.raises(ConfigError, match=r"^tls: cannot load the certificate files"),
+            running_server(tiny_policy, module_letter_scorer, config),
+        ):
+            pass
+
+
+def test_an_error_quoting_a_huge_input_is_cut_to_fit_a_trailer(secured):
+    running, keys = secured
+    with _client(running, keys.user) as c:
+        error = _refused(lambda: c.generate("hi", experiment="x" * 20_000, subject="s"))
+        assert error.code == Code.NOT_FOUND and error.details.startswith("experiment: no experiment named")
+        assert len(error.details) == 1000 and error.details.endswith("…")
+        answer = httpx.post(
+            f"http://127.0.0.1:{running.http_port}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {keys.user}"},
+            json={
+                "model": running.core.policy.model_name,
+                "messages": [{"role": "user", "content": "hi"}],
+                "alignd": {"experiment": "x" * 20_000},
+                "user": "s",
+            },
+        )
+        assert answer.status_code == 404 and len(answer.json()["error"]["message"]) == 1000

@@ -9,7 +9,6 @@ sets (`anonymous_role`)."""
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,16 +26,6 @@ class Caller:
     name: str
     role: str
     quota: Quota = UNLIMITED
-
-
-def is_loopback(host: str) -> bool:
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Authenticator:
@@ -59,14 +48,12 @@ class Authenticator:
         """The caller, allowed to call `method`."""
         caller = self.anonymous if self.ring is None else await self._verified(self.ring, authorization)
         if method in ADMIN_METHODS and caller.role != "admin":
-            raise PermissionDenied(
-                f"{method} is an admin RPC: "
-                + (
-                    f"key {caller.name!r} has role {caller.role!r}"
-                    if caller.key_id
-                    else "this server needs an admin key"
-                )
+            why = (
+                f"key {caller.name!r} has role {caller.role!r}"
+                if caller.key_id
+                else f"authentication is off and anonymous callers have role {caller.role!r} ([auth] anonymous_role)"
             )
+            raise PermissionDenied(f"{method} is an admin RPC: {why}")
         return caller
 
     async def _verified(self, ring: KeyRing, authorization: str | None) -> Caller:

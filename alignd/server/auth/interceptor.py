@@ -37,7 +37,7 @@ class KeyRequired(grpc.aio.ServerInterceptor):
         try:
             await self.auth.caller(value if isinstance(value, str) else None, method)
         except AligndError as error:
-            return _refusal(handler, grpc.StatusCode[error.code_name], str(error))
+            return _refusal(handler, grpc.StatusCode[error.code_name], error.client_message())
         return handler
 
 

@@ -27,12 +27,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from alignd.config import ROLES
 from alignd.errors import Unauthenticated
 from alignd.server.auth.quotas import UNLIMITED, Quota, QuotaError
 
 log = logging.getLogger("alignd.auth")
 
-ROLES = ("user", "admin")
 PREFIX = "alignd"
 FILE_VERSION = 1
 # scrypt's cost (interactive logins' parameters): 16 MiB and ~50 ms per check.

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from alignd.errors import AligndError, Internal, InvalidArgument, NotFound, ResourceExhausted
+from alignd.errors import AligndError, Internal, InvalidArgument, NotFound, ResourceExhausted, shorten
 from alignd.server.auth.quotas import retry_seconds
 from alignd.server.core import ServerCore, StreamStarted, unsent_text
 from alignd.server.openai_api import schema
@@ -89,7 +89,7 @@ def error_body(error: AligndError, names: FieldNames) -> tuple[int, dict[str, An
         param = names(found.group(1))
         message = f"{param}: {found.group(2)}"
     body = {
-        "message": message,
+        "message": shorten(message),
         "type": ERROR_TYPES.get(status, "server_error"),
         "param": param,
         "code": error.code_name.lower(),

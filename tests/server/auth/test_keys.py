@@ -5,8 +5,9 @@ import time
 
 import pytest
 
+from alignd.config import is_loopback
 from alignd.errors import PermissionDenied, Unauthenticated
-from alignd.server.auth import Authenticator, is_loopback
+from alignd.server.auth import Authenticator
 from alignd.server.auth.keys import KeyRing, KeysFile, KeysFileError, new_key, split_key
 from alignd.server.auth.quotas import Quota
 
@@ -116,7 +117,7 @@ def test_roles_guard_admin_methods(tmp_path):
 def test_without_keys_every_caller_is_anonymous_with_the_configured_role():
     async def check() -> None:
         assert (await Authenticator(None, "admin").caller(None, "CreateExperiment")).role == "admin"
-        with pytest.raises(PermissionDenied, match="needs an admin key"):
+        with pytest.raises(PermissionDenied, match="anonymous callers have role 'user'"):
             await Authenticator(None).caller("Bearer whatever", "CreateExperiment")
 
     asyncio.run(check())
