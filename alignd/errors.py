@@ -6,7 +6,6 @@ reported as INTERNAL. Messages always start with the offending field so clients 
 
 from __future__ import annotations
 
-
 # Status messages travel in a gRPC trailer, which clients refuse above 16 KiB of metadata: a
 # message that quotes a huge input is cut to this length before it is sent.
 MAX_MESSAGE_CHARS = 1000
