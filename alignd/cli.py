@@ -128,9 +128,14 @@ def _client(args: argparse.Namespace) -> AligndClient:
     from alignd.clients import TLS, AligndClient
 
     tls = None
-    if args.tls or args.tls_ca or args.tls_cert:
+    if args.tls or args.tls_ca or args.tls_cert or args.tls_key:
         tls = TLS(ca_file=args.tls_ca, cert_file=args.tls_cert, key_file=args.tls_key, server_name=args.tls_server_name)
-    return AligndClient(args.target, timeout=args.timeout, api_key=args.api_key, tls=tls)
+    try:
+        return AligndClient(args.target, timeout=args.timeout, api_key=args.api_key, tls=tls)
+    except ValueError as error:  # --tls-cert without --tls-key, or the other way round
+        raise SystemExit(_fail(str(error))) from None
+    except OSError as error:
+        raise SystemExit(_fail(f"{error.filename}: {error.strerror}")) from None
 
 
 def _print_generation(out: Generation, as_json: bool) -> None:
@@ -396,7 +401,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
         path = args.keys_file or keys_file(load_config(args.config) if args.config else None)
         keys = KeysFile(path)
         if args.action == "create":
-            quota = Quota.from_dict({name: getattr(args, name) or 0 for name in QUOTA_FLAGS}, "--quota")
+            try:
+                quota = Quota.from_dict({name: getattr(args, name) or 0 for name in QUOTA_FLAGS})
+            except QuotaError as error:  # named as the flag that set it
+                field, _, problem = str(error).partition(": ")
+                return _fail(f"--{field.removeprefix('quota.').replace('_', '-')}: {problem}")
             secret, record = new_key(args.role, args.name or "", quota)
             keys.add(record)
             print(secret)
@@ -414,7 +423,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 state = f"revoked {r.revoked}" if r.revoked else "valid"
                 limits = ", ".join(f"{k}={v}" for k, v in r.quota.as_dict().items()) or "no quota"
                 print(f"{r.id}  {r.name:<20} {r.role:<6} {state:<32} {limits}")
-    except (ConfigError, KeysFileError, QuotaError, OSError) as error:
+    except (ConfigError, KeysFileError, OSError) as error:
         return _fail(str(error))
     return 0
 

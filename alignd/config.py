@@ -136,7 +136,9 @@ class ServerConfig:
     grace_seconds: float = 10.0  # drain time on SIGTERM
     auth: AuthOptions = field(default_factory=AuthOptions)  # API keys and roles ([auth] table)
     tls: TLSOptions = field(default_factory=TLSOptions)  # [tls] table
-    max_message_bytes: int = 4 * 1024 * 1024  # largest gRPC message or HTTP body accepted
+    # Largest gRPC message or HTTP body accepted: room for a Score request at the default limits
+    # (256 responses of 16,000 characters, some of them multi-byte).
+    max_message_bytes: int = 16 * 1024 * 1024
     # Concurrent gRPC calls on one HTTP/2 connection (HTTP/2's customary 100; above max_pending a
     # connection's calls would be refused by admission anyway).
     max_streams_per_connection: int = 100

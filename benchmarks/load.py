@@ -10,7 +10,8 @@ small settings, each with its own key among `--keys` (so fair admission and per-
 run too). Prints every status code (the pass condition: only OK and RESOURCE_EXHAUSTED), p50/p95
 latency per strategy, throughput, and the server's RSS, threads and open file descriptors at
 start, after the warm-up and at the end (a soak passes when RSS grows < 10% after the warm-up
-and threads and descriptors do not grow). Results go to benchmarks/results/load-<duration>.json.
+and threads and descriptors do not grow). After the run every key must still be served (no
+admission slot leaked). Results go to benchmarks/results/load-<duration>s.json.
 Run alone.
 """
 
@@ -115,6 +116,7 @@ async def run(target: str, keys: list[str], args: argparse.Namespace, server: ps
         print(f"  {samples[-1]['t']:.0f} s: {dict(codes)} {samples[-1]}", flush=True)
     await asyncio.gather(*tasks)
     end = snapshot(server)
+    served_after = [await served(target, key) for key in keys]
     await asyncio.sleep(2)  # idle: what stays
     idle = snapshot(server)
     return {
@@ -132,7 +134,23 @@ async def run(target: str, keys: list[str], args: argparse.Namespace, server: ps
         "end": end,
         "idle": idle,
         "samples": samples,
+        "every_key_served_after": all(served_after),
     }
+
+
+async def served(target: str, key: str) -> bool:
+    """One short request with the key, after the load: an admission slot leaked would refuse it."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        try:
+            await pb_grpc.AligndStub(channel).Generate(
+                pb.GenerateRequest(prompt="Hi.", sampling=pb.SamplingParams(max_tokens=2)),
+                timeout=120,
+                metadata=(("authorization", f"Bearer {key}"),),
+            )
+        except grpc.aio.AioRpcError as error:
+            print(f"after the load, a key was refused: {error.code().name} {error.details()}")
+            return False
+    return True
 
 
 def main() -> None:
@@ -173,14 +191,35 @@ def main() -> None:
     for moment in ("start", "warm", "end", "idle"):
         print(f"server {moment:<6} {result[moment]}")
     growth = result["end"]["rss_mib"] / result["warm"]["rss_mib"] - 1
+    # RSS swings by a few percent with the batches in flight: compare the thirds of the run after
+    # the warm-up too, which a single snapshot's luck does not decide.
+    after = [x["rss_mib"] for x in result["samples"] if x["t"] > args.warmup]
+    third = max(1, len(after) // 3)
+    trend = statistics.fmean(after[-third:]) / statistics.fmean(after[:third]) - 1 if after else 0.0
     threads = result["idle"]["threads"] - result["warm"]["threads"]
     fds = result["idle"]["fds"] - result["warm"]["fds"]
     since = "the warm-up" if args.warmup else "start"
-    print(f"RSS growth after {since}: {100 * growth:+.1f}%; threads {threads:+d}, fds {fds:+d}")
-    result.update(clients=args.clients, duration=args.duration, warmup=args.warmup, alive=alive, rss_growth=growth)
+    print(
+        f"RSS growth after {since}: {100 * growth:+.1f}% (end vs then), {100 * trend:+.1f}% (last third vs "
+        f"first third of the samples, max {max(after, default=0):.0f} MiB); threads {threads:+d}, fds {fds:+d}"
+    )
+    result.update(
+        clients=args.clients,
+        duration=args.duration,
+        warmup=args.warmup,
+        alive=alive,
+        rss_growth=growth,
+        rss_trend=trend,
+    )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"load-{args.duration:.0f}s.json").write_text(json.dumps(result, indent=2))
-    ok = alive and not other and (not args.warmup or (growth < 0.10 and threads <= 0 and fds <= 0))
+    print(f"every key served after the run: {result['every_key_served_after']}")
+    ok = (
+        alive
+        and not other
+        and result["every_key_served_after"]
+        and (not args.warmup or (growth < 0.10 and trend < 0.10 and threads <= 0 and fds <= 0))
+    )
     print("PASS" if ok else f"FAIL (other codes: {other})")
     sys.exit(0 if ok else 1)
 

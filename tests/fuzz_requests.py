@@ -166,7 +166,8 @@ def calls(names: Sequence[str], keys: Sequence[str]) -> st.SearchStrategy[Call]:
 
     valid = [f"Bearer {k}" for k in keys]
     # Mostly valid keys, so most requests get past authentication to the checks behind it.
-    odd = [None, "Bearer nope", "Basic abc", "Bearer " + "x" * 5000]
+    wrong_secrets = [f"Bearer {k[:-1]}{'y' if k.endswith('x') else 'x'}" for k in keys]  # a real id: scrypt runs
+    odd = [None, "Bearer nope", "Basic abc", "Bearer " + "x" * 5000, *wrong_secrets]
     credentials = st.sampled_from([*valid * 6, *odd] if keys else [None])
 
     def build(method: str) -> st.SearchStrategy[Call]:

@@ -100,4 +100,11 @@ def test_keys_create_list_revoke(tmp_path, capsys):
     assert main(["keys", "revoke", "--keys-file", str(path), "nobody"]) == 2
     assert "no key with id or name 'nobody'" in capsys.readouterr().err
     assert main(["keys", "create", "--keys-file", str(path), "--concurrent", "-1"]) == 2
-    assert "concurrent: must be a whole number >= 0" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith("alignd: error: --concurrent: must be a whole number >= 0")
+    for flags, message in (
+        (["--tls-ca", str(tmp_path / "missing.pem")], "missing.pem: No such file or directory"),
+        (["--tls-key", str(path)], "tls: cert_file and key_file go together"),
+    ):
+        with pytest.raises(SystemExit) as done:
+            main(["info", *flags])
+        assert done.value.code == 2 and message in capsys.readouterr().err

@@ -161,6 +161,13 @@ def check_config(config: ServerConfig) -> CheckedConfig:
         config, served_model_name(config.model, checkpoint), checkpoint_hidden_size(checkpoint), objectives
     )
     _check_requests(config, (*(o.name for o in objectives), *(h.objectives[0] for _, h in checked.reward)))
+    if auth_enabled(config):
+        from alignd.server.auth.keys import KeysFile, KeysFileError
+
+        try:
+            KeysFile(keys_file(config)).read()
+        except KeysFileError as error:
+            raise ConfigError(f"auth.keys_file: {error}") from None
     return checked
 
 
@@ -354,6 +361,7 @@ async def start_server(
 async def start_http(core: ServerCore, config: ServerConfig) -> HTTPServer:
     """The OpenAI-compatible API on the running event loop."""
     host = (config.http.host or config.host).strip("[]")  # gRPC writes IPv6 hosts as [::]
+    context = tls.http_context(config.tls) if config.tls.cert_file else None
     api = OpenAIApi(core, open_health="health" in config.auth.open_services)
     # handler_cancellation: a client that disconnects cancels its request (and so its decode).
     runner = web.AppRunner(
@@ -361,7 +369,6 @@ async def start_http(core: ServerCore, config: ServerConfig) -> HTTPServer:
     )
     await runner.setup()
     try:
-        context = tls.http_context(config.tls) if config.tls.cert_file else None
         await web.TCPSite(runner, host, config.http.port, ssl_context=context).start()
     except OSError as error:
         await runner.cleanup()

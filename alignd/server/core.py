@@ -10,6 +10,7 @@ and becomes alignd.errors.Internal, which tells the client nothing but that it h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -56,6 +57,17 @@ class Call:
     @property
     def key(self) -> str:
         return self.caller.key_id if self.caller else ""
+
+    def token_meter(self, admission: Admission) -> Callable[[int], None]:
+        """Charges generated tokens to the caller's key from a worker thread (admission lives on
+        the event loop)."""
+        loop, key = asyncio.get_running_loop(), self.key
+
+        def charge(tokens: int) -> None:
+            with contextlib.suppress(RuntimeError):  # a decode that outlived the server's loop charges no one
+                loop.call_soon_threadsafe(admission.charge_tokens, key, tokens)
+
+        return charge
 
 
 @dataclass(frozen=True)
@@ -161,15 +173,17 @@ class ServerCore:
     # -- generation -------------------------------------------------------------------------
 
     async def generate(
-        self, request: pb.GenerateRequest, transport: str, authorization: str | None = None
+        self, request: pb.GenerateRequest, transport: str, authorization: str | None = None, copies: int = 1
     ) -> pb.GenerateResponse:
+        """`copies`: the request is one of that many decoded for one call (HTTP's `n`), which
+        the key's max_n quota counts together."""
         label = self._strategy_label(requested_strategy(request))
         async with self.admitted(transport, "Generate", authorization, label) as call:
             started = time.perf_counter()
             routed, request, request_id = await self._route(request, call)
-            parsed = self._parse(request, call)
+            parsed = self._parse(request, call, copies)
             cancel = threading.Event()
-            work = self._in_worker(call, self._decode, parsed, None, cancel)
+            work = self._in_worker(call, self._decode, parsed, None, cancel, call.token_meter(self.admission))
             try:
                 result = await work
             finally:
@@ -177,11 +191,10 @@ class ServerCore:
                 # cancelled task cancels `work` itself, so test nothing: setting it after a
                 # finished decode is harmless.)
                 cancel.set()
-            self.admission.charge_tokens(call.key, result.usage.generated_tokens)
             return await self._finish(routed, parsed, result, request_id, started)
 
     async def generate_stream(
-        self, request: pb.GenerateRequest, transport: str, authorization: str | None = None
+        self, request: pb.GenerateRequest, transport: str, authorization: str | None = None, copies: int = 1
     ) -> AsyncGenerator[StreamStarted | pb.GenerateEvent]:
         """StreamStarted once the request is accepted, then progress events (each with the text
         committed since the previous one), then the result. Closing the iterator early (the
@@ -190,8 +203,9 @@ class ServerCore:
         async with self.admitted(transport, "GenerateStream", authorization, label) as call:
             started = time.perf_counter()
             routed, request, request_id = await self._route(request, call)
-            parsed = self._parse(request, call)
+            parsed = self._parse(request, call, copies)
             loop = asyncio.get_running_loop()
+            meter = call.token_meter(self.admission)
             events: asyncio.Queue[ProgressEvent | None] = asyncio.Queue()
 
             def on_progress(event: ProgressEvent) -> None:
@@ -208,7 +222,7 @@ class ServerCore:
                 # One worker job: the checks, then the decode; `planned` says the checks passed.
                 plan = self._plan(parsed, on_progress, cancel)
                 loop.call_soon_threadsafe(checks_passed)
-                return self._run(parsed, *plan)
+                return self._run(parsed, *plan, meter)
 
             work = self._in_worker(call, plan_then_run)
             work.add_done_callback(lambda _: events.put_nowait(None))
@@ -234,7 +248,6 @@ class ServerCore:
                         message.progress.text_delta = text.advance(event.committed)
                     yield message
                 result = await work
-                self.admission.charge_tokens(call.key, result.usage.generated_tokens)
                 yield pb.GenerateEvent(result=await self._finish(routed, parsed, result, request_id, started))
             finally:
                 # Cancellation arrives as CancelledError or as GeneratorExit when the transport
@@ -251,9 +264,10 @@ class ServerCore:
         return routed, routed.request if routed else request, request.request_id or uuid.uuid4().hex
 
     def _parse(
-        self, request: pb.GenerateRequest, call: Call | None = None, *, template: bool = False
+        self, request: pb.GenerateRequest, call: Call | None = None, copies: int = 1, *, template: bool = False
     ) -> convert.ParsedGenerate:
-        """The request checked against the server's limits and the caller's per-request quota."""
+        """The request checked against the server's limits and the caller's per-request quota
+        (`copies` of it counted together)."""
         parsed = convert.parse_generate(
             request,
             self.objective_names,
@@ -263,7 +277,7 @@ class ServerCore:
             template=template,
         )
         if call is not None and call.caller is not None:
-            rows = parsed.strategy.rows(parsed.params)
+            rows = parsed.strategy.rows(parsed.params) * copies
             check_request_size(call.caller.name, call.caller.quota, rows, parsed.sampling.max_tokens)
         return parsed
 
@@ -306,8 +320,9 @@ class ServerCore:
         parsed: convert.ParsedGenerate,
         on_progress: Callable[[ProgressEvent], None] | None,
         cancel: threading.Event,
+        meter: Callable[[int], None],
     ) -> DecodeResult:
-        return self._run(parsed, *self._plan(parsed, on_progress, cancel))
+        return self._run(parsed, *self._plan(parsed, on_progress, cancel), meter)
 
     def _plan(
         self,
@@ -327,10 +342,22 @@ class ServerCore:
         decode, tokens = self._prepare(parsed, request)
         return request, decode, tokens
 
-    def _run(self, parsed: convert.ParsedGenerate, request: DecodeRequest, decode: Decode, tokens: int) -> DecodeResult:
+    def _run(
+        self,
+        parsed: convert.ParsedGenerate,
+        request: DecodeRequest,
+        decode: Decode,
+        tokens: int,
+        meter: Callable[[int], None],
+    ) -> DecodeResult:
+        """Decode; `meter` gets the tokens generated, a cancelled or failed decode's too."""
         # Requests decoding at once share the backend's memory: wait for room, then decode.
         with self.metrics.decoding.track_inprogress(), self.policy.reserve(tokens, request.cancel) as memory:
-            result = decode(DecodeContext(request, self.policy, self.scorer, memory))
+            context = DecodeContext(request, self.policy, self.scorer, memory)
+            try:
+                result = decode(context)
+            finally:
+                meter(context.usage.generated_tokens)
         self.metrics.generated_tokens.labels(parsed.strategy.name).inc(result.usage.generated_tokens)
         return result
 

@@ -20,7 +20,8 @@ class FairExecutor:
         self._queues: OrderedDict[str, deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]]] = OrderedDict()
         self._ready = threading.Condition()
         self._threads: list[threading.Thread] = []
-        self._idle = 0
+        self._idle = 0  # workers waiting for a job
+        self._queued = 0  # jobs waiting for a worker
         self._shutdown = False
 
     def submit(self, key: str, fn: Callable[..., T], *args: Any) -> Future[T]:
@@ -29,7 +30,10 @@ class FairExecutor:
             if self._shutdown:
                 raise RuntimeError("cannot submit after shutdown")
             self._queues.setdefault(key, deque()).append((future, fn, args))
-            if self._idle == 0 and len(self._threads) < self.max_workers:
+            self._queued += 1
+            # A new worker unless an idle one is left for this job (several submitted before
+            # any waiting worker wakes up each need their own).
+            if self._queued > self._idle and len(self._threads) < self.max_workers:
                 thread = threading.Thread(target=self._work, name=f"{self.prefix}_{len(self._threads)}", daemon=True)
                 self._threads.append(thread)
                 thread.start()
@@ -47,6 +51,7 @@ class FairExecutor:
                 return None
             key, queue = next(iter(self._queues.items()))
             job = queue.popleft()
+            self._queued -= 1
             del self._queues[key]
             if queue:
                 self._queues[key] = queue  # back of the line
@@ -74,4 +79,5 @@ class FairExecutor:
                     for future, _, _ in queue:
                         future.cancel()
                 self._queues.clear()
+                self._queued = 0
             self._ready.notify_all()

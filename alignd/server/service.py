@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import grpc
 
 from alignd.errors import AligndError, ResourceExhausted
+from alignd.server.auth import metadata_authorization
 from alignd.server.core import ServerCore, StreamStarted
 from alignd.v1 import alignd_pb2 as pb
 from alignd.v1 import alignd_pb2_grpc as pb_grpc
@@ -30,11 +31,7 @@ async def status_codes(context: grpc.aio.ServicerContext) -> AsyncIterator[None]
 
 
 def authorization(context: grpc.aio.ServicerContext) -> str | None:
-    """The call's `authorization` metadata (gRPC lower-cases keys)."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
-            return value if isinstance(value, str) else None
-    return None
+    return metadata_authorization(context.invocation_metadata())
 
 
 class AligndService(pb_grpc.AligndServicer):

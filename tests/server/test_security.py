@@ -15,6 +15,7 @@ import numpy as np
 import openai
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from alignd.backends.base import SamplingParams
 from alignd.clients import TLS, AligndClient, AligndClientError
@@ -108,12 +109,70 @@ def test_admin_rpcs_need_an_admin_key(secured):
         assert c.create_experiment("by-admin", ARMS).name == "by-admin"
 
 
+def _services(channel, metadata=None) -> list[str]:
+    """The services reflection lists (a stream-stream RPC)."""
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    answers = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10, metadata=metadata
+    )
+    return [s.name for a in answers for s in a.list_services_response.service]
+
+
 def test_health_and_reflection_stay_open(secured):
     running, _ = secured
     with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert "alignd.v1.Alignd" in _services(channel)
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
     assert httpx.get(f"http://127.0.0.1:{running.http_port}/health").status_code == 200
+
+
+def test_every_http_endpoint_and_the_grpc_stream_need_the_key(secured):
+    running, keys = secured
+    base = f"http://127.0.0.1:{running.http_port}"
+    model = running.core.policy.model_name
+    chat = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    calls = [
+        ("GET", "/v1/models", None),
+        ("GET", f"/v1/models/{model}", None),
+        ("GET", "/v1/models/another", None),  # says nothing about what is served
+        ("POST", "/v1/chat/completions", chat),
+        ("POST", "/v1/chat/completions", {**chat, "stream": True}),
+        ("POST", "/v1/chat/completions", {"model": "x", "bad": 1}),  # the body is not read first
+        ("POST", "/v1/completions", {"model": model, "prompt": "hi", "max_tokens": 2}),
+        ("POST", "/v1/alignd/feedback", {"request_id": "r", "thumbs_up": True}),
+    ]
+    for method, path, body in calls:
+        answer = httpx.request(method, base + path, json=body)
+        assert answer.status_code == 401, (path, answer.text)
+        assert answer.headers["WWW-Authenticate"] == "Bearer"
+        assert answer.json()["error"]["message"].startswith("authorization: "), path
+        assert model not in answer.text
+    with _client(running) as c:
+        error = _refused(lambda: list(c.generate_stream("hi")))
+    assert error.code == Code.UNAUTHENTICATED
+    # A valid key on the stream, and nothing left pending.
+    with _client(running, keys.user) as c:
+        assert list(c.generate_stream("hi", max_tokens=2))[-1].text is not None
+    assert running.core.pending == 0 and all(u.pending == 0 for u in running.core.admission.keys.values())
+
+
+def test_http_n_counts_against_the_keys_quota(secured):
+    running, keys = secured
+    base = f"http://127.0.0.1:{running.http_port}/v1"
+    sdk = openai.OpenAI(base_url=base, api_key=keys.small, max_retries=0)
+    messages = [{"role": "user", "content": "hi"}]
+    model = running.core.policy.model_name
+    assert len(sdk.chat.completions.create(model=model, messages=messages, max_tokens=2, n=2).choices) == 2
+    with pytest.raises(openai.RateLimitError) as error:
+        sdk.chat.completions.create(model=model, messages=messages, max_tokens=2, n=3)
+    assert error.value.body["message"].startswith("quota.max_n: the request decodes 3 sequences")
+    slow = openai.OpenAI(base_url=base, api_key=keys.slow, max_retries=0)
+    with pytest.raises(openai.RateLimitError) as error:
+        slow.chat.completions.create(model=model, messages=messages, max_tokens=2, n=3)
+    assert error.value.body["param"] == "n" and "quota.requests_per_minute of 2" in error.value.body["message"]
+    assert "retry-after" not in error.value.response.headers  # waiting would not help
+    assert all(u.pending == 0 for u in running.core.admission.keys.values())
 
 
 def test_a_revoked_key_is_refused_without_a_restart(secured):
@@ -276,6 +335,10 @@ def test_protected_health_needs_a_key(tiny_policy, module_letter_scorer, tmp_pat
                 health_pb2.HealthCheckRequest(), timeout=10, metadata=(("authorization", f"Bearer {keys.user}"),)
             )
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as error:
+                _services(channel)
+            assert error.value.code() == Code.UNAUTHENTICATED
+            assert "alignd.v1.Alignd" in _services(channel, (("authorization", f"Bearer {keys.user}"),))
         url = f"http://127.0.0.1:{running.http_port}/health"
         assert httpx.get(url).status_code == 401
         assert httpx.get(url, headers={"Authorization": f"Bearer {keys.user}"}).status_code == 200
@@ -367,7 +430,7 @@ def test_unreadable_certificates_stop_start_up_with_one_line(tiny_policy, module
     for cert, key in ((garbage, pki.server_key), (pki.server_cert, pki.client_key)):  # not PEM; not its key
         config = ServerConfig(port=0, workers=1, tls=TLSOptions(cert_file=str(cert), key_file=str(key)))
         with (
-            pytest.raises(ConfigError, match=r"^tls: cannot load the certificate files"),
+            pytest.raises(ConfigError, match=r"^tls\.cert_file, tls\.key_file: not a PEM certificate chain"),
             running_server(tiny_policy, module_letter_scorer, config),
         ):
             pass
@@ -390,3 +453,16 @@ def test_an_error_quoting_a_huge_input_is_cut_to_fit_a_trailer(secured):
             },
         )
         assert answer.status_code == 404 and len(answer.json()["error"]["message"]) == 1000
+
+
+def test_a_malformed_keys_file_stops_start_up(tiny_policy, module_letter_scorer, tmp_path):
+    from alignd.config import ConfigError
+
+    path = tmp_path / "keys.json"
+    path.write_text('{"version": 1, "keys": [{"id": "x"}]}')
+    config = ServerConfig(port=0, workers=1, auth=AuthOptions(enabled=True, keys_file=str(path)))
+    with (
+        pytest.raises(ConfigError, match=r"^auth\.keys_file: keys file .*keys\[0\]\.role: missing"),
+        running_server(tiny_policy, module_letter_scorer, config),
+    ):
+        pass

@@ -9,15 +9,18 @@ sets (`anonymous_role`)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from alignd.config import ConfigError
 from alignd.errors import PermissionDenied, Unauthenticated
-from alignd.server.auth.keys import KeyRing
+from alignd.server.auth.keys import KeyRecord, KeyRing, KeysFileError
 from alignd.server.auth.quotas import UNLIMITED, Quota
 
 ADMIN_METHODS = frozenset({"CreateExperiment"})
 BEARER = "bearer "
+CHECKS_AT_ONCE = 2  # scrypt checks of new keys running at once (each costs ~50 ms and 16 MiB)
 
 
 @dataclass(frozen=True)
@@ -28,13 +31,26 @@ class Caller:
     quota: Quota = UNLIMITED
 
 
+def metadata_authorization(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    """The `authorization` value of gRPC metadata (keys arrive lower-cased), if any."""
+    for key, value in metadata or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else None
+    return None
+
+
 class Authenticator:
     """Turns a request's authorization value into its Caller. `keys_file` None: authentication
     is off and every caller is anonymous with `anonymous_role`."""
 
     def __init__(self, keys_file: str | Path | None, anonymous_role: str = "user") -> None:
-        self.ring = KeyRing(keys_file) if keys_file is not None else None
+        try:
+            self.ring = KeyRing(keys_file) if keys_file is not None else None
+        except KeysFileError as error:
+            raise ConfigError(f"auth.keys_file: {error}") from None
         self.anonymous = Caller("", "anonymous", anonymous_role)
+        self._checking: dict[str, asyncio.Future[KeyRecord]] = {}  # key -> its check in progress
+        self._checks = asyncio.Semaphore(CHECKS_AT_ONCE)
 
     @property
     def enabled(self) -> bool:
@@ -62,8 +78,22 @@ class Authenticator:
         if authorization[: len(BEARER)].lower() != BEARER:
             raise Unauthenticated("authorization: expected 'Bearer <key>'")
         key = authorization[len(BEARER) :].strip()
-        # A key seen before is checked at once; a new one costs a scrypt hash, off the event loop.
+        # A key seen before is checked at once; a new one costs a scrypt hash, off the event loop,
+        # once however many requests bring it at the same time.
         record = ring.known(key)
         if record is None:
-            record = await asyncio.to_thread(ring.verify, key)
+            check = self._checking.get(key)
+            if check is None:
+                check = self._checking[key] = asyncio.ensure_future(self._check(ring, key))
+                check.add_done_callback(lambda done: self._forget(key, done))
+            record = await asyncio.shield(check)
         return Caller(record.id, record.name, record.role, record.quota)
+
+    def _forget(self, key: str, check: asyncio.Future[KeyRecord]) -> None:
+        self._checking.pop(key, None)
+        if not check.cancelled():
+            check.exception()  # retrieved: a refusal nobody waits for any more is not logged
+
+    async def _check(self, ring: KeyRing, key: str) -> KeyRecord:
+        async with self._checks:
+            return await asyncio.to_thread(ring.verify, key)

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 
 from alignd.errors import AligndError
-from alignd.server.auth import Authenticator
+from alignd.server.auth import Authenticator, metadata_authorization
 
 SERVICE_PREFIXES = {
     "health": ("/grpc.health.v1.Health/",),
@@ -33,9 +33,8 @@ class KeyRequired(grpc.aio.ServerInterceptor):
         method = details.method or ""
         if handler is None or not method.startswith(self.prefixes):
             return handler
-        value = next((v for k, v in details.invocation_metadata or () if k == "authorization"), None)
         try:
-            await self.auth.caller(value if isinstance(value, str) else None, method)
+            await self.auth.caller(metadata_authorization(details.invocation_metadata), method)
         except AligndError as error:
             return _refusal(handler, grpc.StatusCode[error.code_name], error.client_message())
         return handler

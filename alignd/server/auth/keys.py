@@ -37,6 +37,7 @@ PREFIX = "alignd"
 FILE_VERSION = 1
 # scrypt's cost (interactive logins' parameters): 16 MiB and ~50 ms per check.
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+SCRYPT_MAX_MEMORY = 64 * 1024 * 1024
 RELOAD_CHECK_SECONDS = 1.0  # how often a request may look at the keys file for changes
 
 
@@ -73,25 +74,47 @@ class KeyRecord:
     def from_json(cls, data: Any, where: str) -> KeyRecord:
         if not isinstance(data, dict):
             raise KeysFileError(f"{where}: must be an object")
-        try:
-            record = cls(
-                id=str(data["id"]),
-                name=str(data.get("name", "")),
-                role=str(data["role"]),
-                salt=str(data["salt"]),
-                hash=str(data["hash"]),
-                created=str(data.get("created", "")),
-                revoked=str(data.get("revoked") or ""),
-                quota=Quota.from_dict(data.get("quota") or {}, f"{where}.quota"),
-                scrypt={k: int(data.get("scrypt", SCRYPT)[k]) for k in SCRYPT},
-            )
-        except KeyError as missing:
-            raise KeysFileError(f"{where}: {missing} is missing") from None
-        except (QuotaError, TypeError, ValueError) as error:
-            raise KeysFileError(f"{where}: {error}") from None
+        for name in ("id", "role", "salt", "hash"):
+            if not isinstance(data.get(name), str):
+                raise KeysFileError(f"{where}.{name}: missing, or not a string")
+        record = cls(
+            id=data["id"],
+            name=str(data.get("name", "")),
+            role=data["role"],
+            salt=data["salt"],
+            hash=data["hash"],
+            created=str(data.get("created", "")),
+            revoked=str(data.get("revoked") or ""),
+            quota=_quota(data.get("quota") or {}, f"{where}.quota"),
+            scrypt=_scrypt_params(data.get("scrypt", SCRYPT), f"{where}.scrypt"),
+        )
         if record.role not in ROLES:
             raise KeysFileError(f"{where}.role: must be one of {ROLES}, got {record.role!r}")
+        for name in ("salt", "hash"):
+            try:
+                bytes.fromhex(getattr(record, name))
+            except ValueError:
+                raise KeysFileError(f"{where}.{name}: not hexadecimal") from None
         return record
+
+
+def _quota(values: Any, where: str) -> Quota:
+    try:
+        return Quota.from_dict(values, where)
+    except QuotaError as error:
+        raise KeysFileError(str(error)) from None
+
+
+def _scrypt_params(values: Any, where: str) -> dict[str, int]:
+    """scrypt's cost parameters, checked so that a hand-edited file cannot make checks fail."""
+    if not isinstance(values, dict) or set(values) != set(SCRYPT):
+        raise KeysFileError(f"{where}: must hold exactly {sorted(SCRYPT)}")
+    n, r, p = (values[k] for k in ("n", "r", "p"))
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (n, r, p)):
+        raise KeysFileError(f"{where}: n, r and p must be whole numbers >= 1")
+    if n < 2 or n & (n - 1) or 128 * r * (n + p + 2) > SCRYPT_MAX_MEMORY:
+        raise KeysFileError(f"{where}: n must be a power of 2 and 128 r (n + p + 2) at most {SCRYPT_MAX_MEMORY} bytes")
+    return {"n": n, "r": r, "p": p}
 
 
 def hash_secret(secret: str, salt: bytes, params: dict[str, int]) -> bytes:
@@ -101,7 +124,7 @@ def hash_secret(secret: str, salt: bytes, params: dict[str, int]) -> bytes:
         n=params["n"],
         r=params["r"],
         p=params["p"],
-        maxmem=64 * 1024 * 1024,
+        maxmem=SCRYPT_MAX_MEMORY,
         dklen=32,
     )
 
@@ -223,14 +246,16 @@ class KeyRing:
     NEGATIVE_CACHE = 1024  # wrong keys remembered, so repeating one costs no scrypt
 
     def __init__(self, path: str | Path) -> None:
+        """Raises KeysFileError when the file is malformed (the server does not start on it)."""
         self.file = KeysFile(path)
         self._lock = threading.Lock()
+        self._reloading = threading.Lock()  # one reload at a time: an older read never wins
         self._records: dict[str, KeyRecord] = {}
         self._verified: dict[str, tuple[bytes, KeyRecord]] = {}  # id -> (sha256 of the key, record)
         self._refused: OrderedDict[bytes, None] = OrderedDict()
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._checked = 0.0
-        self.reload()
+        self._install(self._file_stamp(), self.file.read())
 
     @property
     def count(self) -> int:
@@ -238,25 +263,32 @@ class KeyRing:
 
     def reload(self) -> None:
         """Read the file again (a malformed file keeps the keys loaded before, and is logged)."""
-        stamp = self._file_stamp()
-        try:
-            records = {r.id: r for r in self.file.read() if not r.revoked}
-        except KeysFileError as error:
-            log.error("%s: keeping the %d keys loaded before", error, len(self._records))
-            return
+        with self._reloading:
+            stamp = self._file_stamp()
+            try:
+                records = self.file.read()
+            except KeysFileError as error:
+                log.error("%s: keeping the %d keys loaded before", error, len(self._records))
+                self._stamp = stamp  # logged once, not at every request
+                return
+            self._install(stamp, records)
+        log.info("%d API keys loaded from %s", len(self._records), self.file.path)
+
+    def _install(self, stamp: tuple[int, int, int] | None, loaded: list[KeyRecord]) -> None:
+        records = {r.id: r for r in loaded if not r.revoked}
         with self._lock:
             self._records = records
             self._verified = {i: e for i, e in self._verified.items() if records.get(i) == e[1]}
             self._refused.clear()
             self._stamp = stamp
-        log.info("%d API keys loaded from %s", len(records), self.file.path)
 
-    def _file_stamp(self) -> tuple[int, int] | None:
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        """What says the file changed: `alignd keys` replaces it (a new inode) and the clock moves."""
         try:
             st = self.file.path.stat()
         except OSError:
             return None
-        return st.st_mtime_ns, st.st_size
+        return st.st_ino, st.st_mtime_ns, st.st_size
 
     def _maybe_reload(self) -> None:
         now = time.monotonic()

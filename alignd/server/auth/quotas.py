@@ -31,6 +31,8 @@ class Quota:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], where: str = "quota") -> Quota:
+        if not isinstance(values, Mapping):
+            raise QuotaError(f"{where}: must be a table of limits, got {values!r}")
         known = {f.name for f in dataclasses.fields(cls)}
         for name, value in values.items():
             if name not in known:
@@ -102,6 +104,19 @@ class Admission:
         """Count a request in, or raise ResourceExhausted saying which limit it met."""
         now = self.clock()
         usage = self._usage(key, quota, now)
+        # The key's own quotas first: a key refused by them does not count as asking for room.
+        if quota.concurrent and usage.pending >= quota.concurrent:
+            raise ResourceExhausted(f"quota.concurrent: key {name!r} has {usage.pending} requests in flight already")
+        if usage.tokens is not None and (wait := usage.tokens.wait(1, now)):
+            raise ResourceExhausted(
+                f"quota.tokens_per_minute: key {name!r} used its {quota.tokens_per_minute} tokens a minute",
+                retry_after=wait,
+            )
+        if usage.requests is not None and (wait := usage.requests.wait(1, now)):
+            raise ResourceExhausted(
+                f"quota.requests_per_minute: key {name!r} used its {quota.requests_per_minute} requests a minute",
+                retry_after=wait,
+            )
         usage.last_seen = now
         if self.pending >= self.max_pending:
             raise ResourceExhausted(f"server busy: {self.pending} requests pending (max_pending)")
@@ -110,22 +125,10 @@ class Admission:
             share = max(1, self.max_pending // max(1, active))
             if active > 1 and usage.pending >= share:
                 raise ResourceExhausted(
-                    f"key {name!r}: {usage.pending} requests pending, its fair share of this busy server "
-                    f"(shared by {active} keys)"
+                    f"server busy: key {name!r} has {usage.pending} requests pending, its fair share of this "
+                    f"server while {active} keys use it"
                 )
-        if quota.concurrent and usage.pending >= quota.concurrent:
-            raise ResourceExhausted(f"key {name!r}: quota.concurrent: {usage.pending} requests in flight already")
-        if usage.tokens is not None and (wait := usage.tokens.wait(1, now)):
-            raise ResourceExhausted(
-                f"key {name!r}: quota.tokens_per_minute: {quota.tokens_per_minute} tokens a minute used up",
-                retry_after=wait,
-            )
         if usage.requests is not None:
-            if wait := usage.requests.wait(1, now):
-                raise ResourceExhausted(
-                    f"key {name!r}: quota.requests_per_minute: {quota.requests_per_minute} requests a minute used up",
-                    retry_after=wait,
-                )
             usage.requests.take(1, now)
         usage.pending += 1
         self.pending += 1
@@ -146,7 +149,7 @@ class Admission:
     def _usage(self, key: str, quota: Quota, now: float) -> KeyUsage:
         if now - self._pruned > self.FORGET_SECONDS:
             self._pruned = now
-            for stale in [k for k, u in self.keys.items() if not u.pending and now - u.last_seen > self.FORGET_SECONDS]:
+            for stale in [k for k, u in self.keys.items() if self._forgettable(u, now)]:
                 del self.keys[stale]
         usage = self.keys.get(key)
         if usage is None:
@@ -158,6 +161,12 @@ class Admission:
             usage.tokens = Bucket(quota.tokens_per_minute, now) if quota.tokens_per_minute else None
         return usage
 
+    def _forgettable(self, usage: KeyUsage, now: float) -> bool:
+        """Idle, and its buckets full again (a debt is kept until it is paid)."""
+        if usage.pending or now - usage.last_seen <= self.FORGET_SECONDS:
+            return False
+        return all(b is None or b.refill(now) >= b.capacity for b in (usage.requests, usage.tokens))
+
 
 def _rate(bucket: Bucket | None) -> int:
     return 0 if bucket is None else round(bucket.capacity)
@@ -167,9 +176,11 @@ def check_request_size(name: str, quota: Quota, rows: int, max_tokens: int) -> N
     """One request against the key's per-request limits (RESOURCE_EXHAUSTED: waiting will not
     help, a smaller request will)."""
     if quota.max_n and rows > quota.max_n:
-        raise ResourceExhausted(f"key {name!r}: quota.max_n: the request decodes {rows} sequences, over {quota.max_n}")
+        raise ResourceExhausted(
+            f"quota.max_n: the request decodes {rows} sequences at once, over key {name!r}'s {quota.max_n}"
+        )
     if quota.max_tokens and max_tokens > quota.max_tokens:
-        raise ResourceExhausted(f"key {name!r}: quota.max_tokens: max_tokens {max_tokens} is over {quota.max_tokens}")
+        raise ResourceExhausted(f"quota.max_tokens: max_tokens {max_tokens} is over key {name!r}'s {quota.max_tokens}")
 
 
 def retry_seconds(seconds: float) -> int:

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from alignd.errors import AligndError, Internal, InvalidArgument, NotFound, ResourceExhausted, shorten
+from alignd.server.auth import Caller
 from alignd.server.auth.quotas import retry_seconds
 from alignd.server.core import ServerCore, StreamStarted, unsent_text
 from alignd.server.openai_api import schema
@@ -102,6 +103,8 @@ def error_response(error: AligndError, names: FieldNames) -> web.Response:
     response = json_response(body, status=status)
     if isinstance(error, ResourceExhausted) and error.retry_after is not None:
         response.headers["Retry-After"] = str(retry_seconds(error.retry_after))
+    if status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
     return response
 
 
@@ -181,15 +184,14 @@ class OpenAIApi:
         chat = kind is schema.ChatBody
         names = FieldNames(chat)
         try:
+            # The key first: a caller without one learns nothing from the body's checks.
+            caller = await self.core.auth.caller(authorization(http), "Generate")
             body = schema.parse_body(kind, await _json(http))
             names.renames = schema.renamed_fields(body)
             if body.model != self.model:
                 raise NotFound(f"model: {body.model!r} is not served here; this server serves {self.model!r}")
-            # Each choice is a request of its own: more than max_pending could never be admitted.
             n = 1 if body.n is None else body.n
-            limit = min(self.core.config.limits.max_candidates, self.core.config.max_pending)
-            if not 1 <= n <= limit:
-                raise InvalidArgument("n", f"must be in [1, {limit}], got {n}")
+            self._check_choices(n, caller)
             requests = _choices(schema.generate_request(body), n)
         except AligndError as error:
             return error_response(error, names)
@@ -199,7 +201,7 @@ class OpenAIApi:
             return await self._stream(http, requests, reply, names, include_usage)
         try:
             key = authorization(http)
-            responses = await _all([self.core.generate(r, TRANSPORT, key) for r in requests])
+            responses = await _all([self.core.generate(r, TRANSPORT, key, len(requests)) for r in requests])
         except AligndError as error:
             return error_response(error, names)
         return json_response(reply.complete(responses))
@@ -212,7 +214,8 @@ class OpenAIApi:
         names: FieldNames,
         include_usage: bool,
     ) -> web.StreamResponse:
-        streams = [self.core.generate_stream(r, TRANSPORT, authorization(http)) for r in requests]
+        key = authorization(http)
+        streams = [self.core.generate_stream(r, TRANSPORT, key, len(requests)) for r in requests]
         try:
             # Admission, routing and validation happen before the first item: their errors get
             # a status code of their own rather than an error event in a 200 stream.
@@ -257,6 +260,17 @@ class OpenAIApi:
             for stream in streams:
                 await stream.aclose()
 
+    def _check_choices(self, n: int, caller: Caller) -> None:
+        """Each of `n` choices is a request of its own: refuse an `n` that could never be admitted
+        at once (over max_pending, or the key's concurrent or per-minute quota)."""
+        limit = min(self.core.config.limits.max_candidates, self.core.config.max_pending)
+        if not 1 <= n <= limit:
+            raise InvalidArgument("n", f"must be in [1, {limit}], got {n}")
+        quota = caller.quota
+        for name, most in (("concurrent", quota.concurrent), ("requests_per_minute", quota.requests_per_minute)):
+            if most and n > most:
+                raise ResourceExhausted(f"n: {n} choices are {n} requests, over the key's quota.{name} of {most}")
+
     # -- the rest --------------------------------------------------------------------------------
 
     async def models(self, request: web.Request) -> web.Response:
@@ -293,6 +307,7 @@ class OpenAIApi:
     async def feedback(self, request: web.Request) -> web.Response:
         names = FieldNames()
         try:
+            await self.core.auth.caller(authorization(request), "RecordFeedback")
             body = schema.parse_body(schema.FeedbackBody, await _json(request))
             message = pb.FeedbackRequest(request_id=body.request_id, key=body.key)
             given = [n for n in ("thumbs_up", "rating", "preferred_over") if getattr(body, n) is not None]

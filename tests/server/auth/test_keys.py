@@ -74,7 +74,11 @@ def test_a_malformed_keys_file_keeps_the_keys_loaded_before(tmp_path, caplog):
     assert "not JSON" in caplog.text and secret not in caplog.text
     for bad, message in (
         ({"version": 2, "keys": []}, "version 2"),
-        ({"version": 1, "keys": [{"id": "x"}]}, "keys\\[0\\]: 'role' is missing"),
+        ({"version": 1, "keys": [{"id": "x"}]}, r"keys\[0\]\.role: missing, or not a string"),
+        ({"version": 1, "keys": [{**record.to_json(), "quota": "lots"}]}, "quota: must be a table"),
+        ({"version": 1, "keys": [{**record.to_json(), "salt": "zz"}]}, r"keys\[0\]\.salt: not hexadecimal"),
+        ({"version": 1, "keys": [{**record.to_json(), "scrypt": {"n": 3, "r": 8, "p": 1}}]}, "power of 2"),
+        ({"version": 1, "keys": [{**record.to_json(), "scrypt": {"n": 2**30, "r": 8, "p": 1}}]}, "at most"),
         ({"version": 1, "keys": [{**record.to_json(), "role": "root"}]}, "keys\\[0\\].role"),
         ({"version": 1, "keys": [{**record.to_json(), "quota": {"concurrent": -1}}]}, "quota.concurrent"),
     ):

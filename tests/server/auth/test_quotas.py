@@ -119,3 +119,13 @@ def test_a_cancelled_job_does_not_run_and_shutdown_cancels_the_queue():
     assert queued.cancelled() and ran == []
     with pytest.raises(RuntimeError):
         executor.submit("a", ran.append, 3)
+
+
+def test_jobs_submitted_together_each_get_a_worker():
+    executor = FairExecutor(4)
+    executor.submit("warm", time.sleep, 0).result(5)  # one idle worker now
+    barrier = threading.Barrier(4, timeout=5)
+    futures = [executor.submit("k", barrier.wait) for _ in range(4)]  # only passes if all four run at once
+    for f in futures:
+        f.result(10)
+    executor.shutdown()
