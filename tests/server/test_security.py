@@ -466,3 +466,26 @@ def test_a_malformed_keys_file_stops_start_up(tiny_policy, module_letter_scorer,
         running_server(tiny_policy, module_letter_scorer, config),
     ):
         pass
+
+
+def test_a_cancelled_decode_is_charged_the_tokens_it_generated(tiny_policy, tmp_path):
+    keys = KeysFile(tmp_path / "keys.json")
+    secret, record = new_key("user", "metered", Quota(tokens_per_minute=60))
+    keys.add(record)
+    gate = GateObjective()  # the decode generates its tokens, then waits to be scored
+    config = ServerConfig(
+        port=0,
+        workers=2,
+        default_sampling=SamplingParams(max_tokens=8),
+        auth=AuthOptions(enabled=True, keys_file=str(keys.path)),
+    )
+    with running_server(tiny_policy, ObjectiveScorer([gate]), config) as running:
+        with _client(running, secret, timeout=2) as c:
+            assert _refused(lambda: c.generate("hi", temperature=1.0)).code == Code.DEADLINE_EXCEEDED
+        gate.gate.release()
+        usage = running.core.admission.keys[record.id]
+        deadline = time.monotonic() + 10
+        while usage.tokens.level == 60 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert 52 <= usage.tokens.level < 60  # 1 to 8 tokens charged
+        assert running.core.pending == 0
