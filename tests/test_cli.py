@@ -108,3 +108,9 @@ def test_keys_create_list_revoke(tmp_path, capsys):
         with pytest.raises(SystemExit) as done:
             main(["info", *flags])
         assert done.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_serving_a_network_address_needs_a_word_on_authentication():
+    done = run_cli("serve", "--host", "0.0.0.0", "--port", "0")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert done.stderr.startswith("alignd: error: auth.enabled: serving on 0.0.0.0 (not a loopback address)")

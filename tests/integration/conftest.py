@@ -49,6 +49,7 @@ class ServerProcess:
     port: int
     log: Path
     http_port: int | None = None  # with --http-port
+    line: str = ""  # the start-up line
 
     @property
     def target(self) -> str:
@@ -77,7 +78,7 @@ def start_serve(tmp_path: Path, *args: str, timeout: float = 180, env: dict[str,
             found = re.search(r"alignd serving .*? on [\d.]+:(\d+)", line)
             if found:
                 http = re.search(r"HTTP API on [\d.]+:(\d+)", line)
-                return ServerProcess(process, int(found.group(1)), log, int(http.group(1)) if http else None)
+                return ServerProcess(process, int(found.group(1)), log, int(http.group(1)) if http else None, line)
         if process.poll() is not None:
             break
     process.kill()
