@@ -43,9 +43,14 @@ class FailedPrecondition(AligndError):
 
 
 class Cancelled(AligndError):
-    """The client went away or its deadline passed; work stopped at the next step."""
+    """The client went away or its deadline passed; work stopped at the next step. `generated`:
+    the tokens the interrupted backend call had generated (None where the backend cannot say)."""
 
     code_name = "CANCELLED"
+
+    def __init__(self, message: str, generated: int | None = None) -> None:
+        self.generated = generated
+        super().__init__(message)
 
 
 class ModelNotFound(AligndError):

@@ -1,7 +1,7 @@
 """Load and soak a live server: many concurrent clients on mixed strategies, for a while.
 
     .venv/bin/python benchmarks/load.py                                  # load: 64 clients, 60 s
-    .venv/bin/python benchmarks/load.py --duration 600 --warmup 60      # soak: 10 minutes
+    .venv/bin/python benchmarks/load.py --duration 660 --warmup 60      # soak: 10 minutes after a warm-up
 
 `alignd serve` runs in its own process on SmolLM2 (the four default objectives, API keys
 required, default max_pending 64). `--clients` asyncio clients each send Generate requests back
@@ -10,9 +10,9 @@ small settings, each with its own key among `--keys` (so fair admission and per-
 run too). Prints every status code (the pass condition: only OK and RESOURCE_EXHAUSTED), p50/p95
 latency per strategy, throughput, and the server's RSS, threads and open file descriptors at
 start, after the warm-up and at the end (a soak passes when RSS grows < 10% after the warm-up
-and threads and descriptors do not grow). After the run every key must still be served (no
-admission slot leaked). Results go to benchmarks/results/load-<duration>s.json.
-Run alone.
+and threads and descriptors do not grow). After the run the server's `alignd_pending_requests`
+gauge must be 0 (no admission slot leaked) and every key must still be served. Results go to
+benchmarks/results/load-<duration>s.json. Run alone.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import asyncio
 import collections
 import json
 import re
+import socket
 import statistics
 import sys
 import tempfile
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 
 import grpc
+import httpx
 import psutil
 from concurrency import percentile, serve_process, stop_server  # benchmarks/, on the path as the script's folder
 
@@ -93,7 +95,9 @@ async def client(
                     await asyncio.sleep(0.2)  # back off, as a client should
 
 
-async def run(target: str, keys: list[str], args: argparse.Namespace, server: psutil.Process) -> dict:
+async def run(
+    target: str, keys: list[str], args: argparse.Namespace, server: psutil.Process, metrics_port: int
+) -> dict:
     latencies: dict[str, list[float]] = collections.defaultdict(list)
     codes: collections.Counter[str] = collections.Counter()
     details: dict[str, str] = {}
@@ -117,6 +121,7 @@ async def run(target: str, keys: list[str], args: argparse.Namespace, server: ps
     await asyncio.gather(*tasks)
     end = snapshot(server)
     served_after = [await served(target, key) for key in keys]
+    pending_after = pending_requests(metrics_port)
     await asyncio.sleep(2)  # idle: what stays
     idle = snapshot(server)
     return {
@@ -135,7 +140,22 @@ async def run(target: str, keys: list[str], args: argparse.Namespace, server: ps
         "idle": idle,
         "samples": samples,
         "every_key_served_after": all(served_after),
+        "pending_after": pending_after,
     }
+
+
+def pending_requests(metrics_port: int) -> float:
+    """The server's alignd_pending_requests gauge (its Prometheus endpoint)."""
+    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30).text
+    found = re.search(r"^alignd_pending_requests (\S+)$", text, re.MULTILINE)
+    assert found is not None, "no alignd_pending_requests in /metrics"
+    return float(found.group(1))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 async def served(target: str, key: str) -> bool:
@@ -167,12 +187,16 @@ def main() -> None:
             secret, record = new_key("user", f"load-{n}")
             keys_file.add(record)
             keys.append(secret)
-        process, line = serve_process(["--auth", "--keys-file", str(keys_file.path)], Path(folder) / "serve.log")
+        metrics_port = free_port()
+        process, line = serve_process(
+            ["--auth", "--keys-file", str(keys_file.path), "--metrics-port", str(metrics_port)],
+            Path(folder) / "serve.log",
+        )
         found = re.search(r"on [\d.]+:(\d+)", line)
         assert found is not None
         server = psutil.Process(process.pid)
         try:
-            result = asyncio.run(run(f"127.0.0.1:{found.group(1)}", keys, args, server))
+            result = asyncio.run(run(f"127.0.0.1:{found.group(1)}", keys, args, server, metrics_port))
             alive = process.poll() is None
         finally:
             stop_server(process)
@@ -213,11 +237,12 @@ def main() -> None:
     )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"load-{args.duration:.0f}s.json").write_text(json.dumps(result, indent=2))
-    print(f"every key served after the run: {result['every_key_served_after']}")
+    print(f"pending after the run: {result['pending_after']:g}; every key served: {result['every_key_served_after']}")
     ok = (
         alive
         and not other
         and result["every_key_served_after"]
+        and result["pending_after"] == 0
         and (not args.warmup or (growth < 0.10 and trend < 0.10 and threads <= 0 and fds <= 0))
     )
     print("PASS" if ok else f"FAIL (other codes: {other})")

@@ -44,6 +44,7 @@ from alignd.backends.cpu_matmul import use_small_batch_linears
 from alignd.backends.kv_cache import CacheMerger, KVCache
 from alignd.backends.step_batching import DECODE, StepBatcher, TokenBudget
 from alignd.backends.text import TokenizerText, eos_token_ids, response_text, response_texts, stop_window
+from alignd.errors import Cancelled
 from alignd.sampling import RowStreams, draw, reference_logprobs
 
 _PREFILL = "prefill"  # the batcher's kind for prompt prefills (empty caches), merged with each other
@@ -364,15 +365,21 @@ class TransformersPolicy(TokenizerText, Policy):
     def _run(self, partial: _Partial, steps: int, cancel: threading.Event | None) -> None:
         """Up to `steps` sampled tokens for every live row, capped by sampling.max_tokens."""
         sampling = partial.sampling
-        with self.batcher.session():
-            for _ in range(steps):
-                if not partial.live:
-                    return
-                check_cancelled(cancel)
-                _, _, _, logits = partial.live_tensors()
-                positions = np.array([len(partial.token_ids[row]) for row in partial.live])
-                chosen, logprobs = draw(logits, sampling, partial.keys[partial.live], positions)
-                self._feed(partial, chosen, self._record(partial, chosen, logprobs), cancel)
+        before = sum(len(ids) for ids in partial.token_ids)
+        try:
+            with self.batcher.session():
+                for _ in range(steps):
+                    if not partial.live:
+                        return
+                    check_cancelled(cancel)
+                    _, _, _, logits = partial.live_tensors()
+                    positions = np.array([len(partial.token_ids[row]) for row in partial.live])
+                    chosen, logprobs = draw(logits, sampling, partial.keys[partial.live], positions)
+                    self._feed(partial, chosen, self._record(partial, chosen, logprobs), cancel)
+        except Cancelled as stopped:
+            # What was generated before the stop still counts (against the caller's token quota).
+            stopped.generated = sum(len(ids) for ids in partial.token_ids) - before
+            raise
 
     # -- Policy interface -------------------------------------------------------------------------
 

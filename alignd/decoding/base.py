@@ -34,7 +34,7 @@ from alignd.backends.base import (
     SamplingParams,
 )
 from alignd.decoding.weights import PreferenceWeights
-from alignd.errors import FailedPrecondition, InvalidArgument
+from alignd.errors import Cancelled, FailedPrecondition, InvalidArgument
 from alignd.rewardmodels.base import Scorer
 
 
@@ -161,13 +161,23 @@ class DecodeContext:
         phase: str = "sample",
     ) -> list[list[Completion]]:
         """n responses to each prompt (default: the request's) in one batch, each prompt encoded once."""
-        with self.phase(phase):
-            batch = self.policy.sample(
-                prompts or [self.request.prompt], n, sampling or self.request.sampling, self.request.cancel
-            )
+        prompts, sampling = prompts or [self.request.prompt], sampling or self.request.sampling
+        with self.phase(phase), self._counting_cut_off(len(prompts) * n * sampling.max_tokens):
+            batch = self.policy.sample(prompts, n, sampling, self.request.cancel)
         self.usage.generated_tokens += sum(len(c.token_ids) for row in batch.completions for c in row)
         self.usage.lm_forward_tokens += batch.forward_tokens
         return batch.completions
+
+    @contextmanager
+    def _counting_cut_off(self, most: int) -> Iterator[None]:
+        """A generating call stopped by a cancel still counts what it generated: as the backend
+        reports it, else `most` (the call's maximum), so cutting a request off never makes its
+        tokens free."""
+        try:
+            yield
+        except Cancelled as stopped:
+            self.usage.generated_tokens += stopped.generated if stopped.generated is not None else most
+            raise
 
     def prefill(
         self, prompts: Sequence[ChatPrompt] | None = None, sampling: SamplingParams | None = None
@@ -181,7 +191,7 @@ class DecodeContext:
     def extend(self, partial: PartialResponses, k: int, block_tokens: int) -> PartialResponses:
         """k continuations of up to `block_tokens` tokens for every row (child j of row r is r*k + j)."""
         before = sum(len(ids) for ids in partial.token_ids)
-        with self.phase("extend"):
+        with self.phase("extend"), self._counting_cut_off(partial.rows * k * block_tokens):
             extended = self.policy.extend(partial, k, block_tokens, self.request.cancel)
         self.usage.generated_tokens += sum(len(ids) for ids in extended.token_ids) - k * before
         return extended
@@ -190,7 +200,7 @@ class DecodeContext:
         """Every row continued by up to `tokens` tokens; `partial` is given up (continued in place
         where the backend can)."""
         before = sum(len(ids) for ids in partial.token_ids)
-        with self.phase("extend"):
+        with self.phase("extend"), self._counting_cut_off(partial.rows * tokens):
             advanced = self.policy.advance(partial, tokens, self.request.cancel)
         self.usage.generated_tokens += sum(len(ids) for ids in advanced.token_ids) - before
         return advanced

@@ -140,8 +140,8 @@ class ServerCore:
         call = Call(transport, method, strategy)
         started = time.perf_counter()
         code = "OK"
+        call.caller = await self.authenticate(authorization, method, transport, strategy)
         try:
-            call.caller = await self.auth.caller(authorization, method)
             self.admission.admit(call.caller.key_id, call.caller.name, call.caller.quota)
         except AligndError as error:
             self.metrics.requests.labels(transport, method, strategy, error.code_name).inc()
@@ -165,6 +165,19 @@ class ServerCore:
             self.metrics.pending.set(self.pending)
             self.metrics.requests.labels(transport, method, call.strategy, code).inc()
             self.metrics.latency.labels(transport, method, call.strategy).observe(time.perf_counter() - started)
+
+    async def authenticate(self, authorization: str | None, method: str, transport: str, strategy: str = "") -> Caller:
+        """The caller, allowed to call `method`; a refusal is counted in the metrics, and anything
+        unexpected becomes Internal (logged)."""
+        try:
+            return await self.auth.caller(authorization, method)
+        except AligndError as error:
+            self.metrics.requests.labels(transport, method, strategy, error.code_name).inc()
+            raise
+        except Exception:
+            self.metrics.requests.labels(transport, method, strategy, "INTERNAL").inc()
+            log.exception("checking the API key of a %s call failed", method)
+            raise Internal(f"internal error checking the API key of {method} (logged on the server)") from None
 
     def _in_worker(self, call: Call, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Run `fn` on a worker thread; workers take callers' jobs round-robin."""
@@ -440,9 +453,9 @@ class ServerCore:
         async with self.admitted(transport, "CreateExperiment", authorization):  # admin role checked there
             return await self.experiments.create(request)
 
-    async def server_info(self, authorization: str | None = None) -> pb.ServerInfo:
+    async def server_info(self, authorization: str | None = None) -> pb.ServerInfo:  # gRPC only
         """What the server serves (no admission: it is computed once, at start-up)."""
-        await self.auth.caller(authorization, "GetServerInfo")
+        await self.authenticate(authorization, "GetServerInfo", "grpc")
         return self.info
 
     def _server_info(self) -> pb.ServerInfo:

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignd.config import ConfigError
-from alignd.errors import PermissionDenied, Unauthenticated
+from alignd.errors import PermissionDenied, ResourceExhausted, Unauthenticated
 from alignd.server.auth.keys import KeyRecord, KeyRing, KeysFileError
 from alignd.server.auth.quotas import UNLIMITED, Quota
 
 ADMIN_METHODS = frozenset({"CreateExperiment"})
 BEARER = "bearer "
 CHECKS_AT_ONCE = 2  # scrypt checks of new keys running at once (each costs ~50 ms and 16 MiB)
+MAX_WAITING_CHECKS = 64  # new keys waiting for a check; more are told to retry
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,11 @@ class Authenticator:
         # once however many requests bring it at the same time.
         record = ring.known(key)
         if record is None:
+            ring.precheck(key)  # malformed, unknown ids and repeats cost no scrypt
             check = self._checking.get(key)
             if check is None:
+                if len(self._checking) >= MAX_WAITING_CHECKS:
+                    raise ResourceExhausted("authorization: too many new keys waiting to be checked", retry_after=1.0)
                 check = self._checking[key] = asyncio.ensure_future(self._check(ring, key))
                 check.add_done_callback(lambda done: self._forget(key, done))
             record = await asyncio.shield(check)

@@ -5,6 +5,7 @@ server core, where they also count against the key's quota."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,6 +13,8 @@ import grpc
 
 from alignd.errors import AligndError
 from alignd.server.auth import Authenticator, metadata_authorization
+
+log = logging.getLogger("alignd.auth")
 
 SERVICE_PREFIXES = {
     "health": ("/grpc.health.v1.Health/",),
@@ -37,6 +40,9 @@ class KeyRequired(grpc.aio.ServerInterceptor):
             await self.auth.caller(metadata_authorization(details.invocation_metadata), method)
         except AligndError as error:
             return _refusal(handler, grpc.StatusCode[error.code_name], error.client_message())
+        except Exception:
+            log.exception("checking the API key of %s failed", method)
+            return _refusal(handler, grpc.StatusCode.INTERNAL, f"internal error checking the API key of {method}")
         return handler
 
 

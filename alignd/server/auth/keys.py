@@ -90,11 +90,15 @@ class KeyRecord:
         )
         if record.role not in ROLES:
             raise KeysFileError(f"{where}.role: must be one of {ROLES}, got {record.role!r}")
-        for name in ("salt", "hash"):
+        if len(record.id) != 12 or not all(c in "0123456789abcdef" for c in record.id):
+            raise KeysFileError(f"{where}.id: must be 12 lower-case hexadecimal digits, got {record.id!r}")
+        for name, size in (("salt", None), ("hash", 32)):
             try:
-                bytes.fromhex(getattr(record, name))
+                value = bytes.fromhex(getattr(record, name))
             except ValueError:
                 raise KeysFileError(f"{where}.{name}: not hexadecimal") from None
+            if not value or (size is not None and len(value) != size):
+                raise KeysFileError(f"{where}.{name}: must be {size or 'some'} bytes, got {len(value)}")
         return record
 
 
@@ -112,8 +116,13 @@ def _scrypt_params(values: Any, where: str) -> dict[str, int]:
     n, r, p = (values[k] for k in ("n", "r", "p"))
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (n, r, p)):
         raise KeysFileError(f"{where}: n, r and p must be whole numbers >= 1")
-    if n < 2 or n & (n - 1) or 128 * r * (n + p + 2) > SCRYPT_MAX_MEMORY:
-        raise KeysFileError(f"{where}: n must be a power of 2 and 128 r (n + p + 2) at most {SCRYPT_MAX_MEMORY} bytes")
+    # What OpenSSL accepts (n a power of 2 below 2^(16 r), within the memory bound), and p small
+    # enough that one check cannot run for minutes.
+    if n < 2 or n & (n - 1) or n >= 2 ** (16 * r) or p > 16 or 128 * r * (n + p + 2) > SCRYPT_MAX_MEMORY:
+        raise KeysFileError(
+            f"{where}: n must be a power of 2 below 2^(16 r), p at most 16, and 128 r (n + p + 2) at most "
+            f"{SCRYPT_MAX_MEMORY} bytes"
+        )
     return {"n": n, "r": r, "p": p}
 
 
@@ -175,14 +184,16 @@ class KeysFile:
     def read(self) -> list[KeyRecord]:
         """The records; none when the file does not exist."""
         try:
-            text = self.path.read_text()
+            text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return []
         except OSError as error:
             raise KeysFileError(f"keys file {str(self.path)!r}: {error.strerror}") from None
+        except UnicodeDecodeError:
+            raise KeysFileError(f"keys file {str(self.path)!r}: not UTF-8 text") from None
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as error:
+        except (json.JSONDecodeError, RecursionError) as error:
             raise KeysFileError(f"keys file {str(self.path)!r}: not JSON ({error})") from None
         if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
             raise KeysFileError(f'keys file {str(self.path)!r}: expected {{"version": 1, "keys": [...]}}')
@@ -190,9 +201,14 @@ class KeysFile:
             raise KeysFileError(
                 f"keys file {str(self.path)!r}: version {data.get('version')!r}, expected {FILE_VERSION}"
             )
-        return [
+        records = [
             KeyRecord.from_json(item, f"keys file {str(self.path)!r}: keys[{i}]") for i, item in enumerate(data["keys"])
         ]
+        ids = [r.id for r in records]
+        if len(set(ids)) != len(ids):
+            twice = sorted({i for i in ids if ids.count(i) > 1})
+            raise KeysFileError(f"keys file {str(self.path)!r}: the same id in more than one key: {twice}")
+        return records
 
     def update(self, change: Callable[[list[KeyRecord]], list[KeyRecord]]) -> list[KeyRecord]:
         """Apply `change` to the records and write the result; concurrent updates queue."""
@@ -255,6 +271,7 @@ class KeyRing:
         self._refused: OrderedDict[bytes, None] = OrderedDict()
         self._stamp: tuple[int, int, int] | None = None
         self._checked = 0.0
+        self._generation = 0  # counts reloads: a check that spans one starts again
         self._install(self._file_stamp(), self.file.read())
 
     @property
@@ -281,6 +298,7 @@ class KeyRing:
             self._verified = {i: e for i, e in self._verified.items() if records.get(i) == e[1]}
             self._refused.clear()
             self._stamp = stamp
+            self._generation += 1
 
     def _file_stamp(self) -> tuple[int, int, int] | None:
         """What says the file changed: `alignd keys` replaces it (a new inode) and the clock moves."""
@@ -308,27 +326,38 @@ class KeyRing:
         digest, record = entry
         return record if hmac.compare_digest(digest, _digest(presented)) else None
 
+    def precheck(self, presented: str) -> None:
+        """The refusals that need no scrypt (Unauthenticated): not an alignd key, an id this file
+        does not hold, or a key refused before."""
+        parts = split_key(presented)
+        if parts is None:
+            raise Unauthenticated(f"authorization: not an alignd API key (expected {PREFIX}-<id>-<secret>)")
+        if parts[0] not in self._records or _digest(presented) in self._refused:
+            raise Unauthenticated("authorization: unknown or revoked API key")
+
     def verify(self, presented: str) -> KeyRecord:
         """The record of a valid key (slow the first time: scrypt); Unauthenticated otherwise."""
         known = self.known(presented)
         if known is not None:
             return known
-        digest = _digest(presented)
-        if digest in self._refused:
-            raise Unauthenticated("authorization: unknown or revoked API key")
-        parts = split_key(presented)
-        record = self._records.get(parts[0]) if parts else None
-        valid = False
-        if parts is not None and record is not None:
-            computed = hash_secret(parts[1], bytes.fromhex(record.salt), record.scrypt)
-            valid = hmac.compare_digest(computed, bytes.fromhex(record.hash))
+        self.precheck(presented)
+        key_id, secret = split_key(presented) or ("", "")
+        generation = self._generation
+        record = self._records.get(key_id)
+        valid = record is not None and hmac.compare_digest(
+            hash_secret(secret, bytes.fromhex(record.salt), record.scrypt), bytes.fromhex(record.hash)
+        )
         with self._lock:
-            if valid and record is not None and self._records.get(record.id) == record:
-                self._verified[record.id] = (digest, record)
+            if self._generation != generation:
+                changed = True  # the file was reloaded meanwhile: check against what it holds now
+            elif valid and record is not None:
+                self._verified[record.id] = (_digest(presented), record)
                 return record
-            self._refused[digest] = None
-            while len(self._refused) > self.NEGATIVE_CACHE:
-                self._refused.popitem(last=False)
-        if parts is None:
-            raise Unauthenticated(f"authorization: not an alignd API key (expected {PREFIX}-<id>-<secret>)")
+            else:
+                changed = False
+                self._refused[_digest(presented)] = None
+                while len(self._refused) > self.NEGATIVE_CACHE:
+                    self._refused.popitem(last=False)
+        if changed:
+            return self.verify(presented)
         raise Unauthenticated("authorization: unknown or revoked API key")

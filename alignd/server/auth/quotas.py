@@ -86,7 +86,8 @@ class Admission:
     """Admits requests against the server's `max_pending` and each key's quota.
 
     Fair share: while the server is at least half full, a key may hold at most max_pending /
-    (keys active in the last `ACTIVE_SECONDS`, counting those refused) requests. A key that was
+    (keys active in the last `ACTIVE_SECONDS`, counting those refused because the server was busy)
+    requests. A key that was
     refused because the server is full thus lowers the share of the keys filling it, and its retry
     finds room as their requests finish."""
 
@@ -138,6 +139,7 @@ class Admission:
         usage = self.keys.get(key)
         if usage is not None:
             usage.pending -= 1
+            usage.last_seen = self.clock()  # kept for a while: a cancelled decode's charge may follow
 
     def charge_tokens(self, key: str, tokens: int) -> None:
         """Generated tokens count against the key's tokens_per_minute after the decode (a request

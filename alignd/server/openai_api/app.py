@@ -185,7 +185,7 @@ class OpenAIApi:
         names = FieldNames(chat)
         try:
             # The key first: a caller without one learns nothing from the body's checks.
-            caller = await self.core.auth.caller(authorization(http), "Generate")
+            caller = await self.core.authenticate(authorization(http), "Generate", TRANSPORT)
             body = schema.parse_body(kind, await _json(http))
             names.renames = schema.renamed_fields(body)
             if body.model != self.model:
@@ -275,14 +275,14 @@ class OpenAIApi:
 
     async def models(self, request: web.Request) -> web.Response:
         try:
-            await self.core.auth.caller(authorization(request), "ListModels")
+            await self.core.authenticate(authorization(request), "ListModels", TRANSPORT)
         except AligndError as error:
             return error_response(error, FieldNames())
         return json_response({"object": "list", "data": [self._model_card()]})
 
     async def model_info(self, request: web.Request) -> web.Response:
         try:
-            await self.core.auth.caller(authorization(request), "ListModels")
+            await self.core.authenticate(authorization(request), "ListModels", TRANSPORT)
             if request.match_info["model"] != self.model:
                 raise NotFound(
                     f"model: {request.match_info['model']!r} is not served here; this server serves {self.model!r}"
@@ -297,7 +297,7 @@ class OpenAIApi:
     async def health(self, request: web.Request) -> web.Response:
         if not self.open_health:
             try:
-                await self.core.auth.caller(authorization(request), "Health")
+                await self.core.authenticate(authorization(request), "Health", TRANSPORT)
             except AligndError as error:
                 return error_response(error, FieldNames())
         if self.draining:
@@ -307,7 +307,7 @@ class OpenAIApi:
     async def feedback(self, request: web.Request) -> web.Response:
         names = FieldNames()
         try:
-            await self.core.auth.caller(authorization(request), "RecordFeedback")
+            await self.core.authenticate(authorization(request), "RecordFeedback", TRANSPORT)
             body = schema.parse_body(schema.FeedbackBody, await _json(request))
             message = pb.FeedbackRequest(request_id=body.request_id, key=body.key)
             given = [n for n in ("thumbs_up", "rating", "preferred_over") if getattr(body, n) is not None]

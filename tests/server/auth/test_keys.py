@@ -79,12 +79,33 @@ def test_a_malformed_keys_file_keeps_the_keys_loaded_before(tmp_path, caplog):
         ({"version": 1, "keys": [{**record.to_json(), "salt": "zz"}]}, r"keys\[0\]\.salt: not hexadecimal"),
         ({"version": 1, "keys": [{**record.to_json(), "scrypt": {"n": 3, "r": 8, "p": 1}}]}, "power of 2"),
         ({"version": 1, "keys": [{**record.to_json(), "scrypt": {"n": 2**30, "r": 8, "p": 1}}]}, "at most"),
+        ({"version": 1, "keys": [{**record.to_json(), "scrypt": {"n": 2**16, "r": 1, "p": 1}}]}, r"below 2\^\(16 r\)"),
+        ({"version": 1, "keys": [{**record.to_json(), "scrypt": {"n": 2, "r": 1, "p": 500}}]}, "p at most 16"),
+        ({"version": 1, "keys": [{**record.to_json(), "id": "XYZ"}]}, r"keys\[0\]\.id: must be 12"),
+        ({"version": 1, "keys": [{**record.to_json(), "hash": "ab"}]}, r"keys\[0\]\.hash: must be 32 bytes"),
+        ({"version": 1, "keys": [record.to_json(), record.to_json()]}, "the same id in more than one key"),
         ({"version": 1, "keys": [{**record.to_json(), "role": "root"}]}, "keys\\[0\\].role"),
         ({"version": 1, "keys": [{**record.to_json(), "quota": {"concurrent": -1}}]}, "quota.concurrent"),
     ):
         keys.path.write_text(json.dumps(bad))
         with pytest.raises(KeysFileError, match=message):
             keys.read()
+    keys.path.write_bytes(b"\xff\xfe not text")
+    with pytest.raises(KeysFileError, match="not UTF-8 text"):
+        keys.read()
+    ring.reload()  # logged, not raised: the keys loaded before stay
+    assert ring.verify(secret) == record
+
+
+def test_keys_that_cannot_be_right_are_refused_without_scrypt(tmp_path):
+    keys = KeysFile(tmp_path / "keys.json")
+    secret, record = new_key("user")
+    keys.add(record)
+    ring = KeyRing(keys.path)
+    for wrong, message in (("nope", "not an alignd API key"), (f"alignd-{'f' * 12}-abc", "unknown or revoked")):
+        with pytest.raises(Unauthenticated, match=message):
+            ring.precheck(wrong)
+    ring.precheck(secret)  # a real id: only scrypt can tell
 
 
 def test_revoking_names_the_key_or_says_which_is_missing(tmp_path):
