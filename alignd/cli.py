@@ -73,6 +73,11 @@ def _fail(message: str) -> int:
 # -- serve ------------------------------------------------------------------------------------
 
 
+def _given(**flags: Any) -> dict[str, Any] | None:
+    """The flags given on the command line, as a config table's overrides (None: none given)."""
+    return {name: value for name, value in flags.items() if value is not None} or None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
@@ -81,7 +86,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from alignd.errors import AligndError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    engine = {name: getattr(args, name) for name in VLLM_FLAGS if getattr(args, name) is not None}
     try:
         config = load_config(
             args.config,
@@ -95,19 +99,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             workers=args.workers,
             metrics_port=args.metrics_port,
             http={"enabled": True, "port": args.http_port} if args.http_port is not None else None,
-            auth={k: v for k, v in (("enabled", args.auth), ("keys_file", args.keys_file)) if v is not None} or None,
-            tls={
-                k: v
-                for k, v in (
-                    ("cert_file", args.tls_cert),
-                    ("key_file", args.tls_key),
-                    ("client_ca_file", args.tls_client_ca),
-                )
-                if v is not None
-            }
-            or None,
+            auth=_given(enabled=args.auth, keys_file=args.keys_file),
+            tls=_given(cert_file=args.tls_cert, key_file=args.tls_key, client_ca_file=args.tls_client_ca),
             log_text=args.log_text or None,
-            vllm=engine or None,
+            vllm=_given(**{name: getattr(args, name) for name in VLLM_FLAGS}),
         )
         from alignd.server.app import serve
 
@@ -394,7 +389,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from alignd.config import ConfigError, keys_file, load_config
-    from alignd.server.auth.keys import KeysFile, KeysFileError, new_key
+    from alignd.server.auth.keys import KeysFile, KeysFileError
     from alignd.server.auth.quotas import Quota, QuotaError
 
     try:
@@ -406,12 +401,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
             except QuotaError as error:  # named as the flag that set it
                 field, _, problem = str(error).partition(": ")
                 return _fail(f"--{field.removeprefix('quota.').replace('_', '-')}: {problem}")
-            secret, record = new_key(args.role, args.name or "", quota)
-            keys.add(record)
+            secret, record = keys.create(args.role, args.name or "", quota)
             print(secret)
-            limits = ", ".join(f"{k}={v}" for k, v in quota.as_dict().items()) or "no quota"
             print(
-                f"key {record.id} ({record.name}, role {record.role}, {limits}) added to {path}; "
+                f"key {record.id} ({record.name}, role {record.role}, {quota.describe()}) added to {path}; "
                 "the secret above is shown only now",
                 file=sys.stderr,
             )
@@ -421,8 +414,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         else:
             for r in keys.read():
                 state = f"revoked {r.revoked}" if r.revoked else "valid"
-                limits = ", ".join(f"{k}={v}" for k, v in r.quota.as_dict().items()) or "no quota"
-                print(f"{r.id}  {r.name:<20} {r.role:<6} {state:<32} {limits}")
+                print(f"{r.id}  {r.name:<20} {r.role:<6} {state:<32} {r.quota.describe()}")
     except (ConfigError, KeysFileError, OSError) as error:
         return _fail(str(error))
     return 0

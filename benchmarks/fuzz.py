@@ -28,7 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from alignd.server.auth.keys import KeysFile, new_key  # noqa: E402
+from alignd.server.auth.keys import KeysFile  # noqa: E402
 from alignd.v1 import alignd_pb2 as pb  # noqa: E402
 from alignd.v1 import alignd_pb2_grpc as pb_grpc  # noqa: E402
 from tests.fuzz_requests import NAMES, fuzz  # noqa: E402
@@ -36,6 +36,7 @@ from tests.fuzz_requests import NAMES, fuzz  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 CONFIG = """
 objectives = ["relevance", "positivity", "harmlessness", "conciseness"]
+experiment_store = "{store}"
 [auth]
 enabled = true
 keys_file = "{keys}"
@@ -67,15 +68,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         keys = KeysFile(Path(folder) / "keys.json")
-        secrets = []
-        for role in ("user", "admin"):
-            secret, record = new_key(role, role)
-            keys.add(record)
-            secrets.append(secret)
+        secrets = [keys.create(role, role)[0] for role in ("user", "admin")]
         config = Path(folder) / "alignd.toml"
-        config.write_text(CONFIG.format(keys=keys.path))
-        store = f'experiment_store = "{Path(folder) / "experiments.sqlite"}"\n'
-        config.write_text(store + config.read_text())
+        config.write_text(CONFIG.format(keys=keys.path, store=Path(folder) / "experiments.sqlite"))
         process, line = serve_process(["--config", str(config)], Path(folder) / "serve.log")
         found = re.search(r"on [\d.]+:(\d+)", line)
         assert found is not None

@@ -34,7 +34,7 @@ import httpx
 import psutil
 from concurrency import percentile, serve_process, stop_server  # benchmarks/, on the path as the script's folder
 
-from alignd.server.auth.keys import KeysFile, new_key
+from alignd.server.auth.keys import KeysFile
 from alignd.v1 import alignd_pb2 as pb
 from alignd.v1 import alignd_pb2_grpc as pb_grpc
 
@@ -182,11 +182,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         keys_file = KeysFile(Path(folder) / "keys.json")
-        keys = []
-        for n in range(args.keys):
-            secret, record = new_key("user", f"load-{n}")
-            keys_file.add(record)
-            keys.append(secret)
+        keys = [keys_file.create("user", f"load-{n}")[0] for n in range(args.keys)]
         metrics_port = free_port()
         process, line = serve_process(
             ["--auth", "--keys-file", str(keys_file.path), "--metrics-port", str(metrics_port)],

@@ -102,16 +102,19 @@ class TLS:
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
 
 
-def _connection(
-    target: str, api_key: str | None, tls: TLS | bool | None
-) -> tuple[list[tuple[str, str]], grpc.ChannelCredentials | None, tuple[tuple[str, str], ...] | None]:
-    """Channel options, credentials (None: plaintext) and the metadata every call sends."""
-    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
-    metadata = (("authorization", f"Bearer {key}"),) if key else None
+def _open_channel(target: str, tls: TLS | bool | None, channels: Any) -> Any:
+    """A channel to `target` from `channels` (the `grpc` or the `grpc.aio` module: both name
+    their constructors alike), plaintext or over TLS."""
     if tls is None or tls is False:
-        return [], None, metadata
+        return channels.insecure_channel(target)
     settings = TLS() if tls is True else tls
-    return settings.options(), settings.credentials(), metadata
+    return channels.secure_channel(target, settings.credentials(), options=settings.options())
+
+
+def _key_metadata(api_key: str | None) -> tuple[tuple[str, str], ...] | None:
+    """The metadata every call sends: the API key (default: $ALIGND_API_KEY), if any."""
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+    return (("authorization", f"Bearer {key}"),) if key else None
 
 
 def build_request(
@@ -393,13 +396,8 @@ class AligndClient:
         api_key: str | None = None,
         tls: TLS | bool | None = None,
     ) -> None:
-        options, credentials, self._metadata = _connection(target, api_key, tls)
-        if channel is None:
-            if credentials is None:
-                channel = grpc.insecure_channel(target, options=options)
-            else:
-                channel = grpc.secure_channel(target, credentials, options=options)
-        self._channel = channel
+        self._channel = channel or _open_channel(target, tls, grpc)
+        self._metadata = _key_metadata(api_key)
         self._stub = pb_grpc.AligndStub(self._channel)
         self.timeout = timeout
 
@@ -498,11 +496,8 @@ class AsyncAligndClient:
         api_key: str | None = None,
         tls: TLS | bool | None = None,
     ) -> None:
-        options, credentials, self._metadata = _connection(target, api_key, tls)
-        if credentials is None:
-            self._channel = grpc.aio.insecure_channel(target, options=options)
-        else:
-            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
+        self._channel = _open_channel(target, tls, grpc.aio)
+        self._metadata = _key_metadata(api_key)
         self._stub = pb_grpc.AligndStub(self._channel)
         self.timeout = timeout
 

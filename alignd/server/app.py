@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -332,8 +333,10 @@ async def start_server(
     )
     address = f"{config.host}:{config.port}"
     try:
-        if config.tls.cert_file:
-            tls.http_context(config.tls)  # loads the files: a ConfigError says what is wrong with them
+        # Loading the HTTP API's context checks the files, naming the one at fault (gRPC's own
+        # errors do not); the HTTP API serves with it.
+        context = tls.http_context(config.tls) if config.tls.cert_file else None
+        if context is not None:
             port = server.add_secure_port(address, tls.grpc_credentials(config.tls))
         else:
             port = server.add_insecure_port(address)
@@ -346,7 +349,7 @@ async def start_server(
         await core.aclose()
         raise ConfigError(f"port: cannot bind {config.host}:{config.port}")
     try:
-        http = await start_http(core, config) if config.http.enabled else None
+        http = await start_http(core, config, context) if config.http.enabled else None
     except ConfigError:
         await core.aclose()
         raise
@@ -358,10 +361,9 @@ async def start_server(
     return RunningServer(server, core, health_servicer, port, http)
 
 
-async def start_http(core: ServerCore, config: ServerConfig) -> HTTPServer:
-    """The OpenAI-compatible API on the running event loop."""
+async def start_http(core: ServerCore, config: ServerConfig, context: ssl.SSLContext | None) -> HTTPServer:
+    """The OpenAI-compatible API on the running event loop (over TLS with `context`)."""
     host = (config.http.host or config.host).strip("[]")  # gRPC writes IPv6 hosts as [::]
-    context = tls.http_context(config.tls) if config.tls.cert_file else None
     api = OpenAIApi(core, open_health="health" in config.auth.open_services)
     # handler_cancellation: a client that disconnects cancels its request (and so its decode).
     runner = web.AppRunner(

@@ -12,8 +12,8 @@ from alignd.config import ConfigError, TLSOptions
 
 
 def grpc_credentials(tls: TLSOptions) -> grpc.ServerCredentials:
-    """gRPC's credentials from the same files (check them with `http_context` first: gRPC's own
-    errors do not say which file is wrong)."""
+    """gRPC's credentials from the same files (load `http_context` first: gRPC's own errors do
+    not say which file is wrong)."""
     pair = (Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes())
     ca = Path(tls.client_ca_file).read_bytes() if tls.client_ca_file else None
     return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)

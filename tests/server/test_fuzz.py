@@ -10,7 +10,7 @@ from alignd.backends.base import SamplingParams
 from alignd.clients import AligndClient
 from alignd.config import AuthOptions, ServerConfig
 from alignd.decoding.base import STRATEGIES
-from alignd.server.auth.keys import KeysFile, new_key
+from alignd.server.auth.keys import KeysFile
 from tests.fuzz_requests import NAMES, fuzz
 from tests.server.conftest import TEST_LIMITS, running_server
 
@@ -25,11 +25,7 @@ EXPERIMENT = {
 
 def test_generated_requests_get_no_internal_error(tiny_policy, module_letter_scorer, tmp_path):
     keys = KeysFile(tmp_path / "keys.json")
-    secrets = []
-    for role in ("user", "admin"):
-        secret, record = new_key(role, role)
-        keys.add(record)
-        secrets.append(secret)
+    secrets = [keys.create(role, role)[0] for role in ("user", "admin")]
     config = ServerConfig(
         port=0,
         limits=TEST_LIMITS,

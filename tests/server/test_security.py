@@ -22,7 +22,7 @@ from alignd.clients import TLS, AligndClient, AligndClientError
 from alignd.config import AuthOptions, HTTPOptions, ServerConfig, TLSOptions
 from alignd.rewardmodels.base import Objective, ObjectiveInfo
 from alignd.rewardmodels.objective_scorer import ObjectiveScorer
-from alignd.server.auth.keys import KeysFile, new_key
+from alignd.server.auth.keys import KeysFile
 from alignd.server.auth.quotas import Quota
 from tests.certificates import make_pki
 from tests.server.conftest import TEST_LIMITS, running_server
@@ -48,9 +48,7 @@ def _keys(path) -> Keys:
         ("slow", "user", Quota(requests_per_minute=2)),
         ("small", "user", Quota(max_n=2, max_tokens=4)),
     ):
-        secret, record = new_key(role, name, quota)
-        keys.add(record)
-        made[name] = secret
+        made[name] = keys.create(role, name, quota)[0]
     return Keys(**made, file=keys)
 
 
@@ -177,8 +175,7 @@ def test_http_n_counts_against_the_keys_quota(secured):
 
 def test_a_revoked_key_is_refused_without_a_restart(secured):
     running, keys = secured
-    secret, record = new_key("user", "temporary")
-    keys.file.add(record)
+    secret, record = keys.file.create("user", "temporary")
     time.sleep(1.1)  # the server looks at the file at most once a second
     with _client(running, secret) as c:
         assert c.generate("hi").text is not None
@@ -295,8 +292,7 @@ def test_one_heavy_key_cannot_starve_another(tiny_policy, tmp_path):
 
 def test_concurrency_quota(tiny_policy, tmp_path):
     keys = KeysFile(tmp_path / "keys.json")
-    secret, record = new_key("user", "one-at-a-time", Quota(concurrent=1))
-    keys.add(record)
+    secret, _ = keys.create("user", "one-at-a-time", Quota(concurrent=1))
     gate = GateObjective()
     config = ServerConfig(
         port=0,
@@ -470,8 +466,7 @@ def test_a_malformed_keys_file_stops_start_up(tiny_policy, module_letter_scorer,
 
 def test_a_cancelled_decode_is_charged_the_tokens_it_generated(tiny_policy, tmp_path):
     keys = KeysFile(tmp_path / "keys.json")
-    secret, record = new_key("user", "metered", Quota(tokens_per_minute=60))
-    keys.add(record)
+    secret, record = keys.create("user", "metered", Quota(tokens_per_minute=60))
     gate = GateObjective()  # the decode generates its tokens, then waits to be scored
     config = ServerConfig(
         port=0,

@@ -237,6 +237,12 @@ class KeysFile:
     def add(self, record: KeyRecord) -> None:
         self.update(lambda records: [*records, record])
 
+    def create(self, role: str, name: str = "", quota: Quota = UNLIMITED) -> tuple[str, KeyRecord]:
+        """A new key, stored: its secret (to hand over once) and its record."""
+        secret, record = new_key(role, name, quota)
+        self.add(record)
+        return secret, record
+
     def revoke(self, key: str) -> KeyRecord:
         """Revoke the key with this id (or name, when only one key has it)."""
         revoked: list[KeyRecord] = []

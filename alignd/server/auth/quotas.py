@@ -45,6 +45,9 @@ class Quota:
         """The limits set (0s left out)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if v}
 
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.as_dict().items()) or "no quota"
+
 
 UNLIMITED = Quota()
 

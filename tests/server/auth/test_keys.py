@@ -28,8 +28,7 @@ def test_a_key_is_stored_as_a_salted_hash_never_as_its_secret(tmp_path):
 
 def test_the_ring_accepts_valid_keys_and_refuses_wrong_and_revoked_ones(tmp_path):
     keys = KeysFile(tmp_path / "keys.json")
-    secret, record = new_key("admin", "ops")
-    keys.add(record)
+    secret, record = keys.create("admin", "ops")
     ring = KeyRing(keys.path)
     assert ring.verify(secret) == record
     assert ring.known(secret) == record  # verified once: no scrypt again
@@ -46,8 +45,7 @@ def test_the_ring_accepts_valid_keys_and_refuses_wrong_and_revoked_ones(tmp_path
 
 def test_a_revoked_key_drops_out_without_a_reload_call(tmp_path):
     keys = KeysFile(tmp_path / "keys.json")
-    secret, record = new_key("user", "bob")
-    keys.add(record)
+    secret, record = keys.create("user", "bob")
     ring = KeyRing(keys.path)
     ring.verify(secret)
     time.sleep(0.01)
@@ -57,16 +55,14 @@ def test_a_revoked_key_drops_out_without_a_reload_call(tmp_path):
         time.sleep(0.1)
     assert ring.known(secret) is None
     # A key created later is accepted the same way.
-    later, record2 = new_key("user", "carol")
-    keys.add(record2)
+    later, record2 = keys.create("user", "carol")
     time.sleep(1.1)
     assert ring.verify(later) == record2
 
 
 def test_a_malformed_keys_file_keeps_the_keys_loaded_before(tmp_path, caplog):
     keys = KeysFile(tmp_path / "keys.json")
-    secret, record = new_key("user")
-    keys.add(record)
+    secret, record = keys.create("user")
     ring = KeyRing(keys.path)
     keys.path.write_text("{not json")
     ring.reload()
@@ -99,8 +95,7 @@ def test_a_malformed_keys_file_keeps_the_keys_loaded_before(tmp_path, caplog):
 
 def test_keys_that_cannot_be_right_are_refused_without_scrypt(tmp_path):
     keys = KeysFile(tmp_path / "keys.json")
-    secret, record = new_key("user")
-    keys.add(record)
+    secret, _ = keys.create("user")
     ring = KeyRing(keys.path)
     for wrong, message in (("nope", "not an alignd API key"), (f"alignd-{'f' * 12}-abc", "unknown or revoked")):
         with pytest.raises(Unauthenticated, match=message):
@@ -111,7 +106,7 @@ def test_keys_that_cannot_be_right_are_refused_without_scrypt(tmp_path):
 def test_revoking_names_the_key_or_says_which_is_missing(tmp_path):
     keys = KeysFile(tmp_path / "keys.json")
     for _ in range(2):
-        keys.add(new_key("user", "twin")[1])
+        keys.create("user", "twin")
     with pytest.raises(KeysFileError, match="2 keys are named 'twin'"):
         keys.revoke("twin")
     with pytest.raises(KeysFileError, match="no key with id or name 'nobody'"):
@@ -120,10 +115,8 @@ def test_revoking_names_the_key_or_says_which_is_missing(tmp_path):
 
 def test_roles_guard_admin_methods(tmp_path):
     keys = KeysFile(tmp_path / "keys.json")
-    user, user_record = new_key("user", "u")
-    admin, _ = new_key("admin", "a")
-    keys.add(user_record)
-    keys.add(_)
+    user, _ = keys.create("user", "u")
+    admin, _ = keys.create("admin", "a")
     auth = Authenticator(keys.path)
 
     async def check() -> None:
