@@ -42,6 +42,9 @@ from alignd.v1 import alignd_pb2 as pb
 
 log = logging.getLogger("alignd.server")
 T = TypeVar("T")
+# What a transport hands over about the caller: the request's authorization value (None: none),
+# or the Caller it already authenticated for this call.
+Credentials = str | Caller | None
 
 
 @dataclass
@@ -130,7 +133,7 @@ class ServerCore:
 
     @asynccontextmanager
     async def admitted(
-        self, transport: str, method: str, authorization: str | None, strategy: str = ""
+        self, transport: str, method: str, authorization: Credentials, strategy: str = ""
     ) -> AsyncIterator[Call]:
         """Authentication, admission control and metrics around one request. Raises
         Unauthenticated or PermissionDenied for the caller's key, ResourceExhausted when
@@ -166,9 +169,12 @@ class ServerCore:
             self.metrics.requests.labels(transport, method, call.strategy, code).inc()
             self.metrics.latency.labels(transport, method, call.strategy).observe(time.perf_counter() - started)
 
-    async def authenticate(self, authorization: str | None, method: str, transport: str, strategy: str = "") -> Caller:
+    async def authenticate(self, authorization: Credentials, method: str, transport: str, strategy: str = "") -> Caller:
         """The caller, allowed to call `method`; a refusal is counted in the metrics, and anything
-        unexpected becomes Internal (logged)."""
+        unexpected becomes Internal (logged). A Caller is one the transport authenticated already
+        for this call (HTTP checks the key before it reads the body)."""
+        if isinstance(authorization, Caller):
+            return authorization
         try:
             return await self.auth.caller(authorization, method)
         except AligndError as error:
@@ -186,7 +192,7 @@ class ServerCore:
     # -- generation -------------------------------------------------------------------------
 
     async def generate(
-        self, request: pb.GenerateRequest, transport: str, authorization: str | None = None, copies: int = 1
+        self, request: pb.GenerateRequest, transport: str, authorization: Credentials = None, copies: int = 1
     ) -> pb.GenerateResponse:
         """`copies`: the request is one of that many decoded for one call (HTTP's `n`), which
         the key's max_n quota counts together."""
@@ -207,7 +213,7 @@ class ServerCore:
             return await self._finish(routed, parsed, result, request_id, started)
 
     async def generate_stream(
-        self, request: pb.GenerateRequest, transport: str, authorization: str | None = None, copies: int = 1
+        self, request: pb.GenerateRequest, transport: str, authorization: Credentials = None, copies: int = 1
     ) -> AsyncGenerator[StreamStarted | pb.GenerateEvent]:
         """StreamStarted once the request is accepted, then progress events (each with the text
         committed since the previous one), then the result. Closing the iterator early (the
@@ -404,7 +410,7 @@ class ServerCore:
     # -- scoring, feedback, experiments -----------------------------------------------------
 
     async def score(
-        self, request: pb.ScoreRequest, transport: str, authorization: str | None = None
+        self, request: pb.ScoreRequest, transport: str, authorization: Credentials = None
     ) -> pb.ScoreResponse:
         async with self.admitted(transport, "Score", authorization) as call:
             limits = self.config.limits
@@ -432,28 +438,28 @@ class ServerCore:
             )
 
     async def feedback(
-        self, request: pb.FeedbackRequest, transport: str, authorization: str | None = None
+        self, request: pb.FeedbackRequest, transport: str, authorization: Credentials = None
     ) -> pb.FeedbackResponse:
         async with self.admitted(transport, "RecordFeedback", authorization):
             return pb.FeedbackResponse(replaced=await self.experiments.feedback(request))
 
     async def report(
-        self, request: pb.ExperimentReportRequest, transport: str, authorization: str | None = None
+        self, request: pb.ExperimentReportRequest, transport: str, authorization: Credentials = None
     ) -> pb.ExperimentReport:
         async with self.admitted(transport, "GetExperimentReport", authorization):
             return await self.experiments.report(request.name)
 
-    async def list_experiments(self, transport: str, authorization: str | None = None) -> pb.ListExperimentsResponse:
+    async def list_experiments(self, transport: str, authorization: Credentials = None) -> pb.ListExperimentsResponse:
         async with self.admitted(transport, "ListExperiments", authorization):
             return pb.ListExperimentsResponse(experiments=await self.experiments.list())
 
     async def create_experiment(
-        self, request: pb.Experiment, transport: str, authorization: str | None = None
+        self, request: pb.Experiment, transport: str, authorization: Credentials = None
     ) -> pb.Experiment:
         async with self.admitted(transport, "CreateExperiment", authorization):  # admin role checked there
             return await self.experiments.create(request)
 
-    async def server_info(self, authorization: str | None = None) -> pb.ServerInfo:  # gRPC only
+    async def server_info(self, authorization: Credentials = None) -> pb.ServerInfo:  # gRPC only
         """What the server serves (no admission: it is computed once, at start-up)."""
         await self.authenticate(authorization, "GetServerInfo", "grpc")
         return self.info

@@ -198,10 +198,9 @@ class OpenAIApi:
         reply = Reply(self.model, chat, requests[0].request_id)
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
-            return await self._stream(http, requests, reply, names, include_usage)
+            return await self._stream(http, caller, requests, reply, names, include_usage)
         try:
-            key = authorization(http)
-            responses = await _all([self.core.generate(r, TRANSPORT, key, len(requests)) for r in requests])
+            responses = await _all([self.core.generate(r, TRANSPORT, caller, len(requests)) for r in requests])
         except AligndError as error:
             return error_response(error, names)
         return json_response(reply.complete(responses))
@@ -209,13 +208,13 @@ class OpenAIApi:
     async def _stream(
         self,
         http: web.Request,
+        caller: Caller,
         requests: list[pb.GenerateRequest],
         reply: Reply,
         names: FieldNames,
         include_usage: bool,
     ) -> web.StreamResponse:
-        key = authorization(http)
-        streams = [self.core.generate_stream(r, TRANSPORT, key, len(requests)) for r in requests]
+        streams = [self.core.generate_stream(r, TRANSPORT, caller, len(requests)) for r in requests]
         try:
             # Admission, routing and validation happen before the first item: their errors get
             # a status code of their own rather than an error event in a 200 stream.
@@ -307,7 +306,7 @@ class OpenAIApi:
     async def feedback(self, request: web.Request) -> web.Response:
         names = FieldNames()
         try:
-            await self.core.authenticate(authorization(request), "RecordFeedback", TRANSPORT)
+            caller = await self.core.authenticate(authorization(request), "RecordFeedback", TRANSPORT)
             body = schema.parse_body(schema.FeedbackBody, await _json(request))
             message = pb.FeedbackRequest(request_id=body.request_id, key=body.key)
             given = [n for n in ("thumbs_up", "rating", "preferred_over") if getattr(body, n) is not None]
@@ -315,7 +314,7 @@ class OpenAIApi:
                 raise InvalidArgument("feedback", f"set one of thumbs_up, rating, preferred_over, not {given}")
             for name in given:
                 setattr(message, name, getattr(body, name))
-            answer = await self.core.feedback(message, TRANSPORT, authorization(request))
+            answer = await self.core.feedback(message, TRANSPORT, caller)
         except AligndError as error:
             return error_response(error, names)
         return json_response({"replaced": answer.replaced})
