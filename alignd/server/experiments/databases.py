@@ -285,9 +285,10 @@ class PostgresDatabase(Database):
         return True
 
     def usable(self, session: Session) -> bool:
-        status = session.connection.info.transaction_status
-        ok = (self._psycopg.pq.TransactionStatus.IDLE, self._psycopg.pq.TransactionStatus.INERROR)
-        return not self.broken(session) and status in (*ok, self._psycopg.pq.TransactionStatus.INTRANS)
+        status = self._psycopg.pq.TransactionStatus
+        # Not mid-query (ACTIVE) and not lost (UNKNOWN): a ROLLBACK, if one is needed, can run.
+        usable = (status.IDLE, status.INTRANS, status.INERROR)
+        return not self.broken(session) and session.connection.info.transaction_status in usable
 
     def read(self, query: Callable[[Session], Any]) -> Any:
         with self._pool.connection() as connection:
