@@ -11,8 +11,9 @@ import dataclasses
 import enum
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, TypeVar
 
 from alignd.errors import Cancelled, FailedPrecondition
@@ -20,11 +21,15 @@ from alignd.errors import Cancelled, FailedPrecondition
 if TYPE_CHECKING:  # strategies use these types without importing torch
     import torch
 
+    from alignd.backends.preference_vectors import VectorInfo
+
 
 class Capability(enum.StrEnum):
     """Optional things a backend can do beyond `sample`."""
 
     SAMPLE = "sample"  # full responses with per-token reference log-probs (every backend)
+    # preference vectors at any per-request strengths, mixed per row in a batch (`steering`)
+    ROW_STEERING = "row_steering"
     EXTEND = "extend"  # continue partial responses by blocks, reusing the prefix
     TOKENWISE = "tokenwise"  # next-token logits for a batch of partial states
     HIDDEN_STATES = "hidden_states"  # hidden states of generated tokens at no extra forward
@@ -33,6 +38,16 @@ class Capability(enum.StrEnum):
 class FinishReason(enum.StrEnum):
     STOP = "stop"  # end-of-sequence token or a stop sequence
     LENGTH = "length"  # max_tokens reached
+
+
+# Preference-vector strengths of a policy: ((vector name, eta), ...), as `steering_of` makes it.
+Steering = tuple[tuple[str, float], ...]
+
+
+def steering_of(strengths: dict[str, float]) -> Steering:
+    """The canonical form of vector strengths: sorted by name, zeros left out (so equal policies
+    compare equal)."""
+    return tuple(sorted((name, float(eta)) for name, eta in strengths.items() if eta != 0.0))
 
 
 @dataclass(frozen=True)
@@ -49,6 +64,9 @@ class SamplingParams:
     max_tokens: int = 128
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # The policy itself: preference-vector strengths (name, eta), sorted by name, none zero;
+    # pi_ref is then the model with weights theta_base + sum_p eta_p phi_p. Empty: the base model.
+    steering: Steering = ()
 
     @property
     def greedy(self) -> bool:
@@ -145,6 +163,10 @@ class Policy(ABC):
     context_length: int | None = None
     #: the weights' dtype ("float32", "bfloat16", ...)
     dtype: str = "float32"
+    #: preference vectors this policy can steer with, by name (`SamplingParams.steering`)
+    vectors: Mapping[str, VectorInfo] = MappingProxyType({})
+    #: per vector, the only strengths this backend serves (absent: any within the limit)
+    vector_presets: Mapping[str, tuple[float, ...]] = MappingProxyType({})
 
     @abstractmethod
     def render(self, prompt: ChatPrompt) -> str:
@@ -186,6 +208,12 @@ class Policy(ABC):
 
     # -- incremental decoding (Capability.EXTEND / TOKENWISE / HIDDEN_STATES) ------------------
 
+    def check_steering(self, steering: Steering) -> None:
+        """Refuse, with FailedPrecondition, preference-vector strengths this backend cannot serve
+        (the names are known: the server checked them against `vectors`)."""
+        if steering and Capability.ROW_STEERING not in self.capabilities:
+            raise FailedPrecondition(f"backend {type(self).__name__} cannot steer with preference vectors")
+
     def _missing(self, capability: Capability) -> FailedPrecondition:
         return FailedPrecondition(f"backend {type(self).__name__} lacks the capability {capability.value!r}")
 
@@ -196,9 +224,16 @@ class Policy(ABC):
         raise self._missing(Capability.EXTEND)
 
     def begin_many(
-        self, prompts: Sequence[ChatPrompt], sampling: SamplingParams, cancel: threading.Event | None = None
+        self,
+        prompts: Sequence[ChatPrompt],
+        sampling: SamplingParams,
+        cancel: threading.Event | None = None,
+        *,
+        steering: Sequence[Steering] | None = None,
     ) -> PartialResponses:
-        """One empty response per prompt (row i continues prompts[i]), prefilled in one batch."""
+        """One empty response per prompt (row i continues prompts[i]), prefilled in one batch.
+        `steering[i]`, where given, is row i's policy instead of `sampling.steering`
+        (Capability.ROW_STEERING): rows of one partial then decode under different policies."""
         raise self._missing(Capability.EXTEND)
 
     def extend(

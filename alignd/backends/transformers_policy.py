@@ -37,14 +37,17 @@ from alignd.backends.base import (
     Policy,
     SampleBatch,
     SamplingParams,
+    Steering,
     check_cancelled,
     owned,
 )
 from alignd.backends.cpu_matmul import use_small_batch_linears
 from alignd.backends.kv_cache import CacheMerger, KVCache
+from alignd.backends.preference_vectors import PreferenceVectors
+from alignd.backends.row_steering import RowSteering
 from alignd.backends.step_batching import DECODE, StepBatcher, TokenBudget
 from alignd.backends.text import TokenizerText, eos_token_ids, response_text, response_texts, stop_window
-from alignd.errors import Cancelled
+from alignd.errors import Cancelled, InvalidArgument
 from alignd.sampling import RowStreams, draw, reference_logprobs
 
 _PREFILL = "prefill"  # the batcher's kind for prompt prefills (empty caches), merged with each other
@@ -88,6 +91,7 @@ class _Partial(PartialResponses):
     attention: torch.Tensor | None = None  # [live, T]
     next_position: torch.Tensor | None = None  # [live]
     logits: torch.Tensor | None = None  # [live, V], next-token logits
+    steer: torch.Tensor | None = None  # [live, vectors]: each row's preference-vector strengths
 
     def live_tensors(self) -> tuple[KVCache, torch.Tensor, torch.Tensor, torch.Tensor]:
         """cache, attention, next_position and logits (a partial with live rows has them all)."""
@@ -111,13 +115,15 @@ class TransformersPolicy(TokenizerText, Policy):
         small_batch_matmul: bool = True,
         max_batch_tokens: int = 65_536,
         gather_seconds: float = 0.05,
+        vectors: PreferenceVectors | None = None,
     ) -> None:
         """Load from a checkpoint folder, or wrap an in-memory model and tokenizer (tests).
         `dtype`: float32, bfloat16, float16, or auto (`resolve_dtype`).
         `small_batch_matmul`: on CPU, use the faster product for decoding steps (cpu_matmul.py).
         `max_batch_tokens`: key/value tokens (rows x length) that the requests decoding at once
         may hold together (`reserve`), and so one merged step; `gather_seconds`: longest wait
-        for concurrent requests' next steps before a step runs without them (StepBatcher)."""
+        for concurrent requests' next steps before a step runs without them (StepBatcher).
+        `vectors`: preference vectors that requests may steer with, per row (row_steering.py)."""
         self._device = resolve_device(device)
         if model is None:
             if checkpoint is None:
@@ -129,6 +135,10 @@ class TransformersPolicy(TokenizerText, Policy):
         self.model = model.to(self._device).eval()  # type: ignore[arg-type]
         if small_batch_matmul and self._device.type == "cpu":
             use_small_batch_linears(self.model)
+        self._steering = RowSteering(self.model, vectors) if vectors is not None else None
+        if vectors is not None:
+            self.vectors = dict(vectors.infos)
+            self.capabilities = self.capabilities | {Capability.ROW_STEERING}
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
@@ -178,7 +188,11 @@ class TransformersPolicy(TokenizerText, Policy):
         partial.cache.reserve(width)
         kind = _PREFILL if prefill else DECODE
         self.batcher.step(
-            _Step(partial, input_ids, positions), rows=rows, length=partial.attention.shape[1], kind=kind, cancel=cancel
+            _Step(partial, input_ids, positions, partial.steer),
+            rows=rows,
+            length=partial.attention.shape[1],
+            kind=kind,
+            cancel=cancel,
         )
 
     @torch.inference_mode()
@@ -189,8 +203,11 @@ class TransformersPolicy(TokenizerText, Policy):
         request then given views of its rows."""
         first = steps[0].partial
         assert first.cache is not None
+        steer = _merged_steer([step.steer for step in steps], [step.input_ids.shape[0] for step in steps])
         if len(steps) == 1:
-            logits, hidden = self._model_step(steps[0].input_ids, first.attention, steps[0].positions, first.cache)
+            logits, hidden = self._model_step(
+                steps[0].input_ids, first.attention, steps[0].positions, first.cache, steer
+            )
         elif first.cache.length == 0:
             width = max(step.input_ids.shape[1] for step in steps)
             pads = [width - step.input_ids.shape[1] for step in steps]
@@ -200,6 +217,7 @@ class TransformersPolicy(TokenizerText, Policy):
                 torch.cat([F.pad(self._attention(step), (pad, 0)) for step, pad in zip(steps, pads)]),
                 torch.cat([F.pad(step.positions, (pad, 0)) for step, pad in zip(steps, pads)]),
                 merged,
+                steer,
             )
             for step, rows, pad in zip(steps, _spans(steps), pads):
                 assert step.partial.cache is not None
@@ -212,6 +230,7 @@ class TransformersPolicy(TokenizerText, Policy):
                 torch.cat([F.pad(self._attention(step), (pad, 0)) for step, pad in zip(steps, pads)]),
                 torch.cat([step.positions for step in steps]),
                 merged,
+                steer,
             )
             self._merger.hand_back(merged, caches, spans, pads)
         for step, rows in zip(steps, _spans(steps)):
@@ -219,19 +238,26 @@ class TransformersPolicy(TokenizerText, Policy):
             self._take_outputs(step, logits[rows] if len(steps) == 1 else logits[rows].clone(), hidden[rows])
 
     def _model_step(
-        self, input_ids: torch.Tensor, attention: torch.Tensor | None, positions: torch.Tensor, cache: KVCache
+        self,
+        input_ids: torch.Tensor,
+        attention: torch.Tensor | None,
+        positions: torch.Tensor,
+        cache: KVCache,
+        steer: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward of `input_ids` over `cache` (advanced past them): the next-token logits and
-        the final-layer hidden state at the last position of every row."""
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            output_hidden_states=True,
-            logits_to_keep=1,
-        )
+        """One forward of `input_ids` over `cache` (advanced past them), each row steered by its
+        strengths in `steer`: the next-token logits and the final-layer hidden state at the last
+        position of every row."""
+        with self._steering.rows(steer) if self._steering is not None else contextlib.nullcontext():
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                output_hidden_states=True,
+                logits_to_keep=1,
+            )
         cache.advance(input_ids.shape[1])
         return out.logits[:, -1, :], out.hidden_states[-1][:, -1, :]
 
@@ -251,7 +277,11 @@ class TransformersPolicy(TokenizerText, Policy):
         partial.forward_tokens += int(partial.attention[:, -step.input_ids.shape[1] :].sum())
 
     def _begin(
-        self, prompts: Sequence[ChatPrompt], sampling: SamplingParams, cancel: threading.Event | None
+        self,
+        prompts: Sequence[ChatPrompt],
+        sampling: SamplingParams,
+        cancel: threading.Event | None,
+        steering: Sequence[Steering] | None = None,
     ) -> _Partial:
         input_ids, attention = self._left_padded([self.prompt_ids(p) for p in prompts])
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
@@ -272,9 +302,22 @@ class TransformersPolicy(TokenizerText, Policy):
             next_position=positions[:, -1] + 1,
             keys=streams.new(rows),
             streams=streams,
+            steer=self._strengths(steering if steering is not None else [sampling.steering] * rows),
         )
         self._forward(partial, input_ids, positions, cancel)
         return partial
+
+    def _strengths(self, rows: Sequence[Steering]) -> torch.Tensor | None:
+        """Per-row strengths [rows, vectors] for the steering hooks; None when no row is steered."""
+        for steering in rows:
+            for name, _ in steering:
+                if name not in self.vectors:
+                    raise InvalidArgument(
+                        "preference_vectors", f"unknown preference vector {name!r}; available: {sorted(self.vectors)}"
+                    )
+        if self._steering is None:
+            return None
+        return self._steering.strengths([dict(steering) for steering in rows], self._device)
 
     def _left_padded(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids [B, width] left-padded with the pad token, and their attention mask."""
@@ -316,6 +359,7 @@ class TransformersPolicy(TokenizerText, Policy):
             selected.attention = attention[gather]
             selected.next_position = next_position[gather]
             selected.logits = logits[gather]
+            selected.steer = partial.steer[gather] if partial.steer is not None else None
         return selected
 
     def _feed(
@@ -341,6 +385,7 @@ class TransformersPolicy(TokenizerText, Policy):
             cache.keep(keep)
             partial.attention, partial.logits = attention[keep], logits[keep]
             partial.next_position = next_position[keep]
+            partial.steer = partial.steer[keep] if partial.steer is not None else None
 
     def _record(self, partial: _Partial, chosen: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
         """Append one token per live row; mark and return the rows that finished."""
@@ -407,12 +452,19 @@ class TransformersPolicy(TokenizerText, Policy):
 
     @torch.inference_mode()
     def begin_many(
-        self, prompts: Sequence[ChatPrompt], sampling: SamplingParams, cancel: threading.Event | None = None
+        self,
+        prompts: Sequence[ChatPrompt],
+        sampling: SamplingParams,
+        cancel: threading.Event | None = None,
+        *,
+        steering: Sequence[Steering] | None = None,
     ) -> _Partial:
         if not prompts:
             raise ValueError("begin_many needs at least one prompt")
+        if steering is not None and len(steering) != len(prompts):
+            raise ValueError("begin_many needs one steering per prompt")
         check_cancelled(cancel)
-        return self._begin(prompts, sampling, cancel)
+        return self._begin(prompts, sampling, cancel, steering)
 
     @torch.inference_mode()
     def extend(
@@ -569,6 +621,7 @@ class _Step:
     partial: _Partial
     input_ids: torch.Tensor
     positions: torch.Tensor
+    steer: torch.Tensor | None  # [live, vectors], the rows' strengths (None: not steered)
 
 
 def _spans(steps: Sequence[_Step]) -> list[slice]:
@@ -578,3 +631,16 @@ def _spans(steps: Sequence[_Step]) -> list[slice]:
         spans.append(slice(start, start + step.input_ids.shape[0]))
         start += step.input_ids.shape[0]
     return spans
+
+
+def _merged_steer(steers: Sequence[torch.Tensor | None], rows: Sequence[int]) -> torch.Tensor | None:
+    """The strengths of a merged forward's rows, in step order (unsteered steps' rows zero)."""
+    present = [steer for steer in steers if steer is not None]
+    if not present:
+        return None
+    if len(steers) == 1:
+        return present[0]
+    zeros = present[0].new_zeros
+    return torch.cat(
+        [steer if steer is not None else zeros((count, present[0].shape[1])) for steer, count in zip(steers, rows)]
+    )

@@ -1,0 +1,164 @@
+"""Preference vectors (Liang et al. 2025, "Adaptive Helpfulness-Harmlessness Alignment with
+Preference Vectors"): what a vector is, and its file format.
+
+For a preference p two LoRA adapters are trained with DPO, one on pairs ranked by p ("more of p",
+theta+) and one on the same pairs reversed ("less of p", theta-). The vector is their difference,
+phi_p = theta+ - theta-, and a request's strengths eta give the weights
+theta = theta_base + sum_p eta_p phi_p.
+
+An adapter changes a linear layer's weight W [out, in] by s B A (A [r, in], B [out, r], s =
+lora_alpha / r), so on that layer phi_p = s B+ A+ - s B- A- = [s B+, -s B-] [A+; A-]: exactly the
+product of an `up` factor [out, 2r] and a `down` factor [2r, in], which is what is stored. No
+truncation, no error: the served weights are the adapters' own.
+
+Files: `<name>.safetensors` holds `<vector>/<module>/down` and `<vector>/<module>/up` for every
+adapted layer (`<module>` is the layer's name in the plain transformers model, e.g.
+`model.layers.0.self_attn.q_proj`); `<name>.json` beside it holds the metadata, one entry per
+vector (`VectorInfo`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+FORMAT = 1
+SHIPPED_VECTORS = Path(__file__).resolve().parent.parent / "data" / "vectors"
+FILE_NAME = "preference_vectors.safetensors"
+
+
+class VectorsError(ValueError):
+    """A vectors file that is missing, malformed, or made for another model."""
+
+
+@dataclass(frozen=True)
+class VectorInfo:
+    """What a vector is: its name (the request field's key), the objective it moves, and how it
+    was made and measured."""
+
+    name: str
+    objective: str
+    base_model: str
+    rank: int  # of phi on each layer: 2 x the adapters' LoRA rank
+    target_modules: tuple[str, ...]  # the adapted layers' short names (q_proj, v_proj, ...)
+    data_hash: str = ""
+    # Mean change of every objective at eta = 1 against eta = 0, on the eval prompts (`alignd train
+    # vectors` measures it): the vector's effect on its objective and its price on the others.
+    shift: dict[str, float] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)  # DPO settings and pair counts
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> VectorInfo:
+        known = {"name", "objective", "base_model", "rank", "target_modules", "data_hash", "shift", "training"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise VectorsError(f"unknown fields {unknown}")
+        values = dict(values, target_modules=tuple(values.get("target_modules", ())))
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class LowRankDelta:
+    """One layer's phi: delta W = up @ down."""
+
+    down: torch.Tensor  # [R, in]
+    up: torch.Tensor  # [out, R]
+
+    def weight(self) -> torch.Tensor:
+        return self.up.float() @ self.down.float()
+
+
+@dataclass
+class PreferenceVectors:
+    """Vectors by name, each a low-rank delta per adapted layer."""
+
+    infos: dict[str, VectorInfo]
+    deltas: dict[str, dict[str, LowRankDelta]]  # vector -> module name -> delta
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.infos)
+
+    def merged_into(self, model: torch.nn.Module, strengths: dict[str, float]) -> torch.nn.Module:
+        """`model` with theta_base + sum_p eta_p phi_p written into its weights, in place (tests and
+        vLLM presets; the server never merges: it applies the deltas per row)."""
+        modules = dict(model.named_modules())
+        with torch.no_grad():
+            for name, eta in strengths.items():
+                for module_name, delta in self.deltas[name].items():
+                    weight = modules[module_name].weight
+                    weight += (eta * delta.weight()).to(weight.dtype)
+        return model
+
+    def check_model(self, model: torch.nn.Module) -> None:
+        """Every adapted layer exists in `model` with the shapes the factors need."""
+        modules = dict(model.named_modules())
+        for name, layers in self.deltas.items():
+            for module_name, delta in layers.items():
+                module = modules.get(module_name)
+                weight = getattr(module, "weight", None)
+                if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+                    raise VectorsError(f"vector {name!r}: the model has no linear layer {module_name!r}")
+                if tuple(weight.shape) != (delta.up.shape[0], delta.down.shape[1]):
+                    raise VectorsError(
+                        f"vector {name!r}: layer {module_name!r} is {tuple(weight.shape)} in the model, "
+                        f"{(delta.up.shape[0], delta.down.shape[1])} in the vector"
+                    )
+
+    def save(self, path: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+        """Write `<path>.safetensors` and `<path>.json` (factors stored as `dtype`)."""
+        path = Path(path).with_suffix(".safetensors")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {}
+        for name, layers in self.deltas.items():
+            for module_name, delta in layers.items():
+                tensors[f"{name}/{module_name}/down"] = delta.down.detach().to("cpu", dtype).contiguous()
+                tensors[f"{name}/{module_name}/up"] = delta.up.detach().to("cpu", dtype).contiguous()
+        save_file(tensors, str(path))
+        metadata = {"format": FORMAT, "vectors": [asdict(info) for info in self.infos.values()]}
+        path.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> PreferenceVectors:
+        """Read a vectors file (factors as float32); VectorsError names what is wrong."""
+        path = Path(path).with_suffix(".safetensors")
+        meta_path = path.with_suffix(".json")
+        if not path.is_file() or not meta_path.is_file():
+            raise VectorsError(f"preference vectors {str(path)!r}: needs {path.name} and {meta_path.name}")
+        try:
+            metadata = json.loads(meta_path.read_text())
+            if metadata.get("format") != FORMAT:
+                raise VectorsError(f"format {metadata.get('format')!r}, this alignd reads {FORMAT}")
+            infos = [VectorInfo.from_dict(v) for v in metadata["vectors"]]
+            tensors = load_file(str(path))
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+            raise VectorsError(f"preference vectors {str(path)!r}: cannot load ({error})") from None
+        deltas: dict[str, dict[str, LowRankDelta]] = {info.name: {} for info in infos}
+        factors: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+        for key, tensor in tensors.items():
+            name, _, rest = key.partition("/")
+            module_name, _, part = rest.rpartition("/")
+            if name not in deltas or part not in ("down", "up") or not module_name:
+                raise VectorsError(f"preference vectors {str(path)!r}: unexpected tensor {key!r}")
+            factors.setdefault((name, module_name), {})[part] = tensor.float()
+        for (name, module_name), pair in factors.items():
+            if set(pair) != {"down", "up"} or pair["up"].shape[1] != pair["down"].shape[0]:
+                raise VectorsError(f"preference vectors {str(path)!r}: {name}/{module_name} lacks matching factors")
+            if not all(bool(torch.isfinite(t).all()) for t in pair.values()):
+                raise VectorsError(f"preference vectors {str(path)!r}: {name}/{module_name} is not finite")
+            deltas[name][module_name] = LowRankDelta(pair["down"], pair["up"])
+        empty = [name for name, layers in deltas.items() if not layers]
+        if empty:
+            raise VectorsError(f"preference vectors {str(path)!r}: no layers for {empty}")
+        return cls({info.name: info for info in infos}, deltas)
+
+
+def shipped_vectors(model_name: str) -> Path | None:
+    path = SHIPPED_VECTORS / model_name / FILE_NAME
+    return path if path.is_file() else None
