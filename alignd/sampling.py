@@ -219,3 +219,34 @@ def extrapolated_step(
         support_tokens=int(support.sum()),
         overridden=bool(aligned.argmax(-1) != principled.argmax(-1)),
     )
+
+
+@dataclass(frozen=True)
+class FusedStep:
+    """One step of logit fusion."""
+
+    token: int
+    logprob: float  # log-probability of the token under the base policy (row 0) at the temperature
+    kl: float  # KL(fused || base) of this step at the sampling temperature (greedy: -log base(token))
+
+
+def fused_step(
+    logits: torch.Tensor, weights: Sequence[float], sampling: SamplingParams, keys: np.ndarray, position: int
+) -> FusedStep:
+    """Logit fusion (Shi et al. 2024, the reverse-KL case): the next token from the policies'
+    logits [P, V] (row 0 the base policy) fused as sum_i w_i log pi_i, then drawn as the base
+    policy's tokens are (temperature, top-k, top-p, the request's random stream `keys` at
+    `position`). With w = (1, 0, ...) this is the base policy's own draw."""
+    policies = torch.log_softmax(logits.float(), dim=-1)
+    fused = (torch.tensor(weights).to(policies)[:, None] * policies).sum(0, keepdim=True)
+    tokens, _ = draw(fused, sampling, keys, np.array([position]))
+    token = int(tokens[0])
+    temperature = sampling.temperature if not sampling.greedy else 1.0
+    base = torch.log_softmax(logits[0].float() / temperature, dim=-1)
+    if sampling.greedy:
+        return FusedStep(token, 0.0, -float(base[token]))
+    chosen = reference_logprobs(fused, sampling)[0]
+    support = torch.isfinite(chosen)
+    q = chosen[support]
+    kl = float((q.exp() * (q - base[support])).sum())
+    return FusedStep(token, float(base[token]), max(kl, 0.0))

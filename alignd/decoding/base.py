@@ -32,6 +32,7 @@ from alignd.backends.base import (
     PartialResponses,
     Policy,
     SamplingParams,
+    Steering,
 )
 from alignd.decoding.weights import PreferenceWeights
 from alignd.errors import Cancelled, FailedPrecondition, InvalidArgument
@@ -180,12 +181,20 @@ class DecodeContext:
             raise
 
     def prefill(
-        self, prompts: Sequence[ChatPrompt] | None = None, sampling: SamplingParams | None = None
+        self,
+        prompts: Sequence[ChatPrompt] | None = None,
+        sampling: SamplingParams | None = None,
+        *,
+        steering: Sequence[Steering] | None = None,
     ) -> PartialResponses:
-        """One empty response per prompt (default: the request's), ready to extend."""
+        """One empty response per prompt (default: the request's), ready to extend; `steering`
+        gives each row its own policy (Capability.ROW_STEERING)."""
         with self.phase("prefill"):
             return self.policy.begin_many(
-                prompts or [self.request.prompt], sampling or self.request.sampling, self.request.cancel
+                prompts or [self.request.prompt],
+                sampling or self.request.sampling,
+                self.request.cancel,
+                steering=steering,
             )
 
     def extend(self, partial: PartialResponses, k: int, block_tokens: int) -> PartialResponses:
@@ -317,6 +326,7 @@ class Strategy(ABC, Generic[P]):
             raise FailedPrecondition(
                 f"strategy {self.name!r} needs backend capabilities {missing}, which {type(policy).__name__} lacks"
             )
+        policy.check_steering(request.sampling.steering)
         if self.refuses_greedy and request.sampling.greedy:
             raise InvalidArgument("sampling.temperature", f"{self.name} samples from pi_ref: use a temperature > 0")
         return self.plan(request, params, policy, scorer)

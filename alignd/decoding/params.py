@@ -30,6 +30,8 @@ class Limits:
     # Rows decoded at once x (prompt + max_tokens) tokens: bounds KV-cache memory per request
     # (SmolLM2-135M float32 needs about 46 KB per token per row).
     max_batch_tokens: int = 65_536
+    # |eta| of each preference vector a request may ask for (the vectors were trained as +-1).
+    max_vector_strength: float = 2.0
 
 
 def param(
@@ -186,6 +188,8 @@ def _number_map(label: str, value: Any, low: float | None, high: float | None) -
         if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
             raise InvalidArgument(entry, f"must be a finite number, got {number!r}")
         if (low is not None and number < low) or (high is not None and number > high):
-            raise InvalidArgument(entry, f"must be in [{low:g}, {high:g}], got {number}")
+            lowest = f"{low:g}" if low is not None else "-inf"
+            highest = f"{high:g}" if high is not None else "inf"
+            raise InvalidArgument(entry, f"must be in [{lowest}, {highest}], got {number}")
         checked[key] = float(number)
     return checked

@@ -1,0 +1,79 @@
+"""Logit fusion of the base and the preference-vector policies (Shi et al. 2024, "Decoding-Time
+Language Model Alignment with Multiple Objectives", the reverse-KL case), multi_objective's
+`logit_fusion` mode.
+
+The policies are the base model (pi_0) and the model steered by each preference vector at
+strength 1 (pi_p = theta_base + phi_p). They decode the same response in lock-step, one row each
+in one batched forward per token (the rows differ only in their strengths, which the backend
+applies per row), and the next token is drawn from softmax(sum_i w_i log pi_i) with the request's
+temperature, top-k and top-p, then appended to every row. With w = (1, 0, ...) this is the base
+policy's own draw, token for token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from alignd.backends.base import Policy, Steering
+from alignd.decoding.base import DecodeContext, DecodeResult, KLEstimate
+from alignd.decoding.weights import PreferenceWeights
+from alignd.errors import InvalidArgument
+from alignd.sampling import RowStreams, fused_step
+
+BASE = "base"  # the unsteered policy's name among the fused policies
+
+
+def fusion_weights(
+    requested: Mapping[str, float], weights: PreferenceWeights, policy: Policy, field: str
+) -> dict[str, float]:
+    """The policies' weights, normalised to sum 1, those at 0 left out (they change nothing).
+    `requested` names policies ("base" and vector names); empty: each vector gets the request's
+    weight on its objective, the base model the weight of the objectives no vector steers."""
+    if requested:
+        for name in requested:
+            if name != BASE and name not in policy.vectors:
+                raise InvalidArgument(
+                    f"{field}[{name}]", f"not a policy to fuse; available: {[BASE, *sorted(policy.vectors)]}"
+                )
+        chosen = dict(requested)
+    else:
+        by_objective = weights.as_dict()
+        chosen = {name: by_objective.get(info.objective, 0.0) for name, info in policy.vectors.items()}
+        chosen[BASE] = max(0.0, 1.0 - sum(chosen.values()))
+    total = sum(chosen.values())
+    if total <= 0:
+        raise InvalidArgument(field, "at least one policy weight must be positive")
+    fused = {name: w / total for name, w in chosen.items() if w > 0}
+    # The base policy is always row 0: the KL figure and the token log-probabilities are its.
+    return {BASE: fused.pop(BASE, 0.0), **fused}
+
+
+def decode_fused(ctx: DecodeContext, policy_weights: dict[str, float]) -> DecodeResult:
+    """Decode with the fused next-token distribution; `policy_weights` from `fusion_weights`."""
+    request, policy = ctx.request, ctx.policy
+    names = list(policy_weights)
+    steering: list[Steering] = [() if name == BASE else ((name, 1.0),) for name in names]
+    partial = ctx.prefill([request.prompt] * len(names), steering=steering)
+    keys = RowStreams(request.sampling.seed).new(1)
+    weights = [policy_weights[name] for name in names]
+    kl = 0.0
+    with ctx.phase("decode"):
+        while not partial.done:
+            logits = policy.next_token_logits(partial)
+            step = fused_step(logits, weights, request.sampling, keys, len(partial.token_ids[0]))
+            kl += step.kl
+            partial = ctx.append(partial, step.token, step.logprob)
+            if request.on_progress is not None:
+                text = policy.completion(partial, 0).text
+                number = ctx.usage.generated_tokens
+                ctx.report("token", number, f"token {number}: {text[-40:]!r}", committed=text)
+    estimate = KLEstimate(
+        "logit_fusion_estimate",
+        "estimate",
+        kl,
+        "sum over steps of KL(fused next-token distribution || the base policy at the same temperature) "
+        "along the decoded path",
+    )
+    details = {f"policy_weight[{name}]": w for name, w in policy_weights.items()}
+    result, _ = ctx.finish_decoded(partial, [estimate], details)
+    return result
