@@ -29,17 +29,18 @@ VLLM_FLAGS = (
 )
 
 
-def _parse_weights(pairs: Sequence[str]) -> dict[str, float]:
+def _parse_weights(pairs: Sequence[str], flag: str = "--weights") -> dict[str, float]:
+    """NAME=VALUE pairs (repeated or comma-separated) of a weights-like flag."""
     weights: dict[str, float] = {}
     for item in pairs:
         for pair in item.split(","):
             name, sep, value = pair.partition("=")
             if not sep:
-                raise SystemExit(f"alignd: error: --weights expects name=value, got {pair!r}")
+                raise SystemExit(f"alignd: error: {flag} expects name=value, got {pair!r}")
             try:
                 weights[name.strip()] = float(value)
             except ValueError:
-                raise SystemExit(f"alignd: error: --weights {name}: {value!r} is not a number") from None
+                raise SystemExit(f"alignd: error: {flag} {name}: {value!r} is not a number") from None
     return weights
 
 
@@ -170,6 +171,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     options = dict(
         weights=_parse_weights(args.weights),
+        preference_vectors=_parse_weights(args.vectors, "--vectors"),
         system_prompt=args.system or "",
         raw_prompt=args.raw,
         return_candidates=args.candidates,
@@ -516,6 +518,13 @@ def build_parser() -> argparse.ArgumentParser:
     client_options(generate)
     generate.add_argument(
         "--strategy", default="", help="decoding strategy (default: the server's, sample; with --experiment: the arm's)"
+    )
+    generate.add_argument(
+        "--vectors",
+        action="append",
+        default=[],
+        metavar="NAME=ETA[,NAME=ETA]",
+        help="preference-vector strengths: steer the model before the strategy runs",
     )
     generate.add_argument("--experiment", default="", help="A/B experiment: its arm chooses the strategy")
     generate.add_argument("--subject", default="", help="stable user id (with --experiment)")

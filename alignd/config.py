@@ -120,6 +120,9 @@ class ServerConfig:
     # Value heads for controlled decoding: "auto" loads the heads shipped for the model (if any),
     # "" none, else a .safetensors path (with its .json beside it).
     value_heads: str = "auto"
+    # Preference vectors requests may steer with (GenerateRequest.preference_vectors): "auto" loads
+    # the vectors shipped for the model (if any), "" none, else a .safetensors path (+ its .json).
+    preference_vectors: str = "auto"
     # Bradley-Terry reward heads served as extra objectives (paths).
     reward_heads: tuple[str, ...] = ()
     default_weights: dict[str, float] = field(default_factory=dict)  # empty: uniform
@@ -219,7 +222,16 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfi
         raise ConfigError(str(error)) from None
 
 
-_TEXT_SETTINGS = ("model", "backend", "device", "dtype", "host", "value_heads", "experiment_store")
+_TEXT_SETTINGS = (
+    "model",
+    "backend",
+    "device",
+    "dtype",
+    "host",
+    "value_heads",
+    "preference_vectors",
+    "experiment_store",
+)
 # Whole-number settings and their smallest allowed value.
 _COUNT_SETTINGS = {
     "port": 0,
@@ -255,6 +267,9 @@ def check_settings(config: ServerConfig) -> None:
         raise ConfigError(f"http.port: must be a whole number from 0 to {MAX_PORT}, got {http.port!r}")
     if not isinstance(http.host, str):
         raise ConfigError(f"http.host: must be a string, got {http.host!r}")
+    strength = config.limits.max_vector_strength
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength < float("inf"):
+        raise ConfigError(f"limits.max_vector_strength: must be a number >= 0, got {strength!r}")
     _check_auth(config)
     _check_tls(config.tls)
     grace = config.grace_seconds

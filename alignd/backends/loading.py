@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alignd import models
 from alignd.backends.base import Policy
+
+if TYPE_CHECKING:
+    from alignd.backends.preference_vectors import PreferenceVectors
 
 BACKENDS = ("transformers", "vllm")
 
@@ -46,6 +49,7 @@ def load_policy(
     vllm_options: Any = None,
     small_batch_matmul: bool = True,
     max_batch_tokens: int = 65_536,
+    vectors: PreferenceVectors | None = None,
 ) -> Policy:
     """Raises alignd.errors.ModelNotFound for an unknown model, ValueError for a bad backend or
     dtype, alignd.backends.vllm.EngineStartError when the vLLM engine does not start. `dtype`
@@ -59,7 +63,9 @@ def load_policy(
         from alignd.backends.vllm import VLLMOptions, VLLMPolicy
 
         dtype = resolve_dtype(dtype, resolve_device("auto"))
-        return VLLMPolicy(checkpoint, model_name=name, dtype=dtype, options=vllm_options or VLLMOptions())
+        return VLLMPolicy(
+            checkpoint, model_name=name, dtype=dtype, options=vllm_options or VLLMOptions(), vectors=vectors
+        )
     return TransformersPolicy(
         checkpoint,
         model_name=name,
@@ -67,4 +73,5 @@ def load_policy(
         dtype=dtype,
         small_batch_matmul=small_batch_matmul,
         max_batch_tokens=max_batch_tokens,
+        vectors=vectors,
     )

@@ -9,6 +9,10 @@ so every call submits coroutines to that loop and waits. What it serves:
   as token ids; prefix caching finds the shared prefix in the KV cache, so a block does not
   re-encode it (`prefix_cache_hit_rate` reports what the engine found);
 - no per-token control (tokenwise controlled decoding, linear alignment): refused;
+- preference vectors only as presets: vLLM serves LoRA adapters per request, each at the scale it
+  was loaded with, so each (vector, eta) in `VLLMOptions.vector_presets` is loaded as its own
+  adapter (vector_presets.py) and a request may steer with one vector at one of those strengths;
+  other strengths and mixes are refused (FAILED_PRECONDITION);
 - hidden states for value heads only with a *shadow* attached (`attach_hidden_states`): a
   transformers copy of the model that follows each partial response with its own KV cache and is
   fed each block's sampled tokens (K x B tokens per block, the prefix never re-encoded).
@@ -20,6 +24,8 @@ import asyncio
 import itertools
 import logging
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -36,14 +42,19 @@ from alignd.backends.base import (
     Policy,
     SampleBatch,
     SamplingParams,
+    Steering,
     check_cancelled,
     owned,
 )
 from alignd.backends.text import TokenizerText, eos_token_ids, response_text, response_texts, stop_window
-from alignd.errors import Cancelled
+from alignd.backends.vector_presets import DEFAULT_PRESETS, preset_name, write_presets
+from alignd.errors import Cancelled, FailedPrecondition
 
 if TYPE_CHECKING:  # vllm is imported when the engine starts, not with this module
     from vllm import SamplingParams as EngineSampling
+    from vllm.lora.request import LoRARequest
+
+    from alignd.backends.preference_vectors import PreferenceVectors
 
 log = logging.getLogger("alignd.vllm")
 
@@ -69,6 +80,9 @@ class VLLMOptions:
     block_size: int | None = None  # KV-cache block in tokens; None: vLLM's default on GPUs, 32 on CPUs
     enable_prefix_caching: bool = True
     enforce_eager: bool = False
+    # Strengths each preference vector is served at (one LoRA adapter each); with vectors loaded,
+    # the engine runs with LoRA enabled, which on CPUs turns off vLLM's graph compilation.
+    vector_presets: tuple[float, ...] = DEFAULT_PRESETS
     extra: dict[str, Any] = field(default_factory=dict)  # any other AsyncEngineArgs field
 
 
@@ -94,6 +108,7 @@ class VLLMPolicy(TokenizerText, Policy):
         dtype: str = "float32",
         options: VLLMOptions = VLLMOptions(),
         seed: int = 0,
+        vectors: PreferenceVectors | None = None,
     ) -> None:
         # vLLM reports usage statistics over the network unless told not to; a server should not.
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
@@ -101,6 +116,7 @@ class VLLMPolicy(TokenizerText, Policy):
             import torch
             from transformers import AutoTokenizer
             from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.lora.request import LoRARequest
             from vllm.v1.engine.async_llm import AsyncLLM
         except ImportError as error:
             raise EngineStartError(f"the vllm backend needs vLLM installed ({error}); see README: Install") from None
@@ -137,6 +153,23 @@ class VLLMPolicy(TokenizerText, Policy):
             args["block_size"] = block_size
         if utilization is not None:
             args["gpu_memory_utilization"] = utilization
+        self.preference_vectors = vectors
+        self._adapters: dict[tuple[str, float], LoRARequest] = {}
+        self._adapter_folder: str | None = None
+        if vectors is not None:
+            presets = tuple(sorted({float(eta) for eta in options.vector_presets if eta != 0.0}))
+            self._adapter_folder = tempfile.mkdtemp(prefix="alignd-vector-presets-")
+            folders = write_presets(vectors, presets, Path(self._adapter_folder), str(checkpoint))
+            self._adapters = {
+                key: LoRARequest(preset_name(*key), i + 1, str(folder))
+                for i, (key, folder) in enumerate(folders.items())
+            }
+            self.vectors = dict(vectors.infos)
+            self.vector_presets = {name: presets for name in vectors.names}
+            rank = max(max(d.down.shape[0] for d in layers.values()) for layers in vectors.deltas.values())
+            args["enable_lora"] = True
+            args["max_lora_rank"] = next(r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= rank)
+            args["max_loras"] = max(1, min(len(self._adapters), 8))
         args.update(options.extra)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="alignd-vllm-loop", daemon=True)
@@ -149,6 +182,7 @@ class VLLMPolicy(TokenizerText, Policy):
             self.engine = asyncio.run_coroutine_threadsafe(start(), self._loop).result()
         except Exception as error:
             self._stop_loop()
+            self._remove_adapters()
             raise EngineStartError(
                 f"vLLM engine failed to start: {type(error).__name__}: {error} (the engine's log above has the cause)"
             ) from None
@@ -162,6 +196,21 @@ class VLLMPolicy(TokenizerText, Policy):
         self.prompt_tokens_seen = 0  # prompt tokens of every engine request
         self.prompt_tokens_cached = 0  # of those, found in the prefix cache by the engine
         self._shadow: Any = None  # a TransformersPolicy (needs begin_many, select, feed_tokens)
+
+    def check_steering(self, steering: Steering) -> None:
+        if steering and self._adapter(steering) is None:
+            raise FailedPrecondition(
+                "the vllm backend serves preference vectors only as presets: one vector at a strength in "
+                f"{sorted({eta for _, eta in self._adapters})} (vllm.vector_presets); the transformers "
+                "backend serves any strengths and mixes"
+            )
+
+    def _adapter(self, steering: Steering) -> LoRARequest | None:
+        """The preset adapter of a one-vector steering (None: unsteered, or no such preset)."""
+        if len(steering) != 1:
+            return None
+        name, eta = steering[0]
+        return self._adapters.get((name, float(eta)))
 
     def attach_hidden_states(self, shadow: Any) -> None:
         """Give value heads hidden states: `shadow` (a transformers policy on the same checkpoint)
@@ -202,11 +251,12 @@ class VLLMPolicy(TokenizerText, Policy):
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
 
-    async def _generate(self, prompt_ids: list[int], params: EngineSampling) -> Any:
+    async def _generate(self, prompt_ids: list[int], params: EngineSampling, adapter: LoRARequest | None) -> Any:
         request_id = f"alignd-{next(self._ids)}"
         final = None
         try:
-            async for output in self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id):
+            generate = self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id, lora_request=adapter)
+            async for output in generate:
                 final = output
         except asyncio.CancelledError:
             await self.engine.abort(request_id)  # the caller went away: free the engine's slots now
@@ -218,13 +268,17 @@ class VLLMPolicy(TokenizerText, Policy):
             self.prompt_tokens_cached += int(final.num_cached_tokens or 0)
         return final
 
-    def _run_all(self, requests: list[tuple[list[int], EngineSampling]], cancel: threading.Event | None) -> list[Any]:
-        """Submit all requests at once (the engine batches them) and wait; a set `cancel` aborts
-        them in the engine and raises Cancelled."""
+    def _run_all(
+        self, requests: list[tuple[list[int], EngineSampling]], steering: Steering, cancel: threading.Event | None
+    ) -> list[Any]:
+        """Submit all requests at once (the engine batches them), with the steering's preset
+        adapter, and wait; a set `cancel` aborts them in the engine and raises Cancelled."""
         check_cancelled(cancel)
+        self.check_steering(steering)
+        adapter = self._adapter(steering)
 
         async def gather() -> list[Any]:
-            return await asyncio.gather(*(self._generate(ids, params) for ids, params in requests))
+            return await asyncio.gather(*(self._generate(ids, params, adapter) for ids, params in requests))
 
         future: Future = asyncio.run_coroutine_threadsafe(gather(), self._loop)
         while True:
@@ -256,7 +310,7 @@ class VLLMPolicy(TokenizerText, Policy):
             raise ValueError("sample needs at least one prompt and n >= 1")
         encoded = [self.prompt_ids(p) for p in prompts]
         params = self._params(sampling, n, sampling.max_tokens, sampling.seed)
-        outputs = self._run_all([(ids, params) for ids in encoded], cancel)
+        outputs = self._run_all([(ids, params) for ids in encoded], sampling.steering, cancel)
         completions, forward = [], 0
         for ids, output in zip(encoded, outputs):
             row = []
@@ -272,11 +326,18 @@ class VLLMPolicy(TokenizerText, Policy):
         return self.begin_many([prompt], sampling, cancel)
 
     def begin_many(
-        self, prompts: Sequence[ChatPrompt], sampling: SamplingParams, cancel: threading.Event | None = None
+        self,
+        prompts: Sequence[ChatPrompt],
+        sampling: SamplingParams,
+        cancel: threading.Event | None = None,
+        *,
+        steering: Sequence[Steering] | None = None,
     ) -> _Partial:
         # Nothing runs yet: the first extend sends the prompts, and prefix caching keeps them.
         if not prompts:
             raise ValueError("begin_many needs at least one prompt")
+        if steering is not None and any(s != sampling.steering for s in steering):
+            raise self._missing(Capability.ROW_STEERING)
         check_cancelled(cancel)
         prompts = [self.encode(p) for p in prompts]  # the shadow reuses the ids
         ids = [self.prompt_ids(p) for p in prompts]
@@ -311,7 +372,7 @@ class VLLMPolicy(TokenizerText, Policy):
             requests.append(
                 (partial.prompt_ids[r] + partial.token_ids[r], self._params(sampling, k, min(block_tokens, left), seed))
             )
-        outputs = dict(zip(live, self._run_all(requests, cancel)))
+        outputs = dict(zip(live, self._run_all(requests, sampling.steering, cancel)))
         children = _Partial(
             prompt=partial.prompt,
             sampling=sampling,
@@ -415,6 +476,12 @@ class VLLMPolicy(TokenizerText, Policy):
             self.engine = None  # collected now, not by __del__ during interpreter exit
         finally:
             self._stop_loop()
+            self._remove_adapters()
+
+    def _remove_adapters(self) -> None:
+        if self._adapter_folder is not None:
+            shutil.rmtree(self._adapter_folder, ignore_errors=True)
+            self._adapter_folder = None
 
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)

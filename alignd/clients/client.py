@@ -129,12 +129,15 @@ def build_request(
     experiment: str = "",
     subject: str = "",
     history: Sequence[tuple[str, str]] = (),
+    preference_vectors: Mapping[str, float] | None = None,
     **options: Any,
 ) -> pb.GenerateRequest:
     """A GenerateRequest from keyword arguments: sampling keywords go to `sampling`, the rest are
     the strategy's parameters (its message in the `params` oneof). An empty strategy leaves the
     choice to the server: its default, or with `experiment` the subject's arm. `history`: the
-    conversation's earlier (role, content) turns, oldest first, that `prompt` follows."""
+    conversation's earlier (role, content) turns, oldest first, that `prompt` follows.
+    `preference_vectors`: strength eta per vector name (the server's `preference_vectors` in
+    GetServerInfo): the model is steered to theta_base + sum eta phi before the strategy runs."""
     sampling = {k: options.pop(k) for k in _SAMPLING_FIELDS if options.get(k) is not None}
     for k in _SAMPLING_FIELDS:
         options.pop(k, None)
@@ -150,6 +153,7 @@ def build_request(
         subject=subject,
         sampling=pb.SamplingParams(**sampling),
         history=[pb.ChatTurn(role=role, content=content) for role, content in history],
+        preference_vectors=dict(preference_vectors or {}),
     )
     params = {k: v for k, v in options.items() if v is not None}
     oneof_fields = {f.name for f in pb.GenerateRequest.DESCRIPTOR.oneofs_by_name["params"].fields}
@@ -197,6 +201,7 @@ def generation_from(message: pb.GenerateResponse) -> Generation:
         details=dict(message.details),
         experiment=message.experiment,
         arm=message.arm,
+        preference_vectors=dict(message.preference_vectors),
     )
 
 

@@ -72,6 +72,7 @@ class Generation:
     details: dict[str, float] = field(default_factory=dict)  # strategy-specific figures
     experiment: str = ""  # A/B: the experiment and the arm that served the request
     arm: str = ""
+    preference_vectors: dict[str, float] = field(default_factory=dict)  # the strengths steered with
 
     def kl_by_name(self, name: str) -> KL:
         return next(k for k in self.kl if k.name == name)

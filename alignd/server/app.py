@@ -8,6 +8,7 @@ objective or a heads path should not cost that."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import ssl
@@ -22,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from alignd import models
 from alignd.backends.base import Policy
 from alignd.backends.loading import checkpoint_hidden_size, load_policy, served_model_name
+from alignd.backends.preference_vectors import PreferenceVectors, VectorsError, shipped_vectors
 from alignd.backends.vllm import EngineStartError
 from alignd.config import (
     OPEN_SERVICES,
@@ -65,6 +67,7 @@ class CheckedConfig:
     objectives: tuple[ObjectiveSpec, ...] = ()
     reward: tuple[tuple[str, Head], ...] = ()  # (path, head), in config order
     value: tuple[str, Head] | None = None
+    vectors: PreferenceVectors | None = None  # for the policy (`load_vectors`)
 
     def fields(self) -> list[tuple[str, Head]]:
         """Each head with the setting that names it, for error messages."""
@@ -141,6 +144,25 @@ def check_compatible(field: str, head: Head, model_name: str, hidden_size: int |
         raise ConfigError(f"{field}: {error}") from None
 
 
+def load_vectors(config: ServerConfig, model_name: str) -> PreferenceVectors | None:
+    """The preference vectors the config names (ConfigError naming the setting): "auto" is the
+    set shipped for the model, if any; vectors trained on another model are refused."""
+    path = shipped_vectors(model_name) if config.preference_vectors == "auto" else config.preference_vectors or None
+    if path is None:
+        return None
+    try:
+        vectors = PreferenceVectors.load(path)
+    except VectorsError as error:
+        raise ConfigError(f"preference_vectors: {error}") from None
+    for info in vectors.infos.values():
+        if info.base_model != model_name:
+            raise ConfigError(
+                f"preference_vectors: vector {info.name!r} was trained on {info.base_model!r}, "
+                f"the served model is {model_name!r}"
+            )
+    return vectors
+
+
 def check_config(config: ServerConfig) -> CheckedConfig:
     """Every check that needs no policy, before it loads: the settings, the model's folder, the
     device, the objectives (reward models' config.json, entry points), the heads against the
@@ -158,10 +180,14 @@ def check_config(config: ServerConfig) -> CheckedConfig:
             raise ConfigError(f"device: {error}") from None
     # ModelNotFound is one line from the CLI too; a registered model is converted here on first use.
     checkpoint = models.resolve(config.model)
-    checked = load_heads(
-        config, served_model_name(config.model, checkpoint), checkpoint_hidden_size(checkpoint), objectives
+    model_name = served_model_name(config.model, checkpoint)
+    checked = load_heads(config, model_name, checkpoint_hidden_size(checkpoint), objectives)
+    checked = dataclasses.replace(checked, vectors=load_vectors(config, model_name))
+    _check_requests(
+        config,
+        (*(o.name for o in objectives), *(h.objectives[0] for _, h in checked.reward)),
+        checked.vectors.names if checked.vectors is not None else (),
     )
-    _check_requests(config, (*(o.name for o in objectives), *(h.objectives[0] for _, h in checked.reward)))
     if auth_enabled(config):
         from alignd.server.auth.keys import KeysFile, KeysFileError
 
@@ -172,7 +198,7 @@ def check_config(config: ServerConfig) -> CheckedConfig:
     return checked
 
 
-def _check_requests(config: ServerConfig, objective_names: tuple[str, ...]) -> None:
+def _check_requests(config: ServerConfig, objective_names: tuple[str, ...], vectors: tuple[str, ...]) -> None:
     """Default weights and sampling, and each experiment arm parsed as a request would be."""
     from alignd.decoding.weights import parse_weights
     from alignd.server import convert
@@ -186,7 +212,13 @@ def _check_requests(config: ServerConfig, objective_names: tuple[str, ...]) -> N
 
     def parse_arm(template: alignd_pb2.GenerateRequest) -> None:
         convert.parse_generate(
-            template, objective_names, default_weights, config.default_sampling, config.limits, template=True
+            template,
+            objective_names,
+            default_weights,
+            config.default_sampling,
+            config.limits,
+            vectors=vectors,
+            template=True,
         )
 
     configured_experiments(config, parse_arm)
@@ -269,6 +301,8 @@ def _ensure_hidden_states(config: ServerConfig, field: str, policy: Policy) -> N
             device=device,
             dtype=config.dtype,
             small_batch_matmul=config.small_batch_matmul,
+            # Steered requests' hidden states come from the same steered weights.
+            vectors=getattr(policy, "preference_vectors", None),
         )
     )
 
@@ -400,6 +434,7 @@ async def serve(config: ServerConfig) -> None:
             vllm_options=config.vllm,
             small_batch_matmul=config.small_batch_matmul,
             max_batch_tokens=config.limits.max_batch_tokens,
+            vectors=configured.vectors,
         )
     except (ValueError, EngineStartError) as error:
         raise ConfigError(str(error)) from None

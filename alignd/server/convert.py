@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from alignd.backends.base import ChatPrompt, SamplingParams
+from alignd.backends.base import ChatPrompt, SamplingParams, Steering, steering_of
 from alignd.decoding.base import DecodeResult, ProgressEvent, ScoredCandidate, Strategy, get_strategy
 from alignd.decoding.params import Limits, ParamDescription, validate_params
 from alignd.decoding.weights import PreferenceWeights, parse_weights
@@ -81,10 +81,11 @@ def parse_generate(
     default_sampling: SamplingParams,
     limits: Limits,
     *,
+    vectors: Collection[str] = (),
     template: bool = False,
 ) -> ParsedGenerate:
     """A request's strategy, parameters, prompt, sampling and weights, validated. An experiment
-    arm's `template` has no prompt of its own."""
+    arm's `template` has no prompt of its own. `vectors`: the preference vectors the policy has."""
     check_text("prompt", request.prompt, limits.max_prompt_chars, required=not template)
     check_text("system_prompt", request.system_prompt, limits.max_prompt_chars, required=False)
     history = parse_history(request, limits)
@@ -101,10 +102,27 @@ def parse_generate(
         strategy=strategy,
         params=params,
         prompt=ChatPrompt(request.prompt, request.system_prompt or None, request.raw_prompt, history),
-        sampling=parse_sampling(request.sampling, strategy.default_sampling(default_sampling), limits),
+        sampling=dataclasses.replace(
+            parse_sampling(request.sampling, strategy.default_sampling(default_sampling), limits),
+            steering=parse_steering(dict(request.preference_vectors), vectors, limits),
+        ),
         weights=parse_weights(dict(request.weights), objective_names, default_weights),
         return_candidates=request.return_candidates,
     )
+
+
+def parse_steering(strengths: Mapping[str, float], vectors: Collection[str], limits: Limits) -> Steering:
+    """Preference-vector strengths, checked: known vectors, finite, within the limit."""
+    bound = limits.max_vector_strength
+    for name, eta in strengths.items():
+        field = f"preference_vectors[{name}]"
+        if name not in vectors:
+            raise InvalidArgument(field, f"unknown preference vector; available: {sorted(vectors)}")
+        if not math.isfinite(eta):
+            raise InvalidArgument(field, f"must be finite, got {eta}")
+        if abs(eta) > bound:
+            raise InvalidArgument(field, f"{eta:g} is outside [-{bound:g}, {bound:g}] (limits.max_vector_strength)")
+    return steering_of(dict(strengths))
 
 
 CHAT_ROLES = ("user", "assistant")
@@ -152,9 +170,22 @@ def candidate_message(names: tuple[str, ...], candidate: ScoredCandidate) -> pb.
 
 
 def result_message(
-    result: DecodeResult, request_id: str, strategy: str, model: str, weights: PreferenceWeights
+    result: DecodeResult,
+    request_id: str,
+    strategy: str,
+    model: str,
+    weights: PreferenceWeights,
+    steering: Steering = (),
 ) -> pb.GenerateResponse:
     u = result.usage
+    # A steered request's pi_ref is the steered model: its KL figures say so.
+    against = (
+        " (pi_ref: the model steered by preference vectors "
+        + ", ".join(f"{name}={eta:g}" for name, eta in steering)
+        + ")"
+        if steering
+        else ""
+    )
     return pb.GenerateResponse(
         request_id=request_id,
         strategy=strategy,
@@ -165,13 +196,14 @@ def result_message(
         weighted_score=result.weighted_score,
         weights=weights.as_dict(),
         kl=[
-            pb.KLEstimate(name=k.name, kind=_KL_KINDS[k.kind], nats=k.nats, description=k.description)
+            pb.KLEstimate(name=k.name, kind=_KL_KINDS[k.kind], nats=k.nats, description=k.description + against)
             for k in result.kl
         ],
         candidates=[candidate_message(weights.names, c) for c in result.candidates],
         usage=pb.Usage(**dataclasses.asdict(u)),
         model=model,
         details=result.details,
+        preference_vectors=dict(steering),
     )
 
 

@@ -293,6 +293,7 @@ class ServerCore:
             self.default_weights,
             self.config.default_sampling,
             self.config.limits,
+            vectors=self.policy.vectors,
             template=template,
         )
         if call is not None and call.caller is not None:
@@ -317,7 +318,7 @@ class ServerCore:
     ) -> pb.GenerateResponse:
         """The response; an experiment request is recorded (committed) before it is answered."""
         response = convert.result_message(
-            result, request_id, parsed.strategy.name, self.policy.model_name, parsed.weights
+            result, request_id, parsed.strategy.name, self.policy.model_name, parsed.weights, parsed.sampling.steering
         )
         if self.config.log_text:  # debug only: logs hold no request text otherwise
             log.info("request %s: prompt %r, response %r", request_id, parsed.prompt, result.text)
@@ -513,6 +514,19 @@ class ServerCore:
                     metrics={k: float(v) for k, v in h.metadata.metrics.items()},
                 )
                 for path, h in self.heads
+            ],
+            preference_vectors=[
+                pb.PreferenceVectorInfo(
+                    name=v.name,
+                    objective=v.objective,
+                    base_model=v.base_model,
+                    rank=v.rank,
+                    target_modules=v.target_modules,
+                    data_hash=v.data_hash,
+                    shift=v.shift,
+                    presets=self.policy.vector_presets.get(v.name, ()),
+                )
+                for v in self.policy.vectors.values()
             ],
         )
 

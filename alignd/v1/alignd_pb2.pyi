@@ -50,14 +50,25 @@ class ControlledParams(_message.Message):
     def __init__(self, mode: _Optional[str] = ..., num_candidates: _Optional[int] = ..., block_tokens: _Optional[int] = ..., strength: _Optional[float] = ..., token_candidates: _Optional[int] = ..., value_source: _Optional[str] = ...) -> None: ...
 
 class MultiObjectiveParams(_message.Message):
-    __slots__ = ("num_candidates", "block_tokens", "value_source")
+    __slots__ = ("num_candidates", "block_tokens", "value_source", "mode", "policy_weights")
+    class PolicyWeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     NUM_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     BLOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
     VALUE_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    POLICY_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     num_candidates: int
     block_tokens: int
     value_source: str
-    def __init__(self, num_candidates: _Optional[int] = ..., block_tokens: _Optional[int] = ..., value_source: _Optional[str] = ...) -> None: ...
+    mode: str
+    policy_weights: _containers.ScalarMap[str, float]
+    def __init__(self, num_candidates: _Optional[int] = ..., block_tokens: _Optional[int] = ..., value_source: _Optional[str] = ..., mode: _Optional[str] = ..., policy_weights: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class RobustParams(_message.Message):
     __slots__ = ("num_candidates", "block_tokens", "strength", "solver", "objectives", "min_weights", "value_source")
@@ -135,8 +146,15 @@ class SpeculativeBestOfNParams(_message.Message):
     def __init__(self, num_candidates: _Optional[int] = ..., keep_fraction: _Optional[float] = ..., rejection: _Optional[str] = ..., rejection_tokens: _Optional[int] = ..., max_rejections: _Optional[int] = ..., memory_tokens: _Optional[int] = ..., value_source: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "system_prompt", "raw_prompt", "strategy", "weights", "sampling", "return_candidates", "request_id", "experiment", "subject", "history", "sample", "best_of_n", "controlled", "multi_objective", "robust", "linear_alignment", "evolutionary", "soft_best_of_n", "speculative_best_of_n")
+    __slots__ = ("prompt", "system_prompt", "raw_prompt", "strategy", "weights", "sampling", "return_candidates", "request_id", "experiment", "subject", "history", "preference_vectors", "sample", "best_of_n", "controlled", "multi_objective", "robust", "linear_alignment", "evolutionary", "soft_best_of_n", "speculative_best_of_n")
     class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class PreferenceVectorsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +172,7 @@ class GenerateRequest(_message.Message):
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
+    PREFERENCE_VECTORS_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_FIELD_NUMBER: _ClassVar[int]
     BEST_OF_N_FIELD_NUMBER: _ClassVar[int]
     CONTROLLED_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +193,7 @@ class GenerateRequest(_message.Message):
     experiment: str
     subject: str
     history: _containers.RepeatedCompositeFieldContainer[ChatTurn]
+    preference_vectors: _containers.ScalarMap[str, float]
     sample: SampleParams
     best_of_n: BestOfNParams
     controlled: ControlledParams
@@ -183,7 +203,7 @@ class GenerateRequest(_message.Message):
     evolutionary: EvolutionaryParams
     soft_best_of_n: SoftBestOfNParams
     speculative_best_of_n: SpeculativeBestOfNParams
-    def __init__(self, prompt: _Optional[str] = ..., system_prompt: _Optional[str] = ..., raw_prompt: _Optional[bool] = ..., strategy: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., return_candidates: _Optional[bool] = ..., request_id: _Optional[str] = ..., experiment: _Optional[str] = ..., subject: _Optional[str] = ..., history: _Optional[_Iterable[_Union[ChatTurn, _Mapping]]] = ..., sample: _Optional[_Union[SampleParams, _Mapping]] = ..., best_of_n: _Optional[_Union[BestOfNParams, _Mapping]] = ..., controlled: _Optional[_Union[ControlledParams, _Mapping]] = ..., multi_objective: _Optional[_Union[MultiObjectiveParams, _Mapping]] = ..., robust: _Optional[_Union[RobustParams, _Mapping]] = ..., linear_alignment: _Optional[_Union[LinearAlignmentParams, _Mapping]] = ..., evolutionary: _Optional[_Union[EvolutionaryParams, _Mapping]] = ..., soft_best_of_n: _Optional[_Union[SoftBestOfNParams, _Mapping]] = ..., speculative_best_of_n: _Optional[_Union[SpeculativeBestOfNParams, _Mapping]] = ...) -> None: ...
+    def __init__(self, prompt: _Optional[str] = ..., system_prompt: _Optional[str] = ..., raw_prompt: _Optional[bool] = ..., strategy: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., return_candidates: _Optional[bool] = ..., request_id: _Optional[str] = ..., experiment: _Optional[str] = ..., subject: _Optional[str] = ..., history: _Optional[_Iterable[_Union[ChatTurn, _Mapping]]] = ..., preference_vectors: _Optional[_Mapping[str, float]] = ..., sample: _Optional[_Union[SampleParams, _Mapping]] = ..., best_of_n: _Optional[_Union[BestOfNParams, _Mapping]] = ..., controlled: _Optional[_Union[ControlledParams, _Mapping]] = ..., multi_objective: _Optional[_Union[MultiObjectiveParams, _Mapping]] = ..., robust: _Optional[_Union[RobustParams, _Mapping]] = ..., linear_alignment: _Optional[_Union[LinearAlignmentParams, _Mapping]] = ..., evolutionary: _Optional[_Union[EvolutionaryParams, _Mapping]] = ..., soft_best_of_n: _Optional[_Union[SoftBestOfNParams, _Mapping]] = ..., speculative_best_of_n: _Optional[_Union[SpeculativeBestOfNParams, _Mapping]] = ...) -> None: ...
 
 class ChatTurn(_message.Message):
     __slots__ = ("role", "content")
@@ -266,7 +286,7 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., lm_forward_tokens: _Optional[int] = ..., scorer_calls: _Optional[int] = ..., scored_texts: _Optional[int] = ..., wall_seconds: _Optional[float] = ..., phase_seconds: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("request_id", "strategy", "text", "token_ids", "finish_reason", "rewards", "weighted_score", "weights", "kl", "candidates", "usage", "model", "details", "experiment", "arm")
+    __slots__ = ("request_id", "strategy", "text", "token_ids", "finish_reason", "rewards", "weighted_score", "weights", "kl", "candidates", "usage", "model", "details", "experiment", "arm", "preference_vectors")
     class RewardsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -288,6 +308,13 @@ class GenerateResponse(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class PreferenceVectorsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -303,6 +330,7 @@ class GenerateResponse(_message.Message):
     DETAILS_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     ARM_FIELD_NUMBER: _ClassVar[int]
+    PREFERENCE_VECTORS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     strategy: str
     text: str
@@ -318,7 +346,8 @@ class GenerateResponse(_message.Message):
     details: _containers.ScalarMap[str, float]
     experiment: str
     arm: str
-    def __init__(self, request_id: _Optional[str] = ..., strategy: _Optional[str] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., rewards: _Optional[_Mapping[str, float]] = ..., weighted_score: _Optional[float] = ..., weights: _Optional[_Mapping[str, float]] = ..., kl: _Optional[_Iterable[_Union[KLEstimate, _Mapping]]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., model: _Optional[str] = ..., details: _Optional[_Mapping[str, float]] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ...) -> None: ...
+    preference_vectors: _containers.ScalarMap[str, float]
+    def __init__(self, request_id: _Optional[str] = ..., strategy: _Optional[str] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., rewards: _Optional[_Mapping[str, float]] = ..., weighted_score: _Optional[float] = ..., weights: _Optional[_Mapping[str, float]] = ..., kl: _Optional[_Iterable[_Union[KLEstimate, _Mapping]]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., model: _Optional[str] = ..., details: _Optional[_Mapping[str, float]] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ..., preference_vectors: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("phase", "step", "message", "elapsed_seconds", "candidates", "weights", "worst_objective", "worst_value", "instructions", "text_delta")
@@ -474,7 +503,7 @@ class StrategyInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[ParameterInfo, _Mapping]]] = ..., requires: _Optional[_Iterable[str]] = ..., sampling_defaults: _Optional[_Union[SamplingParams, _Mapping]] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_prompt_chars", "max_tokens", "max_candidates", "max_stop_sequences", "max_stop_chars", "max_score_responses", "max_batch_tokens", "max_prompt_tokens")
+    __slots__ = ("max_prompt_chars", "max_tokens", "max_candidates", "max_stop_sequences", "max_stop_chars", "max_score_responses", "max_batch_tokens", "max_prompt_tokens", "max_vector_strength")
     MAX_PROMPT_CHARS_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
@@ -483,6 +512,7 @@ class Limits(_message.Message):
     MAX_SCORE_RESPONSES_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_VECTOR_STRENGTH_FIELD_NUMBER: _ClassVar[int]
     max_prompt_chars: int
     max_tokens: int
     max_candidates: int
@@ -491,7 +521,8 @@ class Limits(_message.Message):
     max_score_responses: int
     max_batch_tokens: int
     max_prompt_tokens: int
-    def __init__(self, max_prompt_chars: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_candidates: _Optional[int] = ..., max_stop_sequences: _Optional[int] = ..., max_stop_chars: _Optional[int] = ..., max_score_responses: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ...) -> None: ...
+    max_vector_strength: float
+    def __init__(self, max_prompt_chars: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_candidates: _Optional[int] = ..., max_stop_sequences: _Optional[int] = ..., max_stop_chars: _Optional[int] = ..., max_score_responses: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ..., max_vector_strength: _Optional[float] = ...) -> None: ...
 
 class HeadInfo(_message.Message):
     __slots__ = ("kind", "path", "base_model", "objectives", "data_hash", "metrics")
@@ -516,8 +547,35 @@ class HeadInfo(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     def __init__(self, kind: _Optional[str] = ..., path: _Optional[str] = ..., base_model: _Optional[str] = ..., objectives: _Optional[_Iterable[str]] = ..., data_hash: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
+class PreferenceVectorInfo(_message.Message):
+    __slots__ = ("name", "objective", "base_model", "rank", "target_modules", "data_hash", "shift", "presets")
+    class ShiftEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
+    DATA_HASH_FIELD_NUMBER: _ClassVar[int]
+    SHIFT_FIELD_NUMBER: _ClassVar[int]
+    PRESETS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    objective: str
+    base_model: str
+    rank: int
+    target_modules: _containers.RepeatedScalarFieldContainer[str]
+    data_hash: str
+    shift: _containers.ScalarMap[str, float]
+    presets: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, name: _Optional[str] = ..., objective: _Optional[str] = ..., base_model: _Optional[str] = ..., rank: _Optional[int] = ..., target_modules: _Optional[_Iterable[str]] = ..., data_hash: _Optional[str] = ..., shift: _Optional[_Mapping[str, float]] = ..., presets: _Optional[_Iterable[float]] = ...) -> None: ...
+
 class ServerInfo(_message.Message):
-    __slots__ = ("version", "model", "backend", "device", "objectives", "strategies", "limits", "default_sampling", "capabilities", "heads")
+    __slots__ = ("version", "model", "backend", "device", "objectives", "strategies", "limits", "default_sampling", "capabilities", "heads", "preference_vectors")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -528,6 +586,7 @@ class ServerInfo(_message.Message):
     DEFAULT_SAMPLING_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     HEADS_FIELD_NUMBER: _ClassVar[int]
+    PREFERENCE_VECTORS_FIELD_NUMBER: _ClassVar[int]
     version: str
     model: str
     backend: str
@@ -538,7 +597,8 @@ class ServerInfo(_message.Message):
     default_sampling: SamplingParams
     capabilities: _containers.RepeatedScalarFieldContainer[str]
     heads: _containers.RepeatedCompositeFieldContainer[HeadInfo]
-    def __init__(self, version: _Optional[str] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., objectives: _Optional[_Iterable[_Union[ObjectiveInfo, _Mapping]]] = ..., strategies: _Optional[_Iterable[_Union[StrategyInfo, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., default_sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., capabilities: _Optional[_Iterable[str]] = ..., heads: _Optional[_Iterable[_Union[HeadInfo, _Mapping]]] = ...) -> None: ...
+    preference_vectors: _containers.RepeatedCompositeFieldContainer[PreferenceVectorInfo]
+    def __init__(self, version: _Optional[str] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., objectives: _Optional[_Iterable[_Union[ObjectiveInfo, _Mapping]]] = ..., strategies: _Optional[_Iterable[_Union[StrategyInfo, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., default_sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., capabilities: _Optional[_Iterable[str]] = ..., heads: _Optional[_Iterable[_Union[HeadInfo, _Mapping]]] = ..., preference_vectors: _Optional[_Iterable[_Union[PreferenceVectorInfo, _Mapping]]] = ...) -> None: ...
 
 class Arm(_message.Message):
     __slots__ = ("name", "split", "request")

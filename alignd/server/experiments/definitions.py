@@ -1,8 +1,9 @@
 """Experiments and arms: validation, deterministic assignment, and serving a request by its arm.
 
-An arm is a template `GenerateRequest` (strategy, params, weights, sampling, system prompt); a
-request that names the experiment brings the prompt and may fill what the arm leaves unset, never
-override what it sets (that would silently change what the arm measures).
+An arm is a template `GenerateRequest` (strategy, params, weights, sampling, system prompt,
+preference-vector strengths); a request that names the experiment brings the prompt and may fill
+what the arm leaves unset, never override what it sets (that would silently change what the arm
+measures).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,100}")
 MAX_SUBJECT_CHARS = 256
 SPLIT_TOLERANCE = 1e-6
 # Fields an arm may set (besides its strategy's params); everything else belongs to the request.
-ARM_FIELDS = ("strategy", "weights", "sampling", "system_prompt")
+ARM_FIELDS = ("strategy", "weights", "sampling", "system_prompt", "preference_vectors")
 # Keys of an arm's table in the TOML config.
 CONFIG_ARM_KEYS = ("name", "split", "params", *ARM_FIELDS)
 
@@ -112,8 +113,8 @@ def validate_experiment(
         if extra:
             raise InvalidArgument(
                 f"{label}.request.{extra[0]}",
-                f"arm {arm.name!r}: an arm sets only strategy, params, weights, sampling and "
-                "system_prompt; the request brings the rest",
+                f"arm {arm.name!r}: an arm sets only strategy, params, weights, sampling, "
+                "system_prompt and preference_vectors; the request brings the rest",
             )
         try:
             check_arm(arm.request)
@@ -213,6 +214,10 @@ def serve_by_arm(experiment: ExperimentSpec, arm: ArmSpec, request: pb.GenerateR
         if arm.request.weights:
             raise InvalidArgument("weights", f"{where} sets the weights")
         merged.weights.update(request.weights)
+    if request.preference_vectors:
+        if arm.request.preference_vectors:
+            raise InvalidArgument("preference_vectors", f"{where} sets the preference vectors")
+        merged.preference_vectors.update(request.preference_vectors)
     for field, value in request.sampling.ListFields():
         if field.name == "stop":
             if arm.request.sampling.stop:

@@ -29,6 +29,7 @@ class AligndOptions(BaseModel):
     strategy: str = ""
     params: dict[str, Any] = Field(default_factory=dict)
     weights: dict[str, float] = Field(default_factory=dict)
+    preference_vectors: dict[str, float] = Field(default_factory=dict)  # eta per vector name
     experiment: str = ""
     subject: str = ""  # default: the body's `user`
     return_candidates: bool = False
@@ -183,6 +184,7 @@ def _generate_request(body: ChatBody | CompletionBody) -> pb.GenerateRequest:
     request = pb.GenerateRequest(
         strategy=options.strategy,
         weights=options.weights,
+        preference_vectors=options.preference_vectors,
         return_candidates=options.return_candidates,
         request_id=options.request_id,
         experiment=options.experiment,
@@ -280,6 +282,7 @@ _FIELDS = {
     "strategy": "alignd.strategy",
     "params": "alignd.params",
     "weights": "alignd.weights",
+    "preference_vectors": "alignd.preference_vectors",
     "experiment": "alignd.experiment",
     "subject": "user",
     "request_id": "alignd.request_id",
@@ -311,6 +314,7 @@ def result_json(response: pb.GenerateResponse) -> dict[str, Any]:
         "rewards": dict(response.rewards),
         "weighted_score": response.weighted_score,
         "weights": dict(response.weights),
+        "preference_vectors": dict(response.preference_vectors),
         "kl": [
             {
                 "name": k.name,
