@@ -45,6 +45,7 @@ from alignd.clients.types import (
     MeanEstimate,
     ObjectiveInfo,
     ParameterInfo,
+    PreferenceVectorInfo,
     Progress,
     RateEstimate,
     SamplingSettings,
@@ -375,6 +376,19 @@ def server_info_from(message: pb.ServerInfo) -> ServerInfo:
                 metrics=dict(sorted(h.metrics.items())),
             )
             for h in message.heads
+        ],
+        preference_vectors=[
+            PreferenceVectorInfo(
+                name=v.name,
+                objective=v.objective,
+                base_model=v.base_model,
+                rank=v.rank,
+                target_modules=list(v.target_modules),
+                data_hash=v.data_hash,
+                shift=dict(sorted(v.shift.items())),
+                presets=list(v.presets),
+            )
+            for v in message.preference_vectors
         ],
     )
 

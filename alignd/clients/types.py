@@ -15,6 +15,7 @@ __all__ = [
     "MeanEstimate",
     "ObjectiveInfo",
     "ParameterInfo",
+    "PreferenceVectorInfo",
     "Progress",
     "RateEstimate",
     "SamplingSettings",
@@ -226,6 +227,7 @@ class ServerLimits:
     max_score_responses: int
     max_batch_tokens: int  # sequences x (prompt + max_tokens) per request
     max_prompt_tokens: int  # the encoded prompt, chat template and history included
+    max_vector_strength: float = 0.0  # |eta| of each preference vector
 
 
 @dataclass(frozen=True)
@@ -236,6 +238,20 @@ class HeadInfo:
     objectives: list[str]  # one per output
     data_hash: str
     metrics: dict[str, float]  # evaluation at training time
+
+
+@dataclass(frozen=True)
+class PreferenceVectorInfo:
+    """A preference vector the server steers with (`generate(..., preference_vectors={name: eta})`)."""
+
+    name: str
+    objective: str  # the objective its training pairs were ranked by
+    base_model: str
+    rank: int
+    target_modules: list[str]
+    data_hash: str
+    shift: dict[str, float]  # mean change of each objective at eta = 1 against 0, measured in training
+    presets: list[float]  # the only strengths served (vLLM); empty: any within the limit
 
 
 @dataclass(frozen=True)
@@ -250,6 +266,7 @@ class ServerInfo:
     default_sampling: SamplingSettings
     capabilities: list[str]
     heads: list[HeadInfo] = field(default_factory=list)
+    preference_vectors: list[PreferenceVectorInfo] = field(default_factory=list)
 
     def objective(self, name: str) -> ObjectiveInfo:
         return next(o for o in self.objectives if o.name == name)

@@ -1,0 +1,117 @@
+"""What does steering each row with its own preference-vector strengths cost in a decoding step?
+
+The embedded model with the shipped vectors (or --vectors PATH), side by side in one run:
+1. one decoding step of 16 rows (KV cache, one token per row) with no row steered (the hooks
+   skip the deltas), and with the 16 rows at mixed strengths (each vector at one of -1, -0.5, 0,
+   0.5, 1, a different mix per row): milliseconds each way (median over steps, rounds
+   alternating) and the ratio mixed / plain;
+2. the same for a 16-row prompt prefill;
+3. memory: the model's weights against the vectors' stacked factors (no merged copy exists).
+
+    .venv/bin/python benchmarks/preference_vectors_speed.py [--rows 16] [--rounds 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import prompt_set
+
+from alignd import models
+from alignd.backends.base import ChatPrompt, SamplingParams, Steering
+from alignd.backends.preference_vectors import PreferenceVectors, shipped_vectors
+from alignd.backends.transformers_policy import TransformersPolicy
+
+STRENGTHS = (-1.0, -0.5, 0.0, 0.5, 1.0)
+
+
+def mixed_steering(names: tuple[str, ...], rows: int) -> list[Steering]:
+    """Row r gets the r-th combination of strengths (cycled): every row a different mix."""
+    combinations = list(itertools.product(STRENGTHS, repeat=len(names)))
+    return [
+        tuple((n, eta) for n, eta in zip(names, combinations[(7 * r + 3) % len(combinations)]) if eta != 0.0)
+        for r in range(rows)
+    ]
+
+
+def step_milliseconds(policy: TransformersPolicy, prompts, steering, steps: int) -> tuple[float, float]:
+    """Median milliseconds of a prefill and of one decoding step of every row."""
+    sampling = SamplingParams(temperature=1.0, max_tokens=steps + 2, seed=0)
+    start = time.perf_counter()
+    partial = policy.begin_many(prompts, sampling, steering=steering)
+    prefill = (time.perf_counter() - start) * 1000
+    times = []
+    for step in range(steps):
+        tokens = [100 + step] * partial.rows  # teacher-forced: every row live for every step
+        start = time.perf_counter()
+        policy.append(partial, tokens, [0.0] * partial.rows)
+        times.append((time.perf_counter() - start) * 1000)
+    return prefill, statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=24, help="decoding steps timed per round")
+    parser.add_argument("--vectors", default="", help="a vectors file (default: the shipped ones)")
+    parser.add_argument("--json", default="", help="also write the figures here")
+    args = parser.parse_args()
+
+    path = args.vectors or shipped_vectors(models.DEFAULT_MODEL)
+    if path is None:
+        raise SystemExit("no vectors shipped for the embedded model: run `make vectors` or pass --vectors")
+    vectors = PreferenceVectors.load(path)
+    policy = TransformersPolicy(models.resolve(models.DEFAULT_MODEL), model_name=models.DEFAULT_MODEL, vectors=vectors)
+    prompts = [ChatPrompt(p) for p in prompt_set("train", args.rows)]
+    conditions = {"plain": [()] * args.rows, "mixed": mixed_steering(vectors.names, args.rows)}
+    step_milliseconds(policy, prompts, conditions["mixed"], 4)  # warm-up
+    prefill: dict[str, list[float]] = {name: [] for name in conditions}
+    decode: dict[str, list[float]] = {name: [] for name in conditions}
+    for round_ in range(args.rounds):
+        order = list(conditions) if round_ % 2 == 0 else list(reversed(conditions))
+        for name in order:
+            first, step = step_milliseconds(policy, prompts, conditions[name], args.steps)
+            prefill[name].append(first)
+            decode[name].append(step)
+    figures = {
+        "rows": args.rows,
+        "dtype": policy.dtype,
+        "vectors": list(vectors.names),
+        "decode_step_ms": {name: statistics.median(values) for name, values in decode.items()},
+        "prefill_ms": {name: statistics.median(values) for name, values in prefill.items()},
+    }
+    figures["decode_ratio"] = figures["decode_step_ms"]["mixed"] / figures["decode_step_ms"]["plain"]
+    figures["prefill_ratio"] = figures["prefill_ms"]["mixed"] / figures["prefill_ms"]["plain"]
+    model_bytes = sum(p.numel() * p.element_size() for p in policy.model.parameters())
+    factor_bytes = sum(
+        (d.down.numel() + d.up.numel()) * policy.model.dtype.itemsize
+        for layers in vectors.deltas.values()
+        for d in layers.values()
+    )
+    figures["model_mb"], figures["factors_mb"] = model_bytes / 2**20, factor_bytes / 2**20
+    print(f"{args.rows} rows, {policy.dtype}, vectors {list(vectors.names)}, {torch.get_num_threads()} threads")
+    print(f"{'':18}{'plain ms':>10}{'mixed eta ms':>14}{'ratio':>8}")
+    for label, key in (("decoding step", "decode"), ("prompt prefill", "prefill")):
+        times = figures[f"{key}_step_ms" if key == "decode" else "prefill_ms"]
+        print(f"{label:18}{times['plain']:10.1f}{times['mixed']:14.1f}{figures[f'{key}_ratio']:8.3f}")
+    print(
+        f"memory: model weights {figures['model_mb']:.1f} MiB; every vector's factors {figures['factors_mb']:.2f} MiB "
+        "(applied per row, no merged copy)"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
