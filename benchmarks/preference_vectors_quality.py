@@ -15,6 +15,7 @@ share forwards with mixed strengths per row.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import threading
@@ -91,7 +92,7 @@ def main() -> None:
         steered = objectives.index(vectors.infos[name].objective)
         table = {eta: results[((name, eta),) if eta != 0.0 else ()] for eta in STRENGTHS}
         means = {eta: table[eta].mean(axis=0) for eta in STRENGTHS}
-        monotone = all(means[a][steered] < means[b][steered] for a, b in zip(STRENGTHS, STRENGTHS[1:]))
+        monotone = all(means[a][steered] < means[b][steered] for a, b in itertools.pairwise(STRENGTHS))
         print(f"\nvector {name!r} (objective {objectives[steered]}): mean per eta")
         print("eta".rjust(6) + "".join(o.rjust(14) for o in objectives))
         for eta in STRENGTHS:

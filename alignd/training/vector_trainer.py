@@ -32,7 +32,7 @@ class VectorsConfig:
     rollouts: str = option("rollouts.jsonl", "scored rollouts of the train prompts (`alignd train rollouts`)")
     output: str = option("preference_vectors.safetensors", "where to write the vectors (+ .json metadata)")
     model: str = option("smollm2-135m-instruct", "registered model name or checkpoint folder")
-    objectives: tuple[str, ...] = option(("positivity", "conciseness"), "one vector per objective, named after it")
+    objectives: tuple[str, ...] = option(("positivity", "relevance"), "one vector per objective, named after it")
     min_margin: float = option(0.0, "skip prompts whose best and worst responses differ by no more than this")
     rank: int = option(8, "LoRA rank r of each adapter (a vector has rank 2r)")
     lora_alpha: int = option(16, "LoRA alpha (an adapter's delta is alpha/r B A)")

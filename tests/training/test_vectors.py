@@ -158,4 +158,4 @@ def test_bad_bf16_setting_is_an_error(tmp_path, tiny_checkpoint, capsys):
 
 def test_config_defaults_match_the_shipped_recipe():
     config = VectorsConfig()
-    assert config.objectives == ("positivity", "conciseness") and config.rank == 8
+    assert config.objectives == ("positivity", "relevance") and config.rank == 8
