@@ -279,3 +279,23 @@ def test_speculative_and_soft_best_of_n_on_the_real_model(real_server):
         assert speculative.text in {c.text for c in full.candidates}
         soft = client.generate(PROMPT, strategy="soft_best_of_n", n=8, beta=1e-4, max_tokens=16, seed=3)
         assert soft.text == full.text and soft.details["chose_best"] == 1.0
+
+
+def test_the_real_server_serves_the_shipped_vectors(real_server):
+    with AligndClient(real_server.target, timeout=300) as client:
+        info = client.server_info()
+        assert [v.name for v in info.preference_vectors] == ["positivity", "relevance"]
+        out = client.generate("Tell me about Mondays.", preference_vectors={"positivity": 1.0}, max_tokens=24, seed=3)
+        assert out.preference_vectors == {"positivity": 1.0} and out.text
+        fused = client.generate(
+            "Tell me about Mondays.",
+            strategy="multi_objective",
+            mode="logit_fusion",
+            policy_weights={"base": 0.5, "positivity": 0.5},
+            max_tokens=16,
+        )
+        assert fused.details["policy_weight[positivity]"] == 0.5
+        with pytest.raises(AligndClientError) as caught:
+            client.generate("Hi.", preference_vectors={"positivity": 3.0})
+        assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.details.startswith("preference_vectors[positivity]")

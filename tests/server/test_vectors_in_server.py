@@ -101,8 +101,7 @@ def test_the_http_api_takes_and_echoes_strengths(steered_server):
 
 
 def test_a_server_without_vectors_refuses_them_by_name(server):
-    with AligndClient(f"127.0.0.1:{server.port}", timeout=30) as plain:
-        with pytest.raises(AligndClientError) as caught:
-            plain.generate("hi", preference_vectors={"warm": 1.0})
+    with AligndClient(f"127.0.0.1:{server.port}", timeout=30) as plain, pytest.raises(AligndClientError) as caught:
+        plain.generate("hi", preference_vectors={"warm": 1.0})
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "available: []" in caught.value.details
