@@ -267,9 +267,7 @@ def check_settings(config: ServerConfig) -> None:
         raise ConfigError(f"http.port: must be a whole number from 0 to {MAX_PORT}, got {http.port!r}")
     if not isinstance(http.host, str):
         raise ConfigError(f"http.host: must be a string, got {http.host!r}")
-    strength = config.limits.max_vector_strength
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength < float("inf"):
-        raise ConfigError(f"limits.max_vector_strength: must be a number >= 0, got {strength!r}")
+    _check_vectors(config)
     _check_auth(config)
     _check_tls(config.tls)
     grace = config.grace_seconds
@@ -295,6 +293,25 @@ def check_settings(config: ServerConfig) -> None:
         check_backend(config.backend)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+
+
+def _check_vectors(config: ServerConfig) -> None:
+    """The strength limit, vLLM's preset strengths within it, and no steering in the defaults
+    (a request's `preference_vectors` steers; the server's default sampling does not)."""
+    strength = config.limits.max_vector_strength
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength < float("inf"):
+        raise ConfigError(f"limits.max_vector_strength: must be a number >= 0, got {strength!r}")
+    presets = config.vllm.vector_presets
+    if not isinstance(presets, (tuple, list)) or not presets:
+        raise ConfigError(f"vllm.vector_presets: must be a non-empty list of numbers, got {presets!r}")
+    for i, eta in enumerate(presets):
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not abs(eta) <= strength or eta == 0:
+            raise ConfigError(
+                f"vllm.vector_presets[{i}]: must be a non-zero number within limits.max_vector_strength "
+                f"({strength:g}), got {eta!r}"
+            )
+    if config.default_sampling.steering:
+        raise ConfigError("default_sampling.steering: unknown setting; requests steer with preference_vectors")
 
 
 OPEN_SERVICES = ("health", "reflection")

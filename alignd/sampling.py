@@ -226,8 +226,10 @@ class FusedStep:
     """One step of logit fusion."""
 
     token: int
-    logprob: float  # log-probability of the token under the base policy (row 0) at the temperature
-    kl: float  # KL(fused || base) of this step at the sampling temperature (greedy: -log base(token))
+    # Both against the base policy (row 0) at the sampling temperature, before top-k and top-p (the
+    # fused token may lie outside the base's own top-p set, where pi_ref would give it -inf).
+    logprob: float  # log-probability of the token
+    kl: float  # KL(sampled fused distribution || base) of this step (greedy: -log base(token))
 
 
 def fused_step(
@@ -238,7 +240,8 @@ def fused_step(
     policy's tokens are (temperature, top-k, top-p, the request's random stream `keys` at
     `position`). With w = (1, 0, ...) this is the base policy's own draw."""
     policies = torch.log_softmax(logits.float(), dim=-1)
-    fused = (torch.tensor(weights).to(policies)[:, None] * policies).sum(0, keepdim=True)
+    used = [i for i, w in enumerate(weights) if w > 0]  # 0 x -inf would be NaN: leave zero weights out
+    fused = (torch.tensor([weights[i] for i in used]).to(policies)[:, None] * policies[used]).sum(0, keepdim=True)
     tokens, _ = draw(fused, sampling, keys, np.array([position]))
     token = int(tokens[0])
     temperature = sampling.temperature if not sampling.greedy else 1.0

@@ -57,6 +57,8 @@ NAMES = [
     "auto",
     "tokenwise",
     "blockwise",
+    "logit_fusion",
+    "base",
     "fuzz-ab",
     "control",
     "treatment",
@@ -147,6 +149,7 @@ def plausible_generate(names: Sequence[str]) -> st.SearchStrategy[dict[str, Any]
         optional={
             "strategy": st.sampled_from(list(names)),
             "weights": st.dictionaries(st.sampled_from(list(names)), st.floats(0, 1), max_size=3),
+            "preference_vectors": st.dictionaries(st.sampled_from(list(names)), st.floats(-3, 3), max_size=2),
             "return_candidates": st.booleans(),
             "raw_prompt": st.booleans(),
             "system_prompt": ODD_TEXT,

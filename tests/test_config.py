@@ -103,3 +103,24 @@ def test_auth_and_tls_settings_are_checked(tmp_path, auth, tls, message):
     tls = {k: v.format(here=here) for k, v in tls.items()}
     with pytest.raises(ConfigError, match=message):
         check_settings(load_config(auth=auth or None, tls=tls or None))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[limits]\nmax_vector_strength = -1\n", r"limits\.max_vector_strength: must be a number >= 0"),
+        ("[vllm]\nvector_presets = []\n", r"vllm\.vector_presets: must be a non-empty list"),
+        ("[vllm]\nvector_presets = [1.0, 3.0]\n", r"vllm\.vector_presets\[1\]: must be a non-zero number within"),
+        ('[vllm]\nvector_presets = ["a"]\n', r"vllm\.vector_presets\[0\]"),
+        ("[vllm]\nvector_presets = [0.0]\n", r"vllm\.vector_presets\[0\]"),
+        ('default_sampling.steering = [["positivity", 1.0]]\n', r"default_sampling\.steering: unknown setting"),
+        ("preference_vectors = 3\n", "preference_vectors: must be a string"),
+    ],
+)
+def test_preference_vector_settings_are_checked(tmp_path, text, message):
+    from alignd.config import check_settings
+
+    path = tmp_path / "alignd.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        check_settings(load_config(path))

@@ -8,8 +8,8 @@ theta = theta_base + sum_p eta_p phi_p.
 
 An adapter changes a linear layer's weight W [out, in] by s B A (A [r, in], B [out, r], s =
 lora_alpha / r), so on that layer phi_p = s B+ A+ - s B- A- = [s B+, -s B-] [A+; A-]: exactly the
-product of an `up` factor [out, 2r] and a `down` factor [2r, in], which is what is stored. No
-truncation, no error: the served weights are the adapters' own.
+product of an `up` factor [out, 2r] and a `down` factor [2r, in], which is what is stored: no
+low-rank truncation (the files keep the factors in float16, a relative rounding of about 1e-3).
 
 Files: `<name>.safetensors` holds `<vector>/<module>/down` and `<vector>/<module>/up` for every
 adapted layer (`<module>` is the layer's name in the plain transformers model, e.g.
@@ -85,14 +85,14 @@ class PreferenceVectors:
         return tuple(self.infos)
 
     def merged_into(self, model: torch.nn.Module, strengths: dict[str, float]) -> torch.nn.Module:
-        """`model` with theta_base + sum_p eta_p phi_p written into its weights, in place (tests and
-        vLLM presets; the server never merges: it applies the deltas per row)."""
+        """`model` with theta_base + sum_p eta_p phi_p written into its weights, in place (for tests
+        and offline use; the server never merges: it applies the deltas per row)."""
         modules = dict(model.named_modules())
         with torch.no_grad():
             for name, eta in strengths.items():
                 for module_name, delta in self.deltas[name].items():
                     weight = modules[module_name].weight
-                    weight += (eta * delta.weight()).to(weight.dtype)
+                    weight += (eta * delta.weight()).to(weight.device, weight.dtype)
         return model
 
     def check_model(self, model: torch.nn.Module) -> None:

@@ -47,7 +47,7 @@ class RowSteering:
         layers = sorted({layer for deltas in vectors.deltas.values() for layer in deltas})
         # Per forward in progress: each rank's strength per row, [rows, 1, R_total], by owner.
         self._per_rank: dict[tuple[int, ...], torch.Tensor] | None = None
-        self._owners: set[tuple[int, ...]] = set()
+        self._owners: dict[tuple[int, ...], torch.Tensor] = {}  # owner -> its index tensor
         self._handles = []
         for layer in layers:
             downs, ups, owners = [], [], []
@@ -63,7 +63,7 @@ class RowSteering:
                 torch.cat(ups, dim=1).to(device, dtype).contiguous(),
                 tuple(owners),
             )
-            self._owners.add(stacked.owner)
+            self._owners.setdefault(stacked.owner, torch.tensor(stacked.owner, device=device))
             self._handles.append(modules[layer].register_forward_hook(self._hook(stacked)))
 
     def strengths(self, rows: Sequence[dict[str, float]], device: torch.device) -> torch.Tensor | None:
@@ -82,8 +82,7 @@ class RowSteering:
         """Steer the forwards inside with these per-row strengths [rows, vectors] (None: none)."""
         if scales is not None:
             self._per_rank = {
-                owner: scales[:, torch.tensor(owner, device=scales.device)].to(self.dtype).unsqueeze(1)
-                for owner in self._owners
+                owner: scales[:, index].to(self.dtype).unsqueeze(1) for owner, index in self._owners.items()
             }
         try:
             yield

@@ -248,7 +248,7 @@ class TransformersPolicy(TokenizerText, Policy):
         """One forward of `input_ids` over `cache` (advanced past them), each row steered by its
         strengths in `steer`: the next-token logits and the final-layer hidden state at the last
         position of every row."""
-        with self._steering.rows(steer) if self._steering is not None else contextlib.nullcontext():
+        with self._steered(steer):
             out = self.model(
                 input_ids=input_ids,
                 attention_mask=attention,
@@ -260,6 +260,10 @@ class TransformersPolicy(TokenizerText, Policy):
             )
         cache.advance(input_ids.shape[1])
         return out.logits[:, -1, :], out.hidden_states[-1][:, -1, :]
+
+    def _steered(self, steer: torch.Tensor | None) -> contextlib.AbstractContextManager[None]:
+        """The forward inside runs each row with its strengths `steer` [rows, vectors] (None: unsteered)."""
+        return self._steering.rows(steer) if self._steering is not None else contextlib.nullcontext()
 
     @staticmethod
     def _attention(step: _Step) -> torch.Tensor:
@@ -563,17 +567,20 @@ class TransformersPolicy(TokenizerText, Policy):
         assert partial.hidden is not None
         partial.attention = torch.cat([attention, fed], dim=-1)
         cache.reserve(width)
-        out: Any = self.batcher.alone(
-            lambda: self.model(
-                input_ids=ids,
-                attention_mask=partial.attention,
-                position_ids=next_position[:, None] + offsets,
-                past_key_values=cache,
-                use_cache=True,
-                output_hidden_states=True,
-                logits_to_keep=1,
-            )
-        )
+
+        def forward() -> Any:
+            with self._steered(partial.steer):  # the rows' own policies, as when they were prefilled
+                return self.model(
+                    input_ids=ids,
+                    attention_mask=partial.attention,
+                    position_ids=next_position[:, None] + offsets,
+                    past_key_values=cache,
+                    use_cache=True,
+                    output_hidden_states=True,
+                    logits_to_keep=1,
+                )
+
+        out: Any = self.batcher.alone(forward)
         cache.advance(width)
         fed_rows = (lengths > 0).nonzero().squeeze(-1)
         last = out.hidden_states[-1][fed_rows, lengths[fed_rows] - 1].float()

@@ -168,7 +168,10 @@ class VLLMPolicy(TokenizerText, Policy):
             self.vector_presets = {name: presets for name in vectors.names}
             rank = max(max(d.down.shape[0] for d in layers.values()) for layers in vectors.deltas.values())
             args["enable_lora"] = True
-            args["max_lora_rank"] = next(r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= rank)
+            ranks = [r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= rank]
+            if not ranks:
+                raise EngineStartError(f"preference vectors of rank {rank}: vLLM serves LoRA ranks up to 512")
+            args["max_lora_rank"] = ranks[0]
             args["max_loras"] = max(1, min(len(self._adapters), 8))
         args.update(options.extra)
         self._loop = asyncio.new_event_loop()

@@ -12,6 +12,7 @@ policy's own draw, token for token.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 
 from alignd.backends.base import Policy, Steering
@@ -27,8 +28,8 @@ def fusion_weights(
     requested: Mapping[str, float], weights: PreferenceWeights, policy: Policy, field: str
 ) -> dict[str, float]:
     """The policies' weights, normalised to sum 1, those at 0 left out (they change nothing).
-    `requested` names policies ("base" and vector names); empty: each vector gets the request's
-    weight on its objective, the base model the weight of the objectives no vector steers."""
+    `requested` names policies ("base" and vector names); empty: the request's weight on each
+    objective goes to the vectors that steer it (shared equally), the rest to the base model."""
     if requested:
         for name in requested:
             if name != BASE and name not in policy.vectors:
@@ -38,7 +39,11 @@ def fusion_weights(
         chosen = dict(requested)
     else:
         by_objective = weights.as_dict()
-        chosen = {name: by_objective.get(info.objective, 0.0) for name, info in policy.vectors.items()}
+        steering = Counter(info.objective for info in policy.vectors.values())
+        chosen = {
+            name: by_objective.get(info.objective, 0.0) / steering[info.objective]
+            for name, info in policy.vectors.items()
+        }
         chosen[BASE] = max(0.0, 1.0 - sum(chosen.values()))
     total = sum(chosen.values())
     if total <= 0:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from alignd.backends.base import Capability, Policy
 from alignd.decoding.base import Decode, DecodeRequest, register
 from alignd.decoding.blockwise import WeightedBlockwise
-from alignd.decoding.logit_fusion import decode_fused, fusion_weights
+from alignd.decoding.logit_fusion import BASE, decode_fused, fusion_weights
 from alignd.decoding.params import param
 from alignd.decoding.value_estimates import value_source_param
 from alignd.errors import FailedPrecondition, InvalidArgument
@@ -55,14 +55,20 @@ class MultiObjectiveStrategy(WeightedBlockwise[MultiObjectiveParams]):
     )
     Params = MultiObjectiveParams
 
+    refuses_greedy = False  # blockwise mode refuses it in `plan`; logit fusion can decode greedily
+
     def rows(self, params: MultiObjectiveParams) -> int:
         if params.mode == LOGIT_FUSION:
-            # One row per fused policy; without named policies, at most the base and K vectors.
-            return 1 + (len(params.policy_weights) or params.num_candidates)
+            # One row per fused policy, the base always among them; without named policies the
+            # vectors are not known here: K of them bound it.
+            named = [name for name in params.policy_weights if name != BASE]
+            return 1 + (len(named) if params.policy_weights else params.num_candidates)
         return super().rows(params)
 
     def plan(self, request: DecodeRequest, params: MultiObjectiveParams, policy: Policy, scorer: Scorer) -> Decode:
         if params.mode == BLOCKWISE:
+            if request.sampling.greedy:
+                raise InvalidArgument("sampling.temperature", f"{self.name} samples from pi_ref: use a temperature > 0")
             return super().plan(request, params, policy, scorer)
         missing = sorted(c.value for c in {Capability.TOKENWISE, Capability.ROW_STEERING} - policy.capabilities)
         if missing:

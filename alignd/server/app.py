@@ -146,8 +146,12 @@ def check_compatible(field: str, head: Head, model_name: str, hidden_size: int |
 
 def load_vectors(config: ServerConfig, model_name: str) -> PreferenceVectors | None:
     """The preference vectors the config names (ConfigError naming the setting): "auto" is the
-    set shipped for the model, if any; vectors trained on another model are refused."""
-    path = shipped_vectors(model_name) if config.preference_vectors == "auto" else config.preference_vectors or None
+    set shipped for the model, if any, on the transformers backend (on vLLM, loading vectors turns
+    on LoRA for every request: it takes a path); vectors trained on another model are refused."""
+    auto = config.preference_vectors == "auto"
+    if auto and config.backend == "vllm":
+        return None
+    path = shipped_vectors(model_name) if auto else config.preference_vectors or None
     if path is None:
         return None
     try:

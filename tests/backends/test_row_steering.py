@@ -163,3 +163,16 @@ def test_a_preset_adapter_is_the_vector_at_its_strength(tmp_path, steered):
     with torch.no_grad():
         assert torch.allclose(adapted(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-4)
         assert not torch.allclose(base(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-3)
+
+
+def test_teacher_forced_tokens_run_under_each_rows_policy(steered):
+    """feed_tokens (the vLLM backend's hidden-state shadow) keeps the rows' strengths."""
+    policy, base, vectors, tokenizer = steered
+    sampling = SamplingParams(max_tokens=8, steering=(("warm", 1.0),))
+    partial = policy.feed_tokens(policy.begin(ChatPrompt("thank you"), sampling), [[7, 9, 11]])
+    reference = merged_policy(base, vectors, tokenizer, {"warm": 1.0})
+    expected = reference.feed_tokens(
+        reference.begin(ChatPrompt("thank you"), SamplingParams(max_tokens=8)), [[7, 9, 11]]
+    )
+    assert torch.allclose(partial.hidden, expected.hidden, atol=1e-4)
+    assert torch.allclose(policy.next_token_logits(partial), reference.next_token_logits(expected), atol=1e-4)

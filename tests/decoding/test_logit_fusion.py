@@ -57,7 +57,21 @@ def test_a_mixture_differs_from_each_policy_and_is_reproducible(steered, letter_
     first, again = (run(policy, letter_scorer, mixed, SAMPLING) for _ in range(2))
     assert first.token_ids == again.token_ids
     assert first.kl[0].nats > 0
+    assert first.token_ids != sample(policy, letter_scorer, SAMPLING).token_ids
     assert first.details == {"policy_weight[base]": 0.4, "policy_weight[warm]": 0.3, "policy_weight[short]": 0.3}
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        SamplingParams(temperature=0.0, max_tokens=12),
+        SamplingParams(temperature=0.8, top_p=0.7, top_k=20, max_tokens=12, seed=5),
+    ],
+)
+def test_base_alone_reproduces_greedy_and_truncated_sampling_too(steered, letter_scorer, sampling):  # noqa: F811
+    policy = steered[0]
+    result = run(policy, letter_scorer, {"mode": "logit_fusion", "policy_weights": {"base": 1.0}}, sampling)
+    assert result.token_ids == sample(policy, letter_scorer, sampling).token_ids
 
 
 def test_default_policy_weights_follow_the_request_weights_on_the_vectors_objectives(steered, letter_scorer):  # noqa: F811

@@ -66,8 +66,12 @@ def test_a_steered_request_decodes_with_the_steered_model(client, steered_server
 
 
 def test_every_strategy_runs_on_the_steered_policy(client):
-    out = client.generate("a good answer", strategy="best_of_n", n=3, preference_vectors={"warm": 1.0}, seed=1)
-    assert out.preference_vectors == {"warm": 1.0} and out.text is not None
+    steered = client.generate(
+        "a good answer", strategy="best_of_n", n=3, preference_vectors={"warm": 1.0}, seed=1, return_candidates=True
+    )
+    plain = client.generate("a good answer", strategy="best_of_n", n=3, seed=1, return_candidates=True)
+    assert steered.preference_vectors == {"warm": 1.0}
+    assert [c.text for c in steered.candidates] != [c.text for c in plain.candidates]
     fused = client.generate(
         "a good answer", strategy="multi_objective", mode="logit_fusion", policy_weights={"base": 0.5, "warm": 0.5}
     )
