@@ -95,7 +95,7 @@ def run_vectors(config: VectorsConfig) -> None:
     from alignd import models
     from alignd.backends.loading import served_model_name
     from alignd.backends.transformers_policy import TransformersPolicy
-    from alignd.rewardmodels.builtin import build_scorer
+    from alignd.rewardmodels.builtin import BUILTIN_OBJECTIVES, build_scorer
     from alignd.training.data import load_prompts
     from alignd.training.vector_trainer import measure_shift, train_vectors
 
@@ -106,7 +106,8 @@ def run_vectors(config: VectorsConfig) -> None:
         prompts = load_prompts(config.eval_prompts)
         prompts = prompts[: config.eval_limit] if config.eval_limit else prompts
         policy = TransformersPolicy(checkpoint, model_name=base_model, device=config.device, vectors=vectors)
-        scorer = build_scorer(config.objectives, device=policy.device)
+        # Every built-in objective: the vector's own shift and its price on the others.
+        scorer = build_scorer(BUILTIN_OBJECTIVES, device=policy.device)
         report = measure_shift(policy, scorer, prompts, vectors.names, config.eval_samples, config.eval_max_tokens)
         print(report.table())
         for name in vectors.names:
