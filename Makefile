@@ -69,7 +69,7 @@ heads: $(STAMP)
 	$(VENV)/bin/alignd train rollouts $(ROLLOUTS) --prompts train --limit 128 --output build/heads/train_rollouts.jsonl
 	$(VENV)/bin/alignd train value --model $(MODEL) --rollouts build/heads/train_rollouts.jsonl --eval-fraction 0.25 --output $(HEADS_DIR)/value_heads.safetensors
 
-# Rebuild the preference vectors shipped for the embedded model (about 45 minutes on 2 CPU
+# Rebuild the preference vectors shipped for the embedded model (53 minutes on 2 CPU
 # cores): 8 rollouts per train prompt (all 250), then per objective a DPO LoRA adapter each way on
 # its best-vs-worst pairs, and the shift each vector makes measured on the eval prompts.
 VECTORS_DIR := alignd/data/vectors/$(MODEL)

@@ -1,10 +1,11 @@
 """What does steering each row with its own preference-vector strengths cost in a decoding step?
 
 The embedded model with the shipped vectors (or --vectors PATH), side by side in one run:
-1. one decoding step of 16 rows (KV cache, one token per row) with no row steered (the hooks
-   skip the deltas), and with the 16 rows at mixed strengths (each vector at one of -1, -0.5, 0,
-   0.5, 1, a different mix per row): milliseconds each way (median over steps, rounds
-   alternating) and the ratio mixed / plain;
+1. one decoding step of 16 rows (KV cache, one token per row) on the model without vectors
+   ("no vectors"), with vectors loaded but no row steered ("plain": the hooks skip the deltas),
+   and with the 16 rows at mixed strengths (each vector at one of -1, -0.5, 0, 0.5, 1, a
+   different mix per row): milliseconds each way (median over steps, rounds alternating) and
+   the ratios to "no vectors";
 2. the same for a 16-row prompt prefill;
 3. memory: the model's weights against the vectors' stacked factors (no merged copy exists).
 
@@ -72,16 +73,23 @@ def main() -> None:
     if path is None:
         raise SystemExit("no vectors shipped for the embedded model: run `make vectors` or pass --vectors")
     vectors = PreferenceVectors.load(path)
-    policy = TransformersPolicy(models.resolve(models.DEFAULT_MODEL), model_name=models.DEFAULT_MODEL, vectors=vectors)
+    checkpoint = models.resolve(models.DEFAULT_MODEL)
+    policy = TransformersPolicy(checkpoint, model_name=models.DEFAULT_MODEL, vectors=vectors)
+    unloaded = TransformersPolicy(checkpoint, model_name=models.DEFAULT_MODEL)
     prompts = [ChatPrompt(p) for p in prompt_set("train", args.rows)]
-    conditions = {"plain": [()] * args.rows, "mixed": mixed_steering(vectors.names, args.rows)}
-    step_milliseconds(policy, prompts, conditions["mixed"], 4)  # warm-up
+    conditions = {
+        "no vectors": (unloaded, [()] * args.rows),
+        "plain": (policy, [()] * args.rows),
+        "mixed": (policy, mixed_steering(vectors.names, args.rows)),
+    }
+    for model, steering in conditions.values():
+        step_milliseconds(model, prompts, steering, 4)  # warm-up
     prefill: dict[str, list[float]] = {name: [] for name in conditions}
     decode: dict[str, list[float]] = {name: [] for name in conditions}
     for round_ in range(args.rounds):
         order = list(conditions) if round_ % 2 == 0 else list(reversed(conditions))
         for name in order:
-            first, step = step_milliseconds(policy, prompts, conditions[name], args.steps)
+            first, step = step_milliseconds(*conditions[name][:1], prompts, conditions[name][1], args.steps)
             prefill[name].append(first)
             decode[name].append(step)
     figures = {
@@ -91,8 +99,9 @@ def main() -> None:
         "decode_step_ms": {name: statistics.median(values) for name, values in decode.items()},
         "prefill_ms": {name: statistics.median(values) for name, values in prefill.items()},
     }
-    figures["decode_ratio"] = figures["decode_step_ms"]["mixed"] / figures["decode_step_ms"]["plain"]
-    figures["prefill_ratio"] = figures["prefill_ms"]["mixed"] / figures["prefill_ms"]["plain"]
+    for key in ("decode_step_ms", "prefill_ms"):
+        times = figures[key]
+        figures[key.replace("_ms", "_ratio")] = {name: times[name] / times["no vectors"] for name in conditions}
     model_bytes = sum(p.numel() * p.element_size() for p in policy.model.parameters())
     factor_bytes = sum(
         (d.down.numel() + d.up.numel()) * policy.model.dtype.itemsize
@@ -101,10 +110,14 @@ def main() -> None:
     )
     figures["model_mb"], figures["factors_mb"] = model_bytes / 2**20, factor_bytes / 2**20
     print(f"{args.rows} rows, {policy.dtype}, vectors {list(vectors.names)}, {torch.get_num_threads()} threads")
-    print(f"{'':18}{'plain ms':>10}{'mixed eta ms':>14}{'ratio':>8}")
-    for label, key in (("decoding step", "decode"), ("prompt prefill", "prefill")):
-        times = figures[f"{key}_step_ms" if key == "decode" else "prefill_ms"]
-        print(f"{label:18}{times['plain']:10.1f}{times['mixed']:14.1f}{figures[f'{key}_ratio']:8.3f}")
+    print(f"{'':16}" + "".join(f"{name + ' ms':>16}" for name in conditions) + f"{'plain/none':>12}{'mixed/none':>12}")
+    for label, key in (("decoding step", "decode_step"), ("prompt prefill", "prefill")):
+        times, ratios = figures[f"{key}_ms"], figures[f"{key}_ratio"]
+        print(
+            f"{label:16}"
+            + "".join(f"{times[name]:16.1f}" for name in conditions)
+            + f"{ratios['plain']:12.3f}{ratios['mixed']:12.3f}"
+        )
     print(
         f"memory: model weights {figures['model_mb']:.1f} MiB; every vector's factors {figures['factors_mb']:.2f} MiB "
         "(applied per row, no merged copy)"
