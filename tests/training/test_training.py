@@ -14,16 +14,6 @@ from alignd.rewardmodels.engine import ScoringEngine
 from alignd.rewardmodels.heads import Head
 from alignd.rewardmodels.objective_tables import load_objectives, parse_objectives
 from alignd.training.data import DataError, load_prompts, read_jsonl
-from tests.tiny import tiny_model, tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = tiny_tokenizer()
-    tiny_model(len(tokenizer)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

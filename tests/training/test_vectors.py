@@ -20,15 +20,6 @@ LAZY = "the lazy dog jumps over the fox"
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = tiny_tokenizer()
-    tiny_model(len(tokenizer)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def trained(tiny_checkpoint, tmp_path_factory):
     """Vectors for `kindness` (the kind reply scores 1, the lazy one 0) trained through the CLI."""
     folder = tmp_path_factory.mktemp("vectors")
