@@ -242,14 +242,18 @@ def fused_step(
     policies = torch.log_softmax(logits.float(), dim=-1)
     used = [i for i, w in enumerate(weights) if w > 0]  # 0 x -inf would be NaN: leave zero weights out
     fused = (torch.tensor([weights[i] for i in used]).to(policies)[:, None] * policies[used]).sum(0, keepdim=True)
-    tokens, _ = draw(fused, sampling, keys, np.array([position]))
-    token = int(tokens[0])
-    temperature = sampling.temperature if not sampling.greedy else 1.0
-    base = torch.log_softmax(logits[0].float() / temperature, dim=-1)
     if sampling.greedy:
-        return FusedStep(token, 0.0, -float(base[token]))
-    chosen = reference_logprobs(fused, sampling)[0]
-    support = torch.isfinite(chosen)
-    q = chosen[support]
+        token = int(torch.argmax(fused, dim=-1))
+        return FusedStep(token, 0.0, -float(torch.log_softmax(logits[0].float(), dim=-1)[token]))
+    # The sampled distribution once (tempered, truncated): the draw and the KL both read it.
+    chosen = reference_logprobs(fused, sampling)
+    token = int(draw(chosen, _AS_GIVEN, keys, np.array([position]))[0][0])
+    base = torch.log_softmax(logits[0].float() / sampling.temperature, dim=-1)
+    support = torch.isfinite(chosen[0])
+    q = chosen[0, support]
     kl = float((q.exp() * (q - base[support])).sum())
     return FusedStep(token, float(base[token]), max(kl, 0.0))
+
+
+# Draws from log-probabilities that already are the sampling distribution.
+_AS_GIVEN = SamplingParams(temperature=1.0)

@@ -227,6 +227,13 @@ class DecodeContext:
         self.usage.generated_tokens += 1
         return partial
 
+    def report_token(self, partial: PartialResponses) -> None:
+        """Progress after a lock-step token (`append`): row 0's text, committed, to a stream."""
+        if self.request.on_progress is not None:
+            text = self.policy.completion(partial, 0).text
+            number = self.usage.generated_tokens
+            self.report("token", number, f"token {number}: {text[-40:]!r}", committed=text)
+
     def release_rows(self, rows: int) -> None:
         """Give back the memory of `rows` sequences dropped for good, so that waiting requests
         can start (the server held prompt + max_tokens key/value tokens for each)."""

@@ -95,10 +95,7 @@ def decode_aligned(ctx: DecodeContext, params: LinearAlignmentParams, principled
             support_tokens += step.support_tokens
             overridden += step.overridden
             partial = ctx.append(partial, step.token, step.logprob)
-            if request.on_progress is not None:
-                text = policy.completion(partial, 0).text
-                step_number = ctx.usage.generated_tokens
-                ctx.report("token", step_number, f"token {step_number}: {text[-40:]!r}", committed=text)
+            ctx.report_token(partial)
     estimate = KLEstimate(
         "linear_alignment_estimate",
         "estimate",

@@ -68,10 +68,7 @@ def decode_fused(ctx: DecodeContext, policy_weights: dict[str, float]) -> Decode
             step = fused_step(logits, weights, request.sampling, keys, len(partial.token_ids[0]))
             kl += step.kl
             partial = ctx.append(partial, step.token, step.logprob)
-            if request.on_progress is not None:
-                text = policy.completion(partial, 0).text
-                number = ctx.usage.generated_tokens
-                ctx.report("token", number, f"token {number}: {text[-40:]!r}", committed=text)
+            ctx.report_token(partial)
     estimate = KLEstimate(
         "logit_fusion_estimate",
         "estimate",
