@@ -68,3 +68,14 @@ def paired(a: Sequence[float], b: Sequence[float]) -> list[float]:
     if len(a) != len(b):
         raise ValueError(f"paired runs of {len(a)} and {len(b)} prompts")
     return [x - y for x, y in zip(a, b)]
+
+
+def shipped_or_given_vectors(path: str):
+    """Preference vectors from `path`, or those shipped for the embedded model (the benchmarks'
+    --vectors option); exits with a hint when there are none."""
+    from alignd.backends.preference_vectors import PreferenceVectors, shipped_vectors
+
+    found = path or shipped_vectors(models.DEFAULT_MODEL)
+    if found is None:
+        raise SystemExit("no vectors shipped for the embedded model: run `make vectors` or pass --vectors")
+    return PreferenceVectors.load(found)

@@ -18,35 +18,21 @@ import argparse
 import itertools
 import json
 import sys
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import mean_ci, prompt_set
+from common import mean_ci, prompt_set, shipped_or_given_vectors
 
 from alignd import models
-from alignd.backends.base import ChatPrompt, SamplingParams
-from alignd.backends.preference_vectors import PreferenceVectors, shipped_vectors
 from alignd.backends.transformers_policy import TransformersPolicy
 from alignd.rewardmodels.builtin import BUILTIN_OBJECTIVES, build_scorer
+from alignd.training.vector_trainer import per_prompt_rewards
 
 STRENGTHS = (-1.0, -0.5, 0.0, 0.5, 1.0)
-
-
-def per_prompt_means(policy, scorer, prompts, steering, samples, batch, seed) -> np.ndarray:
-    """[prompts, objectives]: each prompt's mean reward over its samples under `steering`."""
-    means = []
-    for start in range(0, len(prompts), batch):
-        group = prompts[start : start + batch]
-        sampling = SamplingParams(temperature=0.7, max_tokens=64, seed=seed + start, steering=steering)
-        sampled = policy.sample([ChatPrompt(p) for p in group], samples, sampling)
-        texts = [c.text for row in sampled.completions for c in row]
-        rewards = scorer.score([p for p in group for _ in range(samples)], texts)
-        means.append(rewards.reshape(len(group), samples, -1).mean(axis=1))
-    return np.concatenate(means)
 
 
 def main() -> None:
@@ -59,32 +45,19 @@ def main() -> None:
     parser.add_argument("--json", default="", help="also write the figures here")
     args = parser.parse_args()
 
-    path = args.vectors or shipped_vectors(models.DEFAULT_MODEL)
-    if path is None:
-        raise SystemExit("no vectors shipped for the embedded model: run `make vectors` or pass --vectors")
-    vectors = PreferenceVectors.load(path)
+    vectors = shipped_or_given_vectors(args.vectors)
     policy = TransformersPolicy(models.resolve(models.DEFAULT_MODEL), model_name=models.DEFAULT_MODEL, vectors=vectors)
     scorer = build_scorer(BUILTIN_OBJECTIVES)
     objectives = list(scorer.objective_names)
     prompts = prompt_set("eval", args.limit)
 
     conditions = [()] + [((name, eta),) for name in vectors.names for eta in STRENGTHS if eta != 0.0]
-    results: dict[tuple, np.ndarray] = {}
-    errors: list[BaseException] = []
 
-    def run(steering) -> None:
-        try:
-            results[steering] = per_prompt_means(policy, scorer, prompts, steering, args.samples, args.batch, args.seed)
-        except BaseException as error:  # reported below; a thread's exception would be lost
-            errors.append(error)
+    def run(steering) -> np.ndarray:
+        return per_prompt_rewards(policy, scorer, prompts, steering, args.samples, 64, batch=args.batch, seed=args.seed)
 
-    threads = [threading.Thread(target=run, args=(c,)) for c in conditions]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
+    with ThreadPoolExecutor(len(conditions)) as pool:
+        results = dict(zip(conditions, pool.map(run, conditions)))
 
     figures: dict = {"prompts": len(prompts), "samples": args.samples, "objectives": objectives, "vectors": {}}
     print(f"{len(prompts)} eval prompts x {args.samples} samples per strength, T=0.7, 64 tokens")

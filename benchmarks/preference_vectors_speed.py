@@ -26,11 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import prompt_set
+from common import prompt_set, shipped_or_given_vectors
 
 from alignd import models
 from alignd.backends.base import ChatPrompt, SamplingParams, Steering
-from alignd.backends.preference_vectors import PreferenceVectors, shipped_vectors
 from alignd.backends.transformers_policy import TransformersPolicy
 
 STRENGTHS = (-1.0, -0.5, 0.0, 0.5, 1.0)
@@ -69,10 +68,7 @@ def main() -> None:
     parser.add_argument("--json", default="", help="also write the figures here")
     args = parser.parse_args()
 
-    path = args.vectors or shipped_vectors(models.DEFAULT_MODEL)
-    if path is None:
-        raise SystemExit("no vectors shipped for the embedded model: run `make vectors` or pass --vectors")
-    vectors = PreferenceVectors.load(path)
+    vectors = shipped_or_given_vectors(args.vectors)
     checkpoint = models.resolve(models.DEFAULT_MODEL)
     policy = TransformersPolicy(checkpoint, model_name=models.DEFAULT_MODEL, vectors=vectors)
     unloaded = TransformersPolicy(checkpoint, model_name=models.DEFAULT_MODEL)

@@ -20,7 +20,7 @@ vector (`VectorInfo`).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +54,7 @@ class VectorInfo:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> VectorInfo:
-        known = {"name", "objective", "base_model", "rank", "target_modules", "data_hash", "shift", "training"}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
         if unknown:
             raise VectorsError(f"unknown fields {unknown}")
         values = dict(values, target_modules=tuple(values.get("target_modules", ())))

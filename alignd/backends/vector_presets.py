@@ -63,5 +63,4 @@ def write_presets(
         (name, eta): write_preset(vectors, name, eta, folder / preset_name(name, eta), base_model)
         for name in vectors.names
         for eta in presets
-        if eta != 0.0
     }

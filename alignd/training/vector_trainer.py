@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from alignd.backends.base import ChatPrompt, SamplingParams, Steering
 from alignd.backends.preference_vectors import LowRankDelta, PreferenceVectors, VectorInfo
 from alignd.training.data import DataError, data_hash
 from alignd.training.options import option
@@ -68,6 +69,8 @@ def train_adapter(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
+    from alignd.backends.transformers_policy import resolve_device
+
     torch.manual_seed(config.seed)
     rows = [
         {
@@ -81,7 +84,7 @@ def train_adapter(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
-    use_cpu = not (config.device in ("auto", "cuda") and torch.cuda.is_available())
+    device = resolve_device(config.device)
     with tempfile.TemporaryDirectory(prefix="alignd-dpo-") as scratch:
         args = DPOConfig(
             output_dir=scratch,
@@ -92,8 +95,8 @@ def train_adapter(
             max_length=config.max_length,
             precompute_ref_log_probs=True,  # the reference (adapter off) runs once, not per step
             gradient_checkpointing=False,  # small model: recomputing activations only costs time
-            bf16=_use_bf16(config.bf16, use_cpu),
-            use_cpu=use_cpu,
+            bf16=_use_bf16(config.bf16, device),
+            use_cpu=device.type == "cpu",
             seed=config.seed,
             logging_steps=max(1, len(rows) // config.batch_size // 4),
             save_strategy="no",
@@ -121,15 +124,15 @@ def train_adapter(
         return lora_deltas(trainer.model), metrics
 
 
-def _use_bf16(setting: str, cpu: bool) -> bool:
+def _use_bf16(setting: str, device: torch.device) -> bool:
+    """bf16 autocast: `auto` where the serving backend would pick bfloat16 (native support)."""
     if setting not in ("auto", "yes", "no"):
         raise DataError(f"--bf16 must be auto, yes or no, not {setting!r}")
     if setting != "auto":
         return setting == "yes"
-    if not cpu:
-        return bool(torch.cuda.is_bf16_supported())
-    capabilities = torch.cpu.get_capabilities()
-    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+    from alignd.backends.transformers_policy import resolve_dtype
+
+    return resolve_dtype("auto", device) == "bfloat16"
 
 
 def lora_deltas(model: Any) -> dict[str, LowRankDelta]:
@@ -216,22 +219,40 @@ class ShiftReport:
         return "\n".join(lines)
 
 
+def per_prompt_rewards(
+    policy: Any,
+    scorer: Any,
+    prompts: Sequence[str],
+    steering: Steering,
+    samples: int,
+    max_tokens: int,
+    *,
+    batch: int = 4,
+    seed: int = 0,
+) -> np.ndarray:
+    """[prompts, objectives]: each prompt's mean reward over `samples` responses from the policy
+    steered by `steering` (T = 0.7; prompts in batches of `batch`, batch i seeded seed + its first
+    prompt's index, so every steering draws with the same seeds)."""
+    means = []
+    for start in range(0, len(prompts), batch):
+        group = list(prompts[start : start + batch])
+        sampling = SamplingParams(temperature=0.7, max_tokens=max_tokens, seed=seed + start, steering=steering)
+        sampled = policy.sample([ChatPrompt(p) for p in group], samples, sampling)
+        texts = [c.text for row in sampled.completions for c in row]
+        rewards = scorer.score([p for p in group for _ in range(samples)], texts)
+        means.append(rewards.reshape(len(group), samples, -1).mean(axis=1))
+    return np.concatenate(means)
+
+
 def measure_shift(
     policy: Any, scorer: Any, prompts: Sequence[str], vectors: Sequence[str], samples: int, max_tokens: int
 ) -> ShiftReport:
     """Sample at eta = 0 and at eta_p = 1 for each vector (same seeds), score every objective."""
-    from alignd.backends.base import ChatPrompt, SamplingParams
-
-    means: dict[str, np.ndarray] = {}
-    for condition in ("", *vectors):
-        steering = ((condition, 1.0),) if condition else ()
-        rewards = []
-        for start in range(0, len(prompts), 4):
-            batch = list(prompts[start : start + 4])
-            sampling = SamplingParams(max_tokens=max_tokens, seed=start, steering=steering)
-            sampled = policy.sample([ChatPrompt(p) for p in batch], samples, sampling)
-            texts = [c.text for group in sampled.completions for c in group]
-            rewards.append(scorer.score([p for p in batch for _ in range(samples)], texts))
-        means[condition] = np.concatenate(rewards).mean(axis=0)
+    means = {
+        condition: per_prompt_rewards(
+            policy, scorer, prompts, ((condition, 1.0),) if condition else (), samples, max_tokens
+        ).mean(axis=0)
+        for condition in ("", *vectors)
+    }
     base = means.pop("")
     return ShiftReport(tuple(scorer.objective_names), base, means, len(prompts), samples)

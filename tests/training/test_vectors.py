@@ -19,47 +19,51 @@ KIND = "thank you, that is wonderful and very helpful"
 LAZY = "the lazy dog jumps over the fox"
 
 
+def write_rollouts(path, objective: str, prompts) -> str:
+    """Two scored responses per prompt: the kind one scores 1 on `objective`, the lazy one 0."""
+    with open(path, "w") as out:
+        for prompt in prompts:
+            for response, reward in ((KIND, 1.0), (LAZY, 0.0)):
+                out.write(json.dumps({"prompt": prompt, "response": response, "rewards": {objective: reward}}) + "\n")
+    return str(path)
+
+
+def train_vectors_command(checkpoint, rollouts: str, *options: str) -> int:
+    """`alignd train vectors` on the tiny checkpoint, without the eval-prompt measurement."""
+    return main(
+        ["train", "vectors", "--model", str(checkpoint), "--rollouts", rollouts, "--eval-prompts", "", *options]
+    )
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_checkpoint, tmp_path_factory):
     """Vectors for `kindness` (the kind reply scores 1, the lazy one 0) trained through the CLI."""
     folder = tmp_path_factory.mktemp("vectors")
-    rollouts = folder / "rollouts.jsonl"
-    with rollouts.open("w") as out:
-        for prompt in PROMPTS * 4:
-            for response, reward in ((KIND, 1.0), (LAZY, 0.0)):
-                out.write(json.dumps({"prompt": prompt, "response": response, "rewards": {"kindness": reward}}) + "\n")
+    rollouts = write_rollouts(folder / "rollouts.jsonl", "kindness", PROMPTS * 4)
     output = folder / "vectors.safetensors"
-    code = main(
-        [
-            "train",
-            "vectors",
-            "--model",
-            str(tiny_checkpoint),
-            "--rollouts",
-            str(rollouts),
-            "--output",
-            str(output),
-            "--objectives",
-            "kindness",
-            "--rank",
-            "4",
-            "--target-modules",
-            "q_proj",
-            "v_proj",
-            "down_proj",
-            "--learning-rate",
-            "5e-3",
-            "--epochs",
-            "12",
-            "--batch-size",
-            "4",
-            "--eval-prompts",
-            "",
-            "--device",
-            "cpu",
-            "--bf16",
-            "no",
-        ]
+    code = train_vectors_command(
+        tiny_checkpoint,
+        rollouts,
+        "--output",
+        str(output),
+        "--objectives",
+        "kindness",
+        "--rank",
+        "4",
+        "--target-modules",
+        "q_proj",
+        "v_proj",
+        "down_proj",
+        "--learning-rate",
+        "5e-3",
+        "--epochs",
+        "12",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--bf16",
+        "no",
     )
     assert code == 0
     return PreferenceVectors.load(output)
@@ -120,30 +124,8 @@ def test_a_vector_is_the_exact_difference_of_its_two_adapters():
 
 
 def test_bad_bf16_setting_is_an_error(tmp_path, tiny_checkpoint, capsys):
-    rollouts = tmp_path / "r.jsonl"
-    rollouts.write_text(
-        "".join(
-            json.dumps({"prompt": p, "response": r, "rewards": {"k": float(i)}}) + "\n"
-            for p in PROMPTS
-            for i, r in enumerate((KIND, LAZY))
-        )
-    )
-    code = main(
-        [
-            "train",
-            "vectors",
-            "--model",
-            str(tiny_checkpoint),
-            "--rollouts",
-            str(rollouts),
-            "--objectives",
-            "k",
-            "--bf16",
-            "maybe",
-            "--eval-prompts",
-            "",
-        ]
-    )
+    rollouts = write_rollouts(tmp_path / "r.jsonl", "k", PROMPTS)
+    code = train_vectors_command(tiny_checkpoint, rollouts, "--objectives", "k", "--bf16", "maybe")
     assert code == 2 and "--bf16" in capsys.readouterr().err
 
 
