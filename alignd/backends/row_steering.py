@@ -37,7 +37,6 @@ class RowSteering:
 
     def __init__(self, model: torch.nn.Module, vectors: PreferenceVectors) -> None:
         vectors.check_model(model)
-        self.vectors = vectors
         self.names = vectors.names
         self.index = {name: i for i, name in enumerate(self.names)}
         parameter = next(model.parameters())
@@ -48,7 +47,6 @@ class RowSteering:
         # Per forward in progress: each rank's strength per row, [rows, 1, R_total], by owner.
         self._per_rank: dict[tuple[int, ...], torch.Tensor] | None = None
         self._owners: dict[tuple[int, ...], torch.Tensor] = {}  # owner -> its index tensor
-        self._handles = []
         for layer in layers:
             downs, ups, owners = [], [], []
             for name in self.names:
@@ -64,7 +62,7 @@ class RowSteering:
                 tuple(owners),
             )
             self._owners.setdefault(stacked.owner, torch.tensor(stacked.owner, device=device))
-            self._handles.append(modules[layer].register_forward_hook(self._hook(stacked)))
+            modules[layer].register_forward_hook(self._hook(stacked))
 
     def strengths(self, rows: Sequence[dict[str, float]], device: torch.device) -> torch.Tensor | None:
         """Per-row strengths as a tensor [rows, vectors] (unknown names are the caller's error),
@@ -99,8 +97,3 @@ class RowSteering:
             return output + torch.nn.functional.linear(low, layer.up)
 
         return add_deltas
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()

@@ -188,7 +188,7 @@ class TransformersPolicy(TokenizerText, Policy):
         partial.cache.reserve(width)
         kind = _PREFILL if prefill else DECODE
         self.batcher.step(
-            _Step(partial, input_ids, positions, partial.steer),
+            _Step(partial, input_ids, positions),
             rows=rows,
             length=partial.attention.shape[1],
             kind=kind,
@@ -203,7 +203,7 @@ class TransformersPolicy(TokenizerText, Policy):
         request then given views of its rows."""
         first = steps[0].partial
         assert first.cache is not None
-        steer = _merged_steer([step.steer for step in steps], [step.input_ids.shape[0] for step in steps])
+        steer = _merged_steer([step.partial.steer for step in steps], [step.input_ids.shape[0] for step in steps])
         if len(steps) == 1:
             logits, hidden = self._model_step(
                 steps[0].input_ids, first.attention, steps[0].positions, first.cache, steer
@@ -628,7 +628,6 @@ class _Step:
     partial: _Partial
     input_ids: torch.Tensor
     positions: torch.Tensor
-    steer: torch.Tensor | None  # [live, vectors], the rows' strengths (None: not steered)
 
 
 def _spans(steps: Sequence[_Step]) -> list[slice]:
