@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 FORMAT = 1
@@ -96,16 +97,37 @@ class PreferenceVectors:
 
     def check_model(self, model: torch.nn.Module) -> None:
         """Every adapted layer exists in `model` with the shapes the factors need."""
-        modules = dict(model.named_modules())
+        shapes = {
+            name: tuple(module.weight.shape)
+            for name, module in model.named_modules()
+            if isinstance(getattr(module, "weight", None), torch.Tensor) and module.weight.dim() == 2
+        }
+        self._check_shapes(shapes, "the model")
+
+    def check_checkpoint(self, folder: str | Path) -> None:
+        """As `check_model`, from the shapes in a checkpoint's safetensors headers (no weight is
+        read): for engines that load the model themselves, before they start. A checkpoint without
+        safetensors files is left to the engine."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for file in sorted(Path(folder).glob("*.safetensors")):
+            with safe_open(str(file), framework="pt") as weights:
+                for key in weights.keys():  # noqa: SIM118 (safe_open is not iterable)
+                    shape = tuple(weights.get_slice(key).get_shape())
+                    if key.endswith(".weight") and len(shape) == 2:
+                        shapes[key.removesuffix(".weight")] = shape
+        if shapes:
+            self._check_shapes(shapes, "the checkpoint")
+
+    def _check_shapes(self, shapes: dict[str, tuple[int, ...]], where: str) -> None:
+        """`shapes`: the [out, in] of each linear layer, by module name."""
         for name, layers in self.deltas.items():
             for module_name, delta in layers.items():
-                module = modules.get(module_name)
-                weight = getattr(module, "weight", None)
-                if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-                    raise VectorsError(f"vector {name!r}: the model has no linear layer {module_name!r}")
-                if tuple(weight.shape) != (delta.up.shape[0], delta.down.shape[1]):
+                shape = shapes.get(module_name)
+                if shape is None:
+                    raise VectorsError(f"vector {name!r}: {where} has no linear layer {module_name!r}")
+                if shape != (delta.up.shape[0], delta.down.shape[1]):
                     raise VectorsError(
-                        f"vector {name!r}: layer {module_name!r} is {tuple(weight.shape)} in the model, "
+                        f"vector {name!r}: layer {module_name!r} is {shape} in {where}, "
                         f"{(delta.up.shape[0], delta.down.shape[1])} in the vector"
                     )
 

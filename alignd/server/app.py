@@ -144,10 +144,11 @@ def check_compatible(field: str, head: Head, model_name: str, hidden_size: int |
         raise ConfigError(f"{field}: {error}") from None
 
 
-def load_vectors(config: ServerConfig, model_name: str) -> PreferenceVectors | None:
+def load_vectors(config: ServerConfig, model_name: str, checkpoint: Path) -> PreferenceVectors | None:
     """The preference vectors the config names (ConfigError naming the setting): "auto" is the
     set shipped for the model, if any, on the transformers backend (on vLLM, loading vectors turns
-    on LoRA for every request: it takes a path); vectors trained on another model are refused."""
+    on LoRA for every request: it takes a path); vectors trained on another model, or whose layers
+    the checkpoint lacks, are refused before any model loads."""
     auto = config.preference_vectors == "auto"
     if auto and config.backend == "vllm":
         return None
@@ -164,6 +165,10 @@ def load_vectors(config: ServerConfig, model_name: str) -> PreferenceVectors | N
                 f"preference_vectors: vector {info.name!r} was trained on {info.base_model!r}, "
                 f"the served model is {model_name!r}"
             )
+    try:
+        vectors.check_checkpoint(checkpoint)
+    except VectorsError as error:
+        raise ConfigError(f"preference_vectors: {error}") from None
     return vectors
 
 
@@ -186,7 +191,7 @@ def check_config(config: ServerConfig) -> CheckedConfig:
     checkpoint = models.resolve(config.model)
     model_name = served_model_name(config.model, checkpoint)
     checked = load_heads(config, model_name, checkpoint_hidden_size(checkpoint), objectives)
-    checked = dataclasses.replace(checked, vectors=load_vectors(config, model_name))
+    checked = dataclasses.replace(checked, vectors=load_vectors(config, model_name, checkpoint))
     _check_requests(
         config,
         (*(o.name for o in objectives), *(h.objectives[0] for _, h in checked.reward)),

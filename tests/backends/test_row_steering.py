@@ -131,6 +131,18 @@ def test_vectors_for_another_model_are_refused(steered):
         vectors.check_model(other)
 
 
+def test_vectors_are_checked_against_a_checkpoints_headers(tmp_path, steered):
+    """What check_model checks, read from the safetensors files of a saved model."""
+    _, base, vectors, tokenizer = steered
+    base.save_pretrained(tmp_path / "same")
+    vectors.check_checkpoint(tmp_path / "same")
+    other = tiny_model(len(tokenizer))
+    other.model.layers = other.model.layers[:1]
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(VectorsError, match=r"the checkpoint has no linear layer 'model\.layers\.1\."):
+        vectors.check_checkpoint(tmp_path / "other")
+
+
 def test_concurrent_requests_with_different_strengths_merge_into_one_forward(steered):
     """Requests decoding at once share forwards (the step batcher); each keeps its own policy."""
     from tests.backends.test_step_batching import concurrently

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import alignd.server.app as app
 from alignd.backends.base import Capability, SamplingParams
+from alignd.backends.preference_vectors import shipped_vectors
 from alignd.backends.transformers_policy import TransformersPolicy
 from alignd.clients import AligndClient
 from alignd.config import ConfigError, EngineOptions, ServerConfig
@@ -189,6 +191,29 @@ def test_config_errors_stop_start_up_before_the_policy_loads(monkeypatch, tmp_pa
     with pytest.raises(ConfigError, match=message) as error:
         asyncio.run(app.serve(config))
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ({"q_proj": (HIDDEN_SIZE, 8)}, r"layer 'model\.layers\.0\.self_attn\.q_proj' is \(576, 8\) in the checkpoint"),
+        (
+            {"q_proj": (HIDDEN_SIZE, HIDDEN_SIZE)},
+            r"the checkpoint has no linear layer 'model\.layers\.0\.self_attn\.v_proj'",
+        ),
+    ],
+)
+def test_vectors_that_do_not_fit_the_checkpoint_stop_start_up_before_the_engine(
+    monkeypatch, checkpoint, weights, message
+):
+    """vLLM loads the model itself: the vectors are checked against the checkpoint's headers first."""
+    tensors = {f"model.layers.0.self_attn.{name}.weight": torch.zeros(shape) for name, shape in weights.items()}
+    save_file(tensors, str(checkpoint / "model.safetensors"))
+    monkeypatch.setattr(app, "load_policy", never_load_policy)
+    vectors = str(shipped_vectors(SHIPPED_MODEL))
+    config = ServerConfig(model=str(checkpoint), backend="vllm", port=0, preference_vectors=vectors)
+    with pytest.raises(ConfigError, match=r"^preference_vectors: vector 'positivity': " + message):
+        asyncio.run(app.serve(config))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
