@@ -241,6 +241,8 @@ def fused_step(
     `position`). With w = (1, 0, ...) this is the base policy's own draw."""
     policies = torch.log_softmax(logits.float(), dim=-1)
     used = [i for i, w in enumerate(weights) if w > 0]  # 0 x -inf would be NaN: leave zero weights out
+    if not used:
+        raise ValueError("logit fusion needs at least one policy with a positive weight")
     fused = (torch.tensor([weights[i] for i in used]).to(policies)[:, None] * policies[used]).sum(0, keepdim=True)
     if sampling.greedy:
         token = int(torch.argmax(fused, dim=-1))

@@ -17,10 +17,10 @@ import dataclasses
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from alignd.backends.base import (
 from alignd.decoding.weights import PreferenceWeights
 from alignd.errors import Cancelled, FailedPrecondition, InvalidArgument
 from alignd.rewardmodels.base import Scorer
+
+if TYPE_CHECKING:
+    from alignd.backends.preference_vectors import VectorInfo
 
 
 @dataclass(frozen=True)
@@ -314,6 +317,12 @@ class Strategy(ABC, Generic[P]):
 
     def default_sampling(self, server_defaults: SamplingParams) -> SamplingParams:
         return dataclasses.replace(server_defaults, **self.sampling_defaults)
+
+    def resolve_params(self, params: P, weights: PreferenceWeights, vectors: Mapping[str, VectorInfo]) -> P:
+        """`params` with what the request left to the server filled in from its weights and the
+        policy's preference vectors, so that `rows` counts what it will hold (the server calls it
+        when it parses a request). Default: as given."""
+        return params
 
     def rows(self, params: P) -> int:
         """Sequences this strategy keeps in the KV cache at once (for the memory budget)."""

@@ -12,44 +12,51 @@ policy's own draw, token for token.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from alignd.backends.base import Policy, Steering
+from alignd.backends.base import Steering
+from alignd.backends.preference_vectors import BASE_POLICY as BASE  # the unsteered policy
 from alignd.decoding.base import DecodeContext, DecodeResult, KLEstimate
 from alignd.decoding.weights import PreferenceWeights
 from alignd.errors import InvalidArgument
 from alignd.sampling import RowStreams, fused_step
 
-BASE = "base"  # the unsteered policy's name among the fused policies
+if TYPE_CHECKING:
+    from alignd.backends.preference_vectors import VectorInfo
 
 
 def fusion_weights(
-    requested: Mapping[str, float], weights: PreferenceWeights, policy: Policy, field: str
+    requested: Mapping[str, float], weights: PreferenceWeights, vectors: Mapping[str, VectorInfo], field: str
 ) -> dict[str, float]:
-    """The policies' weights, normalised to sum 1, those at 0 left out (they change nothing).
-    `requested` names policies ("base" and vector names); empty: the request's weight on each
+    """The policies' weights, normalised to sum 1, those at 0 left out (they change nothing), the
+    base first (row 0; kept even at 0: the KL figure and the token log-probabilities are its).
+    `requested` names policies ("base" and names in `vectors`); empty: the request's weight on each
     objective goes to the vectors that steer it (shared equally), the rest to the base model."""
     if requested:
         for name in requested:
-            if name != BASE and name not in policy.vectors:
+            if name != BASE and name not in vectors:
                 raise InvalidArgument(
-                    f"{field}[{name}]", f"not a policy to fuse; available: {[BASE, *sorted(policy.vectors)]}"
+                    f"{field}[{name}]", f"not a policy to fuse; available: {[BASE, *sorted(vectors)]}"
                 )
         chosen = dict(requested)
     else:
         by_objective = weights.as_dict()
-        steering = Counter(info.objective for info in policy.vectors.values())
+        steering = Counter(info.objective for info in vectors.values())
         chosen = {
-            name: by_objective.get(info.objective, 0.0) / steering[info.objective]
-            for name, info in policy.vectors.items()
+            name: by_objective.get(info.objective, 0.0) / steering[info.objective] for name, info in vectors.items()
         }
         chosen[BASE] = max(0.0, 1.0 - sum(chosen.values()))
-    total = sum(chosen.values())
-    if total <= 0:
+    largest = max(chosen.values())
+    if largest <= 0:
         raise InvalidArgument(field, "at least one policy weight must be positive")
+    total = sum(chosen.values())
+    if math.isinf(total):  # weights near the float maximum: scale them down first
+        chosen = {name: w / largest for name, w in chosen.items()}
+        total = sum(chosen.values())
     fused = {name: w / total for name, w in chosen.items() if w > 0}
-    # The base policy is always row 0: the KL figure and the token log-probabilities are its.
     return {BASE: fused.pop(BASE, 0.0), **fused}
 
 

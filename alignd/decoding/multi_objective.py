@@ -13,7 +13,9 @@ Two modes:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from alignd.backends.base import Capability, Policy
 from alignd.decoding.base import Decode, DecodeRequest, register
@@ -21,10 +23,15 @@ from alignd.decoding.blockwise import WeightedBlockwise
 from alignd.decoding.logit_fusion import BASE, decode_fused, fusion_weights
 from alignd.decoding.params import param
 from alignd.decoding.value_estimates import value_source_param
+from alignd.decoding.weights import PreferenceWeights
 from alignd.errors import FailedPrecondition, InvalidArgument
 from alignd.rewardmodels.base import Scorer
 
+if TYPE_CHECKING:
+    from alignd.backends.preference_vectors import VectorInfo
+
 BLOCKWISE, LOGIT_FUSION = "blockwise", "logit_fusion"
+POLICY_WEIGHTS = "multi_objective.policy_weights"
 
 
 @dataclass(frozen=True)
@@ -57,12 +64,17 @@ class MultiObjectiveStrategy(WeightedBlockwise[MultiObjectiveParams]):
 
     refuses_greedy = False  # blockwise mode refuses it in `plan`; logit fusion can decode greedily
 
+    def resolve_params(
+        self, params: MultiObjectiveParams, weights: PreferenceWeights, vectors: Mapping[str, VectorInfo]
+    ) -> MultiObjectiveParams:
+        if params.mode != LOGIT_FUSION or params.policy_weights:
+            return params
+        return replace(params, policy_weights=fusion_weights({}, weights, vectors, POLICY_WEIGHTS))
+
     def rows(self, params: MultiObjectiveParams) -> int:
         if params.mode == LOGIT_FUSION:
-            # One row per fused policy, the base always among them; without named policies the
-            # vectors are not known here: K of them bound it.
-            named = [name for name in params.policy_weights if name != BASE]
-            return 1 + (len(named) if params.policy_weights else params.num_candidates)
+            # One row per fused policy with weight, and the base's row always.
+            return 1 + sum(1 for name, w in params.policy_weights.items() if name != BASE and w > 0)
         return super().rows(params)
 
     def plan(self, request: DecodeRequest, params: MultiObjectiveParams, policy: Policy, scorer: Scorer) -> Decode:
@@ -80,5 +92,5 @@ class MultiObjectiveStrategy(WeightedBlockwise[MultiObjectiveParams]):
             raise InvalidArgument(
                 "preference_vectors", "multi_objective logit_fusion chooses the fused policies itself; leave it unset"
             )
-        weights = fusion_weights(params.policy_weights, request.weights, policy, "multi_objective.policy_weights")
+        weights = fusion_weights(params.policy_weights, request.weights, policy.vectors, POLICY_WEIGHTS)
         return lambda ctx: decode_fused(ctx, weights)

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import signal
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from alignd import models
 from alignd.backends.base import Policy
 from alignd.backends.loading import checkpoint_hidden_size, load_policy, served_model_name
-from alignd.backends.preference_vectors import PreferenceVectors, VectorsError, shipped_vectors
+from alignd.backends.preference_vectors import PreferenceVectors, VectorInfo, VectorsError, shipped_vectors
 from alignd.backends.vllm import EngineStartError
 from alignd.config import (
     OPEN_SERVICES,
@@ -195,7 +196,7 @@ def check_config(config: ServerConfig) -> CheckedConfig:
     _check_requests(
         config,
         (*(o.name for o in objectives), *(h.objectives[0] for _, h in checked.reward)),
-        checked.vectors.names if checked.vectors is not None else (),
+        checked.vectors.infos if checked.vectors is not None else {},
     )
     if auth_enabled(config):
         from alignd.server.auth.keys import KeysFile, KeysFileError
@@ -207,7 +208,7 @@ def check_config(config: ServerConfig) -> CheckedConfig:
     return checked
 
 
-def _check_requests(config: ServerConfig, objective_names: tuple[str, ...], vectors: tuple[str, ...]) -> None:
+def _check_requests(config: ServerConfig, objective_names: tuple[str, ...], vectors: Mapping[str, VectorInfo]) -> None:
     """Default weights and sampling, and each experiment arm parsed as a request would be."""
     from alignd.decoding.weights import parse_weights
     from alignd.server import convert

@@ -9,7 +9,8 @@ import dataclasses
 import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 from alignd.backends.base import ChatPrompt, SamplingParams, Steering, steering_of
 from alignd.decoding.base import DecodeResult, ProgressEvent, ScoredCandidate, Strategy, get_strategy
@@ -18,6 +19,9 @@ from alignd.decoding.weights import PreferenceWeights, parse_weights
 from alignd.errors import InvalidArgument
 from alignd.server.request_fields import requested_strategy
 from alignd.v1 import alignd_pb2 as pb
+
+if TYPE_CHECKING:
+    from alignd.backends.preference_vectors import VectorInfo
 
 # Below this, logits / T overflow to inf in float32; above, sampling is noise.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 100.0
@@ -81,11 +85,11 @@ def parse_generate(
     default_sampling: SamplingParams,
     limits: Limits,
     *,
-    vectors: Collection[str] = (),
+    vectors: Mapping[str, VectorInfo] = MappingProxyType({}),
     template: bool = False,
 ) -> ParsedGenerate:
     """A request's strategy, parameters, prompt, sampling and weights, validated. An experiment
-    arm's `template` has no prompt of its own. `vectors`: the preference vectors the policy has."""
+    arm's `template` has no prompt of its own. `vectors`: the preference vectors the policy has, by name."""
     check_text("prompt", request.prompt, limits.max_prompt_chars, required=not template)
     check_text("system_prompt", request.system_prompt, limits.max_prompt_chars, required=False)
     history = parse_history(request, limits)
@@ -98,15 +102,16 @@ def parse_generate(
     given = {f.name: _plain(v) for f, v in getattr(request, chosen).ListFields()} if chosen else {}
     params = validate_params(name, strategy.Params, given, limits)
 
+    weights = parse_weights(dict(request.weights), objective_names, default_weights)
     return ParsedGenerate(
         strategy=strategy,
-        params=params,
+        params=strategy.resolve_params(params, weights, vectors),
         prompt=ChatPrompt(request.prompt, request.system_prompt or None, request.raw_prompt, history),
         sampling=dataclasses.replace(
             parse_sampling(request.sampling, strategy.default_sampling(default_sampling), limits),
             steering=parse_steering(dict(request.preference_vectors), vectors, limits),
         ),
-        weights=parse_weights(dict(request.weights), objective_names, default_weights),
+        weights=weights,
         return_candidates=request.return_candidates,
     )
 

@@ -81,7 +81,7 @@ def test_default_policy_weights_follow_the_request_weights_on_the_vectors_object
     names = letter_scorer.objective_names
     weights = parse_weights({names[0]: 1.0}, names)
     # The tiny vectors steer objectives named "warm" and "short", which this scorer lacks.
-    assert fusion_weights({}, weights, policy, "f") == {"base": 1.0}
+    assert fusion_weights({}, weights, policy.vectors, "f") == {"base": 1.0}
 
 
 def test_fusion_is_refused_where_it_cannot_run(steered, tiny_policy, letter_scorer):  # noqa: F811
@@ -93,3 +93,39 @@ def test_fusion_is_refused_where_it_cannot_run(steered, tiny_policy, letter_scor
         run(steered[0], letter_scorer, {"mode": "logit_fusion"}, SamplingParams(steering=(("warm", 1.0),)))
     with pytest.raises(InvalidArgument, match="policy_weights"):
         params(mode="logit_fusion", policy_weights={"base": -1.0})
+
+
+def test_weights_near_the_float_maximum_still_fuse(steered):  # noqa: F811
+    from alignd.decoding.logit_fusion import fusion_weights
+
+    policy = steered[0]
+    weights = parse_weights({}, ("warm", "short"))
+    huge = {"base": 1e308, "warm": 1e308, "short": 0.0}
+    assert fusion_weights(huge, weights, policy.vectors, "f") == {"base": 0.5, "warm": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("policy_weights", "weights", "rows"),
+    [
+        ({}, {"warm": 0.5, "other": 0.5}, 2),  # base and warm; short's objective has no weight
+        ({}, {"warm": 0.5, "short": 0.5}, 3),
+        ({}, {"other": 1.0}, 1),
+        ({"short": 2.0}, {}, 2),
+        ({"base": 1.0, "warm": 0.0}, {}, 1),
+    ],
+)
+def test_the_server_holds_one_row_per_fused_policy(steered, policy_weights, weights, rows):  # noqa: F811
+    """Rows count against the memory budget and quotas before decoding: the defaults are
+    resolved from the request's weights and the policy's vectors when the request is parsed."""
+    from alignd.server.convert import parse_generate
+    from alignd.v1 import alignd_pb2 as pb
+
+    policy = steered[0]
+    request = pb.GenerateRequest(prompt="hi", strategy="multi_objective", weights=weights)
+    request.multi_objective.mode = "logit_fusion"
+    request.multi_objective.policy_weights.update(policy_weights)
+    objectives = ("warm", "short", "other")
+    parsed = parse_generate(request, objectives, {}, SamplingParams(), Limits(), vectors=policy.vectors)
+    assert parsed.strategy.rows(parsed.params) == rows
+    fused = [name for name, w in parsed.params.policy_weights.items() if w > 0]
+    assert len(fused) + ("base" not in fused) == rows
