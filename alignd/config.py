@@ -296,12 +296,19 @@ def check_settings(config: ServerConfig) -> None:
 
 
 def _check_vectors(config: ServerConfig) -> None:
-    """The strength limit, vLLM's preset strengths within it, and no steering in the defaults
-    (a request's `preference_vectors` steers; the server's default sampling does not)."""
+    """The strength limit, vLLM's preset strengths within it (on the vLLM backend: other backends
+    ignore them), and no steering in the defaults (a request's `preference_vectors` steers; the
+    server's default sampling does not)."""
     strength = config.limits.max_vector_strength
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength < float("inf"):
         raise ConfigError(f"limits.max_vector_strength: must be a number >= 0, got {strength!r}")
-    presets = config.vllm.vector_presets
+    if config.backend == "vllm":
+        _check_presets(config.vllm.vector_presets, strength)
+    if config.default_sampling.steering:
+        raise ConfigError("default_sampling.steering: unknown setting; requests steer with preference_vectors")
+
+
+def _check_presets(presets: Any, strength: float) -> None:
     if not isinstance(presets, (tuple, list)) or not presets:
         raise ConfigError(f"vllm.vector_presets: must be a non-empty list of numbers, got {presets!r}")
     for i, eta in enumerate(presets):
@@ -310,8 +317,6 @@ def _check_vectors(config: ServerConfig) -> None:
                 f"vllm.vector_presets[{i}]: must be a non-zero number within limits.max_vector_strength "
                 f"({strength:g}), got {eta!r}"
             )
-    if config.default_sampling.steering:
-        raise ConfigError("default_sampling.steering: unknown setting; requests steer with preference_vectors")
 
 
 OPEN_SERVICES = ("health", "reflection")

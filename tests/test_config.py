@@ -109,10 +109,13 @@ def test_auth_and_tls_settings_are_checked(tmp_path, auth, tls, message):
     "text, message",
     [
         ("[limits]\nmax_vector_strength = -1\n", r"limits\.max_vector_strength: must be a number >= 0"),
-        ("[vllm]\nvector_presets = []\n", r"vllm\.vector_presets: must be a non-empty list"),
-        ("[vllm]\nvector_presets = [1.0, 3.0]\n", r"vllm\.vector_presets\[1\]: must be a non-zero number within"),
-        ('[vllm]\nvector_presets = ["a"]\n', r"vllm\.vector_presets\[0\]"),
-        ("[vllm]\nvector_presets = [0.0]\n", r"vllm\.vector_presets\[0\]"),
+        ('backend = "vllm"\n[vllm]\nvector_presets = []\n', r"vllm\.vector_presets: must be a non-empty list"),
+        (
+            'backend = "vllm"\n[vllm]\nvector_presets = [1.0, 3.0]\n',
+            r"vllm\.vector_presets\[1\]: must be a non-zero number within",
+        ),
+        ('backend = "vllm"\n[vllm]\nvector_presets = ["a"]\n', r"vllm\.vector_presets\[0\]"),
+        ('backend = "vllm"\n[vllm]\nvector_presets = [0.0]\n', r"vllm\.vector_presets\[0\]"),
         ('default_sampling.steering = [["positivity", 1.0]]\n', r"default_sampling\.steering: unknown setting"),
         ("preference_vectors = 3\n", "preference_vectors: must be a string"),
     ],
@@ -123,4 +126,16 @@ def test_preference_vector_settings_are_checked(tmp_path, text, message):
     path = tmp_path / "alignd.toml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
+        check_settings(load_config(path))
+
+
+def test_the_vllm_presets_do_not_bind_other_backends(tmp_path):
+    """A transformers server may keep steering weaker than the vLLM presets it does not use."""
+    from alignd.config import check_settings
+
+    path = tmp_path / "alignd.toml"
+    path.write_text("[limits]\nmax_vector_strength = 0.5\n")
+    check_settings(load_config(path))
+    path.write_text('backend = "vllm"\n[limits]\nmax_vector_strength = 0.5\n')
+    with pytest.raises(ConfigError, match=r"vllm\.vector_presets\[0\]: must be a non-zero number within"):
         check_settings(load_config(path))
