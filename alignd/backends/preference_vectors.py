@@ -31,6 +31,8 @@ from safetensors.torch import load_file, save_file
 FORMAT = 1
 SHIPPED_VECTORS = Path(__file__).resolve().parent.parent / "data" / "vectors"
 FILE_NAME = "preference_vectors.safetensors"
+# The unsteered model among the policies logit fusion mixes: no vector may take the name.
+BASE_POLICY = "base"
 
 
 class VectorsError(ValueError):
@@ -97,10 +99,12 @@ class PreferenceVectors:
 
     def check_model(self, model: torch.nn.Module) -> None:
         """Every adapted layer exists in `model` with the shapes the factors need."""
+        # Linear layers only: the deltas are applied as x @ down^T @ up^T (an embedding's weight is
+        # 2-D too, but its input is token ids).
         shapes = {
             name: tuple(module.weight.shape)
             for name, module in model.named_modules()
-            if isinstance(getattr(module, "weight", None), torch.Tensor) and module.weight.dim() == 2
+            if isinstance(module, torch.nn.Linear)
         }
         self._check_shapes(shapes, "the model")
 
@@ -160,6 +164,12 @@ class PreferenceVectors:
             tensors = load_file(str(path))
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
             raise VectorsError(f"preference vectors {str(path)!r}: cannot load ({error})") from None
+        names = [info.name for info in infos]
+        if BASE_POLICY in names or len(set(names)) < len(names):
+            raise VectorsError(
+                f"preference vectors {str(path)!r}: vector names must be unique and not {BASE_POLICY!r} "
+                f"(logit fusion's name for the unsteered model), got {names}"
+            )
         deltas: dict[str, dict[str, LowRankDelta]] = {info.name: {} for info in infos}
         factors: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
         for key, tensor in tensors.items():
@@ -169,7 +179,9 @@ class PreferenceVectors:
                 raise VectorsError(f"preference vectors {str(path)!r}: unexpected tensor {key!r}")
             factors.setdefault((name, module_name), {})[part] = tensor.float()
         for (name, module_name), pair in factors.items():
-            if set(pair) != {"down", "up"} or pair["up"].shape[1] != pair["down"].shape[0]:
+            if set(pair) != {"down", "up"} or any(t.dim() != 2 for t in pair.values()):
+                raise VectorsError(f"preference vectors {str(path)!r}: {name}/{module_name} lacks matching factors")
+            if pair["up"].shape[1] != pair["down"].shape[0]:
                 raise VectorsError(f"preference vectors {str(path)!r}: {name}/{module_name} lacks matching factors")
             if not all(bool(torch.isfinite(t).all()) for t in pair.values()):
                 raise VectorsError(f"preference vectors {str(path)!r}: {name}/{module_name} is not finite")

@@ -20,7 +20,8 @@ DEFAULT_PRESETS = (-1.0, -0.5, 0.5, 1.0)
 
 
 def preset_name(vector: str, eta: float) -> str:
-    return f"{vector}@{eta:+g}"
+    # Every digit of eta (not "g"'s six): two presets must not share an adapter name or folder.
+    return f"{vector}@{float(eta):+}"
 
 
 def write_preset(vectors: PreferenceVectors, vector: str, eta: float, folder: Path, base_model: str) -> Path:

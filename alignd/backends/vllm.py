@@ -158,19 +158,23 @@ class VLLMPolicy(TokenizerText, Policy):
         self._adapter_folder: str | None = None
         if vectors is not None:
             presets = tuple(sorted({float(eta) for eta in options.vector_presets if eta != 0.0}))
+            rank = max(max(d.down.shape[0] for d in layers.values()) for layers in vectors.deltas.values())
+            ranks = [r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= rank]
+            if not ranks:
+                raise EngineStartError(f"preference vectors of rank {rank}: vLLM serves LoRA ranks up to 512")
             self._adapter_folder = tempfile.mkdtemp(prefix="alignd-vector-presets-")
-            folders = write_presets(vectors, presets, Path(self._adapter_folder), str(checkpoint))
+            try:
+                folders = write_presets(vectors, presets, Path(self._adapter_folder), str(checkpoint))
+            except BaseException:
+                self._remove_adapters()
+                raise
             self._adapters = {
                 key: LoRARequest(preset_name(*key), i + 1, str(folder))
                 for i, (key, folder) in enumerate(folders.items())
             }
             self.vectors = dict(vectors.infos)
             self.vector_presets = {name: presets for name in vectors.names}
-            rank = max(max(d.down.shape[0] for d in layers.values()) for layers in vectors.deltas.values())
             args["enable_lora"] = True
-            ranks = [r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= rank]
-            if not ranks:
-                raise EngineStartError(f"preference vectors of rank {rank}: vLLM serves LoRA ranks up to 512")
             args["max_lora_rank"] = ranks[0]
             args["max_loras"] = max(1, min(len(self._adapters), 8))
         args.update(options.extra)

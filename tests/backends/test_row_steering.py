@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from alignd.backends.base import ChatPrompt, SamplingParams, steering_of
 from alignd.backends.preference_vectors import LowRankDelta, PreferenceVectors, VectorInfo, VectorsError
@@ -119,6 +120,17 @@ def test_a_malformed_vectors_file_says_what_is_wrong(tmp_path, steered):
     path.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(VectorsError, match="colour"):
         PreferenceVectors.load(path)
+    meta["vectors"][0].pop("colour")
+    meta["vectors"][0]["name"] = "base"
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(VectorsError, match="not 'base'"):
+        PreferenceVectors.load(path)
+    flat = {
+        f"{name}/{layer}/{part}": torch.ones(4) for name in vectors.names for layer in ["m"] for part in ("down", "up")
+    }
+    save_file(flat, str(vectors.save(tmp_path / "flat")))
+    with pytest.raises(VectorsError, match="lacks matching factors"):
+        PreferenceVectors.load(tmp_path / "flat")
     with pytest.raises(VectorsError, match="needs"):
         PreferenceVectors.load(tmp_path / "missing")
 
@@ -129,6 +141,10 @@ def test_vectors_for_another_model_are_refused(steered):
     other.model.layers = other.model.layers[:1]
     with pytest.raises(VectorsError, match="no linear layer"):
         vectors.check_model(other)
+    embedding = next(iter(vectors.deltas["warm"].values()))
+    on_embeddings = PreferenceVectors(vectors.infos, {"warm": {"model.embed_tokens": embedding}, "short": {}})
+    with pytest.raises(VectorsError, match=r"no linear layer 'model\.embed_tokens'"):
+        on_embeddings.check_model(other)
 
 
 def test_vectors_are_checked_against_a_checkpoints_headers(tmp_path, steered):
