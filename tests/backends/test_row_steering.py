@@ -183,8 +183,9 @@ def test_a_preset_adapter_is_the_vector_at_its_strength(tmp_path, steered):
     from alignd.backends.vector_presets import write_presets
 
     _, base, vectors, _ = steered
-    folders = write_presets(vectors, (-0.5, 1.0), tmp_path, "tiny")
-    assert set(folders) == {(n, eta) for n in vectors.names for eta in (-0.5, 1.0)}
+    folders = write_presets(vectors, (-0.5, 1.0, 0.1, 0.1000001), tmp_path, "tiny")
+    assert set(folders) == {(n, eta) for n in vectors.names for eta in (-0.5, 1.0, 0.1, 0.1000001)}
+    assert len(set(folders.values())) == len(folders)  # every preset its own adapter
     ids = torch.tensor([[5, 9, 17, 33, 41]])
     adapted = PeftModel.from_pretrained(copy.deepcopy(base), str(folders[("warm", -0.5)])).eval()
     merged = vectors.merged_into(copy.deepcopy(base), {"warm": -0.5}).eval()
