@@ -179,9 +179,8 @@ class PreferenceVectors:
                 raise VectorsError(f"preference vectors {str(path)!r}: unexpected tensor {key!r}")
             factors.setdefault((name, module_name), {})[part] = tensor.float()
         for (name, module_name), pair in factors.items():
-            if set(pair) != {"down", "up"} or any(t.dim() != 2 for t in pair.values()):
-                raise VectorsError(f"preference vectors {str(path)!r}: {name}/{module_name} lacks matching factors")
-            if pair["up"].shape[1] != pair["down"].shape[0]:
+            matrices = set(pair) == {"down", "up"} and all(t.dim() == 2 for t in pair.values())
+            if not matrices or pair["up"].shape[1] != pair["down"].shape[0]:
                 raise VectorsError(f"preference vectors {str(path)!r}: {name}/{module_name} lacks matching factors")
             if not all(bool(torch.isfinite(t).all()) for t in pair.values()):
                 raise VectorsError(f"preference vectors {str(path)!r}: {name}/{module_name} is not finite")

@@ -158,15 +158,11 @@ def load_vectors(config: ServerConfig, model_name: str, checkpoint: Path) -> Pre
         return None
     try:
         vectors = PreferenceVectors.load(path)
-    except VectorsError as error:
-        raise ConfigError(f"preference_vectors: {error}") from None
-    for info in vectors.infos.values():
-        if info.base_model != model_name:
-            raise ConfigError(
-                f"preference_vectors: vector {info.name!r} was trained on {info.base_model!r}, "
-                f"the served model is {model_name!r}"
-            )
-    try:
+        for info in vectors.infos.values():
+            if info.base_model != model_name:
+                raise VectorsError(
+                    f"vector {info.name!r} was trained on {info.base_model!r}, the served model is {model_name!r}"
+                )
         vectors.check_checkpoint(checkpoint)
     except VectorsError as error:
         raise ConfigError(f"preference_vectors: {error}") from None
